@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what Slipway needs on a Debian host: the real engines (etcd, nats-server,
+# runc) from Debian packages when missing, and the Python environment in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v etcd >/dev/null 2>&1 || need_pkgs+=(etcd-server)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_pkgs+=(nats-server)
+command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || need_pkgs+=(runc)
+command -v git >/dev/null 2>&1 || need_pkgs+=(git)
+for extra in "$@"; do
+    case "$extra" in
+        --bench) for p in wrk nginx haproxy; do
+                     command -v "$p" >/dev/null 2>&1 || [ -x "/usr/sbin/$p" ] || need_pkgs+=("$p")
+                 done ;;
+    esac
+done
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "slipway setup: need root to install: ${need_pkgs[*]}" >&2
+        exit 1
+    fi
+    echo "-----> Installing system packages: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
+    # Debian starts the packaged daemons; Slipway runs its own copies on its own ports.
+    for svc in etcd nats-server nginx haproxy; do
+        systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    done
+fi
+
+stamp=.venv/.installed
+if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "-----> Preparing Python environment in .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[dev]'
+    touch "$stamp"
+fi

@@ -1,0 +1,163 @@
+"""Start the real engines (etcd, nats-server with JetStream) as child processes.
+
+Used by ``slipway up`` to embed them and by the test harness to run them on free
+ports in temp dirs. Each engine is started, waited on until it answers, and
+stopped with terminate -> wait -> kill.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slipway import errors
+
+
+def find_binary(name: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise errors.FailedPrecondition(
+        f"{name} is not installed; run `make setup` (installs it with apt)"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise errors.Unavailable(f"process exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise errors.Unavailable(f"nothing listened on {host}:{port} within {timeout:.0f}s")
+
+
+@dataclass
+class Engine:
+    """One child process with its log file."""
+
+    name: str
+    argv: list[str]
+    data_dir: Path
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / f"{self.name}.log"
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        try:
+            wait_for_port(self.host, self.port, timeout, self.proc)
+        except errors.SlipwayError as exc:
+            self.stop()
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise errors.Unavailable(f"{self.name} did not start: {exc}\n{tail}") from exc
+
+    def stop(self, grace: float = 5.0) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def kill(self) -> None:
+        """kill -9, for fault tests."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def etcd(
+    data_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    client_port: int | None = None,
+    peer_port: int | None = None,
+    name: str = "slipway",
+    initial_cluster: str | None = None,
+    cluster_state: str = "new",
+) -> Engine:
+    client_port = client_port or free_port(host)
+    peer_port = peer_port or free_port(host)
+    peer_url = f"http://{host}:{peer_port}"
+    argv = [
+        find_binary("etcd"),
+        "--name", name,
+        "--data-dir", str(data_dir / "etcd-data"),
+        "--listen-client-urls", f"http://{host}:{client_port}",
+        "--advertise-client-urls", f"http://{host}:{client_port}",
+        "--listen-peer-urls", peer_url,
+        "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", initial_cluster or f"{name}={peer_url}",
+        "--initial-cluster-state", cluster_state,
+        "--initial-cluster-token", "slipway",
+        "--heartbeat-interval", "100",
+        "--election-timeout", "1000",
+        "--auto-compaction-mode", "revision",
+        "--auto-compaction-retention", "10000",
+        "--quota-backend-bytes", str(2 * 1024**3),
+        "--logger", "zap",
+        "--log-level", "warn",
+    ]
+    return Engine("etcd", argv, data_dir, host, client_port)
+
+
+def nats(
+    data_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    cluster_port: int | None = None,
+    routes: list[str] | None = None,
+    server_name: str = "slipway",
+    cluster_name: str = "slipway",
+) -> Engine:
+    port = port or free_port(host)
+    store = data_dir / "jetstream"
+    argv = [
+        find_binary("nats-server"),
+        "--addr", host,
+        "--port", str(port),
+        "--jetstream",
+        "--store_dir", str(store),
+        "--server_name", server_name,
+    ]
+    if cluster_port:
+        argv += ["--cluster", f"nats://{host}:{cluster_port}", "--cluster_name", cluster_name]
+        if routes:
+            argv += ["--routes", ",".join(routes)]
+    return Engine("nats", argv, data_dir, host, port)

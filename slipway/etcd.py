@@ -1,0 +1,230 @@
+"""A thin typed layer over aetcd: endpoint lists, error translation, and
+optimistic read-modify-write transactions guarded by revision.
+
+Every write of desired state goes through :meth:`Etcd.update`: read the keys,
+compute the new values with a pure function, and commit only if none of the
+keys changed since they were read (compare on ``mod_revision``). A lost race is
+retried from a fresh read; after too many it is a :class:`Conflict`, so no
+update is ever silently overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aetcd
+import aetcd.exceptions
+import grpc
+from aetcd import rpc
+
+from slipway import errors
+
+
+@dataclass(frozen=True)
+class KV:
+    key: bytes
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: str  # "put" or "delete"
+    key: bytes
+    value: bytes
+    mod_revision: int
+
+
+# A mutation receives the current values (None when absent) and returns the
+# writes: key -> new bytes, or None to delete. Raising aborts with no write.
+Mutation = Callable[[dict[bytes, bytes | None]], Mapping[bytes, bytes | None]]
+
+
+class _Client(aetcd.Client):
+    """aetcd's client, given a gRPC target that may list several members."""
+
+    def __init__(self, target: str, timeout: float) -> None:
+        super().__init__(host="unused", port=0, timeout=timeout)  # type: ignore[arg-type]
+        self._target = target
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        options = {
+            "grpc.lb_policy_name": "round_robin",
+            "grpc.keepalive_time_ms": 10_000,
+            "grpc.keepalive_timeout_ms": 5_000,
+            "grpc.keepalive_permit_without_calls": 1,
+            "grpc.initial_reconnect_backoff_ms": 200,
+            "grpc.max_reconnect_backoff_ms": 2_000,
+        }
+        self.channel = rpc.insecure_channel(self._target, options=list(options.items()))
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.client.watcher.Watcher(
+            rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+        )
+        self._connected.set()
+
+
+def grpc_target(endpoints: Sequence[str]) -> str:
+    """``["10.0.0.1:2379", "http://10.0.0.2:2379"]`` -> a gRPC multi-address target."""
+    hosts = []
+    for ep in endpoints:
+        ep = ep.strip()
+        for scheme in ("http://", "https://"):
+            if ep.startswith(scheme):
+                ep = ep[len(scheme) :]
+        if ep:
+            hosts.append(ep)
+    if not hosts:
+        raise errors.InvalidArgument("no etcd endpoints given")
+    if len(hosts) == 1:
+        return hosts[0]
+    return "ipv4:" + ",".join(hosts)
+
+
+def _translate(exc: BaseException) -> errors.SlipwayError:
+    if isinstance(exc, aetcd.exceptions.RevisionCompactedError):
+        return errors.Conflict(f"etcd revision compacted: {exc}", reason="compacted")
+    return errors.Unavailable(f"etcd is unavailable: {exc}", reason="etcd_unavailable")
+
+
+class Etcd:
+    """A connection to an etcd cluster."""
+
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
+        self.endpoints = list(endpoints)
+        self._client = _Client(grpc_target(endpoints), timeout=timeout)
+        self.tx = self._client.transactions
+
+    @property
+    def raw(self) -> aetcd.Client:
+        return self._client
+
+    async def connect(self) -> None:
+        await self._client.connect()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> Etcd:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, coro: Awaitable[Any]) -> Any:
+        try:
+            return await coro
+        except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
+            raise _translate(exc) from exc
+
+    async def get(self, key: bytes) -> KV | None:
+        got = await self._call(self._client.get(key))
+        if got is None:
+            return None
+        return KV(key, got.value, got.mod_revision, got.create_revision, got.lease)
+
+    async def get_prefix(self, prefix: bytes) -> tuple[list[KV], int]:
+        """All keys under ``prefix`` and the store revision they were read at."""
+        got = await self._call(self._client.get_prefix(prefix))
+        kvs = [KV(kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.lease) for kv in got]
+        return kvs, int(got.header.revision)
+
+    async def put(self, key: bytes, value: bytes, *, lease: int | None = None) -> None:
+        await self._call(self._client.put(key, value, lease=lease))
+
+    async def delete(self, key: bytes) -> bool:
+        deleted = await self._call(self._client.delete(key))
+        return bool(deleted and deleted.deleted)
+
+    async def delete_prefix(self, prefix: bytes) -> int:
+        deleted = await self._call(self._client.delete_prefix(prefix))
+        return int(deleted.deleted) if deleted else 0
+
+    async def create(self, key: bytes, value: bytes, *, lease: int | None = None) -> bool:
+        """Put ``key`` only if it does not exist; True when this call created it."""
+        ok, _ = await self._call(
+            self._client.transaction(
+                compare=[self.tx.version(key) == 0],
+                success=[self.tx.put(key, value, lease=lease)],
+                failure=[],
+            )
+        )
+        return bool(ok)
+
+    async def update(
+        self,
+        keys: Sequence[bytes],
+        mutate: Mutation,
+        *,
+        attempts: int = 200,
+    ) -> dict[bytes, bytes | None]:
+        """Read ``keys``, apply ``mutate``, commit guarded by revision; retry lost races.
+
+        Returns the writes that were committed.
+        """
+        for attempt in range(attempts):
+            current: dict[bytes, bytes | None] = {}
+            revisions: dict[bytes, int] = {}
+            for key in keys:
+                kv = await self.get(key)
+                current[key] = kv.value if kv else None
+                revisions[key] = kv.mod_revision if kv else 0
+            writes = mutate(dict(current))
+            compares = [self.tx.mod(k) == rev for k, rev in revisions.items()]
+            ops = [
+                self.tx.put(k, v) if v is not None else self.tx.delete(k)
+                for k, v in writes.items()
+            ]
+            ok, _ = await self._call(self._client.transaction(compare=compares, success=ops))
+            if ok:
+                return dict(writes)
+            # Lost a race: back off a little (more under heavy contention), re-read.
+            await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
+        raise errors.Conflict(
+            "too many concurrent changes to the same app; try again", reason="write_conflict"
+        )
+
+    async def lease(self, ttl: int) -> aetcd.leases.Lease:
+        return await self._call(self._client.lease(ttl))
+
+    async def refresh_lease(self, lease_id: int) -> int:
+        """Keeps a lease alive; returns its remaining TTL (0 when it has expired)."""
+        reply = await self._call(self._client.refresh_lease(lease_id))
+        return int(reply.TTL) if reply is not None else 0
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self._call(self._client.revoke_lease(lease_id))
+
+    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Events under ``prefix`` from ``start_revision`` (inclusive) on.
+
+        Raises :class:`errors.Unavailable` when the stream breaks; the caller
+        re-lists and watches again from the new revision.
+        """
+        try:
+            watch = await self._client.watch_prefix(prefix, start_revision=start_revision)
+        except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
+            raise _translate(exc) from exc
+        try:
+            async for event in watch:
+                kind = "delete" if event.kind == aetcd.rtypes.EventKind.DELETE else "put"
+                yield WatchEvent(kind, event.kv.key, event.kv.value, event.kv.mod_revision)
+        except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
+            raise _translate(exc) from exc
+        finally:
+            try:
+                await asyncio.wait_for(watch.cancel(), 1.0)
+            except Exception:  # noqa: BLE001 - the stream is already gone
+                pass

@@ -1,0 +1,91 @@
+"""The etcd key layout: every key Slipway writes lives under one prefix.
+
+    {prefix}/apps/{app}                    App record (JSON)
+    {prefix}/config/{app}                  config vars (JSON object)
+    {prefix}/releases/{app}/{version:010d} Release (JSON)
+    {prefix}/formation/{app}               {type: {quantity, size}} (JSON)
+    {prefix}/tokens/{sha256 hex}           API token record (JSON), never the token itself
+    {prefix}/nodes/{node}                  node registration, tied to the node's lease
+    {prefix}/dynos/{app}/{dyno}            desired dyno placement (controller leader)
+    {prefix}/routes/apps/{app}             what routers need to know of an app (JSON, see below)
+    {prefix}/routes/dynos/{app}/{dyno}     an up web dyno's address (JSON), tied to a lease
+    {prefix}/routes/domains/{hostname}     custom domain -> {"app": name}
+    {prefix}/leader                        controller leader election
+
+Route records (what routers read; written by the control plane):
+    routes/apps/{app}:  {"app": str, "web": int (desired web quantity),
+                          "released": bool, "maintenance": bool,
+                          "crashed": bool (every web dyno crashed),
+                          "balance": "random" | "least-loaded"}
+    routes/dynos/{app}/{dyno}: {"app": str, "dyno": "web.1", "address": "host:port",
+                                "node": str, "release": int}
+"""
+
+from __future__ import annotations
+
+DEFAULT_PREFIX = "/slipway"
+
+
+class Keys:
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix.rstrip("/")
+
+    def _k(self, *parts: str) -> bytes:
+        return "/".join((self.prefix, *parts)).encode()
+
+    # apps and their state
+    def app(self, app: str) -> bytes:
+        return self._k("apps", app)
+
+    def apps(self) -> bytes:
+        return self._k("apps", "")
+
+    def config(self, app: str) -> bytes:
+        return self._k("config", app)
+
+    def release(self, app: str, version: int) -> bytes:
+        return self._k("releases", app, f"{version:010d}")
+
+    def releases(self, app: str) -> bytes:
+        return self._k("releases", app, "")
+
+    def formation(self, app: str) -> bytes:
+        return self._k("formation", app)
+
+    def token(self, digest: str) -> bytes:
+        return self._k("tokens", digest)
+
+    def tokens(self) -> bytes:
+        return self._k("tokens", "")
+
+    # cluster
+    def node(self, node: str) -> bytes:
+        return self._k("nodes", node)
+
+    def nodes(self) -> bytes:
+        return self._k("nodes", "")
+
+    def dyno(self, app: str, dyno: str) -> bytes:
+        return self._k("dynos", app, dyno)
+
+    def dynos(self, app: str | None = None) -> bytes:
+        return self._k("dynos", app, "") if app else self._k("dynos", "")
+
+    def leader(self) -> bytes:
+        return self._k("leader")
+
+    # routing
+    def route_app(self, app: str) -> bytes:
+        return self._k("routes", "apps", app)
+
+    def route_dyno(self, app: str, dyno: str) -> bytes:
+        return self._k("routes", "dynos", app, dyno)
+
+    def route_dynos(self, app: str | None = None) -> bytes:
+        return self._k("routes", "dynos", app, "") if app else self._k("routes", "dynos", "")
+
+    def route_domain(self, hostname: str) -> bytes:
+        return self._k("routes", "domains", hostname)
+
+    def routes(self) -> bytes:
+        return self._k("routes", "")

@@ -1,0 +1,1 @@
+"""Fixtures' building blocks: real servers on free ports, and waiting helpers."""

@@ -55,13 +55,14 @@ def main() -> int:
             stale = [
                 n
                 for n in sorted(names)
-                if not (target / n).exists() or not filecmp.cmp(tmp_root / OUT_PACKAGE / n, target / n, shallow=False)
+                if not (target / n).exists()
+                or not filecmp.cmp(tmp_root / OUT_PACKAGE / n, target / n, shallow=False)
             ]
-            extra = [
-                p.name for p in target.glob("*_pb2*.py*") if p.name not in names
-            ]
+            extra = [p.name for p in target.glob("*_pb2*.py*") if p.name not in names]
             if stale or extra:
-                print(f"generated code is stale: {stale + extra}; run `make proto`", file=sys.stderr)
+                print(
+                    f"generated code is stale: {stale + extra}; run `make proto`", file=sys.stderr
+                )
                 return 1
             return 0
         target.mkdir(parents=True, exist_ok=True)

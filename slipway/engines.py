@@ -34,11 +34,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise errors.Unavailable(f"process exited with status {proc.returncode} before listening")
+            raise errors.Unavailable(
+                f"process exited with status {proc.returncode} before listening"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -64,10 +68,13 @@ class Engine:
         self.log_path = self.data_dir / f"{self.name}.log"
 
     def start(self, timeout: float = 20.0) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         finally:
@@ -116,22 +123,38 @@ def etcd(
     peer_url = f"http://{host}:{peer_port}"
     argv = [
         find_binary("etcd"),
-        "--name", name,
-        "--data-dir", str(data_dir / "etcd-data"),
-        "--listen-client-urls", f"http://{host}:{client_port}",
-        "--advertise-client-urls", f"http://{host}:{client_port}",
-        "--listen-peer-urls", peer_url,
-        "--initial-advertise-peer-urls", peer_url,
-        "--initial-cluster", initial_cluster or f"{name}={peer_url}",
-        "--initial-cluster-state", cluster_state,
-        "--initial-cluster-token", "slipway",
-        "--heartbeat-interval", "100",
-        "--election-timeout", "1000",
-        "--auto-compaction-mode", "revision",
-        "--auto-compaction-retention", "10000",
-        "--quota-backend-bytes", str(2 * 1024**3),
-        "--logger", "zap",
-        "--log-level", "warn",
+        "--name",
+        name,
+        "--data-dir",
+        str(data_dir / "etcd-data"),
+        "--listen-client-urls",
+        f"http://{host}:{client_port}",
+        "--advertise-client-urls",
+        f"http://{host}:{client_port}",
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        initial_cluster or f"{name}={peer_url}",
+        "--initial-cluster-state",
+        cluster_state,
+        "--initial-cluster-token",
+        "slipway",
+        "--heartbeat-interval",
+        "100",
+        "--election-timeout",
+        "1000",
+        "--auto-compaction-mode",
+        "revision",
+        "--auto-compaction-retention",
+        "10000",
+        "--quota-backend-bytes",
+        str(2 * 1024**3),
+        "--logger",
+        "zap",
+        "--log-level",
+        "warn",
     ]
     return Engine("etcd", argv, data_dir, host, client_port)
 
@@ -150,11 +173,15 @@ def nats(
     store = data_dir / "jetstream"
     argv = [
         find_binary("nats-server"),
-        "--addr", host,
-        "--port", str(port),
+        "--addr",
+        host,
+        "--port",
+        str(port),
         "--jetstream",
-        "--store_dir", str(store),
-        "--server_name", server_name,
+        "--store_dir",
+        str(store),
+        "--server_name",
+        server_name,
     ]
     if cluster_port:
         argv += ["--cluster", f"nats://{host}:{cluster_port}", "--cluster_name", cluster_name]

@@ -184,8 +184,7 @@ class Etcd:
             writes = mutate(dict(current))
             compares = [self.tx.mod(k) == rev for k, rev in revisions.items()]
             ops = [
-                self.tx.put(k, v) if v is not None else self.tx.delete(k)
-                for k, v in writes.items()
+                self.tx.put(k, v) if v is not None else self.tx.delete(k) for k, v in writes.items()
             ]
             ok, _ = await self._call(self._client.transaction(compare=compares, success=ops))
             if ok:
@@ -226,5 +225,5 @@ class Etcd:
         finally:
             try:
                 await asyncio.wait_for(watch.cancel(), 1.0)
-            except Exception:  # noqa: BLE001 - the stream is already gone
+            except Exception:
                 pass

@@ -34,8 +34,13 @@ class LogLine:
 
     def encode(self) -> bytes:
         return json.dumps(
-            {"ts": self.ts or time.time(), "source": self.source, "process": self.process,
-             "message": self.message, "app": self.app},
+            {
+                "ts": self.ts or time.time(),
+                "source": self.source,
+                "process": self.process,
+                "message": self.message,
+                "app": self.app,
+            },
             separators=(",", ":"),
         ).encode()
 

@@ -1,0 +1,116 @@
+"""Blobs (slugs, sources, build caches) in the JetStream object store.
+
+Buckets:
+    slugs    name = slug sha256 hex digest (immutable; shared by every release using it)
+    sources  name = build id (uploaded source tarball)
+    caches   name = app name (build cache tarball)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import nats
+import nats.js.api
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from slipway import errors
+
+SLUGS = "slugs"
+SOURCES = "sources"
+CACHES = "caches"
+BUCKETS = (SLUGS, SOURCES, CACHES)
+CHUNK_SIZE = 128 * 1024
+
+
+async def connect(servers: Sequence[str], *, name: str = "slipway", **options: object) -> NATS:
+    """Connect to a NATS cluster; reconnects forever once connected."""
+    try:
+        return await nats.connect(
+            servers=list(servers),
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            **options,  # type: ignore[arg-type]
+        )
+    except Exception as exc:  # nats-py raises a mix of its own and OS errors
+        raise errors.Unavailable(f"cannot reach NATS at {','.join(servers)}: {exc}") from exc
+
+
+class ObjectStores:
+    def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
+        self._js = js
+        self._replicas = replicas
+        self._stores: dict[str, object] = {}
+
+    async def _store(self, bucket: str):  # type: ignore[no-untyped-def]
+        store = self._stores.get(bucket)
+        if store is None:
+            try:
+                store = await self._js.object_store(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                store = await self._js.create_object_store(
+                    bucket,
+                    config=nats.js.api.ObjectStoreConfig(
+                        bucket=bucket,
+                        replicas=self._replicas,
+                        storage=nats.js.api.StorageType.FILE,
+                    ),
+                )
+            self._stores[bucket] = store
+        return store
+
+    async def ensure_buckets(self) -> None:
+        for bucket in BUCKETS:
+            await self._store(bucket)
+
+    async def put_file(self, bucket: str, name: str, path: Path) -> int:
+        store = await self._store(bucket)
+        with open(path, "rb") as fh:
+            meta = nats.js.api.ObjectMeta(
+                name=name, options=nats.js.api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE)
+            )
+            info = await store.put(name, fh, meta=meta)
+        return int(info.size or 0)
+
+    async def get_file(self, bucket: str, name: str, path: Path) -> None:
+        store = await self._store(bucket)
+        tmp = path.with_name(path.name + ".part")
+        try:
+            with open(tmp, "wb") as fh:
+                await store.get(name, writeinto=fh)
+        except nats.js.errors.ObjectNotFoundError as exc:
+            tmp.unlink(missing_ok=True)
+            raise errors.NotFound(f"{bucket}/{name} is not in the object store") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(path)
+
+    async def exists(self, bucket: str, name: str) -> bool:
+        store = await self._store(bucket)
+        try:
+            info = await store.get_info(name)
+        except nats.js.errors.ObjectNotFoundError:
+            return False
+        return not info.deleted
+
+    async def delete(self, bucket: str, name: str) -> bool:
+        store = await self._store(bucket)
+        try:
+            await store.delete(name)
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError):
+            return False
+        return True
+
+    async def names(self, bucket: str) -> list[str]:
+        store = await self._store(bucket)
+        try:
+            infos = await store.list()
+        except nats.js.errors.NotFoundError:
+            return []
+        return [i.name for i in infos if not i.deleted]

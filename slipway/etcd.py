@@ -186,7 +186,9 @@ class Etcd:
             ops = [
                 self.tx.put(k, v) if v is not None else self.tx.delete(k) for k, v in writes.items()
             ]
-            ok, _ = await self._call(self._client.transaction(compare=compares, success=ops))
+            ok, _ = await self._call(
+                self._client.transaction(compare=compares, success=ops, failure=[])
+            )
             if ok:
                 return dict(writes)
             # Lost a race: back off a little (more under heavy contention), re-read.

@@ -1,0 +1,1 @@
+"""The Slipway controller: desired state in etcd, the gRPC API, scheduling."""

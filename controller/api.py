@@ -1,0 +1,153 @@
+"""PlatformService: the client-facing API, a thin layer over controller.state."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import grpc
+
+from controller import convert
+from controller.auth import Tokens
+from controller.endpoint import unary
+from controller.state import ScaleChange, State
+from slipway.v1 import platform_pb2 as pb
+from slipway.v1 import platform_pb2_grpc
+
+Ctx: TypeAlias = grpc.aio.ServicerContext
+
+
+class PlatformAPI(platform_pb2_grpc.PlatformServiceServicer):
+    def __init__(self, state: State, tokens: Tokens, *, base_domain: str = "") -> None:
+        self.state = state
+        self.tokens = tokens
+        self.base_domain = base_domain
+
+    # apps
+
+    @unary
+    async def CreateApp(
+        self, request: pb.CreateAppRequest, context: Ctx, actor: str
+    ) -> pb.CreateAppResponse:
+        record = await self.state.create_app(request.name or None)
+        return pb.CreateAppResponse(app=convert.app(record, self.base_domain))
+
+    @unary
+    async def ListApps(
+        self, request: pb.ListAppsRequest, context: Ctx, actor: str
+    ) -> pb.ListAppsResponse:
+        apps = await self.state.list_apps()
+        return pb.ListAppsResponse(apps=[convert.app(a, self.base_domain) for a in apps])
+
+    @unary
+    async def GetApp(
+        self, request: pb.GetAppRequest, context: Ctx, actor: str
+    ) -> pb.GetAppResponse:
+        record = await self.state.get_app(request.app)
+        formation, process_types = await self.state.get_formation(request.app)
+        response = pb.GetAppResponse(
+            app=convert.app(record, self.base_domain),
+            formation=convert.formation(formation, process_types),
+        )
+        if record.current_release:
+            response.release.CopyFrom(
+                convert.release(await self.state.get_release(request.app, record.current_release))
+            )
+        return response
+
+    @unary
+    async def DestroyApp(
+        self, request: pb.DestroyAppRequest, context: Ctx, actor: str
+    ) -> pb.DestroyAppResponse:
+        await self.state.destroy_app(request.app, request.confirm)
+        return pb.DestroyAppResponse()
+
+    # config vars
+
+    @unary
+    async def GetConfigVars(
+        self, request: pb.GetConfigVarsRequest, context: Ctx, actor: str
+    ) -> pb.GetConfigVarsResponse:
+        return pb.GetConfigVarsResponse(config=await self.state.get_config(request.app))
+
+    @unary
+    async def UpdateConfigVars(
+        self, request: pb.UpdateConfigVarsRequest, context: Ctx, actor: str
+    ) -> pb.UpdateConfigVarsResponse:
+        config, release = await self.state.update_config(
+            request.app, dict(request.set), list(request.unset), actor
+        )
+        return pb.UpdateConfigVarsResponse(config=config, release=convert.release(release))
+
+    # releases
+
+    @unary
+    async def ListReleases(
+        self, request: pb.ListReleasesRequest, context: Ctx, actor: str
+    ) -> pb.ListReleasesResponse:
+        releases = await self.state.list_releases(request.app, request.limit)
+        return pb.ListReleasesResponse(releases=[convert.release(r) for r in releases])
+
+    @unary
+    async def GetRelease(
+        self, request: pb.GetReleaseRequest, context: Ctx, actor: str
+    ) -> pb.GetReleaseResponse:
+        release = await self.state.get_release(request.app, request.version)
+        return pb.GetReleaseResponse(release=convert.release(release))
+
+    @unary
+    async def RollbackRelease(
+        self, request: pb.RollbackReleaseRequest, context: Ctx, actor: str
+    ) -> pb.RollbackReleaseResponse:
+        release = await self.state.rollback(request.app, request.version, actor)
+        return pb.RollbackReleaseResponse(release=convert.release(release))
+
+    @unary
+    async def CreateRelease(
+        self, request: pb.CreateReleaseRequest, context: Ctx, actor: str
+    ) -> pb.CreateReleaseResponse:
+        release = await self.state.create_release(
+            request.app,
+            convert.slug_from(request.slug),
+            dict(request.process_types),
+            request.description,
+            actor,
+        )
+        return pb.CreateReleaseResponse(release=convert.release(release))
+
+    # formation
+
+    @unary
+    async def GetFormation(
+        self, request: pb.GetFormationRequest, context: Ctx, actor: str
+    ) -> pb.GetFormationResponse:
+        formation, process_types = await self.state.get_formation(request.app)
+        return pb.GetFormationResponse(formation=convert.formation(formation, process_types))
+
+    @unary
+    async def ScaleFormation(
+        self, request: pb.ScaleFormationRequest, context: Ctx, actor: str
+    ) -> pb.ScaleFormationResponse:
+        changes = [
+            ScaleChange(
+                type=c.type,
+                quantity=c.quantity if c.HasField("quantity") else None,
+                delta=c.delta if c.HasField("delta") else None,
+                size=c.size,
+            )
+            for c in request.changes
+        ]
+        formation = await self.state.scale(request.app, changes)
+        _, process_types = await self.state.get_formation(request.app)
+        return pb.ScaleFormationResponse(formation=convert.formation(formation, process_types))
+
+    @unary
+    async def ListSizes(
+        self, request: pb.ListSizesRequest, context: Ctx, actor: str
+    ) -> pb.ListSizesResponse:
+        return pb.ListSizesResponse(sizes=[convert.size(s) for s in self.state.sizes.all()])
+
+    @unary
+    async def WhoAmI(
+        self, request: pb.WhoAmIRequest, context: Ctx, actor: str
+    ) -> pb.WhoAmIResponse:
+        return pb.WhoAmIResponse(token_name=actor)

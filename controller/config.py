@@ -1,0 +1,50 @@
+"""Controller configuration: defaults, then a TOML file, then flags/environment."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slipway import errors
+from slipway.keys import DEFAULT_PREFIX
+
+DEFAULT_LISTEN = "127.0.0.1:7070"
+
+
+@dataclass
+class ControllerConfig:
+    # Address the gRPC API binds; clients and agents use it (or `advertise`).
+    listen: str = DEFAULT_LISTEN
+    etcd: list[str] = field(default_factory=lambda: ["127.0.0.1:2379"])
+    etcd_prefix: str = DEFAULT_PREFIX
+    nats: list[str] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    # Apps answer at APP.BASE_DOMAIN on the routers.
+    base_domain: str = "localhost"
+    # Operator-defined dyno sizes: {name: {memory_mb, max_processes, cpu_shares}}.
+    sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Largest accepted gRPC message (bytes); uploads stream in smaller chunks.
+    max_message_bytes: int = 8 * 1024 * 1024
+
+    @classmethod
+    def load(cls, path: Path | None, **overrides: Any) -> ControllerConfig:
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                values = tomllib.loads(path.read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise errors.InvalidArgument(f"cannot read config {path}: {exc}") from exc
+            unknown = set(values) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise errors.InvalidArgument(
+                    f"unknown settings in {path}: {', '.join(sorted(unknown))}"
+                )
+        values.update({k: v for k, v in overrides.items() if v not in (None, (), [])})
+        return cls(**values)
+
+
+def split_list(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]

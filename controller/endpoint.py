@@ -1,0 +1,77 @@
+"""The boundary between gRPC and the controller's domain code.
+
+Every unary RPC goes through :func:`unary`: authenticate, run, log one line
+(method, app, code, duration_ms), and translate :class:`SlipwayError` into the
+matching status with its message unchanged. Anything else is a bug: it is logged
+with its traceback and the client gets INTERNAL with a pointer to the log.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from controller.auth import Tokens
+from slipway import errors
+from slipway import log as slog
+
+log = slog.get("controller.api")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class HasTokens(Protocol):
+    tokens: Tokens
+
+
+def _app_of(request: Any) -> str:
+    for field in ("app", "name"):
+        value = getattr(request, field, None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def unary(
+    func: Callable[[Any, Req, grpc.aio.ServicerContext, str], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    @functools.wraps(func)
+    async def wrapper(self: HasTokens, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        started = time.monotonic()
+        failure: errors.SlipwayError | None = None
+        try:
+            actor = await self.tokens.authenticate(context)
+            result = await func(self, request, context, actor)
+        except errors.SlipwayError as exc:
+            failure = exc
+        except Exception:
+            log.exception("api call failed", method=func.__name__, app=_app_of(request))
+            failure = errors.SlipwayError("internal error in the controller; see its log")
+            failure.code = grpc.StatusCode.INTERNAL
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        if failure is None:
+            log.info(
+                "api call",
+                method=func.__name__,
+                app=_app_of(request),
+                code="OK",
+                duration_ms=duration_ms,
+            )
+            return result
+        log.info(
+            "api call",
+            method=func.__name__,
+            app=_app_of(request),
+            code=failure.code.name,
+            error=failure.message,
+            duration_ms=duration_ms,
+        )
+        await context.abort(failure.code, failure.message)
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper  # type: ignore[return-value]

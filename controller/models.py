@@ -1,0 +1,111 @@
+"""Desired-state records as stored in etcd (JSON), kept apart from protobuf.
+
+Protobuf types stay at the API edge (controller/api.py); everything inside the
+controller speaks these dataclasses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RELEASE_PENDING = "pending"
+RELEASE_SUCCEEDED = "succeeded"
+RELEASE_FAILED = "failed"
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+@dataclass
+class AppRecord:
+    name: str
+    id: str
+    created_at: float
+    # Highest release version handed out; versions are contiguous per app.
+    release_seq: int = 0
+    # Version dynos should run (0 before any release).
+    current_release: int = 0
+    buildpacks: list[str] = field(default_factory=list)
+    stack: str = "host"
+    maintenance: bool = False
+    balance: str = "random"
+
+    def encode(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> AppRecord:
+        obj = json.loads(data)
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class SlugInfo:
+    digest: str = ""
+    size_bytes: int = 0
+    stack: str = ""
+    source_version: str = ""
+
+
+@dataclass
+class ReleaseRecord:
+    app: str
+    version: int
+    description: str
+    created_at: float
+    config: dict[str, str]
+    slug: SlugInfo
+    process_types: dict[str, str]
+    status: str = RELEASE_SUCCEEDED
+    created_by: str = ""
+    # The build that produced the slug, when there was one.
+    build_id: str = ""
+
+    def encode(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> ReleaseRecord:
+        obj = json.loads(data)
+        obj["slug"] = SlugInfo(**obj.get("slug") or {})
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class FormationItem:
+    quantity: int
+    size: str
+
+
+def encode_formation(formation: dict[str, FormationItem]) -> bytes:
+    return _dumps({t: asdict(item) for t, item in sorted(formation.items())})
+
+
+def decode_formation(data: bytes | None) -> dict[str, FormationItem]:
+    if not data:
+        return {}
+    return {t: FormationItem(**item) for t, item in json.loads(data).items()}
+
+
+def encode_config(config: dict[str, str]) -> bytes:
+    return _dumps(dict(config))
+
+
+def decode_config(data: bytes | None) -> dict[str, str]:
+    return dict(json.loads(data)) if data else {}
+
+
+@dataclass
+class TokenRecord:
+    name: str
+    created_at: float
+
+    def encode(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> TokenRecord:
+        return cls(**json.loads(data))

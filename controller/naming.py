@@ -1,0 +1,86 @@
+"""Readable generated app names, like ``quiet-harbor-4821``."""
+
+from __future__ import annotations
+
+import secrets
+
+_ADJECTIVES = (
+    "amber",
+    "ancient",
+    "bold",
+    "brave",
+    "calm",
+    "clever",
+    "crisp",
+    "dapper",
+    "eager",
+    "fancy",
+    "gentle",
+    "glad",
+    "golden",
+    "hidden",
+    "honest",
+    "jolly",
+    "keen",
+    "lively",
+    "lucky",
+    "merry",
+    "misty",
+    "noble",
+    "polar",
+    "proud",
+    "quiet",
+    "rapid",
+    "shiny",
+    "silent",
+    "sunny",
+    "swift",
+    "tidy",
+    "vast",
+    "warm",
+    "wild",
+    "young",
+    "zesty",
+)
+_NOUNS = (
+    "anchor",
+    "beacon",
+    "breeze",
+    "brook",
+    "canyon",
+    "cliff",
+    "cove",
+    "dune",
+    "falcon",
+    "fjord",
+    "forest",
+    "garden",
+    "glacier",
+    "harbor",
+    "island",
+    "lagoon",
+    "meadow",
+    "mesa",
+    "ocean",
+    "orchard",
+    "otter",
+    "pier",
+    "prairie",
+    "reef",
+    "ridge",
+    "river",
+    "shore",
+    "sierra",
+    "spring",
+    "summit",
+    "tide",
+    "valley",
+    "wave",
+    "willow",
+)
+
+
+def generate() -> str:
+    return (
+        f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(9000) + 1000}"
+    )

@@ -1,0 +1,103 @@
+"""The controller daemon: one TaskGroup owning the gRPC server and its loops."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from controller.api import PlatformAPI
+from controller.auth import Tokens
+from controller.config import ControllerConfig
+from controller.sizes import SizeTable
+from controller.state import State
+from slipway import log as slog
+from slipway.etcd import Etcd
+from slipway.keys import Keys
+from slipway.v1 import platform_pb2_grpc
+
+log = slog.get("controller")
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.keys = Keys(config.etcd_prefix)
+        self.etcd = Etcd(config.etcd)
+        self.sizes = SizeTable(config.sizes)
+        self.state = State(self.etcd, self.keys, self.sizes)
+        self.tokens = Tokens(self.etcd, self.keys)
+        self.health = HealthServicer()
+        self.bound_port = 0
+        self._server: grpc.aio.Server | None = None
+        self.ready = asyncio.Event()
+
+    async def _start_server(self) -> grpc.aio.Server:
+        size = self.config.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        platform_pb2_grpc.add_PlatformServiceServicer_to_server(
+            PlatformAPI(self.state, self.tokens, base_domain=self.config.base_domain), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.bound_port = server.add_insecure_port(self.config.listen)
+        if not self.bound_port:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("slipway.v1.PlatformService", health_pb2.HealthCheckResponse.SERVING)
+        return server
+
+    async def run(self) -> None:
+        await self.etcd.connect()
+        self._server = await self._start_server()
+        log.info(
+            "controller listening",
+            listen=self.config.listen,
+            port=self.bound_port,
+            etcd=",".join(self.config.etcd),
+            prefix=self.config.etcd_prefix,
+        )
+        self.ready.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._server.wait_for_termination())
+        finally:
+            await self.health.enter_graceful_shutdown()
+            await self._server.stop(grace=3)
+            await self.etcd.close()
+            log.info("controller stopped")
+
+
+async def serve(config: ControllerConfig) -> None:
+    """Run until SIGTERM/SIGINT; a second signal forces exit."""
+    controller = Controller(config)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    stopping = False
+
+    def on_signal() -> None:
+        nonlocal stopping
+        if stopping:
+            log.warning("second signal, exiting now")
+            raise SystemExit(1)
+        stopping = True
+        log.info("stopping")
+        if task is not None:
+            task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await controller.run()
+    except asyncio.CancelledError:
+        if not stopping:
+            raise

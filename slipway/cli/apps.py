@@ -1,0 +1,90 @@
+"""apps, apps:create, apps:info, apps:destroy."""
+
+from __future__ import annotations
+
+import click
+
+from slipway.cli.base import app_option, cli, json_option, with_client
+from slipway.cli.output import emit_json, heading, table, when
+from slipway.client import Client
+
+
+@cli.command("apps")
+@json_option
+@with_client
+def apps_list(client: Client, as_json: bool) -> None:
+    """List apps."""
+    apps = list(client.list_apps().apps)
+    if as_json:
+        emit_json(apps)
+        return
+    if not apps:
+        click.echo("You have no apps. Create one with `slipway apps:create NAME`.")
+        return
+    heading("Apps")
+    table(
+        ["NAME", "RELEASE", "CREATED"],
+        [
+            [a.name, f"v{a.current_release}" if a.current_release else "-", when(a.created_at)]
+            for a in apps
+        ],
+    )
+
+
+@cli.command("apps:create")
+@click.argument("name", required=False, default="")
+@json_option
+@with_client
+def apps_create(client: Client, name: str, as_json: bool) -> None:
+    """Create an app (a name is generated when NAME is omitted)."""
+    app = client.create_app(name).app
+    if as_json:
+        emit_json(app)
+        return
+    click.echo(f"Creating {app.name}... done")
+    if app.web_url:
+        click.echo(app.web_url)
+
+
+@cli.command("apps:info")
+@app_option
+@json_option
+@with_client
+def apps_info(client: Client, app: str, as_json: bool) -> None:
+    """Show an app: release, formation, stack."""
+    info = client.get_app(app)
+    if as_json:
+        emit_json(info)
+        return
+    heading(info.app.name)
+    rel = info.release
+    rows = [
+        ("Created", when(info.app.created_at)),
+        ("Release", f"v{rel.version} ({rel.description})" if rel.version else "none yet"),
+        ("Slug", rel.slug.digest[:12] if rel.slug.digest else "none (nothing deployed)"),
+        ("Stack", info.app.stack or "-"),
+        ("Buildpacks", ", ".join(info.app.buildpacks) or "auto-detect"),
+        ("Web URL", info.app.web_url or "-"),
+        (
+            "Dynos",
+            ", ".join(f"{f.type}: {f.quantity} ({f.size})" for f in info.formation) or "none",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key + ':':<{width + 1}} {value}")
+
+
+@cli.command("apps:destroy")
+@app_option
+@click.option("--confirm", metavar="APP", help="The app's name again, to confirm.")
+@with_client
+def apps_destroy(client: Client, app: str, confirm: str | None) -> None:
+    """Destroy an app and everything it owns (needs --confirm APP)."""
+    if confirm is None:
+        raise click.ClickException(
+            f"this destroys {app} with its releases and config; repeat the name: "
+            f"slipway apps:destroy -a {app} --confirm {app}"
+        )
+    client.destroy_app(app, confirm)
+    click.echo(f"Destroying {app}... done")

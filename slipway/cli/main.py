@@ -1,0 +1,15 @@
+"""Entry point of the ``slipway`` command."""
+
+from __future__ import annotations
+
+# Importing the command modules registers their commands on the group.
+from slipway.cli import apps, auth, config_vars, ps, releases  # noqa: F401
+from slipway.cli.base import cli
+
+
+def main() -> None:
+    cli(prog_name="slipway")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""A typed client for PlatformService: auth metadata, deadlines, failover, errors.
+
+Statuses come back as :mod:`slipway.errors` classes carrying the server's
+message, so callers (the CLI) print a sentence, not a traceback. With several
+controller addresses the client tries the next one when a controller is
+unreachable; every call has a deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from slipway import errors
+from slipway.v1 import platform_pb2 as pb
+from slipway.v1 import platform_pb2_grpc
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 15.0
+# Statuses that mean "this controller, not the request": try another one.
+_FAILOVER = {grpc.StatusCode.UNAVAILABLE}
+
+
+def split_addresses(api: str | Sequence[str]) -> list[str]:
+    parts = api.split(",") if isinstance(api, str) else list(api)
+    addresses = [p.strip().removeprefix("grpc://") for p in parts if p.strip()]
+    if not addresses:
+        raise errors.InvalidArgument("no controller address given")
+    return addresses
+
+
+class Client:
+    def __init__(
+        self, api: str | Sequence[str], token: str, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.addresses = split_addresses(api)
+        self.token = token
+        self.timeout = timeout
+        self._current = 0
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def channel(self, address: str) -> grpc.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.insecure_channel(
+                address,
+                options=[
+                    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+                ],
+            )
+            self._channels[address] = channel
+        return channel
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")] if self.token else []
+
+    def call(
+        self,
+        stub_factory: Callable[[grpc.Channel], Any],
+        method: str,
+        request: Any,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Call ``method`` on the first reachable controller."""
+        last: grpc.RpcError | None = None
+        for offset in range(len(self.addresses)):
+            index = (self._current + offset) % len(self.addresses)
+            stub = stub_factory(self.channel(self.addresses[index]))
+            try:
+                result = getattr(stub, method)(
+                    request, timeout=timeout or self.timeout, metadata=self.metadata
+                )
+            except grpc.RpcError as exc:
+                if exc.code() in _FAILOVER:  # type: ignore[attr-defined]
+                    last = exc
+                    continue
+                raise errors.from_status(exc.code(), exc.details()) from exc  # type: ignore[attr-defined]
+            self._current = index
+            return result
+        assert last is not None
+        raise errors.Unavailable(
+            f"cannot reach the controller at {', '.join(self.addresses)}: "
+            f"{last.details() or 'unavailable'}"  # type: ignore[attr-defined]
+        ) from last
+
+    def platform(self, method: str, request: Any, **kw: Any) -> Any:
+        return self.call(platform_pb2_grpc.PlatformServiceStub, method, request, **kw)
+
+    # Convenience wrappers used by the CLI and tests.
+
+    def create_app(self, name: str = "") -> pb.CreateAppResponse:
+        return self.platform("CreateApp", pb.CreateAppRequest(name=name))
+
+    def list_apps(self) -> pb.ListAppsResponse:
+        return self.platform("ListApps", pb.ListAppsRequest())
+
+    def get_app(self, app: str) -> pb.GetAppResponse:
+        return self.platform("GetApp", pb.GetAppRequest(app=app))
+
+    def destroy_app(self, app: str, confirm: str) -> pb.DestroyAppResponse:
+        return self.platform("DestroyApp", pb.DestroyAppRequest(app=app, confirm=confirm))
+
+    def get_config(self, app: str) -> pb.GetConfigVarsResponse:
+        return self.platform("GetConfigVars", pb.GetConfigVarsRequest(app=app))
+
+    def update_config(
+        self, app: str, set_vars: dict[str, str] | None = None, unset: list[str] | None = None
+    ) -> pb.UpdateConfigVarsResponse:
+        return self.platform(
+            "UpdateConfigVars",
+            pb.UpdateConfigVarsRequest(app=app, set=set_vars or {}, unset=unset or []),
+        )
+
+    def list_releases(self, app: str, limit: int = 0) -> pb.ListReleasesResponse:
+        return self.platform("ListReleases", pb.ListReleasesRequest(app=app, limit=limit))
+
+    def get_release(self, app: str, version: int = 0) -> pb.GetReleaseResponse:
+        return self.platform("GetRelease", pb.GetReleaseRequest(app=app, version=version))
+
+    def rollback(self, app: str, version: int = 0) -> pb.RollbackReleaseResponse:
+        return self.platform("RollbackRelease", pb.RollbackReleaseRequest(app=app, version=version))
+
+    def create_release(
+        self, app: str, slug: Any, process_types: dict[str, str], description: str = ""
+    ) -> pb.CreateReleaseResponse:
+        return self.platform(
+            "CreateRelease",
+            pb.CreateReleaseRequest(
+                app=app, slug=slug, process_types=process_types, description=description
+            ),
+        )
+
+    def get_formation(self, app: str) -> pb.GetFormationResponse:
+        return self.platform("GetFormation", pb.GetFormationRequest(app=app))
+
+    def scale(self, app: str, changes: list[pb.FormationChange]) -> pb.ScaleFormationResponse:
+        return self.platform("ScaleFormation", pb.ScaleFormationRequest(app=app, changes=changes))
+
+    def list_sizes(self) -> pb.ListSizesResponse:
+        return self.platform("ListSizes", pb.ListSizesRequest())
+
+    def whoami(self) -> pb.WhoAmIResponse:
+        return self.platform("WhoAmI", pb.WhoAmIRequest())

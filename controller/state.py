@@ -215,7 +215,7 @@ class State:
             raise errors.InvalidArgument(
                 f"cannot set and unset {', '.join(sorted(overlap))} in one change"
             )
-        description = describe_config_change(list(set_vars), list(unset))
+        description = describe_config_change(sorted(set_vars), sorted(unset))
 
         def change(app: AppRecord, config: dict[str, str]) -> tuple[dict[str, str], str]:
             new = dict(config)

@@ -1,0 +1,199 @@
+"""``slipway-router``: load config, set up logging, run one or more workers.
+
+With ``--workers N`` (N > 1) the parent forks N workers that each bind the
+same listen addresses with SO_REUSEPORT (the kernel spreads connections
+between them) and supervises them: SIGTERM/SIGINT are passed on, and the
+parent exits when they have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import sys
+
+import click
+
+from router.config import Limits, Listen, LogConfig, RouterConfig
+from slipway import log
+
+logger = log.get(__name__)
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        out += [v.strip() for v in value.split(",") if v.strip()]
+    return tuple(out)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option(
+    "--listen",
+    "-l",
+    multiple=True,
+    default=("0.0.0.0:8080",),
+    envvar="SLIPWAY_ROUTER_LISTEN",
+    help="HOST:PORT to accept HTTP on; repeat (or comma-separate) for several.",
+)
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(1, 256),
+    default=1,
+    envvar="SLIPWAY_ROUTER_WORKERS",
+    help="Worker processes sharing the listen ports via SO_REUSEPORT.",
+)
+@click.option(
+    "--etcd",
+    "etcd",
+    default="127.0.0.1:2379",
+    envvar="SLIPWAY_ETCD",
+    help="etcd endpoints, comma-separated.",
+)
+@click.option(
+    "--etcd-prefix",
+    default="/slipway",
+    envvar="SLIPWAY_ETCD_PREFIX",
+    help="Key prefix Slipway uses in etcd.",
+)
+@click.option(
+    "--base-domain",
+    default="localhost",
+    envvar="SLIPWAY_BASE_DOMAIN",
+    help="Apps answer at APP.BASE_DOMAIN.",
+)
+@click.option(
+    "--nats",
+    "nats_servers",
+    default="",
+    envvar="SLIPWAY_NATS",
+    help="NATS servers for router logs, comma-separated; empty: logs dropped.",
+)
+@click.option(
+    "--metrics-listen",
+    default="",
+    envvar="SLIPWAY_ROUTER_METRICS",
+    help="HOST:PORT for Prometheus metrics (worker N uses PORT+N); empty: off.",
+)
+@click.option(
+    "--forwarded-proto",
+    default="http",
+    envvar="SLIPWAY_ROUTER_FORWARDED_PROTO",
+    help="X-Forwarded-Proto to send (set https when TLS ends in front).",
+)
+@click.option(
+    "--connect-timeout",
+    type=float,
+    default=Limits.connect_timeout,
+    help="Seconds to connect to a dyno before quarantining it.",
+)
+@click.option(
+    "--request-timeout",
+    type=float,
+    default=Limits.first_byte_timeout,
+    help="Seconds to the first response byte (H12).",
+)
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=Limits.idle_timeout,
+    help="Rolling idle window once a response started (H15/H28).",
+)
+@click.option(
+    "--log-level", default="info", envvar="SLIPWAY_LOG_LEVEL", help="debug, info, warning or error."
+)
+def main(
+    listen: tuple[str, ...],
+    workers: int,
+    etcd: str,
+    etcd_prefix: str,
+    base_domain: str,
+    nats_servers: str,
+    metrics_listen: str,
+    forwarded_proto: str,
+    connect_timeout: float,
+    request_timeout: float,
+    idle_timeout: float,
+    log_level: str,
+) -> None:
+    """Slipway's HTTP router: routes APP.BASE_DOMAIN (and custom domains) to the
+    app's web dynos, with routes learned from etcd and request logs sent to NATS."""
+    try:
+        listens = tuple(Listen.parse(v) for v in _split(listen))
+        metrics = Listen.parse(metrics_listen) if metrics_listen else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    config = RouterConfig(
+        listen=listens,
+        workers=workers,
+        etcd_endpoints=_split((etcd,)),
+        etcd_prefix=etcd_prefix,
+        base_domain=base_domain.strip(".").lower(),
+        forwarded_proto=forwarded_proto,
+        metrics_listen=metrics,
+        limits=Limits(
+            connect_timeout=connect_timeout,
+            first_byte_timeout=request_timeout,
+            idle_timeout=idle_timeout,
+        ),
+        logs=LogConfig(servers=_split((nats_servers,))),
+    )
+    log.configure("router", log_level)
+    if workers == 1:
+        run_worker(config, 0)
+        return
+    supervise(config)
+
+
+def run_worker(config: RouterConfig, index: int) -> None:
+    import uvloop
+
+    from router.server import Router
+
+    async def serve() -> None:
+        router = Router(config, worker=index)
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                os._exit(1)  # a second signal forces the exit
+            router.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        await router.run()
+
+    uvloop.run(serve())
+
+
+def supervise(config: RouterConfig) -> None:
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=run_worker, args=(config, i), name=f"router-{i}")
+        for i in range(config.workers)
+    ]
+    for proc in procs:
+        proc.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    for proc in procs:
+        proc.join()
+        code = code or (proc.exitcode or 0)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,696 @@
+"""One request and its response: routing, connecting, relaying, timing, logging.
+
+States (``Exchange.state``)::
+
+    NEW -> ROUTING -> [BACKLOG] -> CONNECTING -> SENT -> (response relayed) -> DONE
+                                      |  ^                  \\-> TUNNEL (101)
+                       refused/timeout: quarantine, next dyno
+
+The exchange is the callback object of the dyno connection's response parser
+(``on_status`` ... ``on_message_complete``) and is driven by the client
+protocol for the request side (``request_body``, ``request_complete``).
+Callbacks never finish the exchange while a parser is inside ``feed_data``:
+they set flags, and the protocol finishes once ``feed_data`` has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from router import errors_page as pages
+from router import proxy
+from router.balancer import Balancer
+from router.config import Limits
+from router.errors_page import ResponseCache, RouterError
+from router.headers import (
+    DROP_RESPONSE,
+    VIA,
+    BadRequest,
+    RequestInfo,
+    analyse,
+    forwarded_for,
+    host_name,
+    request_head,
+    request_id,
+    response_tokens,
+)
+from router.logs import LogShipper, format_line
+from router.metrics import Metrics
+from router.table import AppRoute, DynoRoute, RouteTable
+from router.upstream import UpstreamConnection, UpstreamPool
+from slipway import log
+
+if TYPE_CHECKING:
+    from router.proxy import ClientProtocol
+
+logger = log.get(__name__)
+
+NEW, ROUTING, BACKLOG, CONNECTING, SENT, TUNNEL, DONE = range(7)
+# How the response body is framed towards the client.
+BODY_NONE, BODY_RAW, BODY_CHUNKED = range(3)
+
+_EMPTY: frozenset[str] = frozenset()
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CRLF = b"\r\n"
+
+
+class Shared:
+    """Everything connections share; built once per router worker."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        limits: Limits,
+        table: RouteTable,
+        balancer: Balancer,
+        pool: UpstreamPool,
+        shipper: LogShipper,
+        metrics: Metrics,
+        proto: str = "http",
+    ) -> None:
+        self.loop = loop
+        self.limits = limits
+        self.table = table
+        self.balancer = balancer
+        self.pool = pool
+        self.shipper = shipper
+        self.metrics = metrics
+        self.proto = proto
+        self.pages = ResponseCache()
+        self.clients: set[ClientProtocol] = set()
+
+
+class Exchange:
+    __slots__ = (
+        "app",
+        "attempts",
+        "body_buf",
+        "body_buffered",
+        "body_sent",
+        "bytes_out",
+        "client",
+        "client_keep",
+        "connect_task",
+        "dyno",
+        "dyno_counted",
+        "headers",
+        "host",
+        "http10",
+        "info",
+        "interim",
+        "keep_alive",
+        "method",
+        "mode",
+        "reason",
+        "request_done",
+        "request_id",
+        "resp_headers",
+        "response_done",
+        "response_started",
+        "retried",
+        "reused",
+        "shared",
+        "state",
+        "status",
+        "t_sent",
+        "t_start",
+        "tried",
+        "until_close",
+        "upgrade",
+        "upstream",
+        "upstream_keep",
+        "upstream_paused",
+        "url",
+        "version",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        client: ClientProtocol,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        self.client = client
+        self.shared = client.shared
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.version = version
+        self.http10 = version == "1.0"
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.state = NEW
+        self.t_start = client.loop.time()
+        self.t_sent = 0.0
+        self.info: RequestInfo | None = None
+        self.app: AppRoute | None = None
+        self.host = ""
+        self.request_id = b""
+        self.dyno: DynoRoute | None = None
+        self.dyno_counted = False
+        self.upstream: UpstreamConnection | None = None
+        self.upstream_keep = False
+        self.upstream_paused = False
+        self.connect_task: asyncio.Task[None] | None = None
+        self.waiting = False
+        self.tried: set[str] | None = None
+        self.attempts = 0
+        self.reused = False
+        self.retried = False
+        self.body_buf: list[bytes] = []
+        self.body_buffered = 0
+        self.body_sent = 0
+        self.request_done = False
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.status = 0
+        self.interim = False
+        self.response_started = False
+        self.response_done = False
+        self.until_close = False
+        self.mode = BODY_NONE
+        self.client_keep = keep_alive
+        self.bytes_out = 0
+
+    # == routing ==============================================================
+    def start(self) -> None:
+        self.state = ROUTING
+        shared = self.shared
+        try:
+            info = self.info = analyse(self.headers)
+        except BadRequest as exc:
+            self.fail(pages.NOT_IMPLEMENTED if exc.status == 501 else pages.BAD_REQUEST)
+            return
+        if self.method == b"CONNECT":
+            self.fail(pages.BAD_REQUEST)  # a router, not a forward proxy
+            return
+        table = shared.table
+        if not table.loaded:
+            self.fail(pages.H99)  # no route table yet: never guess
+            return
+        app = None
+        if info.host is not None:
+            name = table.app_for_host(info.host)
+            if name is not None:
+                app = table.apps.get(name)
+        if app is None:
+            self.fail(pages.NO_SUCH_APP)
+            return
+        self.app = app
+        self.host = host_name(info.host or b"")
+        self.request_id = request_id(info.request_id)
+        error = shared.balancer.admission(app, table.dyno_list.get(app.name, ()))
+        if error is not None:
+            self.fail(error)
+            return
+        self.route()
+
+    def route(self) -> None:
+        app = self.app
+        assert app is not None
+        shared = self.shared
+        dynos = shared.table.dyno_list.get(app.name, ())
+        if not dynos:
+            self.fail(pages.H14)
+            return
+        choice = shared.balancer.choose(app, dynos, self.tried or _EMPTY)
+        if choice is None:
+            # Every usable dyno is at its in-flight limit: wait in the backlog
+            # (the 30 s H12 clock includes the wait, as on Heroku).
+            if self.state != BACKLOG:
+                self.state = BACKLOG
+                self.set_deadline(proxy.BACKLOG, shared.limits.first_byte_timeout)
+            self.waiting = True
+            shared.balancer.wait(app.name, self.wake)
+            return
+        if isinstance(choice, RouterError):
+            self.fail(choice)
+            return
+        self.dyno = choice
+        self.dyno_counted = True
+        shared.balancer.start(choice)
+        conn = shared.pool.get(choice.address, self.client.loop.time())
+        if conn is not None:
+            self.reused = True
+            shared.metrics.upstream_reuses += 1
+            self.send_head(conn)
+        else:
+            self.connect()
+
+    def wake(self) -> None:
+        """A dyno slot was freed: try routing again (soon, not re-entrantly)."""
+        self.waiting = False
+        self.client.loop.call_soon(self._rewake)
+
+    def _rewake(self) -> None:
+        if self.state == BACKLOG:
+            self.route()
+
+    def connect(self) -> None:
+        self.state = CONNECTING
+        dyno = self.dyno
+        assert dyno is not None
+        self.connect_task = self.client.loop.create_task(self._connect(dyno))
+
+    async def _connect(self, dyno: DynoRoute) -> None:
+        shared = self.shared
+        error: RouterError | None = None
+        try:
+            conn = await shared.pool.connect(dyno.host, dyno.port, shared.limits.connect_timeout)
+        except TimeoutError:
+            error = pages.H19
+        except OSError:
+            error = pages.H21
+        self.connect_task = None
+        if error is not None:
+            self.connect_failed(dyno, error)
+            return
+        if self.state != CONNECTING:
+            conn.close()  # the client left while we were connecting
+            return
+        shared.metrics.upstream_connects += 1
+        self.send_head(conn)
+
+    def connect_failed(self, dyno: DynoRoute, error: RouterError) -> None:
+        """No byte reached the dyno, so another dyno may safely be tried."""
+        if self.state != CONNECTING:
+            return
+        shared = self.shared
+        self.release_dyno()
+        shared.balancer.quarantine(dyno.address)
+        logger.warning(
+            "dyno quarantined", app=dyno.app, dyno=dyno.name, code=error.code, address=dyno.address
+        )
+        if self.tried is None:
+            self.tried = set()
+        self.tried.add(dyno.address)
+        self.attempts += 1
+        if self.attempts >= shared.limits.max_attempts:
+            self.fail(error)
+            return
+        self.state = ROUTING
+        self.route()
+
+    def release_dyno(self) -> None:
+        if self.dyno_counted and self.dyno is not None:
+            self.dyno_counted = False
+            self.shared.balancer.finish(self.dyno)
+
+    # == request to the dyno =================================================
+    def send_head(self, conn: UpstreamConnection) -> None:
+        client = self.client
+        info = self.info
+        assert info is not None and conn.transport is not None
+        self.upstream = conn
+        conn.attach(self)
+        self.state = SENT
+        now = client.loop.time()
+        self.t_sent = now
+        if client.write_blocked:
+            conn.transport.pause_reading()
+            self.upstream_paused = True
+        shared = self.shared
+        added = [
+            b"X-Forwarded-For: " + forwarded_for(info.forwarded_for, client.peer_ip),
+            b"X-Forwarded-Proto: " + shared.proto.encode(),
+            b"X-Forwarded-Port: " + client.local_port,
+            b"X-Request-Start: %d" % int(time.time() * 1000),
+            b"X-Request-Id: " + self.request_id,
+            b"Via: " + VIA,
+        ]
+        head = request_head(self.method, self.url, self.headers, info, added, upgrade=self.upgrade)
+        if self.body_buf:
+            parts = [head]
+            for chunk in self.body_buf:
+                parts += self.frame(chunk)
+                self.body_sent += len(chunk)
+            self.body_buf = []
+            self.body_buffered = 0
+            if self.request_done and info.chunked:
+                parts.append(_LAST_CHUNK)
+            conn.transport.write(b"".join(parts))
+            client.unpause(proxy.PAUSE_BUFFER)
+        else:
+            if self.request_done and info.chunked:
+                head += _LAST_CHUNK
+            conn.transport.write(head)
+        if self.request_done:
+            self.set_deadline(proxy.FIRST_BYTE, shared.limits.first_byte_timeout)
+        else:
+            self.set_deadline(proxy.CLIENT_BODY, shared.limits.idle_timeout)
+
+    def frame(self, chunk: bytes) -> list[bytes]:
+        assert self.info is not None
+        if self.info.chunked:
+            return [b"%x\r\n" % len(chunk), chunk, _CRLF]
+        return [chunk]
+
+    def request_body(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        state = self.state
+        if state == SENT:
+            upstream = self.upstream
+            if upstream is None or upstream.transport is None:
+                return
+            assert self.info is not None
+            if self.info.chunked:
+                upstream.transport.writelines((b"%x\r\n" % len(chunk), chunk, _CRLF))
+            else:
+                upstream.transport.write(chunk)
+            self.body_sent += len(chunk)
+            if not self.response_started:
+                self.set_deadline(proxy.CLIENT_BODY, self.shared.limits.idle_timeout)
+        elif state < SENT:
+            # Not connected yet (or not started): keep it, up to a bound.
+            self.body_buf.append(chunk)
+            self.body_buffered += len(chunk)
+            if self.body_buffered > self.shared.limits.max_buffered_body:
+                self.client.pause(proxy.PAUSE_BUFFER)
+        # after DONE: the answer was already given; the rest of the body is dropped
+
+    def request_complete(self) -> None:
+        self.request_done = True
+        if self.state == SENT:
+            upstream = self.upstream
+            if (
+                self.info is not None
+                and self.info.chunked
+                and upstream is not None
+                and upstream.transport is not None
+            ):
+                upstream.transport.write(_LAST_CHUNK)
+            if not self.response_started:
+                self.set_deadline(proxy.FIRST_BYTE, self.shared.limits.first_byte_timeout)
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if paused:
+            self.client.pause(proxy.PAUSE_UPSTREAM_FULL)
+        else:
+            self.client.unpause(proxy.PAUSE_UPSTREAM_FULL)
+
+    def set_deadline(self, kind: int, seconds: float) -> None:
+        client = self.client
+        client.deadline = client.loop.time() + seconds
+        client.deadline_kind = kind
+
+    # == response parser callbacks (httptools) ================================
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.resp_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            return
+        parser = upstream.parser
+        status = parser.get_status_code()
+        client = self.client
+        transport = client.transport
+        if 100 <= status < 200 and status != 101:
+            # Interim response: relay 100 Continue to a client that asked for it.
+            self.interim = True
+            if (
+                status == 100
+                and self.info is not None
+                and self.info.expect_continue
+                and not self.http10
+                and transport is not None
+            ):
+                transport.write(_CONTINUE)
+            self.resp_headers = []
+            self.reason = b""
+            return
+        self.status = status
+        self.response_started = True
+        self.upstream_keep = parser.should_keep_alive()
+        headers = self.resp_headers
+        tokens = response_tokens(headers)
+        out = [b"HTTP/1.1 %d " % status, self.reason, _CRLF]
+        length = None
+        chunked = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname in DROP_RESPONSE or lname in tokens:
+                if lname == b"content-length":
+                    length = value
+                elif lname == b"transfer-encoding":
+                    chunked = True
+                elif status == 101 and lname == b"upgrade":
+                    out += (name, b": ", value, _CRLF)
+                continue
+            out += (name, b": ", value, _CRLF)
+        if status == 101:
+            out.append(b"Connection: Upgrade\r\n")
+        elif self.method == b"HEAD" or status == 204 or status == 304:
+            if length is not None:
+                out += (b"Content-Length: ", length, _CRLF)
+            self.mode = BODY_NONE
+            self.response_done = True  # no body follows, whatever the headers say
+        elif length is not None:
+            out += (b"Content-Length: ", length, _CRLF)
+            self.mode = BODY_RAW
+        else:
+            self.until_close = not chunked
+            if self.http10:
+                self.mode = BODY_RAW
+                self.client_keep = False  # HTTP/1.0 has no chunking: end by closing
+            else:
+                self.mode = BODY_CHUNKED
+                out.append(b"Transfer-Encoding: chunked\r\n")
+        if self.upgrade and status != 101:
+            self.client_keep = False  # the client parser is already in upgrade mode
+        if status != 101:
+            if self.http10:
+                out.append(
+                    b"Connection: keep-alive\r\n" if self.client_keep else b"Connection: close\r\n"
+                )
+            elif not self.client_keep:
+                out.append(b"Connection: close\r\n")
+        out += (b"Via: ", VIA, b"\r\n\r\n")
+        head = b"".join(out)
+        self.bytes_out += len(head)
+        if transport is not None:
+            transport.write(head)
+        self.set_deadline(proxy.IDLE, self.shared.limits.idle_timeout)
+
+    def on_body(self, body: bytes) -> None:
+        transport = self.client.transport
+        if transport is None or self.mode == BODY_NONE:
+            return
+        if self.mode == BODY_CHUNKED:
+            transport.writelines((b"%x\r\n" % len(body), body, _CRLF))
+        else:
+            transport.write(body)
+        self.bytes_out += len(body)
+        client = self.client
+        client.deadline = client.loop.time() + self.shared.limits.idle_timeout
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        self.response_done = True
+
+    # == finishing ============================================================
+    def finish_response(self) -> None:
+        """The dyno's response is complete (called outside the parser)."""
+        if self.state == DONE:
+            return
+        transport = self.client.transport
+        if self.mode == BODY_CHUNKED and transport is not None:
+            transport.write(_LAST_CHUNK)
+            self.bytes_out += 5
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            if self.upstream_paused and conn.transport is not None:
+                conn.transport.resume_reading()
+            if (
+                self.upstream_keep
+                and self.request_done
+                and not self.upgrade
+                and not self.until_close
+            ):
+                self.shared.pool.put(conn, self.client.loop.time())
+            else:
+                conn.close()
+        self.complete(self.status, None, self.client_keep and self.request_done)
+
+    def complete(self, status: int, error: RouterError | None, keep_alive: bool) -> None:
+        self.state = DONE
+        self.release_dyno()
+        shared = self.shared
+        code = error.code if error is not None else ""
+        shared.metrics.request(status, code)
+        app = self.app
+        if app is not None:
+            now = self.client.loop.time()
+            dyno = self.dyno
+            if self.t_sent:
+                connect_ms = int((self.t_sent - self.t_start) * 1000)
+                service_ms = int((now - self.t_sent) * 1000)
+            else:
+                connect_ms = 0
+                service_ms = int((now - self.t_start) * 1000)
+            info = self.info
+            fwd = forwarded_for(info.forwarded_for, self.client.peer_ip) if info else b""
+            shared.shipper.emit(
+                app.name,
+                format_line(
+                    method=self.method.decode("latin-1"),
+                    path=self.url.decode("latin-1"),
+                    host=self.host,
+                    request_id=self.request_id.decode("latin-1"),
+                    fwd=fwd.decode("latin-1"),
+                    dyno=dyno.name if dyno is not None and self.t_sent else "",
+                    connect_ms=connect_ms,
+                    service_ms=service_ms,
+                    status=status,
+                    bytes_sent=self.bytes_out,
+                    protocol=shared.proto,
+                    code=code if error is not None and error.is_error else "",
+                    desc=error.desc if error is not None and error.is_error else "",
+                ),
+            )
+        self.client.exchange_done(self, keep_alive)
+
+    def fail(self, error: RouterError) -> None:
+        """Answer with the router's own page (or cut the connection if the
+        response already started) and log ``error``."""
+        if self.state == DONE:
+            return
+        self.abandon_upstream()
+        client = self.client
+        transport = client.transport
+        keep = self.keep_alive and self.request_done and not self.upgrade
+        if self.response_started:
+            keep = False
+            status = self.status
+            client.close()
+        else:
+            status = error.status
+            page = self.shared.pages.get(error, keep_alive=keep, head_only=self.method == b"HEAD")
+            self.bytes_out += len(page)
+            if transport is not None and not client.closed:
+                transport.write(page)
+        self.complete(status, error, keep)
+
+    def abandon_upstream(self) -> None:
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        if self.waiting and self.app is not None:
+            self.waiting = False
+            self.shared.balancer.cancel_wait(self.app.name, self.wake)
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.abort()  # mid-exchange: never reusable
+
+    # == events from the connections ==========================================
+    def client_gone(self) -> None:
+        """The client closed its connection (H27 unless we were done)."""
+        if self.state == DONE:
+            return
+        if self.state == TUNNEL:
+            self.state = DONE
+            self.abandon_upstream()
+            return
+        started = self.state != NEW
+        self.abandon_upstream()
+        if started and self.app is not None:
+            self.complete(pages.H27.status, pages.H27, False)
+        else:
+            self.state = DONE
+            self.release_dyno()
+
+    def upstream_lost(self) -> None:
+        """The dyno's connection closed under us."""
+        if self.state == DONE:
+            return
+        self.upstream = None
+        client = self.client
+        if self.state == TUNNEL:
+            self.state = DONE
+            client.close()
+            return
+        if self.response_started:
+            if self.until_close:
+                self.finish_response()  # the dyno framed its body by closing
+            else:
+                self.fail(pages.H18)
+            return
+        if self.reused and self.body_sent == 0 and not self.retried:
+            # A pooled connection the dyno had just closed: nothing reached the
+            # app, so a fresh connection to the same dyno is safe.
+            self.retried = True
+            self.reused = False
+            self.shared.metrics.upstream_retries += 1
+            self.connect()
+            return
+        self.fail(pages.H13 if self.request_done else pages.H18)
+
+    def upstream_bad_response(self) -> None:
+        self.fail(pages.H17)
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        """The dyno answered 101: from here on bytes flow both ways untouched."""
+        conn = self.upstream
+        client = self.client
+        if conn is None or self.status != 101:
+            self.fail(pages.H17)
+            return
+        conn.tunnel = True
+        self.state = TUNNEL
+        if rest and client.transport is not None:
+            client.transport.write(rest)
+        # The request is logged now: a WebSocket may stay open for hours and
+        # must not hold one of the dyno's in-flight slots meanwhile.
+        self.upstream = conn
+        saved_state = self.state
+        self.complete_tunnel()
+        self.state = saved_state
+        client.start_tunnel(conn)
+
+    def complete_tunnel(self) -> None:
+        self.release_dyno()
+        self.shared.metrics.request(101, "")
+        app = self.app
+        if app is None:
+            return
+        now = self.client.loop.time()
+        info = self.info
+        fwd = forwarded_for(info.forwarded_for, self.client.peer_ip) if info else b""
+        self.shared.shipper.emit(
+            app.name,
+            format_line(
+                method=self.method.decode("latin-1"),
+                path=self.url.decode("latin-1"),
+                host=self.host,
+                request_id=self.request_id.decode("latin-1"),
+                fwd=fwd.decode("latin-1"),
+                dyno=self.dyno.name if self.dyno else "",
+                connect_ms=int((self.t_sent - self.t_start) * 1000),
+                service_ms=int((now - self.t_sent) * 1000),
+                status=101,
+                bytes_sent=self.bytes_out,
+                protocol=self.shared.proto,
+            ),
+        )
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        client = self.client
+        if client.transport is not None:
+            client.transport.write(data)
+        client.deadline = client.loop.time() + self.shared.limits.idle_timeout

@@ -1,0 +1,242 @@
+"""The route table: which app a host name means, and where its web dynos listen.
+
+Filled from etcd by :class:`TableWatcher`: list everything under
+``{prefix}/routes/``, then watch from the revision after that list. If etcd goes
+away the table is left exactly as it was (a lost store must never empty the
+routing table); the watcher reconnects with backoff and re-lists, swapping
+the fresh table in whole, so changes made meanwhile arrive. A full re-list
+also runs every ``resync_interval`` to heal anything a watch missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from slipway import errors, log
+from slipway.backoff import Backoff
+from slipway.etcd import KV, Etcd
+from slipway.keys import Keys
+
+logger = log.get(__name__)
+
+BALANCE_RANDOM = "random"
+BALANCE_LEAST_LOADED = "least-loaded"
+
+
+@dataclass(frozen=True, slots=True)
+class AppRoute:
+    name: str
+    web: int = 0
+    released: bool = False
+    maintenance: bool = False
+    crashed: bool = False
+    balance: str = BALANCE_RANDOM
+
+
+@dataclass(frozen=True, slots=True)
+class DynoRoute:
+    app: str
+    name: str  # "web.1"
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_app(name: str, value: bytes) -> AppRoute:
+    obj = json.loads(value)
+    balance = str(obj.get("balance") or BALANCE_RANDOM)
+    return AppRoute(
+        name=name,
+        web=int(obj.get("web", 0)),
+        released=bool(obj.get("released", False)),
+        maintenance=bool(obj.get("maintenance", False)),
+        crashed=bool(obj.get("crashed", False)),
+        balance=balance if balance == BALANCE_LEAST_LOADED else BALANCE_RANDOM,
+    )
+
+
+def parse_dyno(app: str, dyno: str, value: bytes) -> DynoRoute:
+    obj = json.loads(value)
+    host, sep, port = str(obj["address"]).rpartition(":")
+    if not sep:
+        raise ValueError("dyno address has no port")
+    return DynoRoute(
+        app=app, name=str(obj.get("dyno") or dyno), host=host.strip("[]"), port=int(port)
+    )
+
+
+class RouteTable:
+    """Apps, dynos and custom domains, as last seen in etcd."""
+
+    def __init__(self, keys: Keys, base_domain: str) -> None:
+        self._routes = keys.routes().decode()
+        self.base_suffix = "." + base_domain.strip(".").lower()
+        self.apps: dict[str, AppRoute] = {}
+        self.dynos: dict[str, dict[str, DynoRoute]] = {}
+        self.domains: dict[str, str] = {}
+        # app -> its dynos as a tuple, rebuilt on change: random.choice wants a sequence.
+        self.dyno_list: dict[str, tuple[DynoRoute, ...]] = {}
+        self.revision = 0
+        self.loaded = False
+        # raw Host header -> app name (or None); cleared whenever the table changes.
+        self._host_cache: dict[bytes, str | None] = {}
+        self.listeners: list[Callable[[], None]] = []
+
+    # -- lookups (hot path) -------------------------------------------------
+    def app_for_host(self, raw_host: bytes) -> str | None:
+        cache = self._host_cache
+        try:
+            return cache[raw_host]
+        except KeyError:
+            pass
+        from router.headers import host_name
+
+        host = host_name(raw_host)
+        app: str | None = self.domains.get(host)
+        if app is None and host.endswith(self.base_suffix):
+            label = host[: -len(self.base_suffix)]
+            if label and "." not in label:
+                app = label
+        if len(cache) > 10_000:  # bounded: a client can send any Host it likes
+            cache.clear()
+        cache[raw_host] = app
+        return app
+
+    # -- changes ------------------------------------------------------------
+    def replace(self, kvs: Iterable[KV], revision: int) -> None:
+        """Swap in a full listing at once (no request sees a half-built table)."""
+        fresh = RouteTable.__new__(RouteTable)
+        fresh.apps, fresh.dynos, fresh.domains, fresh._routes = {}, {}, {}, self._routes
+        for kv in kvs:
+            fresh._put(kv.key, kv.value)
+        self.apps, self.dynos, self.domains = fresh.apps, fresh.dynos, fresh.domains
+        self.dyno_list = {app: tuple(d.values()) for app, d in self.dynos.items()}
+        self.revision = revision
+        self.loaded = True
+        self._changed()
+
+    def apply(self, kind: str, key: bytes, value: bytes, revision: int) -> None:
+        if kind == "put":
+            app = self._put(key, value)
+        else:
+            app = self._delete(key)
+        if app is not None:
+            self.dyno_list[app] = tuple(self.dynos.get(app, {}).values())
+        self.revision = max(self.revision, revision)
+        self._changed()
+
+    def _changed(self) -> None:
+        self._host_cache.clear()
+        for listener in self.listeners:
+            listener()
+
+    def _split(self, key: bytes) -> list[str] | None:
+        text = key.decode(errors="replace")
+        if not text.startswith(self._routes):
+            return None
+        return text[len(self._routes) :].split("/")
+
+    def _put(self, key: bytes, value: bytes) -> str | None:
+        """Returns the app whose dyno list changed, if any."""
+        parts = self._split(key)
+        if not parts:
+            return None
+        try:
+            if parts[0] == "apps" and len(parts) == 2:
+                self.apps[parts[1]] = parse_app(parts[1], value)
+            elif parts[0] == "dynos" and len(parts) == 3:
+                app, dyno = parts[1], parts[2]
+                self.dynos.setdefault(app, {})[dyno] = parse_dyno(app, dyno, value)
+                return app
+            elif parts[0] == "domains" and len(parts) == 2:
+                self.domains[parts[1].lower()] = str(json.loads(value)["app"])
+        except (ValueError, KeyError, TypeError) as exc:
+            # A bad record must not take the router down; it is simply not routed.
+            logger.warning("bad route record", key=key.decode(errors="replace"), error=str(exc))
+        return None
+
+    def _delete(self, key: bytes) -> str | None:
+        parts = self._split(key)
+        if not parts:
+            return None
+        if parts[0] == "apps" and len(parts) == 2:
+            self.apps.pop(parts[1], None)
+        elif parts[0] == "dynos" and len(parts) == 3:
+            dynos = self.dynos.get(parts[1])
+            if dynos is not None:
+                dynos.pop(parts[2], None)
+                if not dynos:
+                    del self.dynos[parts[1]]
+            return parts[1]
+        elif parts[0] == "domains" and len(parts) == 2:
+            self.domains.pop(parts[1].lower(), None)
+        return None
+
+
+class TableWatcher:
+    """Keeps a :class:`RouteTable` in step with etcd, surviving etcd outages."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[str],
+        keys: Keys,
+        table: RouteTable,
+        *,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
+        resync_interval: float = 300.0,
+    ) -> None:
+        self.endpoints = list(endpoints)
+        self.keys = keys
+        self.table = table
+        self.backoff = Backoff(initial=backoff_initial, maximum=backoff_max)
+        self.resync_interval = resync_interval
+        self.ready = asyncio.Event()
+        self.connected = False
+        self.relists = 0
+
+    async def run(self) -> None:
+        prefix = self.keys.routes()
+        etcd = Etcd(self.endpoints)
+        try:
+            while True:
+                try:
+                    await etcd.connect()
+                    kvs, revision = await etcd.get_prefix(prefix)
+                    self.table.replace(kvs, revision)
+                    self.relists += 1
+                    self.connected = True
+                    self.ready.set()
+                    self.backoff.reset()
+                    logger.info("route table loaded", revision=revision, apps=len(self.table.apps))
+                    try:
+                        async with asyncio.timeout(self.resync_interval):
+                            async for event in etcd.watch_prefix(prefix, revision + 1):
+                                self.table.apply(
+                                    event.kind, event.key, event.value, event.mod_revision
+                                )
+                    except TimeoutError:
+                        continue  # periodic full resync
+                    # The stream ended without an error: treat like a break.
+                    raise errors.Unavailable("etcd watch ended", reason="etcd_unavailable")
+                except (errors.SlipwayError, OSError) as exc:
+                    self.connected = False
+                    delay = self.backoff.next()
+                    # Keep serving from the table we have; just try again later.
+                    logger.warning(
+                        "etcd unavailable, keeping last route table",
+                        error=str(exc),
+                        retry_in=round(delay, 2),
+                    )
+                    await asyncio.sleep(delay)
+        finally:
+            try:
+                await asyncio.wait_for(etcd.close(), 2.0)
+            except Exception:
+                pass

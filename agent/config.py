@@ -1,0 +1,81 @@
+"""Agent configuration: one dataclass for addresses and places, one for timings.
+
+Every duration the dyno runtime waits on lives in ``Timings`` so tests can
+shrink them to fractions of a second; defaults are Heroku's numbers.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+AGENT_VERSION = "0.1.0"
+DEFAULT_RESERVE_MB = 512
+
+
+@dataclass(frozen=True)
+class RestartSchedule:
+    """Crash restart cool-offs (Cloud Foundry's shape, which the brief offers).
+
+    The first ``immediate`` restarts happen at once; after that each wait is
+    ``initial`` doubled per further crash, capped at ``cap``. The count resets
+    after a run lasting ``reset_after`` seconds, a new release or a restart.
+    """
+
+    immediate: int = 3
+    initial: float = 30.0
+    factor: float = 2.0
+    cap: float = 16 * 60.0
+    reset_after: float = 10 * 60.0
+
+
+@dataclass(frozen=True)
+class Timings:
+    boot_timeout: float = 60.0  # R10: web must accept on $PORT within this
+    stop_grace: float = 30.0  # R12: SIGTERM -> SIGKILL
+    up_probe_interval: float = 0.2  # how often a starting web dyno's port is tried
+    memory_interval: float = 2.0  # cgroup memory sampling period
+    r14_interval: float = 20.0  # at most one R14 line per dyno per this period
+    memory_hard_factor: float = 2.0  # cgroup limit = quota x this (R15 point)
+    launch_timeout: float = 30.0  # shim spawn -> pid file, else the start failed
+    restart: RestartSchedule = field(default_factory=RestartSchedule)
+    heartbeat_interval: float = 5.0
+    rpc_timeout: float = 10.0  # deadline of unary gRPC calls
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 15.0
+
+
+def default_memory_mb(reserve_mb: int = DEFAULT_RESERVE_MB) -> int:
+    total_mb = psutil.virtual_memory().total // (1024 * 1024)
+    return max(0, int(total_mb) - reserve_mb)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    data_dir: Path
+    controllers: tuple[str, ...] = ("127.0.0.1:5000",)
+    node: str = field(default_factory=socket.gethostname)
+    # The address routers use to reach dynos. Only the CLI flag has a default;
+    # code always reads it from here.
+    advertise_address: str = "127.0.0.1"
+    port_range: tuple[int, int] = (20000, 29999)
+    memory_mb: int = field(default_factory=default_memory_mb)
+    labels: dict[str, str] = field(default_factory=dict)
+    nats_servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    timings: Timings = field(default_factory=Timings)
+    runc_binary: str | None = None
+    # runc state directory; one per agent so tests never see each other's
+    # containers. Defaults to DATA/runc.
+    runc_root: Path | None = None
+    # Prefix of container ids and cgroup paths, so several agents on one host
+    # (tests, simulated nodes) never collide.
+    container_prefix: str = "slipway"
+    log_queue_size: int = 10_000
+    health_port: int = 0  # 0 = no health service
+
+    @property
+    def state_root(self) -> Path:
+        return self.runc_root or self.data_dir / "runc"

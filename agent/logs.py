@@ -1,0 +1,186 @@
+"""Dyno output and dyno-manager events into the app's log stream on NATS.
+
+    container stdout/stderr --append--> DATA/dynos/{key}/out.log
+        LogTailer (offset in out.offset) --> LogSink (bounded queue) --> NATS logs.{app}
+    dyno manager events (heroku[web.1]) ----------^
+
+Nothing here can block a dyno: the container writes to a file, never to a pipe
+the agent must drain, and the sink drops (and counts) lines when its queue is
+full because NATS is away. The file is followed by polling (no inotify in the
+standard library); consumed bytes are released with FALLOC_FL_PUNCH_HOLE so
+the file's disk use stays small while its offsets stay valid, which keeps the
+adoption story simple: a new agent continues at the saved offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from slipway import log, objstore
+from slipway.backoff import Backoff
+from slipway.logline import MAX_LINE_BYTES, LogLine, split_message, subject
+
+logger = log.get("agent.logs")
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_PUNCH_EVERY = 1024 * 1024
+_READ_CHUNK = 256 * 1024
+
+
+class LogSink:
+    """A bounded queue of log lines and the task that publishes them."""
+
+    def __init__(self, servers: Sequence[str], *, maxsize: int = 10_000) -> None:
+        self._servers = list(servers)
+        self._queue: asyncio.Queue[LogLine] = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self.published = 0
+        self._last_drop_report = 0.0
+
+    def emit(self, app: str, source: str, process: str, message: str) -> None:
+        """Queue one line (split at 10,000 bytes); never blocks, drops when full."""
+        now = time.time()
+        for piece in split_message(message):
+            try:
+                self._queue.put_nowait(LogLine(app, source, process, piece, now))
+            except asyncio.QueueFull:
+                self.dropped += 1
+        if self.dropped and now - self._last_drop_report > 10:
+            self._last_drop_report = now
+            logger.warning("log lines dropped", count=self.dropped)
+
+    async def run(self) -> None:
+        backoff = Backoff(initial=0.5, maximum=10.0)
+        while True:
+            try:
+                nc = await objstore.connect(self._servers, name="slipway-agent-logs")
+            except Exception as exc:
+                logger.warning("nats unreachable", error=str(exc))
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            try:
+                await self._publish_loop(nc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(nc.close(), 2)
+
+    async def _publish_loop(self, nc: object) -> None:
+        while True:
+            line = await self._queue.get()
+            try:
+                # While disconnected nats-py buffers up to its pending limit and
+                # then raises: count the loss, never wait for the bus.
+                await nc.publish(subject(line.app), line.encode())  # type: ignore[attr-defined]
+                self.published += 1
+            except Exception:
+                self.dropped += 1
+
+
+def _punch_hole(fd: int, length: int) -> bool:
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fallocate = libc.fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    return bool(fallocate(fd, mode, 0, length) == 0)
+
+
+class LogTailer:
+    """Follows one dyno's out.log from a saved offset and emits its lines."""
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        offset_path: Path,
+        sink: LogSink,
+        app: str,
+        process: str,
+        interval: float = 0.1,
+    ) -> None:
+        self.path = path
+        self.offset_path = offset_path
+        self.sink = sink
+        self.app = app
+        self.process = process
+        self.interval = interval
+        self._offset = self._load_offset()
+        self._punched = 0
+        self._lock = asyncio.Lock()
+
+    def _load_offset(self) -> int:
+        try:
+            return int(self.offset_path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _save_offset(self) -> None:
+        tmp = self.offset_path.with_name(self.offset_path.name + ".tmp")
+        tmp.write_text(str(self._offset))
+        os.replace(tmp, self.offset_path)
+
+    async def run(self) -> None:
+        while True:
+            await self.drain()
+            await asyncio.sleep(self.interval)
+
+    async def drain(self, *, final: bool = False) -> None:
+        """Publish everything written so far; ``final`` flushes a trailing partial line."""
+        async with self._lock:
+            self._read(final=final)
+
+    def _read(self, *, final: bool) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            if size < self._offset:
+                self._offset = 0  # truncated by someone: start over
+            while self._offset < size:
+                data = os.pread(fd, min(_READ_CHUNK, size - self._offset), self._offset)
+                if not data:
+                    break
+                consumed = self._emit_lines(data, final=final and self._offset + len(data) >= size)
+                if consumed == 0:
+                    break  # only a partial line so far
+                self._offset += consumed
+            self._save_offset()
+            if self._offset - self._punched >= _PUNCH_EVERY:
+                # Release whole consumed blocks; the size (and offsets) stay.
+                if _punch_hole(fd, self._offset):
+                    self._punched = self._offset
+        finally:
+            os.close(fd)
+
+    def _emit_lines(self, data: bytes, *, final: bool) -> int:
+        consumed = 0
+        while consumed < len(data):
+            nl = data.find(b"\n", consumed)
+            if nl < 0:
+                rest = len(data) - consumed
+                if final or rest >= MAX_LINE_BYTES:
+                    # An over-long line without newline yet, or the last words
+                    # of an exited process: publish what there is.
+                    self._emit(data[consumed:])
+                    consumed = len(data)
+                break
+            self._emit(data[consumed:nl])
+            consumed = nl + 1
+        return consumed
+
+    def _emit(self, raw: bytes) -> None:
+        text = raw.decode(errors="replace").rstrip("\r")
+        self.sink.emit(self.app, "app", self.process, text)

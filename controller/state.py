@@ -184,7 +184,9 @@ class State:
         k = self.keys
         tx = self.etcd.tx
         whole_keys = [k.app(name), k.config(name), k.formation(name), k.route_app(name)]
-        prefixes = [k.releases(name), k.dynos(name), k.route_dynos(name)]
+        # Placements go with the app; agents then stop the dynos and drop their
+        # own statuses and routes (tied to their leases).
+        prefixes = [k.releases(name), k.dynos(name)]
         ok, _ = await self.etcd._call(
             self.etcd.raw.transaction(
                 compare=[tx.version(k.app(name)) > 0],

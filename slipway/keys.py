@@ -5,10 +5,12 @@
     {prefix}/releases/{app}/{version:010d} Release (JSON)
     {prefix}/formation/{app}               {type: {quantity, size}} (JSON)
     {prefix}/tokens/{sha256 hex}           API token record (JSON), never the token itself
-    {prefix}/nodes/{node}                  node registration, tied to the node's lease
-    {prefix}/dynos/{app}/{dyno}            desired dyno placement (controller leader)
+    {prefix}/nodes/{node}                  node presence (JSON), written by the agent with its own lease
+    {prefix}/nodemetrics/{node}            last heartbeat figures (JSON), written by the controller
+    {prefix}/dynos/{app}/{instance}        desired dyno placement (JSON; the leader's scheduler)
+    {prefix}/status/{app}/{instance}       actual dyno state (JSON), written by the agent with its lease
     {prefix}/routes/apps/{app}             what routers need to know of an app (JSON, see below)
-    {prefix}/routes/dynos/{app}/{dyno}     an up web dyno's address (JSON), tied to a lease
+    {prefix}/routes/dynos/{app}/{instance} an up web dyno's address (JSON), agent's lease
     {prefix}/routes/domains/{hostname}     custom domain -> {"app": name}
     {prefix}/leader                        controller leader election
 
@@ -17,8 +19,14 @@ Route records (what routers read; written by the control plane):
                           "released": bool, "maintenance": bool,
                           "crashed": bool (every web dyno crashed),
                           "balance": "random" | "least-loaded"}
-    routes/dynos/{app}/{dyno}: {"app": str, "dyno": "web.1", "address": "host:port",
-                                "node": str, "release": int}
+    routes/dynos/{app}/{instance}: {"app": str, "dyno": "web.1", "address": "host:port",
+                                    "node": str, "release": int}
+    The last key segment is an opaque id (a dyno name can have two instances during a
+    rollout); routers use the JSON value.
+
+Agents hold their presence, statuses and routes under their own etcd lease, so a
+controller outage changes nothing for running dynos and routers, while a dead
+node's routes and statuses vanish when its lease expires.
 """
 
 from __future__ import annotations
@@ -65,11 +73,23 @@ class Keys:
     def nodes(self) -> bytes:
         return self._k("nodes", "")
 
-    def dyno(self, app: str, dyno: str) -> bytes:
-        return self._k("dynos", app, dyno)
+    def node_metrics(self, node: str) -> bytes:
+        return self._k("nodemetrics", node)
+
+    def node_metrics_all(self) -> bytes:
+        return self._k("nodemetrics", "")
+
+    def dyno(self, app: str, instance: str) -> bytes:
+        return self._k("dynos", app, instance)
 
     def dynos(self, app: str | None = None) -> bytes:
         return self._k("dynos", app, "") if app else self._k("dynos", "")
+
+    def status(self, app: str, instance: str) -> bytes:
+        return self._k("status", app, instance)
+
+    def statuses(self, app: str | None = None) -> bytes:
+        return self._k("status", app, "") if app else self._k("status", "")
 
     def leader(self) -> bytes:
         return self._k("leader")
@@ -78,8 +98,8 @@ class Keys:
     def route_app(self, app: str) -> bytes:
         return self._k("routes", "apps", app)
 
-    def route_dyno(self, app: str, dyno: str) -> bytes:
-        return self._k("routes", "dynos", app, dyno)
+    def route_dyno(self, app: str, instance: str) -> bytes:
+        return self._k("routes", "dynos", app, instance)
 
     def route_dynos(self, app: str | None = None) -> bytes:
         return self._k("routes", "dynos", app, "") if app else self._k("routes", "dynos", "")

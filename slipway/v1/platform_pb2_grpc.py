@@ -100,6 +100,26 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.ListSizesRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.ListSizesResponse.FromString,
                 _registered_method=True)
+        self.ListDynos = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListDynos',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListDynosRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListDynosResponse.FromString,
+                _registered_method=True)
+        self.RestartDynos = channel.unary_unary(
+                '/slipway.v1.PlatformService/RestartDynos',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RestartDynosRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.RestartDynosResponse.FromString,
+                _registered_method=True)
+        self.StopDyno = channel.unary_unary(
+                '/slipway.v1.PlatformService/StopDyno',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.StopDynoRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.StopDynoResponse.FromString,
+                _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListNodes',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/slipway.v1.PlatformService/WhoAmI',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.SerializeToString,
@@ -201,6 +221,34 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDynos(self, request, context):
+        """Lists an app's dynos with their state, node, release and restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestartDynos(self, request, context):
+        """Restarts all dynos, one process type, or one dyno (fresh copies, same nodes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopDyno(self, request, context):
+        """Stops one dyno; formation dynos come back as fresh copies, one-off dynos end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNodes(self, request, context):
+        """Lists the nodes (agents) with capacity, usage and last heartbeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WhoAmI(self, request, context):
         """Returns the identity of the caller's token; used by `slipway login`.
         """
@@ -275,6 +323,26 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.ListSizes,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.ListSizesRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.ListSizesResponse.SerializeToString,
+            ),
+            'ListDynos': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDynos,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListDynosRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListDynosResponse.SerializeToString,
+            ),
+            'RestartDynos': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartDynos,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RestartDynosRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.RestartDynosResponse.SerializeToString,
+            ),
+            'StopDyno': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopDyno,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.StopDynoRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.StopDynoResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListNodesRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListNodesResponse.SerializeToString,
             ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
@@ -633,6 +701,114 @@ class PlatformService:
             '/slipway.v1.PlatformService/ListSizes',
             slipway_dot_v1_dot_platform__pb2.ListSizesRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.ListSizesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDynos(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListDynos',
+            slipway_dot_v1_dot_platform__pb2.ListDynosRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListDynosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartDynos(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RestartDynos',
+            slipway_dot_v1_dot_platform__pb2.RestartDynosRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.RestartDynosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopDyno(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/StopDyno',
+            slipway_dot_v1_dot_platform__pb2.StopDynoRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.StopDynoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListNodes',
+            slipway_dot_v1_dot_platform__pb2.ListNodesRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

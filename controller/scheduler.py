@@ -1,0 +1,283 @@
+"""The scheduler's pure core: ``plan(desired, cluster, now) -> Plan``.
+
+Level-based: it is handed the whole desired state (each app's current release
+and formation) and the whole actual state (live nodes, placements, dyno
+states) and says which placements to add and remove. No I/O; the reconciler
+(controller/reconciler.py) loads the inputs from etcd and applies the plan.
+
+Rules, in the order they apply:
+- a placement on a node that is gone (lease expired) is lost: removed, and a
+  replacement is placed elsewhere (replace before the old one is confirmed dead,
+  the Cloud Foundry way: the node may only be partitioned);
+- every ``type.N`` wanted by a formation gets one placement on the current
+  release and size; a placement on an older release or another size is kept
+  until its replacement is up (start new, then stop old), so a web app never
+  drops to zero up dynos during a deploy;
+- a placement on a draining node is replaced elsewhere the same way;
+- placements no formation wants any more are removed; one-off dynos are left
+  alone (they end on their own) unless their node is gone;
+- a new placement goes to a live, non-draining node with enough free memory,
+  preferring the node with the fewest dynos of the same app and type, then of
+  the same app, then the most free memory, so each type spreads over nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+UP = "up"
+STARTING = "starting"
+CRASHED = "crashed"
+DOWN = "down"
+
+
+@dataclass(frozen=True)
+class ProcessWant:
+    type: str
+    quantity: int
+    size: str
+    memory_mb: int
+    max_processes: int
+
+
+@dataclass(frozen=True)
+class AppWant:
+    app: str
+    release: int
+    slug_digest: str
+    # Process types the release defines (type -> command).
+    commands: dict[str, str]
+    processes: tuple[ProcessWant, ...]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    address: str
+    capacity_mb: int
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class Placement:
+    app: str
+    name: str  # web.1
+    type: str
+    release: int
+    node: str
+    instance_id: str
+    memory_mb: int
+    max_processes: int
+    size: str
+    created_at: float
+    # "formation" or "oneoff" (run.N; never rescheduled, never replaced)
+    kind: str = "formation"
+    command: str = ""
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Placement:
+        obj = json.loads(data)
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def index(self) -> int:
+        _, _, n = self.name.rpartition(".")
+        return int(n) if n.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    nodes: dict[str, NodeInfo]
+    placements: tuple[Placement, ...]
+    # instance_id -> state reported by its agent (missing: not reported yet)
+    states: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Unplaced:
+    app: str
+    name: str
+    memory_mb: int
+    reason: str
+
+
+@dataclass
+class Plan:
+    add: list[Placement] = field(default_factory=list)
+    remove: list[Placement] = field(default_factory=list)
+    unplaced: list[Unplaced] = field(default_factory=list)
+    lost: list[Placement] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.add or self.remove)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class _Capacity:
+    """Free memory and spread counts per node, updated as the plan places dynos."""
+
+    def __init__(self, nodes: Iterable[NodeInfo], placements: Iterable[Placement]) -> None:
+        self.nodes = {n.name: n for n in nodes}
+        self.used: dict[str, int] = defaultdict(int)
+        self.same_type: dict[tuple[str, str, str], int] = defaultdict(int)
+        self.same_app: dict[tuple[str, str], int] = defaultdict(int)
+        for p in placements:
+            self.take(p)
+
+    def take(self, p: Placement) -> None:
+        self.used[p.node] += p.memory_mb
+        self.same_type[(p.node, p.app, p.type)] += 1
+        self.same_app[(p.node, p.app)] += 1
+
+    def release(self, p: Placement) -> None:
+        self.used[p.node] -= p.memory_mb
+        self.same_type[(p.node, p.app, p.type)] -= 1
+        self.same_app[(p.node, p.app)] -= 1
+
+    def free(self, node: str) -> int:
+        return self.nodes[node].capacity_mb - self.used[node]
+
+    def choose(self, app: str, ptype: str, memory_mb: int) -> str | None:
+        candidates = [
+            n.name for n in self.nodes.values() if not n.draining and self.free(n.name) >= memory_mb
+        ]
+        if not candidates:
+            return None
+        return min(
+            candidates,
+            key=lambda n: (
+                self.same_type[(n, app, ptype)],
+                self.same_app[(n, app)],
+                -self.free(n),
+                n,
+            ),
+        )
+
+
+def plan(
+    desired: Iterable[AppWant],
+    cluster: Cluster,
+    now: float,
+    new_id: Callable[[], str] = _new_id,
+) -> Plan:
+    result = Plan()
+    live = [p for p in cluster.placements if p.node in cluster.nodes]
+    result.lost = [p for p in cluster.placements if p.node not in cluster.nodes]
+    result.remove.extend(result.lost)
+    capacity = _Capacity(cluster.nodes.values(), live)
+
+    by_name: dict[tuple[str, str], list[Placement]] = defaultdict(list)
+    for p in live:
+        if p.kind == "formation":
+            by_name[(p.app, p.name)].append(p)
+    wanted: set[tuple[str, str]] = set()
+
+    for app in sorted(desired, key=lambda a: a.app):
+        if not app.slug_digest:
+            continue  # nothing deployed yet: nothing to run
+        for proc in app.processes:
+            command = app.commands.get(proc.type, "")
+            if not command:
+                continue
+            for index in range(1, proc.quantity + 1):
+                name = f"{proc.type}.{index}"
+                wanted.add((app.app, name))
+                _converge_one(
+                    app,
+                    proc,
+                    name,
+                    command,
+                    by_name[(app.app, name)],
+                    cluster,
+                    capacity,
+                    result,
+                    now,
+                    new_id,
+                )
+
+    for (app_name, name), placements in sorted(by_name.items()):
+        if (app_name, name) not in wanted:
+            for p in placements:
+                result.remove.append(p)
+                capacity.release(p)
+    return result
+
+
+def _converge_one(
+    app: AppWant,
+    proc: ProcessWant,
+    name: str,
+    command: str,
+    existing: list[Placement],
+    cluster: Cluster,
+    capacity: _Capacity,
+    result: Plan,
+    now: float,
+    new_id: Callable[[], str],
+) -> None:
+    def fits(p: Placement) -> bool:
+        return (
+            p.release == app.release
+            and p.size == proc.size
+            and p.memory_mb == proc.memory_mb
+            and not cluster.nodes[p.node].draining
+        )
+
+    current = sorted((p for p in existing if fits(p)), key=lambda p: (p.created_at, p.instance_id))
+    stale = [p for p in existing if not fits(p)]
+    # Two placements for one name on the current release: keep the oldest.
+    for extra in current[1:]:
+        result.remove.append(extra)
+        capacity.release(extra)
+    keeper = current[0] if current else None
+
+    if keeper is None:
+        node = capacity.choose(app.app, proc.type, proc.memory_mb)
+        if node is None and stale:
+            # No room to start the new copy beside the old: stop first, then start.
+            for p in stale:
+                result.remove.append(p)
+                capacity.release(p)
+            stale = []
+            node = capacity.choose(app.app, proc.type, proc.memory_mb)
+        if node is None:
+            result.unplaced.append(
+                Unplaced(
+                    app.app,
+                    name,
+                    proc.memory_mb,
+                    f"no node has {proc.memory_mb} MB free for {proc.size}",
+                )
+            )
+            return
+        keeper = Placement(
+            app=app.app,
+            name=name,
+            type=proc.type,
+            release=app.release,
+            node=node,
+            instance_id=new_id(),
+            memory_mb=proc.memory_mb,
+            max_processes=proc.max_processes,
+            size=proc.size,
+            created_at=now,
+            command=command,
+        )
+        result.add.append(keeper)
+        capacity.take(keeper)
+
+    if stale and cluster.states.get(keeper.instance_id) == UP:
+        for p in stale:
+            result.remove.append(p)
+            capacity.release(p)

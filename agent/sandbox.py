@@ -48,7 +48,10 @@ def container_id(prefix: str, spec: DynoSpec) -> str:
 
 
 def cgroups_path(prefix: str, cid: str) -> str:
-    return f"/{prefix}/{cid}"
+    # One shared parent: the container id already carries the agent's prefix,
+    # and a parent per prefix would be left behind as an empty cgroup.
+    del prefix
+    return f"/slipway/{cid}"
 
 
 def dyno_env(spec: DynoSpec, *, port: int, path: str) -> dict[str, str]:

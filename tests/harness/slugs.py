@@ -26,7 +26,7 @@ import io
 import tarfile
 from typing import NamedTuple
 
-SERVER = r'''
+SERVER = r"""
 import json, os, signal, socket, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -91,24 +91,24 @@ class Handler(BaseHTTPRequestHandler):
 server = ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler)
 print(f"listening on {os.environ['PORT']} as {os.environ.get('DYNO')}", flush=True)
 server.serve_forever()
-'''
+"""
 
-WORKER = r'''
+WORKER = r"""
 import os, time
 n = 0
 while True:
     print(f"tick {n} {os.environ.get('DYNO')}", flush=True)
     n += 1
     time.sleep(0.2)
-'''
+"""
 
-CRASH = r'''
+CRASH = r"""
 import sys
 print("about to crash", flush=True)
 sys.exit(3)
-'''
+"""
 
-HOG = r'''
+HOG = r"""
 import os, time
 megs = int(os.environ.get("MEGS", "400"))
 print(f"allocating {megs} MB", flush=True)
@@ -120,7 +120,7 @@ for _ in range(megs):
     held.append(block)
 print("allocated", flush=True)
 time.sleep(3600)
-'''
+"""
 
 PROFILE_D = 'export PROFILE_D="sourced-${DYNO}"\n'
 
@@ -159,7 +159,8 @@ def build_slug(
     }
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        dirs = sorted({"/".join(n.split("/")[:i]) for n in files for i in range(1, n.count("/") + 1)})
+        parts = [n.split("/") for n in files]
+        dirs = sorted({"/".join(p[:i]) for p in parts for i in range(1, len(p))})
         prefix = "./app/" if app_prefix else "./"
         for d in dirs:
             info = tarfile.TarInfo(prefix + d)

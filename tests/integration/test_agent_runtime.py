@@ -56,19 +56,47 @@ def fast_config(data_dir: Path, nats_url: str, **overrides: object) -> AgentConf
     return AgentConfig(**values)  # type: ignore[arg-type]
 
 
-async def cleanup_containers(runc_root: Path) -> None:
-    """runc delete -f everything under our own state root, so nothing leaks."""
-    if not runc_root.exists():
-        return
-    proc = await asyncio.create_subprocess_exec(
-        "runc", "--root", str(runc_root), "list", "-q", stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await proc.communicate()
-    for cid in out.decode().split():
-        p = await asyncio.create_subprocess_exec(
-            "runc", "--root", str(runc_root), "delete", "-f", cid
-        )
-        await p.wait()
+def _shims_of(data_dir: Path) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue
+        if b"agent.shim" in cmd and str(data_dir).encode() in cmd:
+            found.append(int(entry))
+    return found
+
+
+async def cleanup_containers(runc_root: Path, data_dir: Path) -> None:
+    """runc delete -f everything under our own state root until no shim is left
+    (a launch may have been under way when the supervisor was cancelled)."""
+    for _ in range(100):
+        ids: list[str] = []
+        if runc_root.exists():
+            proc = await asyncio.create_subprocess_exec(
+                "runc", "--root", str(runc_root), "list", "-q", stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await proc.communicate()
+            ids = out.decode().split()
+        for cid in ids:
+            p = await asyncio.create_subprocess_exec(
+                "runc",
+                "--root",
+                str(runc_root),
+                "delete",
+                "-f",
+                cid,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            await p.wait()
+        if not ids and not _shims_of(data_dir):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"containers or shims left behind in {data_dir}")
 
 
 @dataclass
@@ -163,7 +191,7 @@ async def node(data_dir: Path, nats_url: str, app_name: str) -> AsyncIterator[No
                 await t
         await fetch.close()
         await nc.close()
-        await cleanup_containers(config.state_root)
+        await cleanup_containers(config.state_root, config.data_dir)
 
 
 async def test_web_and_worker_dynos_boot_serve_and_log(node: Node, slug: Slug, app_name: str):
@@ -194,3 +222,163 @@ async def test_web_and_worker_dynos_boot_serve_and_log(node: Node, slug: Slug, a
         "State changed from starting to up",
     ]
     assert all(s.state is DynoState.UP for s in node.sup.snapshot())
+
+
+async def container_pids(node: Node, cid: str) -> list[int]:
+    return await node.sup.rt.runc.ps(cid)
+
+
+def app_pid(pids: list[int]) -> int:
+    """The app's host pid: the python process (bash stays as the container's init)."""
+    for pid in pids:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"python3" in fh.read():
+                return pid
+    raise AssertionError(f"no python process among {pids}")
+
+
+async def test_killed_process_restarts_with_a_fresh_filesystem(
+    node: Node, slug: Slug, app_name: str
+):
+    await node.sup.set_desired([spec(slug, "web.1", app_name)])
+    up = await node.wait_state("web.1", DynoState.UP)
+    assert await asyncio.to_thread(http_get, up.port, "/write?path=/app/scratch") == {
+        "written": True
+    }
+    pid = app_pid(await container_pids(node, up.container_id))
+    os.kill(pid, signal.SIGKILL)
+
+    await node.wait_log("web.1", "Process exited with status 137")
+
+    async def restarted() -> DynoStatus | None:
+        s = node.status("web.1")
+        return s if s and s.state is DynoState.UP and s.restarts == 1 else None
+
+    again = await eventually_async(restarted, timeout=30)
+    assert again.container_id == up.container_id
+    assert again.port == up.port
+    # Heroku's ephemeral filesystem: the file written before the crash is gone.
+    body = await asyncio.to_thread(http_get, again.port, "/read?path=/app/scratch")
+    assert body["content"] is None  # type: ignore[index]
+    assert "State changed from up to crashed" in node.messages("web.1", "heroku")
+    assert "State changed from crashed to starting" in node.messages("web.1", "heroku")
+
+
+async def test_crashing_dyno_restarts_on_the_backoff_schedule(
+    node: Node, slug: Slug, app_name: str
+):
+    crash = spec(slug, "crash.1", app_name, process_type="crash")
+    await node.sup.set_desired([crash])
+
+    async def crashed_three_times() -> bool:
+        exits = [m for m in node.messages("crash.1", "heroku") if m.startswith("Process exited")]
+        return len(exits) >= 3
+
+    await eventually_async(crashed_three_times, timeout=40)
+    # Crashed between restarts, with the cool-off taken from the schedule.
+    status = await node.wait_state("crash.1", DynoState.CRASHED)
+    assert status.exit_status == 3
+    record = node.sup._dynos[crash.key].record
+    schedule = node.config.timings.restart
+    assert record.restart_at is not None
+    assert record.restart_at - record.changed_at == pytest.approx(
+        cooloff(record.crashes, schedule), abs=0.01
+    )
+    assert record.crashes >= 3
+    assert "about to crash" in node.messages("crash.1", "app")
+    heroku = node.messages("crash.1", "heroku")
+    assert heroku.count("Process exited with status 3") >= 3
+    assert "State changed from up to crashed" in heroku
+
+
+async def test_memory_hog_is_killed_and_neighbours_are_untouched(
+    node: Node, slug: Slug, app_name: str
+):
+    web = spec(slug, "web.1", app_name, memory_mb=64)
+    hog = spec(slug, "hog.1", app_name, process_type="hog", memory_mb=64, env={"MEGS": "400"})
+    await node.sup.set_desired([web, hog])
+    up = await node.wait_state("web.1", DynoState.UP)
+
+    await node.wait_log("hog.1", "Process exited with status 137")
+    assert "Error R15 (Memory quota vastly exceeded)" in node.messages("hog.1", "heroku")
+    # Over the quota but under twice of it: R14 is logged, the dyno lives on.
+    assert await asyncio.to_thread(http_get, up.port, "/alloc?mb=90") == {"held_mb": 90}
+    await node.wait_log("web.1", "Error R14 (Memory quota exceeded)")
+    web_now = node.status("web.1")
+    assert web_now is not None
+    assert web_now.state is DynoState.UP
+    assert web_now.restarts == 0
+    assert web_now.memory_bytes > 64 * 1024 * 1024
+    assert "Process exited" not in " ".join(node.messages("web.1", "heroku"))
+
+
+async def test_sandbox_isolation(node: Node, slug: Slug, app_name: str):
+    await node.sup.set_desired([spec(slug, "web.1", app_name)])
+    up = await node.wait_state("web.1", DynoState.UP)
+    port = up.port
+    pids = await asyncio.to_thread(http_get, port, "/pids")
+    assert isinstance(pids, list)
+    assert 1 in pids
+    assert os.getpid() not in pids or len(pids) < 10  # only the dyno's own processes
+    assert len(pids) < 10
+
+    async def writes(path: str) -> bool:
+        body = await asyncio.to_thread(http_get, port, f"/write?path={path}")
+        return bool(body["written"])  # type: ignore[index]
+
+    assert await writes("/app/ok")
+    assert await writes("/tmp/ok")
+    for path in ("/usr/evil", "/etc/evil", "/evil", "/bin/evil"):
+        assert not await writes(path), path
+    shadow = await asyncio.to_thread(http_get, port, "/read?path=/etc/shadow")
+    assert shadow["content"] is None  # type: ignore[index]
+    body = await asyncio.to_thread(http_get, port)
+    assert body["uid"] == 64000  # type: ignore[index]
+    assert not Path("/evil").exists()
+
+
+async def test_stop_sends_sigterm_then_sigkill_after_grace(node: Node, slug: Slug, app_name: str):
+    polite = spec(slug, "web.1", app_name)
+    stubborn = spec(
+        slug, "web.2", app_name, process_type="web", command="python3 server.py --ignore-term"
+    )
+    await node.sup.set_desired([polite, stubborn])
+    one = await node.wait_state("web.1", DynoState.UP)
+    two = await node.wait_state("web.2", DynoState.UP)
+
+    await node.sup.set_desired([])
+
+    async def gone() -> bool:
+        return node.sup.snapshot() == []
+
+    await eventually_async(gone, timeout=30)
+    polite_log = node.messages("web.1", "heroku")
+    assert "Stopping all processes with SIGTERM" in polite_log
+    assert "Process exited with status 143" in polite_log
+    assert not any("R12" in m for m in polite_log)
+    stubborn_log = node.messages("web.2", "heroku")
+    assert "Stopping all processes with SIGTERM" in stubborn_log
+    assert (
+        "Error R12 (Exit timeout) -> At least one process failed to exit within 1.5 seconds "
+        "of SIGTERM"
+    ) in stubborn_log
+    assert "Process exited with status 137" in stubborn_log
+    assert "State changed from up to down" in stubborn_log
+    states = await node.sup.rt.runc.list()
+    assert {s.id for s in states} & {one.container_id, two.container_id} == set()
+    assert not list((node.config.data_dir / "dynos").iterdir())
+
+
+async def test_web_dyno_that_never_binds_hits_the_boot_timeout(
+    node: Node, slug: Slug, app_name: str
+):
+    # A web process that never listens on $PORT (the worker program).
+    lazy = spec(slug, "web.1", app_name, process_type="web", command="python3 worker.py")
+    await node.sup.set_desired([lazy])
+    await node.wait_log("web.1", "Error R10 (Boot timeout)", timeout=30)
+    heroku = node.messages("web.1", "heroku")
+    assert (
+        "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within 6 seconds of launch"
+    ) in heroku
+    await node.wait_log("web.1", "State changed from starting to crashed")
+    assert "Process exited with status 137" in node.messages("web.1", "heroku")

@@ -187,9 +187,11 @@ class Exchange:
         try:
             info = self.info = analyse(self.headers)
         except BadRequest as exc:
+            self.keep_alive = False  # never trust the framing of a refused request
             self.fail(pages.NOT_IMPLEMENTED if exc.status == 501 else pages.BAD_REQUEST)
             return
         if self.method == b"CONNECT":
+            self.keep_alive = False
             self.fail(pages.BAD_REQUEST)  # a router, not a forward proxy
             return
         table = shared.table

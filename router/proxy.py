@@ -63,7 +63,10 @@ class ClientProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_head = True
+        # Raw bytes received while a head is incomplete (bounds what llhttp
+        # buffers for one endless header), and the exact size of parsed headers.
         self.head_bytes = 0
+        self.head_size = 0
         self.start_pending = False
         self.starting = False
         self.pause_reasons = 0
@@ -126,9 +129,11 @@ class ClientProtocol(asyncio.Protocol):
             self.start_next()
 
     def eof_received(self) -> bool:
-        # A client may half-close after sending its request; answer it first.
+        # Like nginx, a client's FIN counts as the client going away (H27 for a
+        # request in flight): a half-close cannot be told apart from a close,
+        # and waiting on a dyno for a client that has left wastes its slot.
         self.eof = True
-        return bool(self.queue) and self.tunnel is None
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -159,6 +164,7 @@ class ClientProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_head = True
         self.head_bytes = 0
+        self.head_size = 0
         self.url = b""
         self.headers = []
 
@@ -168,7 +174,12 @@ class ClientProtocol(asyncio.Protocol):
             raise _HeadTooLarge(pages.URI_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > self.shared.limits.max_line_bytes:
+        size = len(name) + len(value)
+        limits = self.shared.limits
+        if size > limits.max_line_bytes:
+            raise _HeadTooLarge(pages.HEADER_TOO_LARGE)
+        self.head_size += size + 4
+        if self.head_size > limits.max_head_bytes:
             raise _HeadTooLarge(pages.HEADER_TOO_LARGE)
         self.headers.append((name, value))
 
@@ -298,9 +309,20 @@ class ClientProtocol(asyncio.Protocol):
 
     def write_error_and_close(self, error: RouterError) -> None:
         self.shared.metrics.request(error.status, error.code)
-        if self.transport is not None and not self.closed:
-            self.transport.write(self.shared.pages.get(error, keep_alive=False))
-        self.close()
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        transport.write(self.shared.pages.get(error, keep_alive=False))
+        # Lingering close: closing with unread input makes the kernel send a
+        # RST, which can destroy the 400 before the client reads it. Send FIN,
+        # then read and discard (input_closed) for a moment before closing.
+        self.input_closed = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.deadline = self.loop.time() + 2.0
+        self.deadline_kind = KEEPALIVE
+        self.pause_reasons = 0
+        transport.resume_reading()
 
     def close(self) -> None:
         self.deadline = _INF

@@ -127,6 +127,10 @@ class Dyno:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Python 3.11's start_server logs a cancelled handler as an error at
+            # shutdown; the handler is ending anyway, so end it quietly.
+            return
         finally:
             writer.close()
 

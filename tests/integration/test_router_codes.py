@@ -11,6 +11,7 @@ import pytest
 
 from router.config import RouterConfig
 from slipway.engines import free_port
+from tests.harness.wait import eventually_async
 from tests.integration.test_router_harness import (
     BASE,
     Dyno,
@@ -23,7 +24,6 @@ from tests.integration.test_router_harness import (
     routes,
     start_router,
 )
-from tests.harness.wait import eventually_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -74,8 +74,9 @@ def assert_page(body: bytes, code: str) -> None:
         ({"web": 2}, False, "H14", "No web processes running", "10"),
     ],
 )
-async def test_app_state_codes(etcd_endpoint, etcd_prefix, nats_url, fields, with_dyno, code,
-                               desc, retry_after):
+async def test_app_state_codes(
+    etcd_endpoint, etcd_prefix, nats_url, fields, with_dyno, code, desc, retry_after
+):
     dynos = [await Dyno().start()] if with_dyno else []
     async with scene(etcd_endpoint, etcd_prefix, nats_url, app=fields, dynos=dynos) as (rt, tap):
         res = await request(rt.port, "/state")
@@ -109,8 +110,14 @@ async def test_h11_backlog_too_deep(etcd_endpoint, etcd_prefix, nats_url):
         return False  # then answer normally
 
     dyno = await Dyno("web.1", hold).start()
-    async with scene(etcd_endpoint, etcd_prefix, nats_url, dynos=[dyno],
-                     max_inflight_per_dyno=1, backlog_per_dyno=1) as (rt, tap):
+    async with scene(
+        etcd_endpoint,
+        etcd_prefix,
+        nats_url,
+        dynos=[dyno],
+        max_inflight_per_dyno=1,
+        backlog_per_dyno=1,
+    ) as (rt, tap):
         first = asyncio.create_task(request(rt.port, "/1"))
         await eventually_async(lambda: _ready(len(dyno.requests) == 1))
         second = asyncio.create_task(request(rt.port, "/2"))  # waits in the backlog
@@ -133,8 +140,9 @@ async def test_h12_request_timeout(etcd_endpoint, etcd_prefix, nats_url):
         return True
 
     dyno = await Dyno("web.1", hang).start()
-    async with scene(etcd_endpoint, etcd_prefix, nats_url, dynos=[dyno],
-                     first_byte_timeout=0.5) as (rt, tap):
+    async with scene(
+        etcd_endpoint, etcd_prefix, nats_url, dynos=[dyno], first_byte_timeout=0.5
+    ) as (rt, tap):
         res = await request(rt.port, "/slow")
         assert res.status == 503
         assert_page(res.body, "H12")
@@ -165,8 +173,10 @@ async def test_h15_idle_connection(etcd_endpoint, etcd_prefix, nats_url):
         return True
 
     dyno = await Dyno("web.1", stall).start()
-    async with scene(etcd_endpoint, etcd_prefix, nats_url, dynos=[dyno],
-                     idle_timeout=0.5) as (rt, tap):
+    async with scene(etcd_endpoint, etcd_prefix, nats_url, dynos=[dyno], idle_timeout=0.5) as (
+        rt,
+        tap,
+    ):
         reader, writer = await asyncio.open_connection("127.0.0.1", rt.port)
         writer.write(f"GET /stream HTTP/1.1\r\nHost: demo.{BASE}\r\n\r\n".encode())
         # The response had started, so the router can only cut the connection.
@@ -179,8 +189,10 @@ async def test_h15_idle_connection(etcd_endpoint, etcd_prefix, nats_url):
 
 async def test_h28_client_idle(etcd_endpoint, etcd_prefix, nats_url):
     dyno = await Dyno("web.1").start()
-    async with scene(etcd_endpoint, etcd_prefix, nats_url, dynos=[dyno],
-                     idle_timeout=0.5) as (rt, tap):
+    async with scene(etcd_endpoint, etcd_prefix, nats_url, dynos=[dyno], idle_timeout=0.5) as (
+        rt,
+        tap,
+    ):
         reader, writer = await asyncio.open_connection("127.0.0.1", rt.port)
         writer.write(
             f"POST /upload HTTP/1.1\r\nHost: demo.{BASE}\r\nContent-Length: 10\r\n\r\nab".encode()
@@ -203,7 +215,7 @@ async def test_h27_client_interrupted(etcd_endpoint, etcd_prefix, nats_url):
 
     dyno = await Dyno("web.1", hang).start()
     async with scene(etcd_endpoint, etcd_prefix, nats_url, dynos=[dyno]) as (rt, tap):
-        reader, writer = await asyncio.open_connection("127.0.0.1", rt.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", rt.port)
         writer.write(f"GET /gone HTTP/1.1\r\nHost: demo.{BASE}\r\n\r\n".encode())
         await asyncio.wait_for(got.wait(), 5)
         writer.close()  # the client gives up before any answer
@@ -219,13 +231,12 @@ async def test_h99_every_dyno_quarantined(etcd_endpoint, etcd_prefix, nats_url):
             for dyno in dead:
                 # nothing listens there: every connect is refused
                 await r.dyno("demo", dyno.name, address=f"127.0.0.1:{free_port()}")
-        await eventually_async(
-            lambda: _ready(len(rt.router.table.dyno_list.get("demo", ())) == 2)
-        )
+        await eventually_async(lambda: _ready(len(rt.router.table.dyno_list.get("demo", ())) == 2))
         res = await request(rt.port, "/q")
         assert res.status == 503
         assert_page(res.body, "H99")
         assert res.headers["retry-after"] == "5"
         await tap.wait_for("code=H99", 'desc="Platform error"')
-        assert all(rt.router.balancer.is_quarantined(d.address)
-                   for d in rt.router.table.dyno_list["demo"])
+        assert all(
+            rt.router.balancer.is_quarantined(d.address) for d in rt.router.table.dyno_list["demo"]
+        )

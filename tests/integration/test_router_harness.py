@@ -189,8 +189,14 @@ class Routes:
     keys: Keys
 
     async def app(self, app: str, **fields: object) -> None:
-        record = {"app": app, "web": 1, "released": True, "maintenance": False,
-                  "crashed": False, "balance": "random"}
+        record = {
+            "app": app,
+            "web": 1,
+            "released": True,
+            "maintenance": False,
+            "crashed": False,
+            "balance": "random",
+        }
         record.update(fields)
         await self.etcd.put(self.keys.route_app(app), json.dumps(record).encode())
 
@@ -228,8 +234,9 @@ FAST = Limits(
 )
 
 
-def router_config(endpoint: str, prefix: str, nats_url: str | None = None,
-                  **limits: float | int) -> RouterConfig:
+def router_config(
+    endpoint: str, prefix: str, nats_url: str | None = None, **limits: float | int
+) -> RouterConfig:
     return RouterConfig(
         listen=(Listen("127.0.0.1", 0),),
         etcd_endpoints=(endpoint,),
@@ -253,8 +260,9 @@ class RunningRouter:
 
 
 @contextlib.asynccontextmanager
-async def start_router(config: RouterConfig, *, need_logs: bool = False
-                       ) -> AsyncIterator[RunningRouter]:
+async def start_router(
+    config: RouterConfig, *, need_logs: bool = False
+) -> AsyncIterator[RunningRouter]:
     router = Router(config)
     task = asyncio.create_task(router.run())
     try:

@@ -112,8 +112,9 @@ async def test_keep_alive_pipelining_http10_and_pooled_upstream(etcd_endpoint, e
 
 
 async def test_stale_pooled_connection_is_retried_transparently(etcd_endpoint, etcd_prefix):
-    async def close_after(req: Req, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> bool:
+    async def close_after(
+        req: Req, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         # Answer, then close the keep-alive connection as an app server's idle
         # timeout would, without saying "Connection: close".
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -133,8 +134,7 @@ async def test_stale_pooled_connection_is_retried_transparently(etcd_endpoint, e
 
 
 async def test_chunked_both_ways_and_expect_continue(etcd_endpoint, etcd_prefix):
-    async def stream(req: Req, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> bool:
+    async def stream(req: Req, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         for part in (b"got ", str(len(req.body)).encode(), b" bytes"):
             writer.write(b"%x\r\n%s\r\n" % (len(part), part))

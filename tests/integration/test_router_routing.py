@@ -83,8 +83,9 @@ async def test_quarantine_is_per_router_and_clients_see_no_errors(etcd_endpoint,
         await r.dyno("demo", good)
         await r.dyno("demo", "web.2", address=bad_address)
         for rt in (seer, other):
-            await eventually_async(check(lambda rt=rt: len(rt.router.table.dyno_list.get(
-                "demo", ())) == 2))
+            await eventually_async(
+                check(lambda rt=rt: len(rt.router.table.dyno_list.get("demo", ())) == 2)
+            )
         statuses = Counter()
         for _ in range(30):
             statuses[(await request(seer.port)).status] += 1
@@ -161,8 +162,7 @@ async def test_etcd_outage_keeps_last_table_and_catches_up(tmp_path, nats_url):
 
             await eventually_async(write_changes, timeout=20, interval=0.2)
             # back: the router re-lists and sees what changed meanwhile
-            await eventually_async(check(lambda: rt.router.watcher.relists > relists),
-                                   timeout=20)
+            await eventually_async(check(lambda: rt.router.watcher.relists > relists), timeout=20)
             await eventually_async(check(lambda: "other" in rt.router.table.apps), timeout=20)
             res = await request(rt.port)
             assert res.body == b"hello from web.2"

@@ -56,11 +56,11 @@ def default_memory_mb(reserve_mb: int = DEFAULT_RESERVE_MB) -> int:
 @dataclass(frozen=True)
 class AgentConfig:
     data_dir: Path
-    controllers: tuple[str, ...] = ("127.0.0.1:5000",)
-    node: str = field(default_factory=socket.gethostname)
     # The address routers use to reach dynos. Only the CLI flag has a default;
     # code always reads it from here.
-    advertise_address: str = "127.0.0.1"
+    advertise_address: str
+    controllers: tuple[str, ...] = ()
+    node: str = field(default_factory=socket.gethostname)
     port_range: tuple[int, int] = (20000, 29999)
     memory_mb: int = field(default_factory=default_memory_mb)
     labels: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,203 @@
+"""slipway-agent: run dynos on this host for the controller.
+
+One asyncio TaskGroup holds the supervisor, the log sink, the controller link
+and (optionally) the gRPC health service. SIGTERM or SIGINT cancels it;
+running dynos are left alone (systemd runs us with KillMode=process), and the
+next agent adopts them. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+from dataclasses import fields, replace
+from pathlib import Path
+
+import click
+
+from agent.config import DEFAULT_RESERVE_MB, AgentConfig, RestartSchedule, Timings
+from agent.config import default_memory_mb as _default_memory_mb
+from agent.link import ControllerLink
+from agent.main_runtime import build_runtime
+from agent.supervisor import DynoSupervisor
+from slipway import log
+
+logger = log.get("agent")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _port_range(value: str) -> tuple[int, int]:
+    low, _, high = value.partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError as exc:
+        raise click.BadParameter("expected FIRST-LAST, e.g. 20000-29999") from exc
+    if not 1024 <= lo <= hi <= 65535:
+        raise click.BadParameter("ports must satisfy 1024 <= FIRST <= LAST <= 65535")
+    return lo, hi
+
+
+def _timings(value: str | None) -> Timings:
+    """Timing overrides as JSON, e.g. '{"stop_grace": 5, "restart": {"cap": 60}}'."""
+    if not value:
+        return Timings()
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"--timings is not JSON: {exc}") from exc
+    known = {f.name for f in fields(Timings)}
+    unknown = set(data) - known
+    if unknown:
+        raise click.BadParameter(f"unknown timings: {', '.join(sorted(unknown))}")
+    restart = RestartSchedule(**data.pop("restart", {}))
+    return replace(Timings(**data), restart=restart)
+
+
+async def run_agent(config: AgentConfig) -> None:
+    rt, fetch = build_runtime(config)
+    supervisor = DynoSupervisor(rt)
+    link = ControllerLink(config, supervisor)
+    logger.info("agent starting", node=config.node, data_dir=str(config.data_dir))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(supervisor.run())
+            tg.create_task(rt.sink.run())
+            tg.create_task(link.run())
+            if config.health_port:
+                tg.create_task(_serve_health(config))
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(fetch.close(), 2)
+
+
+async def _serve_health(config: AgentConfig) -> None:
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_insecure_port(f"{config.advertise_address}:{config.health_port}")
+    await server.start()
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    try:
+        await asyncio.Future()
+    finally:
+        await server.stop(1)
+
+
+async def _main(config: AgentConfig) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            os._exit(1)
+        logger.info("agent stopping; dynos keep running")
+        task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    with contextlib.suppress(asyncio.CancelledError):
+        await run_agent(config)
+
+
+@click.command()
+@click.option(
+    "--controllers",
+    envvar="SLIPWAY_CONTROLLERS",
+    default="127.0.0.1:5000",
+    show_default=True,
+    help="Controller gRPC addresses, comma-separated.",
+)
+@click.option("--node", envvar="SLIPWAY_NODE", default=socket.gethostname, help="Node name.")
+@click.option(
+    "--advertise-address",
+    envvar="SLIPWAY_ADVERTISE_ADDRESS",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address routers use to reach this node's dynos.",
+)
+@click.option(
+    "--port-range",
+    envvar="SLIPWAY_PORT_RANGE",
+    default="20000-29999",
+    show_default=True,
+    help="Ports for web dynos.",
+)
+@click.option(
+    "--data-dir",
+    envvar="SLIPWAY_AGENT_DATA_DIR",
+    default="/var/lib/slipway/agent",
+    show_default=True,
+    type=click.Path(path_type=Path),
+)
+@click.option("--memory-mb", envvar="SLIPWAY_MEMORY_MB", type=int, help="Memory for dynos.")
+@click.option("--reserve-mb", type=int, default=DEFAULT_RESERVE_MB, show_default=True)
+@click.option("--label", "labels", multiple=True, help="key=value, repeatable.")
+@click.option(
+    "--nats",
+    envvar="SLIPWAY_NATS",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    help="NATS servers, comma-separated.",
+)
+@click.option("--runc", "runc_binary", envvar="SLIPWAY_RUNC", help="runc binary.")
+@click.option("--container-prefix", default="slipway", show_default=True)
+@click.option("--health-port", type=int, default=0, help="gRPC health service port (0: off).")
+@click.option("--timings", "timings_json", envvar="SLIPWAY_AGENT_TIMINGS", help="JSON overrides.")
+@click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="info")
+def main(
+    controllers: str,
+    node: str,
+    advertise_address: str,
+    port_range: str,
+    data_dir: Path,
+    memory_mb: int | None,
+    reserve_mb: int,
+    labels: tuple[str, ...],
+    nats: str,
+    runc_binary: str | None,
+    container_prefix: str,
+    health_port: int,
+    timings_json: str | None,
+    log_level: str,
+) -> None:
+    """Run dynos on this host for the Slipway controller."""
+    log.configure("agent", log_level)
+    parsed_labels = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"label {item!r} is not key=value")
+        parsed_labels[key] = value
+    config = AgentConfig(
+        data_dir=data_dir.resolve(),
+        controllers=_split(controllers),
+        node=node,
+        advertise_address=advertise_address,
+        port_range=_port_range(port_range),
+        memory_mb=memory_mb if memory_mb is not None else _default_memory_mb(reserve_mb),
+        labels=parsed_labels,
+        nats_servers=_split(nats),
+        timings=_timings(timings_json),
+        runc_binary=runc_binary,
+        container_prefix=container_prefix,
+        health_port=health_port,
+    )
+    asyncio.run(_main(config))
+
+
+if __name__ == "__main__":
+    main()

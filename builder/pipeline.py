@@ -59,6 +59,9 @@ class Workdir:
     def create(self) -> None:
         for d in (self.app, self.tmp, self.cache, self.buildpacks, self.fetch):
             d.mkdir(parents=True, exist_ok=True)
+        # A real /tmp for the build user (sticky, world-writable); ENV_DIR inside it
+        # stays root-owned, so the build can read config vars but not change them.
+        self.tmp.chmod(0o1777)
 
 
 @dataclass

@@ -1,0 +1,253 @@
+"""Builds through the real queue: nats-server with JetStream, runc, the real buildpacks.
+
+A builder runs in-process (same event loop) against a nats-server of this
+module's own, so the BUILDS stream and the `builders` consumer are not shared
+with other suites. Jobs are submitted exactly as the controller does it:
+source into the `sources` bucket, then `protocol.submit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import shutil
+import tarfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from builder import protocol
+from builder.build import BuildRunner, Limits
+from builder.jobs import BuildQueue, QueueSettings
+from builder.sandbox import RuncSandbox
+from slipway import archive, engines, objstore, oci
+from tests.harness.wait import eventually_async
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def builder_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = engines.nats(tmp_path_factory.mktemp("builder-nats"))
+    server.start()
+    yield f"nats://{server.host}:{server.port}"
+    server.stop()
+
+
+@dataclass
+class Watch:
+    """Everything published about one build, collected from core subscriptions."""
+
+    build_id: str
+    statuses: list[protocol.BuildStatus] = field(default_factory=list)
+    lines: list[protocol.OutputLine] = field(default_factory=list)
+
+    @property
+    def final(self) -> protocol.BuildStatus | None:
+        done = [s for s in self.statuses if s.status != protocol.RUNNING]
+        return done[-1] if done else None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.line for line in self.lines)
+
+
+class Client:
+    """The controller's side of the protocol, as a test needs it."""
+
+    def __init__(self, nc, stores: objstore.ObjectStores, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.stores = stores
+        self.tmp = tmp
+
+    async def upload_dir(self, app_dir: Path) -> str:
+        source = f"src-{uuid.uuid4().hex[:12]}"
+        packed = await archive.pack_source(app_dir, self.tmp / f"{source}.tgz")
+        await self.stores.put_file(objstore.SOURCES, source, packed.path)
+        return source
+
+    async def upload_file(self, path: Path) -> str:
+        source = f"src-{uuid.uuid4().hex[:12]}"
+        await self.stores.put_file(objstore.SOURCES, source, path)
+        return source
+
+    async def watch(self, build_id: str) -> Watch:
+        w = Watch(build_id)
+
+        async def on_status(msg) -> None:  # type: ignore[no-untyped-def]
+            w.statuses.append(protocol.BuildStatus.decode(msg.data))
+
+        async def on_output(msg) -> None:  # type: ignore[no-untyped-def]
+            w.lines.append(protocol.OutputLine.decode(msg.data))
+
+        await self.nc.subscribe(protocol.status_subject(build_id), cb=on_status)
+        await self.nc.subscribe(protocol.output_subject(build_id), cb=on_output)
+        await self.nc.flush()
+        return w
+
+    async def build(
+        self,
+        app: str,
+        source: str,
+        *,
+        buildpacks: list[str] | None = None,
+        config: dict[str, str] | None = None,
+        timeout: float = 180.0,
+    ) -> Watch:
+        build_id = f"b-{uuid.uuid4().hex[:12]}"
+        w = await self.watch(build_id)
+        job = protocol.BuildJob(build_id, app, source, buildpacks or [], config or {})
+        await protocol.submit(self.js, job)
+
+        async def finished() -> bool:
+            return w.final is not None
+
+        await eventually_async(finished, timeout=timeout, interval=0.1)
+        return w
+
+
+@pytest.fixture
+async def client(builder_nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
+    nc = await objstore.connect([builder_nats_url], name="builder-test")
+    stores = objstore.ObjectStores(nc.jetstream())
+    await stores.ensure_buckets()
+    state = tmp_path / "builder"
+    sandbox = RuncSandbox(state / "sandbox", oci.HostStack(state))
+    await sandbox.prepare()
+    runner = BuildRunner(stores, sandbox, state / "builds", Limits(build_timeout=300))
+    queue = BuildQueue(nc, runner, name="test-builder", settings=QueueSettings())
+    task = asyncio.create_task(queue.run())
+    try:
+        yield Client(nc, stores, tmp_path)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await nc.close()
+
+
+async def slug_names(c: Client, status: protocol.BuildStatus) -> list[str]:
+    assert status.slug is not None
+    dest = c.tmp / f"slug-{status.slug['digest'][:8]}.tgz"
+    await c.stores.get_file(objstore.SLUGS, status.slug["digest"], dest)
+    assert archive.sha256_file(dest) == status.slug["digest"]
+    with tarfile.open(dest) as tar:
+        return tar.getnames()
+
+
+async def test_python_app_builds_and_second_build_uses_cache(client: Client) -> None:
+    app = f"py-{uuid.uuid4().hex[:6]}"
+    t0 = time.monotonic()
+    first = await client.build(app, await client.upload_dir(FIXTURES / "python-app"))
+    cold = time.monotonic() - t0
+    assert first.final is not None and first.final.status == protocol.SUCCEEDED, first.text
+    assert first.final.process_types == {"web": "python server.py"}
+    assert first.final.slug is not None and first.final.slug["stack"] == "host"
+    assert first.final.buildpacks == ["python"]
+    assert "-----> Python app detected" in first.text
+    assert "No build cache for this app yet" in first.text
+    names = await slug_names(client, first.final)
+    assert "server.py" in names and ".profile.d/python.sh" in names
+    assert any(n.startswith(".venv/lib/python3") and n.endswith("six.py") for n in names)
+    assert not any(n.startswith("docs") for n in names), ".slugignore was not applied"
+    assert await client.stores.exists(objstore.CACHES, app)
+
+    t0 = time.monotonic()
+    second = await client.build(app, await client.upload_dir(FIXTURES / "python-app"))
+    warm = time.monotonic() - t0
+    assert second.final is not None and second.final.status == protocol.SUCCEEDED, second.text
+    assert "-----> Restoring build cache" in second.text
+    assert "Using cached six" in second.text
+    print(f"\npython-app build times: cold {cold:.1f}s, warm {warm:.1f}s")
+
+
+async def test_node_app_gets_default_web_process(client: Client) -> None:
+    w = await client.build("node-app", await client.upload_dir(FIXTURES / "node-app"))
+    assert w.final is not None and w.final.status == protocol.SUCCEEDED, w.text
+    assert w.final.process_types == {"web": "npm start"}
+    assert "npm ci (lock file found)" in w.text
+    names = await slug_names(client, w.final)
+    assert "node_modules/ms/index.js" in names and ".profile.d/nodejs.sh" in names
+
+
+async def test_procfile_app_keeps_release_command(client: Client) -> None:
+    w = await client.build("proc-app", await client.upload_dir(FIXTURES / "procfile-app"))
+    assert w.final is not None and w.final.status == protocol.SUCCEEDED, w.text
+    assert w.final.buildpacks == ["procfile"]
+    assert set(w.final.process_types) == {"web", "worker"}
+    assert w.final.process_types["web"] == "./serve.sh"
+    assert w.final.release_command == 'echo "release phase ran"'
+
+
+async def test_custom_local_buildpack_is_used(client: Client) -> None:
+    pack = str(FIXTURES / "custom-buildpack")
+    w = await client.build(
+        "hello-app",
+        await client.upload_dir(FIXTURES / "hello-app"),
+        buildpacks=[pack],
+        config={"GREETING_SUFFIX": "!"},
+    )
+    assert w.final is not None and w.final.status == protocol.SUCCEEDED, w.text
+    assert w.final.buildpacks == [pack]
+    assert "-----> Custom hello buildpack" in w.text
+    assert "config var GREETING_SUFFIX=!" in w.text
+    assert "STACK=host" in w.text
+    # Procfile wins for worker; the buildpack's default fills in web.
+    assert w.final.process_types == {"web": "./bin/hello", "worker": "./bin/hello --loop"}
+    assert "custom-marker.txt" in await slug_names(client, w.final)
+
+
+async def test_no_buildpack_detects_lists_what_was_tried(client: Client, tmp_path: Path) -> None:
+    app_dir = tmp_path / "plain"
+    app_dir.mkdir()
+    (app_dir / "README").write_text("nothing to build here\n")
+    w = await client.build("plain-app", await client.upload_dir(app_dir))
+    assert w.final is not None and w.final.status == protocol.FAILED
+    assert w.final.error is not None
+    assert "Tried: python, nodejs, procfile" in w.final.error
+    assert "Tried: python, nodejs, procfile" in w.text
+
+
+async def test_compile_error_keeps_buildpack_output(client: Client, tmp_path: Path) -> None:
+    app_dir = tmp_path / "broken"
+    shutil.copytree(FIXTURES / "python-app", app_dir)
+    (app_dir / "requirements.txt").write_text("slipway-no-such-package-4f1d==0.0.1\n")
+    w = await client.build("broken-app", await client.upload_dir(app_dir))
+    assert w.final is not None and w.final.status == protocol.FAILED
+    assert "bin/compile failed" in (w.final.error or "")
+    # pip's own explanation reaches the user, indented under the step line.
+    assert "-----> Downloading dependencies with pip" in w.text
+    assert "       ERROR: No matching distribution found for slipway-no-such-package-4f1d" in w.text
+
+
+async def test_runtime_mismatch_fails_clearly(client: Client, tmp_path: Path) -> None:
+    app_dir = tmp_path / "old"
+    shutil.copytree(FIXTURES / "python-app", app_dir)
+    (app_dir / "runtime.txt").write_text("python-2.7.18\n")
+    w = await client.build("old-app", await client.upload_dir(app_dir))
+    assert w.final is not None and w.final.status == protocol.FAILED
+    assert "runtime.txt asks for Python 2.7.18" in w.text
+    assert "only 3.11.x can be used" in w.text
+
+
+async def test_tarball_with_dotdot_is_refused(client: Client, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tgz"
+    with tarfile.open(bad, "w:gz") as tar:
+        for name, data in (("Procfile", b"web: true\n"), ("../escaped.txt", b"gotcha\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    w = await client.build("evil-app", await client.upload_file(bad))
+    assert w.final is not None and w.final.status == protocol.FAILED
+    assert "Source archive refused" in (w.final.error or "")
+    assert "'..'" in (w.final.error or "")
+    assert not (tmp_path / "builder" / "builds" / "escaped.txt").exists()
+    assert not any((tmp_path / "builder").rglob("escaped.txt"))

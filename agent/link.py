@@ -55,6 +55,9 @@ class ControllerLink:
         timings = self.config.timings
         backoff = Backoff(initial=timings.reconnect_initial, maximum=timings.reconnect_max)
         await self.sup.ready.wait()
+        if not self.config.controllers:
+            self._log.warning("no controller configured; keeping adopted dynos only")
+            await asyncio.Future()
         attempt = 0
         while True:
             address = self.config.controllers[attempt % len(self.config.controllers)]

@@ -8,6 +8,7 @@ import grpc
 
 from controller import convert
 from controller.auth import Tokens
+from controller.dynos import Dynos
 from controller.endpoint import unary
 from controller.state import ScaleChange, State
 from slipway.v1 import platform_pb2 as pb
@@ -21,6 +22,7 @@ class PlatformAPI(platform_pb2_grpc.PlatformServiceServicer):
         self.state = state
         self.tokens = tokens
         self.base_domain = base_domain
+        self.dynos = Dynos(state)
 
     # apps
 
@@ -145,6 +147,35 @@ class PlatformAPI(platform_pb2_grpc.PlatformServiceServicer):
         self, request: pb.ListSizesRequest, context: Ctx, actor: str
     ) -> pb.ListSizesResponse:
         return pb.ListSizesResponse(sizes=[convert.size(s) for s in self.state.sizes.all()])
+
+    # dynos and nodes
+
+    @unary
+    async def ListDynos(
+        self, request: pb.ListDynosRequest, context: Ctx, actor: str
+    ) -> pb.ListDynosResponse:
+        views = await self.dynos.list_dynos(request.app)
+        return pb.ListDynosResponse(dynos=[convert.dyno(v) for v in views])
+
+    @unary
+    async def RestartDynos(
+        self, request: pb.RestartDynosRequest, context: Ctx, actor: str
+    ) -> pb.RestartDynosResponse:
+        return pb.RestartDynosResponse(
+            restarted=await self.dynos.restart(request.app, request.target)
+        )
+
+    @unary
+    async def StopDyno(
+        self, request: pb.StopDynoRequest, context: Ctx, actor: str
+    ) -> pb.StopDynoResponse:
+        return pb.StopDynoResponse(stopped=await self.dynos.stop(request.app, request.dyno))
+
+    @unary
+    async def ListNodes(
+        self, request: pb.ListNodesRequest, context: Ctx, actor: str
+    ) -> pb.ListNodesResponse:
+        return pb.ListNodesResponse(nodes=[convert.node(v) for v in await self.dynos.nodes()])
 
     @unary
     async def WhoAmI(

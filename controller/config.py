@@ -26,6 +26,14 @@ class ControllerConfig:
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Largest accepted gRPC message (bytes); uploads stream in smaller chunks.
     max_message_bytes: int = 8 * 1024 * 1024
+    # Name in leader election (default: host, listen address and a random suffix).
+    identity: str = ""
+    leader_ttl_seconds: int = 5
+    # Full reconcile at least this often, even without etcd events.
+    resync_seconds: float = 5.0
+    # Agents heartbeat this often; their presence lease lives this long.
+    heartbeat_seconds: int = 5
+    node_ttl_seconds: int = 10
 
     @classmethod
     def load(cls, path: Path | None, **overrides: Any) -> ControllerConfig:

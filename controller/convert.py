@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from controller.dynos import DynoView, NodeView
 from controller.models import (
     RELEASE_FAILED,
     RELEASE_PENDING,
@@ -14,7 +15,7 @@ from controller.models import (
     SlugInfo,
 )
 from controller.sizes import DynoSize
-from slipway.v1 import types_pb2
+from slipway.v1 import platform_pb2, types_pb2
 
 _STATUS = {
     RELEASE_PENDING: types_pb2.RELEASE_STATUS_PENDING,
@@ -87,3 +88,52 @@ def size(s: DynoSize) -> types_pb2.DynoSize:
     return types_pb2.DynoSize(
         name=s.name, memory_mb=s.memory_mb, max_processes=s.max_processes, cpu_shares=s.cpu_shares
     )
+
+
+def dyno(view: DynoView) -> platform_pb2.Dyno:
+    p, s = view.placement, view.status
+    msg = platform_pb2.Dyno(
+        app=p.app,
+        name=p.name,
+        type=p.type,
+        state=view.state,
+        release=p.release,
+        node=p.node,
+        size=p.size,
+        command=p.command,
+        created_at=timestamp(p.created_at),
+        instance_id=p.instance_id,
+        memory_limit_bytes=p.memory_mb * 1024 * 1024,
+        exit_status=-1,
+    )
+    if s is not None:
+        msg.restarts = s.restarts
+        msg.memory_bytes = s.memory_bytes
+        msg.exit_status = s.exit_status
+        if s.changed_at:
+            msg.state_changed_at.CopyFrom(timestamp(s.changed_at))
+        if s.state == "up" and s.port:
+            msg.address = f"{s.address}:{s.port}"
+    return msg
+
+
+def node(view: NodeView) -> platform_pb2.Node:
+    m = view.metrics
+    msg = platform_pb2.Node(
+        name=view.name,
+        address=view.address,
+        capacity_memory_mb=view.capacity_mb,
+        reserved_memory_mb=view.reserved_mb,
+        memory_total_bytes=int(m.get("memory_total_bytes", 0)),
+        memory_used_bytes=int(m.get("memory_used_bytes", 0)),
+        disk_total_bytes=int(m.get("disk_total_bytes", 0)),
+        disk_used_bytes=int(m.get("disk_used_bytes", 0)),
+        cpu_percent=float(m.get("cpu_percent", 0.0)),
+        load1=float(m.get("load1", 0.0)),
+        dynos=view.dynos,
+        labels=view.labels,
+        status="draining" if view.draining else "ready",
+    )
+    if m.get("at"):
+        msg.last_heartbeat.CopyFrom(timestamp(float(m["at"])))
+    return msg

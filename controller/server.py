@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import uuid
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -12,12 +14,16 @@ from grpc_health.v1._async import HealthServicer
 from controller.api import PlatformAPI
 from controller.auth import Tokens
 from controller.config import ControllerConfig
+from controller.leader import Leadership
+from controller.nodes import NodeAPI
+from controller.placements import PlacementIndex
+from controller.reconciler import Reconciler
 from controller.sizes import SizeTable
 from controller.state import State
 from slipway import log as slog
 from slipway.etcd import Etcd
 from slipway.keys import Keys
-from slipway.v1 import platform_pb2_grpc
+from slipway.v1 import node_pb2_grpc, platform_pb2_grpc
 
 log = slog.get("controller")
 
@@ -31,6 +37,26 @@ class Controller:
         self.state = State(self.etcd, self.keys, self.sizes)
         self.tokens = Tokens(self.etcd, self.keys)
         self.health = HealthServicer()
+        identity = (
+            config.identity or f"{socket.gethostname()}:{config.listen}:{uuid.uuid4().hex[:6]}"
+        )
+        self.leadership = Leadership(self.etcd, self.keys, identity, ttl=config.leader_ttl_seconds)
+        self.reconciler = Reconciler(
+            self.etcd,
+            self.keys,
+            self.sizes,
+            self.leadership,
+            resync_seconds=config.resync_seconds,
+        )
+        self.placements = PlacementIndex(self.etcd, self.keys)
+        self.node_api = NodeAPI(
+            self.etcd,
+            self.keys,
+            self.tokens,
+            self.placements,
+            heartbeat_seconds=config.heartbeat_seconds,
+            ttl_seconds=config.node_ttl_seconds,
+        )
         self.bound_port = 0
         self._server: grpc.aio.Server | None = None
         self.ready = asyncio.Event()
@@ -47,13 +73,15 @@ class Controller:
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(
             PlatformAPI(self.state, self.tokens, base_domain=self.config.base_domain), server
         )
+        node_pb2_grpc.add_NodeServiceServicer_to_server(self.node_api, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.bound_port = server.add_insecure_port(self.config.listen)
         if not self.bound_port:
             raise OSError(f"cannot listen on {self.config.listen}")
         await server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set("slipway.v1.PlatformService", health_pb2.HealthCheckResponse.SERVING)
+        for service in ("slipway.v1.PlatformService", "slipway.v1.NodeService"):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return server
 
     async def run(self) -> None:
@@ -70,6 +98,9 @@ class Controller:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._server.wait_for_termination())
+                tg.create_task(self.placements.run())
+                tg.create_task(self.leadership.run())
+                tg.create_task(self.reconciler.run())
         finally:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace=3)

@@ -75,3 +75,6 @@ def quantity(type_name: str, value: int) -> int:
             reason="invalid_quantity",
         )
     return value
+
+
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")

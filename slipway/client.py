@@ -155,5 +155,17 @@ class Client:
     def list_sizes(self) -> pb.ListSizesResponse:
         return self.platform("ListSizes", pb.ListSizesRequest())
 
+    def list_dynos(self, app: str) -> pb.ListDynosResponse:
+        return self.platform("ListDynos", pb.ListDynosRequest(app=app))
+
+    def restart_dynos(self, app: str, target: str = "") -> pb.RestartDynosResponse:
+        return self.platform("RestartDynos", pb.RestartDynosRequest(app=app, target=target))
+
+    def stop_dyno(self, app: str, dyno: str) -> pb.StopDynoResponse:
+        return self.platform("StopDyno", pb.StopDynoRequest(app=app, dyno=dyno))
+
+    def list_nodes(self) -> pb.ListNodesResponse:
+        return self.platform("ListNodes", pb.ListNodesRequest())
+
     def whoami(self) -> pb.WhoAmIResponse:
         return self.platform("WhoAmI", pb.WhoAmIRequest())

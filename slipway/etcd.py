@@ -141,6 +141,11 @@ class Etcd:
         kvs = [KV(kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.lease) for kv in got]
         return kvs, int(got.header.revision)
 
+    async def revision(self) -> int:
+        """The store's current revision (a read of a key that never exists)."""
+        _, revision = await self.get_prefix(b"\x00slipway-revision-probe")
+        return revision
+
     async def put(self, key: bytes, value: bytes, *, lease: int | None = None) -> None:
         await self._call(self._client.put(key, value, lease=lease))
 

@@ -5,10 +5,11 @@
     {prefix}/releases/{app}/{version:010d} Release (JSON)
     {prefix}/formation/{app}               {type: {quantity, size}} (JSON)
     {prefix}/tokens/{sha256 hex}           API token record (JSON), never the token itself
-    {prefix}/nodes/{node}                  node presence (JSON), written by the agent with its own lease
+    {prefix}/nodes/{node}                  node presence (JSON), by the agent under its own lease
+    {prefix}/drains/{node}                 the node is draining (nodes:drain); its dynos move away
     {prefix}/nodemetrics/{node}            last heartbeat figures (JSON), written by the controller
     {prefix}/dynos/{app}/{instance}        desired dyno placement (JSON; the leader's scheduler)
-    {prefix}/status/{app}/{instance}       actual dyno state (JSON), written by the agent with its lease
+    {prefix}/status/{app}/{instance}       actual dyno state (JSON), by the agent under its lease
     {prefix}/routes/apps/{app}             what routers need to know of an app (JSON, see below)
     {prefix}/routes/dynos/{app}/{instance} an up web dyno's address (JSON), agent's lease
     {prefix}/routes/domains/{hostname}     custom domain -> {"app": name}
@@ -72,6 +73,15 @@ class Keys:
 
     def nodes(self) -> bytes:
         return self._k("nodes", "")
+
+    def drain(self, node: str) -> bytes:
+        return self._k("drains", node)
+
+    def drains(self) -> bytes:
+        return self._k("drains", "")
+
+    def formations(self) -> bytes:
+        return self._k("formation", "")
 
     def node_metrics(self, node: str) -> bytes:
         return self._k("nodemetrics", node)

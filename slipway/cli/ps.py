@@ -1,4 +1,4 @@
-"""ps:scale and ps:type (formation)."""
+"""ps, ps:scale, ps:type, ps:restart, ps:stop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import click
 
 from slipway.cli.base import app_option, cli, json_option, with_client
-from slipway.cli.output import emit_json, heading, table
+from slipway.cli.output import age, emit_json, heading, table
 from slipway.client import Client
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import types_pb2
@@ -97,4 +97,73 @@ def ps_type(client: Client, changes: tuple[str, ...], app: str, as_json: bool) -
         table(
             ["SIZE", "MEMORY", "MAX PROCESSES"],
             [[s.name, f"{s.memory_mb} MB", s.max_processes] for s in sizes],
+        )
+
+
+def _memory(used: int, limit: int) -> str:
+    if not used:
+        return "-"
+    pct = f" ({100 * used // limit}%)" if limit else ""
+    return f"{used / 1024 / 1024:.0f} MB{pct}"
+
+
+@cli.command("ps")
+@app_option
+@json_option
+@with_client
+def ps_list(client: Client, app: str, as_json: bool) -> None:
+    """List the app's dynos: state, age, node, release, restarts."""
+    dynos = list(client.list_dynos(app).dynos)
+    if as_json:
+        emit_json(dynos)
+        return
+    if not dynos:
+        click.echo(f"No dynos on {app}. Scale up with `slipway ps:scale -a {app} web=1`.")
+        return
+    by_type: dict[str, list[pb.Dyno]] = {}
+    for d in dynos:
+        by_type.setdefault(d.type, []).append(d)
+    for ptype, group in by_type.items():
+        heading(f"{ptype} ({group[0].size}): {group[0].command or '-'} ({len(group)})")
+        table(
+            ["DYNO", "STATE", "AGE", "NODE", "RELEASE", "RESTARTS", "MEMORY"],
+            [
+                [
+                    d.name,
+                    d.state,
+                    age(d.state_changed_at if d.state_changed_at.seconds else d.created_at),
+                    d.node,
+                    f"v{d.release}",
+                    d.restarts,
+                    _memory(d.memory_bytes, d.memory_limit_bytes),
+                ]
+                for d in group
+            ],
+        )
+        click.echo("")
+
+
+@cli.command("ps:restart")
+@click.argument("target", required=False, default="", metavar="[TYPE|DYNO]")
+@app_option
+@with_client
+def ps_restart(client: Client, target: str, app: str) -> None:
+    """Restart all dynos, one process type (web) or one dyno (web.1)."""
+    restarted = list(client.restart_dynos(app, target).restarted)
+    what = target or "all dynos"
+    click.echo(f"Restarting {what} on {app}... done ({', '.join(restarted) or 'nothing running'})")
+
+
+@cli.command("ps:stop")
+@click.argument("dyno", metavar="DYNO")
+@app_option
+@with_client
+def ps_stop(client: Client, dyno: str, app: str) -> None:
+    """Stop one dyno (web.1 or run.2). Formation dynos come back as fresh copies."""
+    stopped = list(client.stop_dyno(app, dyno).stopped)
+    click.echo(f"Stopping {', '.join(stopped)} on {app}... done")
+    if not dyno.startswith("run."):
+        ptype = dyno.split(".")[0]
+        click.echo(
+            f"The formation starts a fresh {ptype} dyno; scale {ptype} down to keep it stopped."
         )

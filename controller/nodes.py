@@ -1,0 +1,205 @@
+"""NodeService: agents register, then hold one stream with their controller.
+
+Down the stream: the node's full desired dyno set, on connect and after every
+change (level-based; the agent reconciles to whatever it last received).
+Up the stream: heartbeats with host and dyno figures (kept in etcd for
+``slipway nodes``) and dyno state changes (logged). Presence, dyno statuses and
+routes are the agent's own etcd records under its lease, so nothing here is
+needed for running dynos to keep running and serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from controller.auth import Tokens
+from controller.placements import PlacementIndex
+from controller.scheduler import Placement
+from controller.snapshot import ReleaseCache
+from controller.validation import NODE_NAME_RE
+from slipway import errors
+from slipway import log as slog
+from slipway.etcd import Etcd
+from slipway.keys import Keys
+from slipway.v1 import node_pb2 as npb
+from slipway.v1 import node_pb2_grpc
+
+log = slog.get("controller.nodes")
+
+_STATE_NAMES = {
+    npb.DYNO_STATE_STARTING: "starting",
+    npb.DYNO_STATE_UP: "up",
+    npb.DYNO_STATE_CRASHED: "crashed",
+    npb.DYNO_STATE_DOWN: "down",
+}
+
+
+class NodeAPI(node_pb2_grpc.NodeServiceServicer):
+    def __init__(
+        self,
+        etcd: Etcd,
+        keys: Keys,
+        tokens: Tokens,
+        placements: PlacementIndex,
+        *,
+        heartbeat_seconds: int = 5,
+        ttl_seconds: int = 15,
+        resend_seconds: float = 30.0,
+    ) -> None:
+        self.etcd = etcd
+        self.keys = keys
+        self.tokens = tokens
+        self.placements = placements
+        self.releases = ReleaseCache(etcd, keys)
+        self.heartbeat_seconds = heartbeat_seconds
+        self.ttl_seconds = ttl_seconds
+        self.resend_seconds = resend_seconds
+        self._sessions: dict[str, str] = {}
+        self.connected: dict[str, str] = {}  # node -> session
+
+    async def _auth(self, context: grpc.aio.ServicerContext) -> None:
+        try:
+            await self.tokens.authenticate(context)
+        except errors.SlipwayError as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def Register(
+        self, request: npb.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> npb.RegisterResponse:
+        await self._auth(context)
+        if not NODE_NAME_RE.match(request.node):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"invalid node name {request.node!r}: letters, digits, '.', '-' and '_', up to 63",
+            )
+        session = uuid.uuid4().hex
+        self._sessions[session] = request.node
+        if len(self._sessions) > 10_000:
+            self._sessions = {session: request.node}
+        log.info(
+            "node registered",
+            node=request.node,
+            address=request.advertise_address,
+            memory_mb=request.memory_mb,
+            dynos=len(request.dynos),
+        )
+        return npb.RegisterResponse(
+            session_id=session,
+            heartbeat_interval_seconds=self.heartbeat_seconds,
+            ttl_seconds=self.ttl_seconds,
+        )
+
+    async def assignment(self, p: Placement) -> npb.DynoAssignment | None:
+        release = await self.releases.get(p.app, p.release)
+        if release is None:
+            return None
+        return npb.DynoAssignment(
+            app=p.app,
+            name=p.name,
+            process_type=p.type,
+            release=p.release,
+            command=p.command or release.process_types.get(p.type, ""),
+            env=release.config,
+            slug_digest=release.slug.digest,
+            slug_size_bytes=release.slug.size_bytes,
+            memory_mb=p.memory_mb,
+            max_processes=p.max_processes,
+            instance_id=p.instance_id,
+            attached=p.kind == "attached",
+        )
+
+    async def desired_for(self, node: str) -> npb.DesiredDynos:
+        assignments = []
+        for p in self.placements.for_node(node):
+            a = await self.assignment(p)
+            if a is not None:
+                assignments.append(a)
+        return npb.DesiredDynos(dynos=assignments)
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[npb.AgentMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[npb.ControllerMessage]:
+        await self._auth(context)
+        first = await anext(aiter(request_iterator), None)
+        node = self._sessions.get(first.session_id) if first else None
+        if first is None or node is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "unknown session; register again"
+            )
+            return
+        self.connected[node] = first.session_id
+        log.info("node connected", node=node)
+        await self._handle(node, first)
+        reader = asyncio.create_task(self._read(node, request_iterator))
+        try:
+            await self.placements.loaded.wait()
+            sent: npb.DesiredDynos | None = None
+            version = -1
+            last_sent = 0.0
+            while not reader.done():
+                version = await self.placements.changed(version, timeout=1.0)
+                desired = await self.desired_for(node)
+                now = time.monotonic()
+                if desired != sent or now - last_sent > self.resend_seconds:
+                    yield npb.ControllerMessage(desired=desired)
+                    sent, last_sent = desired, now
+        finally:
+            reader.cancel()
+            if self.connected.get(node) == first.session_id:
+                del self.connected[node]
+            log.info("node disconnected", node=node)
+
+    async def _read(self, node: str, messages: AsyncIterator[npb.AgentMessage]) -> None:
+        try:
+            async for message in messages:
+                await self._handle(node, message)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass
+
+    async def _handle(self, node: str, message: npb.AgentMessage) -> None:
+        body = message.WhichOneof("body")
+        if body == "heartbeat":
+            await self._store_metrics(node, message.heartbeat)
+        elif body == "event":
+            d = message.event.dyno
+            log.info(
+                "dyno state",
+                node=node,
+                app=d.app,
+                dyno=d.name,
+                state=_STATE_NAMES.get(d.state, "unknown"),
+                release=d.release,
+                exit_status=d.exit_status,
+                reason=d.reason,
+            )
+
+    async def _store_metrics(self, node: str, hb: npb.Heartbeat) -> None:
+        metrics = {
+            "node": node,
+            "at": time.time(),
+            "cpu_percent": hb.cpu_percent,
+            "memory_total_bytes": hb.memory_total_bytes,
+            "memory_used_bytes": hb.memory_used_bytes,
+            "disk_total_bytes": hb.disk_total_bytes,
+            "disk_used_bytes": hb.disk_used_bytes,
+            "load1": hb.load1,
+            "capacity_memory_mb": hb.capacity_memory_mb,
+            "reserved_memory_mb": hb.reserved_memory_mb,
+            "dynos": len(hb.dynos),
+            "dyno_memory": {d.instance_id: d.memory_bytes for d in hb.dynos},
+            "dyno_restarts": {d.instance_id: d.restarts for d in hb.dynos},
+        }
+        try:
+            await self.etcd.put(
+                self.keys.node_metrics(node), json.dumps(metrics, separators=(",", ":")).encode()
+            )
+        except errors.SlipwayError as exc:
+            log.warning("cannot store node metrics", node=node, error=str(exc))

@@ -1,0 +1,74 @@
+"""Records agents write into etcd under their own lease, read by the controller.
+
+nodes/{node}               NodeRecord: presence; gone when the node's lease expires
+status/{app}/{instance}    StatusRecord: the dyno's actual state
+routes/dynos/{app}/{inst}  route JSON (see slipway.keys) for up web dynos
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _load(cls: Any, data: bytes) -> Any:
+    obj = json.loads(data)
+    return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class NodeRecord:
+    name: str
+    address: str
+    capacity_mb: int
+    port_range: tuple[int, int] = (0, 0)
+    labels: dict[str, str] = field(default_factory=dict)
+    agent_version: str = ""
+    started_at: float = 0.0
+
+    def encode(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> NodeRecord:
+        record: NodeRecord = _load(cls, data)
+        record.port_range = tuple(record.port_range)  # type: ignore[assignment]
+        return record
+
+
+@dataclass
+class StatusRecord:
+    app: str
+    name: str
+    instance_id: str
+    node: str
+    process_type: str
+    release: int
+    state: str  # starting | up | crashed | down
+    port: int = 0
+    address: str = ""
+    restarts: int = 0
+    exit_status: int = -1
+    memory_bytes: int = 0
+    memory_limit_bytes: int = 0
+    changed_at: float = 0.0
+    started_at: float = 0.0
+    reason: str = ""
+    container_id: str = ""
+
+    def encode(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> StatusRecord:
+        record: StatusRecord = _load(cls, data)
+        return record
+
+
+def route_value(app: str, dyno: str, address: str, node: str, release: int) -> bytes:
+    return _dumps({"app": app, "dyno": dyno, "address": address, "node": node, "release": release})

@@ -1,0 +1,334 @@
+"""Router throughput and latency against nginx and HAProxy (a script, not a test).
+
+One backend (nginx, 1 worker, a small fixed body) behind three contenders,
+measured in interleaved rounds with the same wrk settings:
+
+- slipway-router, 1 worker, router logs ON (a real nats-server) and its route
+  in a real etcd, both started here;
+- nginx as a reverse proxy, 1 worker, upstream keep-alive, access log off;
+- HAProxy, 1 thread, http-reuse always.
+
+Prints requests/s and p50/p99 latency of each (median over rounds) and the
+router/nginx and router/haproxy ratios. Debian's wrk is wrk 4 (no ``-R``
+constant-rate mode), so "p99 at half nginx's max rate" cannot be measured;
+p99 at 50 connections is printed instead, and said so.
+
+    .venv/bin/python benchmarks/bench_router.py [--rounds 3] [--duration 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from slipway import engines  # noqa: E402
+from slipway.etcd import Etcd  # noqa: E402
+from slipway.keys import Keys  # noqa: E402
+
+BODY = "hello from the benchmark backend\n"
+APP = "bench"
+BASE = "bench.test"
+
+
+def start(argv: list[str], log: Path, **kw: object) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **kw,
+        )  # type: ignore[call-overload]
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(5)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+
+
+def nginx_conf(tmp: Path, name: str, body: str) -> Path:
+    d = tmp / name
+    d.mkdir()
+    conf = d / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    {body}
+}}
+"""
+    )
+    return conf
+
+
+def haproxy_conf(tmp: Path, port: int, backend: int) -> Path:
+    conf = tmp / "haproxy.cfg"
+    conf.write_text(
+        f"""
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    server s1 127.0.0.1:{backend}
+"""
+    )
+    return conf
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = {}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        lat[pct] = float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50": lat["50"],
+        "p99": lat["99"],
+        "non2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def wrk(port: int, host: str, duration: float, connections: int = 50) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-H",
+            f"Host: {host}",
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return parse_wrk(out)
+
+
+async def write_route(endpoint: str, prefix: str, backend: int) -> None:
+    keys = Keys(prefix)
+    async with Etcd([endpoint]) as etcd:
+        await etcd.put(
+            keys.route_app(APP),
+            json.dumps(
+                {
+                    "app": APP,
+                    "web": 1,
+                    "released": True,
+                    "maintenance": False,
+                    "crashed": False,
+                    "balance": "random",
+                }
+            ).encode(),
+        )
+        await etcd.put(
+            keys.route_dyno(APP, "web.1"),
+            json.dumps(
+                {
+                    "app": APP,
+                    "dyno": "web.1",
+                    "address": f"127.0.0.1:{backend}",
+                    "node": "n1",
+                    "release": 1,
+                }
+            ).encode(),
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=4)
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx", "haproxy"):
+        if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
+            sys.exit(f"{tool} is not installed (make bench installs it)")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    procs: list[subprocess.Popen[bytes]] = []
+    etcd = nats = None
+    with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp_s:
+        tmp = Path(tmp_s)
+        try:
+            backend = engines.free_port()
+            conf = nginx_conf(
+                tmp,
+                "backend",
+                f"""
+    server {{ listen 127.0.0.1:{backend}; keepalive_timeout 75s;
+             location / {{ default_type text/plain; return 200 "{BODY.strip()}\\n"; }} }}""",
+            )
+            procs.append(
+                start([nginx, "-c", str(conf), "-e", str(tmp / "backend.err")], tmp / "backend.log")
+            )
+            engines.wait_for_port("127.0.0.1", backend, 10, procs[-1])
+
+            etcd = engines.etcd(tmp / "etcd")
+            etcd.start()
+            nats = engines.nats(tmp / "nats")
+            nats.start()
+            prefix = "/bench"
+            asyncio.run(write_route(f"127.0.0.1:{etcd.port}", prefix, backend))
+
+            router_port = engines.free_port()
+            metrics_port = engines.free_port()
+            router = start(
+                [
+                    str(ROOT / ".venv/bin/slipway-router"),
+                    "--listen",
+                    f"127.0.0.1:{router_port}",
+                    "--etcd",
+                    f"127.0.0.1:{etcd.port}",
+                    "--etcd-prefix",
+                    prefix,
+                    "--base-domain",
+                    BASE,
+                    "--nats",
+                    f"nats://127.0.0.1:{nats.port}",
+                    "--metrics-listen",
+                    f"127.0.0.1:{metrics_port}",
+                    "--log-level",
+                    "warning",
+                ],
+                tmp / "router.log",
+            )
+            procs.append(router)
+            engines.wait_for_port("127.0.0.1", router_port, 15, router)
+
+            nginx_port = engines.free_port()
+            conf = nginx_conf(
+                tmp,
+                "proxy",
+                f"""
+    upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
+    server {{ listen 127.0.0.1:{nginx_port};
+             location / {{ proxy_pass http://be; proxy_http_version 1.1;
+                          proxy_set_header Connection ""; }} }}""",
+            )
+            procs.append(
+                start([nginx, "-c", str(conf), "-e", str(tmp / "proxy.err")], tmp / "proxy.log")
+            )
+            engines.wait_for_port("127.0.0.1", nginx_port, 10, procs[-1])
+
+            ha_port = engines.free_port()
+            procs.append(
+                start(
+                    [haproxy, "-f", str(haproxy_conf(tmp, ha_port, backend)), "-db"],
+                    tmp / "haproxy.log",
+                )
+            )
+            engines.wait_for_port("127.0.0.1", ha_port, 10, procs[-1])
+
+            host = f"{APP}.{BASE}"
+            contenders = {"router": router_port, "nginx": nginx_port, "haproxy": ha_port}
+            # warm up every path (pools, caches) before measuring
+            for port in contenders.values():
+                wrk(port, host, 1.0)
+            results: dict[str, list[dict[str, float]]] = {k: [] for k in contenders}
+            for rnd in range(args.rounds):
+                for name, port in contenders.items():
+                    r = wrk(port, host, args.duration)
+                    results[name].append(r)
+                    print(
+                        f"  round {rnd + 1} {name:8s} {r['rps']:9.0f} req/s  "
+                        f"p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
+                        f"non-2xx {r['non2xx']:.0f}",
+                        flush=True,
+                    )
+                    time.sleep(0.5)
+            if any(r["rps"] == 0 for r in results["router"]):
+                print((tmp / "router.log").read_text()[-3000:])
+            med = {
+                k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50", "p99")}
+                for k, v in results.items()
+            }
+            print()
+            print(
+                f"wrk 4 (-t2 -c50 -d{args.duration:g}s, keep-alive), median of "
+                f"{args.rounds} interleaved rounds, 1 backend nginx worker"
+            )
+            print(f"{'contender':10s} {'req/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
+            for name, m in med.items():
+                print(f"{name:10s} {m['rps']:10.0f} {m['p50']:8.2f} {m['p99']:8.2f}")
+            r, n, h = med["router"], med["nginx"], med["haproxy"]
+            print(f"router/nginx   throughput {r['rps'] / n['rps']:.2f}x  (target >= 0.90x)")
+            print(f"router/haproxy throughput {r['rps'] / h['rps']:.2f}x  (target >= 1.00x)")
+            print(
+                f"p99 router - nginx at 50 connections: {r['p99'] - n['p99']:+.2f} ms "
+                "(wrk 4 has no -R, so p99 at half nginx's max rate was not measured)"
+            )
+            try:
+                import urllib.request
+
+                text = (
+                    urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+                    .read()
+                    .decode()
+                )
+                for line in text.splitlines():
+                    if line.startswith(("slipway_router_logs_", "slipway_router_upstream_c")):
+                        print("  " + line)
+            except OSError as exc:
+                print(f"  (metrics unavailable: {exc})")
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+            for engine in (nats, etcd):
+                if engine is not None:
+                    engine.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ signal, and bash exits with the app's status.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -42,8 +43,12 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def container_id(prefix: str, spec: DynoSpec) -> str:
-    """runc id, unique per placement and readable in `runc list`."""
-    short = _SAFE.sub("", spec.instance_id)[:12] or "x"
+    """runc id, unique per placement and readable in `runc list`.
+
+    The instance id is hashed: its format belongs to the controller, and a
+    truncated prefix could collide.
+    """
+    short = hashlib.sha256(spec.instance_id.encode()).hexdigest()[:12]
     return f"{prefix}.{_SAFE.sub('-', spec.app)}.{_SAFE.sub('-', spec.name)}.{short}"
 
 

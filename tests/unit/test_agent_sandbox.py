@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import click
 import pytest
@@ -65,7 +66,7 @@ def test_container_id_is_runc_safe_and_unique_per_instance() -> None:
     cid = container_id("slipway", spec())
     digest = hashlib.sha256(b"abc/123-XYZ_long-id").hexdigest()[:12]
     assert cid == f"slipway.my-app.web.1.{digest}"
-    other = container_id("slipway", spec(instance_id="zzz"))  # type: ignore[arg-type]
+    other = container_id("slipway", replace(spec(), instance_id="abc/123-XYZ_long-id2"))
     assert other != cid
 
 

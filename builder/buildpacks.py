@@ -194,7 +194,7 @@ def classify(spec: str) -> str:
     """``builtin`` | ``path`` | ``tarball`` | ``git`` for one buildpack spec."""
     if spec in BUILTIN_ORDER:
         return "builtin"
-    if spec.startswith(("http://", "https://", "git://", "ssh://", "git@")):
+    if spec.startswith(("http://", "https://", "file://", "git://", "ssh://", "git@")):
         url = spec.split("#", 1)[0]
         if url.endswith((".tgz", ".tar.gz", ".tar")):
             return "tarball"

@@ -34,7 +34,7 @@ from nats.js import JetStreamContext
 from builder import protocol
 from builder.build import BuildRunner
 from builder.buildpacks import BuildFailed
-from slipway import errors, log
+from slipway import errors, log, logline
 
 _log = log.get("builder.jobs")
 _FETCH_WAIT = 2.0  # how long one pull waits; bounds how fast a drain is noticed
@@ -171,6 +171,13 @@ class BuildQueue:
     async def _status(self, status: protocol.BuildStatus) -> None:
         await _publish(self._js, protocol.status_subject(status.build_id), status.encode())
 
+    async def _app_log(self, app: str, message: str) -> None:
+        """One line in the app's log stream (`slipway logs`), like Heroku's api lines."""
+        with contextlib.suppress(Exception):  # the log stream is best effort here
+            await self._nc.publish(
+                logline.subject(app), logline.LogLine(app, "api", "build", message).encode()
+            )
+
     async def _handle(self, msg: Msg) -> None:
         attempt = msg.metadata.num_delivered or 1
         try:
@@ -184,6 +191,9 @@ class BuildQueue:
         log_keys = {"app": job.app, "build": job.build_id, "attempt": attempt}
         _log.info("build started", **log_keys)
         await self._status(protocol.BuildStatus(job.build_id, protocol.RUNNING, attempt, self.name))
+        await self._app_log(
+            job.app, f"Build {job.build_id} started on {self.name} (attempt {attempt})"
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 publisher = tg.create_task(out.run())
@@ -205,6 +215,7 @@ class BuildQueue:
             return
         await self._status(status)
         await msg.ack_sync()
+        await self._app_log(job.app, f"Build {job.build_id} {status.status}")
         _log.info(
             "build finished",
             status=status.status,

@@ -14,6 +14,7 @@ import io
 import shutil
 import tarfile
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -62,7 +63,10 @@ class Watch:
 class Client:
     """The controller's side of the protocol, as a test needs it."""
 
-    def __init__(self, nc, stores: objstore.ObjectStores, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, nc, stores: objstore.ObjectStores, tmp: Path, sandbox: RuncSandbox | None = None
+    ) -> None:
+        self.sandbox = sandbox
         self.nc = nc
         self.js = nc.jetstream()
         self.stores = stores
@@ -126,7 +130,7 @@ async def client(builder_nats_url: str, tmp_path: Path) -> AsyncIterator[Client]
     queue = BuildQueue(nc, runner, name="test-builder", settings=QueueSettings())
     task = asyncio.create_task(queue.run())
     try:
-        yield Client(nc, stores, tmp_path)
+        yield Client(nc, stores, tmp_path, sandbox)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -141,6 +145,53 @@ async def slug_names(c: Client, status: protocol.BuildStatus) -> list[str]:
     assert archive.sha256_file(dest) == status.slug["digest"]
     with tarfile.open(dest) as tar:
         return tar.getnames()
+
+
+async def serve_slug(c: Client, status: protocol.BuildStatus, process: str) -> str:
+    """Run a process type of the slug on the stack, as a dyno would; return GET / body."""
+    assert status.slug is not None and c.sandbox is not None
+    sandbox = c.sandbox
+    tgz = c.tmp / "dyno-slug.tgz"
+    await c.stores.get_file(objstore.SLUGS, status.slug["digest"], tgz)
+    app_dir, tmp_dir = c.tmp / "dyno-app", c.tmp / "dyno-tmp"
+    archive.unpack(tgz, app_dir, allow_absolute_symlinks=True, owner=(sandbox.uid, sandbox.gid))
+    tmp_dir.mkdir()
+    tmp_dir.chmod(0o1777)
+    port = engines.free_port()
+    script = 'for f in /app/.profile.d/*.sh; do . "$f"; done; exec ' + status.process_types[process]
+    output: list[str] = []
+
+    async def keep(line: str) -> None:
+        output.append(line)
+
+    dyno = asyncio.create_task(
+        sandbox.run(
+            ["/bin/bash", "-c", script],
+            app_dir=app_dir,
+            tmp_dir=tmp_dir,
+            env={"PORT": str(port), "HOME": "/app"},
+            on_line=keep,
+            timeout=60,
+        )
+    )
+
+    def get() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+            return str(resp.read().decode())
+
+    async def answered() -> str:
+        assert not dyno.done(), output
+        try:
+            return await asyncio.to_thread(get)
+        except OSError:
+            return ""
+
+    try:
+        return await eventually_async(answered, timeout=30, interval=0.2)
+    finally:
+        dyno.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dyno
 
 
 async def test_python_app_builds_and_second_build_uses_cache(client: Client) -> None:
@@ -159,6 +210,7 @@ async def test_python_app_builds_and_second_build_uses_cache(client: Client) -> 
     assert any(n.startswith(".venv/lib/python3") and n.endswith("six.py") for n in names)
     assert not any(n.startswith("docs") for n in names), ".slugignore was not applied"
     assert await client.stores.exists(objstore.CACHES, app)
+    assert "hello from python-app (six 1.16.0)" in await serve_slug(client, first.final, "web")
 
     t0 = time.monotonic()
     second = await client.build(app, await client.upload_dir(FIXTURES / "python-app"))
@@ -176,6 +228,7 @@ async def test_node_app_gets_default_web_process(client: Client) -> None:
     assert "npm ci (lock file found)" in w.text
     names = await slug_names(client, w.final)
     assert "node_modules/ms/index.js" in names and ".profile.d/nodejs.sh" in names
+    assert "ms says 1m = 60000 ms" in await serve_slug(client, w.final, "web")
 
 
 async def test_procfile_app_keeps_release_command(client: Client) -> None:
@@ -203,6 +256,25 @@ async def test_custom_local_buildpack_is_used(client: Client) -> None:
     # Procfile wins for worker; the buildpack's default fills in web.
     assert w.final.process_types == {"web": "./bin/hello", "worker": "./bin/hello --loop"}
     assert "custom-marker.txt" in await slug_names(client, w.final)
+
+
+async def test_buildpack_from_git_url(client: Client, tmp_path: Path) -> None:
+    repo = tmp_path / "bp-repo"
+    shutil.copytree(FIXTURES / "custom-buildpack", repo)
+    for args in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "buildpack"],
+    ):
+        proc = await asyncio.create_subprocess_exec("git", "-C", str(repo), *args)
+        assert await proc.wait() == 0
+    spec = f"file://{repo}"
+    w = await client.build(
+        "git-bp-app", await client.upload_dir(FIXTURES / "hello-app"), buildpacks=[spec]
+    )
+    assert w.final is not None and w.final.status == protocol.SUCCEEDED, w.text
+    assert w.final.buildpacks == [spec]
+    assert "-----> Custom hello buildpack" in w.text
 
 
 async def test_no_buildpack_detects_lists_what_was_tried(client: Client, tmp_path: Path) -> None:

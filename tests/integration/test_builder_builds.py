@@ -143,6 +143,8 @@ async def slug_names(c: Client, status: protocol.BuildStatus) -> list[str]:
     dest = c.tmp / f"slug-{status.slug['digest'][:8]}.tgz"
     await c.stores.get_file(objstore.SLUGS, status.slug["digest"], dest)
     assert archive.sha256_file(dest) == status.slug["digest"]
+    # Slugs pass the strictest check (no absolute symlinks either).
+    archive.check_archive(dest)
     with tarfile.open(dest) as tar:
         return tar.getnames()
 

@@ -158,12 +158,21 @@ class Dyno:
                 self.exited.clear()
                 try:
                     await self._launch()
-                except errors.SlipwayError as exc:
+                except Exception as exc:
+                    # Slug missing, disk full, runc broken: a crash like any
+                    # other, restarted on the same schedule.
                     self._log.error("dyno launch failed", error=str(exc))
                     self.heroku(f"Error launching process: {exc}")
                     await self._finish(None)
                     return
-            await self._watch()
+            while True:
+                try:
+                    await self._watch()
+                    return
+                except Exception:
+                    # The container is still there; never abandon watching it.
+                    self._log.exception("dyno watch failed")
+                    await asyncio.sleep(1.0)
         finally:
             self.active = False
 

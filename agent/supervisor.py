@@ -39,6 +39,7 @@ logger = log.get("agent.supervisor")
 
 EVENT_QUEUE_SIZE = 1000
 RESYNC_INTERVAL = 5.0
+SLUG_GC_INTERVAL = 600.0
 
 
 class DynoSupervisor:
@@ -98,11 +99,16 @@ class DynoSupervisor:
             self._tg = tg
             await self._adopt()
             self.ready.set()
+            last_gc = self.rt.clock.now()
             while True:
                 now = self.rt.clock.now()
                 desired = self._desired if self._desired is not None else self._kept()
                 p = plan(desired, {k: d.actual() for k, d in self._dynos.items()}, now)
                 self._apply(p)
+                if now - last_gc > SLUG_GC_INTERVAL:
+                    last_gc = now
+                    in_use = {d.record.spec.slug_digest for d in self._dynos.values()}
+                    await asyncio.to_thread(self.rt.slugs.remove_unused, in_use)
                 timeout = RESYNC_INTERVAL
                 if p.wake_at is not None:
                     timeout = max(0.0, min(timeout, p.wake_at - now))
@@ -116,7 +122,11 @@ class DynoSupervisor:
 
     def _apply(self, p: Plan) -> None:
         for spec in p.start:
-            self._start(spec)
+            try:
+                self._start(spec)
+            except errors.SlipwayError as exc:
+                # Retried on the next pass; the controller sees it missing.
+                logger.error("dyno not started", app=spec.app, dyno=spec.name, error=str(exc))
         for key in p.stop:
             dyno = self._dynos[key]
             dyno.record.stopping = True  # the plan must not pick it again
@@ -130,7 +140,7 @@ class DynoSupervisor:
 
     def _spawn(self, key: str, coro: Coroutine[Any, Any, None]) -> None:
         assert self._tg is not None, "supervisor is not running"
-        task = self._tg.create_task(coro)
+        task = self._tg.create_task(_contained(key, coro))
         bucket = self._tasks.setdefault(key, set())
         bucket.add(task)
         task.add_done_callback(bucket.discard)
@@ -197,7 +207,7 @@ class DynoSupervisor:
         used = {d.record.port for d in self._dynos.values()}
         low, high = self.config.port_range
         for port in range(low, high + 1):
-            if port not in used and _bindable(self.config.advertise_address, port):
+            if port not in used and _bindable(port):
                 return port
         raise errors.ResourceExhausted("no free port left in the agent's range")
 
@@ -250,10 +260,20 @@ class DynoSupervisor:
                 await self.rt.runc.delete(st.id, force=True, missing_ok=True)
 
 
-def _bindable(host: str, port: int) -> bool:
+async def _contained(key: str, coro: Coroutine[Any, Any, None]) -> None:
+    """One dyno's failure is logged, never allowed to end the supervisor."""
+    try:
+        await coro
+    except Exception:
+        logger.exception("dyno task failed", instance=key)
+
+
+def _bindable(port: int) -> bool:
+    # Dynos usually bind 0.0.0.0:$PORT; the advertise address may not even be
+    # local (NAT), so probe the wildcard address.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
-            s.bind((host, port))
+            s.bind(("0.0.0.0", port))
         except OSError:
             return False
     return True

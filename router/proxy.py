@@ -26,25 +26,26 @@ import httptools
 
 from router import errors_page as pages
 from router.errors_page import RouterError
+from router.exchange import Exchange
 from router.headers import BadRequest
 
 if TYPE_CHECKING:
-    from router.exchange import Exchange, Shared
+    from router.exchange import Shared
     from router.upstream import UpstreamConnection
 
-PAUSE_UPSTREAM_FULL = 1
-PAUSE_BUFFER = 2
-PAUSE_QUEUE = 4
-PAUSE_UPGRADE = 8
-
-# What a deadline means when it passes (see ClientProtocol.on_deadline).
-KEEPALIVE = 0  # waiting for (the rest of) the next request head
-BACKLOG = 1  # waiting in the app backlog for a dyno slot -> H12
-FIRST_BYTE = 2  # request sent, waiting for the response to start -> H12
-CLIENT_BODY = 3  # waiting for the client to send more of its body -> H28
-IDLE = 4  # response streaming -> H15 (or H28 when the client stopped reading)
-TUNNEL = 5  # an upgraded connection went quiet
-NONE = 6
+from router.flow import (
+    BACKLOG,
+    CLIENT_BODY,
+    FIRST_BYTE,
+    IDLE,
+    KEEPALIVE,
+    NONE,
+    PAUSE_BUFFER,
+    PAUSE_QUEUE,
+    PAUSE_UPGRADE,
+    PAUSE_UPSTREAM_FULL,
+    TUNNEL,
+)
 
 _INF = float("inf")
 _MAX_PIPELINED = 8
@@ -184,8 +185,6 @@ class ClientProtocol(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        from router.exchange import Exchange
-
         parser = self.parser
         self.in_head = False
         exchange = Exchange(

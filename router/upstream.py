@@ -68,6 +68,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if exchange.response_done:
             exchange.finish_response()
+        else:
+            exchange.flush()
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows

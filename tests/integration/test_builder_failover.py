@@ -22,7 +22,7 @@ import pytest
 from builder import protocol
 from slipway import engines, objstore, oci
 from tests.harness.wait import eventually_async
-from tests.integration.test_builder_builds import FIXTURES, Client
+from tests.integration.test_builder_builds import FIXTURES, Client, Watch
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def failover_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 class BuilderProcess:
-    def __init__(self, name: str, nats_url: str, data_dir: Path) -> None:
+    def __init__(self, name: str, nats_url: str, data_dir: Path, ack_wait: float = 3) -> None:
         self.name = name
         self.data_dir = data_dir
         self.log = data_dir.with_suffix(".log")
@@ -52,7 +52,7 @@ class BuilderProcess:
             "--name",
             name,
             "--ack-wait",
-            "3",
+            str(ack_wait),
             "--build-timeout",
             "120",
         ]
@@ -141,3 +141,76 @@ async def test_killed_builder_job_completes_elsewhere_once(
             await second.cleanup()
         await nc.close()
         await asyncio.sleep(0)
+
+
+async def start_slow_build(client: Client) -> tuple[str, object]:
+    source = await client.upload_dir(FIXTURES / "hello-app")
+    build_id = f"b-{uuid.uuid4().hex[:12]}"
+    w = await client.watch(build_id)
+    job = protocol.BuildJob(build_id, "slow-app", source, [str(FIXTURES / "slow-buildpack")], {})
+    await protocol.submit(client.js, job)
+    return build_id, w
+
+
+async def test_sigterm_drains_then_second_sigterm_hands_back(
+    failover_nats_url: str, tmp_path: Path
+) -> None:
+    nc = await objstore.connect([failover_nats_url], name="drain-test")
+    stores = objstore.ObjectStores(nc.jetstream())
+    client = Client(nc, stores, tmp_path)
+    # ack_wait far longer than the test: only a nak can move the job quickly.
+    a = BuilderProcess("drainer", failover_nats_url, tmp_path / "a", ack_wait=300)
+    b: BuilderProcess | None = None
+    try:
+        # One SIGTERM: the build in hand finishes on this builder, which then exits.
+        _, w1 = await start_slow_build(client)
+        assert isinstance(w1, Watch)
+
+        async def compiling(w: Watch = w1) -> bool:
+            return any("step 1" in line.line for line in w.lines)
+
+        await eventually_async(compiling, timeout=60, interval=0.1)
+        a.proc.send_signal(signal.SIGTERM)
+
+        async def done1() -> bool:
+            return w1.final is not None
+
+        await eventually_async(done1, timeout=60, interval=0.1)
+        assert w1.final is not None and w1.final.status == protocol.SUCCEEDED
+        assert (w1.final.builder, w1.final.attempt) == ("drainer", 1)
+        assert await asyncio.to_thread(a.proc.wait, 30) == 0
+
+        # Two SIGTERMs: the build is handed back and another builder runs it.
+        a2 = BuilderProcess("impatient", failover_nats_url, tmp_path / "a2", ack_wait=300)
+        await a.cleanup()
+        a = a2
+        _, w2 = await start_slow_build(client)
+        assert isinstance(w2, Watch)
+
+        async def compiling2(w: Watch = w2) -> bool:
+            return any("step 1" in line.line for line in w.lines)
+
+        await eventually_async(compiling2, timeout=60, interval=0.1)
+        a.proc.send_signal(signal.SIGTERM)
+
+        # Two signals sent at once may reach the process as one (not queued).
+        async def draining(log: Path = a.log) -> bool:
+            return '"draining"' in log.read_text()
+
+        await eventually_async(draining, timeout=10, interval=0.05)
+        a.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(a.proc.wait, 30) == 0
+        assert "build handed back" in a.log.read_text()
+        b = BuilderProcess("taker", failover_nats_url, tmp_path / "b", ack_wait=300)
+
+        async def done2() -> bool:
+            return w2.final is not None
+
+        await eventually_async(done2, timeout=60, interval=0.1)
+        assert w2.final is not None and w2.final.status == protocol.SUCCEEDED, w2.text
+        assert (w2.final.builder, w2.final.attempt) == ("taker", 2)
+    finally:
+        await a.cleanup()
+        if b is not None:
+            await b.cleanup()
+        await nc.close()

@@ -119,14 +119,20 @@ class Client:
 
 
 @pytest.fixture
-async def client(builder_nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
+def limits() -> Limits:
+    """Overridden per test with @pytest.mark.parametrize("limits", [Limits(...)])."""
+    return Limits(build_timeout=300)
+
+
+@pytest.fixture
+async def client(builder_nats_url: str, tmp_path: Path, limits: Limits) -> AsyncIterator[Client]:
     nc = await objstore.connect([builder_nats_url], name="builder-test")
     stores = objstore.ObjectStores(nc.jetstream())
     await stores.ensure_buckets()
     state = tmp_path / "builder"
     sandbox = RuncSandbox(state / "sandbox", oci.HostStack(state))
     await sandbox.prepare()
-    runner = BuildRunner(stores, sandbox, state / "builds", Limits(build_timeout=300))
+    runner = BuildRunner(stores, sandbox, state / "builds", limits)
     queue = BuildQueue(nc, runner, name="test-builder", settings=QueueSettings())
     task = asyncio.create_task(queue.run())
     try:
@@ -277,6 +283,38 @@ async def test_buildpack_from_git_url(client: Client, tmp_path: Path) -> None:
     assert w.final is not None and w.final.status == protocol.SUCCEEDED, w.text
     assert w.final.buildpacks == [spec]
     assert "-----> Custom hello buildpack" in w.text
+
+
+async def test_buildpack_from_tarball_url(client: Client, tmp_path: Path) -> None:
+    tgz = tmp_path / "hello-buildpack.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        # wrapped in one top-level directory, as release tarballs usually are
+        tar.add(FIXTURES / "custom-buildpack", arcname="hello-buildpack-1.0")
+    spec = f"file://{tgz}"
+    w = await client.build(
+        "tgz-bp-app", await client.upload_dir(FIXTURES / "hello-app"), buildpacks=[spec]
+    )
+    assert w.final is not None and w.final.status == protocol.SUCCEEDED, w.text
+    assert "-----> Custom hello buildpack" in w.text
+
+
+@pytest.mark.parametrize("limits", [Limits(build_timeout=2)])
+async def test_compile_time_limit(client: Client) -> None:
+    w = await client.build(
+        "slow-app",
+        await client.upload_dir(FIXTURES / "hello-app"),
+        buildpacks=[str(FIXTURES / "slow-buildpack")],
+    )
+    assert w.final is not None and w.final.status == protocol.FAILED, w.text
+    assert "Compile exceeded the time limit of" in (w.final.error or "")
+    assert "       step 1" in w.text  # output up to the limit is kept
+
+
+@pytest.mark.parametrize("limits", [Limits(slug_warn_bytes=1, slug_max_bytes=100)])
+async def test_slug_over_the_limit_fails(client: Client) -> None:
+    w = await client.build("proc-big", await client.upload_dir(FIXTURES / "procfile-app"))
+    assert w.final is not None and w.final.status == protocol.FAILED, w.text
+    assert "exceeds the limit of 100 bytes" in (w.final.error or "")
 
 
 async def test_no_buildpack_detects_lists_what_was_tried(client: Client, tmp_path: Path) -> None:

@@ -238,6 +238,10 @@ async def test_node_app_gets_default_web_process(client: Client) -> None:
     assert "node_modules/ms/index.js" in names and ".profile.d/nodejs.sh" in names
     assert "ms says 1m = 60000 ms" in await serve_slug(client, w.final, "web")
 
+    again = await client.build("node-app", await client.upload_dir(FIXTURES / "node-app"))
+    assert again.final is not None and again.final.status == protocol.SUCCEEDED, again.text
+    assert "Using cached npm downloads from the previous build" in again.text
+
 
 async def test_procfile_app_keeps_release_command(client: Client) -> None:
     w = await client.build("proc-app", await client.upload_dir(FIXTURES / "procfile-app"))

@@ -11,6 +11,8 @@ never a lost build.
 
 Outcomes:
     BuildFailed (the app's fault)         failed status, ack: never retried
+    every attempt died (max_deliver)      failed status from the advisory
+                                          watcher, job deleted
     malformed job                         failed status when possible, term
     anything else (store down, sandbox)   nak with delay: another attempt,
                                           failed status when it was the last
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -64,6 +67,59 @@ async def ensure_consumer(js: JetStreamContext, settings: QueueSettings) -> None
     except nats.js.errors.NotFoundError:
         with contextlib.suppress(nats.js.errors.BadRequestError):
             await js.add_consumer(protocol.STREAM, config)
+
+
+MAX_DELIVERIES_ADVISORY = (
+    f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{protocol.STREAM}.{protocol.CONSUMER}"
+)
+
+
+async def fail_exhausted_jobs(nc: NATS, name: str) -> None:
+    """Report builds whose every attempt died (no builder lived to say so).
+
+    The server announces a job that reached max_deliver with an advisory; one
+    builder of the pool (queue group) publishes the final `failed` status and
+    removes the job, which a work-queue stream would otherwise keep forever.
+    Returns only when cancelled.
+    """
+    js = nc.jetstream()
+
+    async def on_advisory(msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            seq = int(advisory["stream_seq"])
+            deliveries = int(advisory.get("deliveries") or 0)
+            try:
+                raw = await js.get_msg(protocol.STREAM, seq)
+            except nats.js.errors.NotFoundError:
+                return  # already settled
+            job = protocol.BuildJob.decode(raw.data or b"")
+            await _publish(
+                js,
+                protocol.status_subject(job.build_id),
+                protocol.BuildStatus(
+                    job.build_id,
+                    protocol.FAILED,
+                    deliveries,
+                    name,
+                    error=(
+                        f"Build failed: it was attempted {deliveries} times and no builder "
+                        "finished it"
+                    ),
+                ).encode(),
+            )
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_msg(protocol.STREAM, seq)
+            _log.error("build attempts exhausted", app=job.app, build=job.build_id)
+        except Exception as exc:  # one bad advisory must not stop the next ones
+            _log.error("max-deliveries advisory not handled", error=str(exc))
+
+    sub = await nc.subscribe(MAX_DELIVERIES_ADVISORY, queue="builders", cb=on_advisory)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 class OutputPublisher:
@@ -142,8 +198,11 @@ class BuildQueue:
         await ensure_consumer(self._js, self._settings)
         _log.info("builder ready", node=self.name, slots=self._slots)
         async with asyncio.TaskGroup() as tg:
-            for slot in range(self._slots):
-                tg.create_task(self._slot(slot))
+            exhausted = tg.create_task(fail_exhausted_jobs(self._nc, self.name))
+            slots = [tg.create_task(self._slot(slot)) for slot in range(self._slots)]
+            # Slots return after a drain; the advisory watcher then goes too.
+            await asyncio.gather(*slots)
+            exhausted.cancel()
 
     async def _slot(self, slot: int) -> None:
         # One pull subscription per slot: fetches never interleave between slots.

@@ -107,6 +107,7 @@ class Exchange:
         "mode",
         "out",
         "reason",
+        "refused",
         "request_done",
         "request_id",
         "resp_headers",
@@ -181,6 +182,7 @@ class Exchange:
         self.mode = BODY_NONE
         self.client_keep = keep_alive
         self.bytes_out = 0
+        self.refused = False  # answered 4xx without reading its body: linger on close
         # Client-bound bytes produced while parsing one read from the dyno,
         # written with one writelines() after the parser returns: a small
         # response then costs one write syscall instead of two or three.
@@ -195,10 +197,12 @@ class Exchange:
             info = self.info = analyse(self.headers)
         except BadRequest as exc:
             self.keep_alive = False  # never trust the framing of a refused request
+            self.refused = True
             self.fail(pages.NOT_IMPLEMENTED if exc.status == 501 else pages.BAD_REQUEST)
             return
         if self.method == b"CONNECT":
             self.keep_alive = False
+            self.refused = True
             self.fail(pages.BAD_REQUEST)  # a router, not a forward proxy
             return
         table = shared.table

@@ -114,17 +114,13 @@ class ClientProtocol(asyncio.Protocol):
             self.upgrade_requested(data[exc.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            if isinstance(cause, _HeadTooLarge):
-                self.bad_request(cause.error)
-            else:
-                self.bad_request(pages.BAD_REQUEST)
-            return
+            self.bad_request(cause.error if isinstance(cause, _HeadTooLarge) else pages.BAD_REQUEST)
         except httptools.HttpParserError:
             self.bad_request(pages.BAD_REQUEST)
-            return
-        if self.in_head and self.head_bytes > self.shared.limits.max_head_bytes:
-            self.bad_request(pages.HEADER_TOO_LARGE)
-            return
+        else:
+            if self.in_head and self.head_bytes > self.shared.limits.max_head_bytes:
+                self.bad_request(pages.HEADER_TOO_LARGE)
+        # Requests parsed cleanly before any bad bytes are still answered.
         if self.start_pending:
             self.start_pending = False
             self.start_next()
@@ -253,7 +249,10 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed:
             return
         if not keep_alive or (self.eof and not queue):
-            self.close()
+            if exchange.refused:
+                self.linger_close()
+            else:
+                self.close()
             return
         if len(queue) < _MAX_PIPELINED:
             self.unpause(PAUSE_QUEUE)
@@ -291,7 +290,6 @@ class ClientProtocol(asyncio.Protocol):
         """Unparseable or refused input: answer 400 once earlier requests are done."""
         self.shared.metrics.bad_requests += 1
         self.input_closed = True
-        self.start_pending = False
         self.pause(PAUSE_QUEUE)
         bad = self.parsing
         self.parsing = None
@@ -312,9 +310,15 @@ class ClientProtocol(asyncio.Protocol):
         if transport is None or self.closed:
             return
         transport.write(self.shared.pages.get(error, keep_alive=False))
-        # Lingering close: closing with unread input makes the kernel send a
-        # RST, which can destroy the 400 before the client reads it. Send FIN,
-        # then read and discard (input_closed) for a moment before closing.
+        self.linger_close()
+
+    def linger_close(self) -> None:
+        """Closing with unread input makes the kernel send a RST, which can
+        destroy a 400 before the client reads it. Send FIN, then read and
+        discard (input_closed) for a moment before closing."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
         self.input_closed = True
         if transport.can_write_eof():
             transport.write_eof()

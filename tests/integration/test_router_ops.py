@@ -1,0 +1,144 @@
+"""Operating the router: metrics endpoint, NATS outage, several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from router.config import Listen, LogConfig
+from slipway import engines
+from tests.harness.wait import eventually_async
+from tests.integration.test_router_harness import (
+    BASE,
+    Dyno,
+    request,
+    router_config,
+    routes,
+    start_router,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+async def http_get(port: int, path: str = "/metrics") -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    return data.decode()
+
+
+async def test_metrics_endpoint_counts_requests_and_codes(etcd_endpoint, etcd_prefix):
+    dyno = await Dyno().start()
+    metrics_port = engines.free_port()
+    config = replace(
+        router_config(etcd_endpoint, etcd_prefix), metrics_listen=Listen("127.0.0.1", metrics_port)
+    )
+    async with routes(etcd_endpoint, etcd_prefix) as r:
+        await r.app("demo")
+        await r.dyno("demo", dyno)
+        await r.app("down", maintenance=True)
+        async with start_router(config) as rt:
+            for _ in range(3):
+                assert (await request(rt.port)).status == 200
+            assert (await request(rt.port, app="down")).status == 503
+            text = await http_get(metrics_port)
+            assert text.startswith("HTTP/1.1 200")
+            assert 'slipway_router_requests_total{status="200",code=""} 3' in text
+            assert 'slipway_router_requests_total{status="503",code="H80"} 1' in text
+            assert "slipway_router_route_apps 2" in text
+            assert "slipway_router_quarantines_total 0" in text
+            assert "slipway_router_connections_active" in text
+    await dyno.stop()
+
+
+async def test_nats_down_lines_dropped_and_counted_requests_carry_on(etcd_endpoint, etcd_prefix):
+    dyno = await Dyno().start()
+    nowhere = f"nats://127.0.0.1:{engines.free_port()}"  # nothing listens
+    config = router_config(etcd_endpoint, etcd_prefix)
+    config = replace(config, logs=LogConfig(servers=(nowhere,), queue_size=5))
+    async with routes(etcd_endpoint, etcd_prefix) as r:
+        await r.app("demo")
+        await r.dyno("demo", dyno)
+        async with start_router(config) as rt:
+            for _ in range(20):
+                assert (await request(rt.port)).status == 200
+            shipper = rt.router.shipper
+            assert not shipper.connected
+            assert shipper.dropped == 15  # 5 queued for when NATS comes back
+            assert shipper.published == 0
+    await dyno.stop()
+
+
+@pytest.fixture
+def two_workers(etcd_endpoint: str, etcd_prefix: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    port, metrics = engines.free_port(), engines.free_port()
+    log = open(tmp_path / "router.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "router",
+            "--workers",
+            "2",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--etcd",
+            etcd_endpoint,
+            "--etcd-prefix",
+            etcd_prefix,
+            "--base-domain",
+            BASE,
+            "--metrics-listen",
+            f"127.0.0.1:{metrics}",
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        engines.wait_for_port("127.0.0.1", port, 15, proc)
+        yield proc, port, metrics
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+    assert proc.returncode == 0  # both workers stopped cleanly on SIGTERM
+
+
+async def test_two_workers_share_the_port(etcd_endpoint, etcd_prefix, two_workers):
+    _proc, port, metrics = two_workers
+    dyno = await Dyno().start()
+    async with routes(etcd_endpoint, etcd_prefix) as r:
+        await r.app("demo")
+        await r.dyno("demo", dyno)
+
+    async def both_workers_served() -> bool:
+        for _ in range(10):
+            await request(port)
+        counts = []
+        for m in (metrics, metrics + 1):  # worker N serves metrics on PORT+N
+            text = await http_get(m)
+            line = [
+                x
+                for x in text.splitlines()
+                if x.startswith('slipway_router_requests_total{status="200"')
+            ]
+            counts.append(int(line[0].split()[-1]) if line else 0)
+        return all(c > 0 for c in counts)
+
+    try:
+        await eventually_async(both_workers_served, timeout=20)
+    finally:
+        await dyno.stop()

@@ -63,9 +63,12 @@ class MetricsServer:
         self.metrics = metrics
         self.host = host
         self.port = port
+        self.listening = asyncio.Event()
 
     async def run(self) -> None:
         server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = server.sockets[0].getsockname()[1]  # the real one when asked for 0
+        self.listening.set()
         logger.info("metrics listening", address=f"{self.host}:{self.port}")
         async with server:
             await server.serve_forever()

@@ -50,6 +50,7 @@ class Router:
         self.listening = asyncio.Event()
         self._stop = asyncio.Event()
         self.shared: Shared | None = None
+        self.metrics_server: MetricsServer | None = None
         self._register_gauges()
 
     def _register_gauges(self) -> None:
@@ -93,7 +94,8 @@ class Router:
                 if config.metrics_listen is not None:
                     m = config.metrics_listen
                     port = m.port + self.worker if m.port else 0
-                    tg.create_task(MetricsServer(self.metrics, m.host, port).run(), name="metrics")
+                    self.metrics_server = MetricsServer(self.metrics, m.host, port)
+                    tg.create_task(self.metrics_server.run(), name="metrics")
                 for listen in config.listen:
                     server = await loop.create_server(
                         lambda: ClientProtocol(shared),

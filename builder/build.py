@@ -22,9 +22,9 @@ from pathlib import Path
 from builder import buildpacks as bp
 from builder import slug as slugs
 from builder.pipeline import Pipeline, Workdir
-from builder.protocol import BuildJob
 from builder.sandbox import OnLine, Sandbox
 from slipway import archive, errors, log, objstore
+from slipway.buildproto import BuildJob
 
 _log = log.get("builder.build")
 

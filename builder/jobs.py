@@ -34,9 +34,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from builder import protocol
 from builder.build import BuildRunner
 from builder.buildpacks import BuildFailed
+from slipway import buildproto as protocol
 from slipway import errors, log, logline
 
 _log = log.get("builder.jobs")

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import protocol
 from builder.build import BuildRunner, Limits
 from builder.jobs import BuildQueue, QueueSettings
 from builder.sandbox import RuncSandbox
 from slipway import archive, engines, objstore, oci
+from slipway import buildproto as protocol
 from tests.harness.wait import eventually_async
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import protocol
+from slipway import buildproto as protocol
 from slipway import engines, objstore, oci
 from tests.harness.wait import eventually_async
 from tests.integration.test_builder_builds import FIXTURES, Client, Watch

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from builder import buildpacks as bp
-from builder import protocol, slug
+from builder import slug
+from slipway import buildproto as protocol
 from slipway import errors
 
 

@@ -1,8 +1,4 @@
-"""The builder's wire format on NATS: jobs in, output and status out.
-
-Kept free of builder internals (only nats-py and the standard library) so the
-controller can use the same definitions; it belongs in ``slipway/`` once the
-shared-module owner moves it there.
+"""The build wire format on NATS, shared by the controller and the builders.
 
     stream BUILDS        work-queue retention, subject builds.jobs
       consumer builders  durable pull, explicit ack, ack_wait 30 s, max_deliver 3

@@ -58,13 +58,13 @@ class FakeController(node_pb2_grpc.NodeServiceServicer):
         self.events: list[pb.DynoStatus] = []
         self.streams = 0
 
-    async def Register(self, request, context):  # noqa: N802 (gRPC method name)
+    async def Register(self, request, context):
         self.registrations.append(request)
         return pb.RegisterResponse(
             session_id=uuid.uuid4().hex, heartbeat_interval_seconds=1, ttl_seconds=10
         )
 
-    async def Connect(self, request_iterator, context):  # noqa: N802
+    async def Connect(self, request_iterator, context):
         self.streams += 1
         yield pb.ControllerMessage(
             desired=pb.DesiredDynos(dynos=[convert.spec_to_pb(s) for s in self.desired])
@@ -176,7 +176,10 @@ async def test_agent_kill9_adopts_running_dynos_and_survives_controller_loss(
             assert controller.heartbeats[-1].memory_total_bytes > 0
             assert {e.state for e in controller.events} >= {pb.DYNO_STATE_UP}
             web_port = before["web.1"].port
-            first_pid = (await asyncio.to_thread(get, web_port))["pid"]
+            web_cid = before["web.1"].container_id
+            # Host pids (inside the pid namespace the app is always pid 2).
+            first_pids = await _runc_pids(data_dir / "runc", web_cid)
+            assert first_pids
 
             # kill -9 of the agent: the dynos keep running and serving.
             os.kill(agent.pid, signal.SIGKILL)
@@ -201,7 +204,7 @@ async def test_agent_kill9_adopts_running_dynos_and_survives_controller_loss(
                 assert after[name].restarts == 0
             runc_ids = await _runc_ids(data_dir / "runc")
             assert sorted(runc_ids) == sorted(d.container_id for d in before.values())
-            assert (await asyncio.to_thread(get, web_port))["pid"] == first_pid
+            assert await _runc_pids(data_dir / "runc", web_cid) == first_pids
 
             # Output keeps flowing after adoption.
             async def more_ticks() -> bool:
@@ -211,14 +214,15 @@ async def test_agent_kill9_adopts_running_dynos_and_survives_controller_loss(
 
         # The controller is gone: dynos keep running and serving.
         sessions = controller.streams
-        assert (await asyncio.to_thread(get, web_port))["pid"] == first_pid
+        assert (await asyncio.to_thread(get, web_port))["dyno"] == "web.1"
+        assert await _runc_pids(data_dir / "runc", web_cid) == first_pids
         async with serve(controller, port):
 
             async def reconnected() -> bool:
                 return controller.streams > sessions and bool(await both_up())
 
             await eventually_async(reconnected, timeout=30)
-            assert (await asyncio.to_thread(get, web_port))["pid"] == first_pid
+            assert await _runc_pids(data_dir / "runc", web_cid) == first_pids
             latest = controller.latest()
             assert all(d.restarts == 0 for d in latest.values())
             assert sorted(await _runc_ids(data_dir / "runc")) == sorted(
@@ -241,3 +245,11 @@ async def _runc_ids(root: Path) -> list[str]:
     )
     out, _ = await proc.communicate()
     return out.decode().split()
+
+
+async def _runc_pids(root: Path, cid: str) -> list[int]:
+    proc = await asyncio.create_subprocess_exec(
+        "runc", "--root", str(root), "ps", "--format", "json", cid, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    return sorted(json.loads(out or b"[]"))

@@ -71,28 +71,31 @@ def _shims_of(data_dir: Path) -> list[int]:
     return found
 
 
+async def _runc(runc_root: Path, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "runc",
+        "--root",
+        str(runc_root),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"runc {' '.join(args)} hung") from None
+    return out.decode()
+
+
 async def cleanup_containers(runc_root: Path, data_dir: Path) -> None:
     """runc delete -f everything under our own state root until no shim is left
     (a launch may have been under way when the supervisor was cancelled)."""
     for _ in range(100):
-        ids: list[str] = []
-        if runc_root.exists():
-            proc = await asyncio.create_subprocess_exec(
-                "runc", "--root", str(runc_root), "list", "-q", stdout=asyncio.subprocess.PIPE
-            )
-            out, _ = await proc.communicate()
-            ids = out.decode().split()
+        ids = (await _runc(runc_root, "list", "-q")).split() if runc_root.exists() else []
         for cid in ids:
-            p = await asyncio.create_subprocess_exec(
-                "runc",
-                "--root",
-                str(runc_root),
-                "delete",
-                "-f",
-                cid,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            await p.wait()
+            await _runc(runc_root, "delete", "-f", cid)
         if not ids and not _shims_of(data_dir):
             return
         await asyncio.sleep(0.1)
@@ -164,12 +167,15 @@ def app_name() -> str:
     return f"app{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
-async def node(data_dir: Path, nats_url: str, app_name: str) -> AsyncIterator[Node]:
-    config = fast_config(data_dir, nats_url)
+@contextlib.asynccontextmanager
+async def running_node(
+    config: AgentConfig, nats_url: str, app_name: str, lines: list[LogLine] | None = None
+) -> AsyncIterator[Node]:
+    """A supervisor and log sink running in this process. Leaving the context
+    cancels them as an agent's death would: containers keep running."""
     rt, fetch = build_runtime(config)
     sup = DynoSupervisor(rt)
-    n = Node(sup=sup, config=config)
+    n = Node(sup=sup, config=config, lines=lines if lines is not None else [])
     nc = await objstore.connect([nats_url], name="test-logs")
 
     async def collect(msg: object) -> None:
@@ -186,11 +192,20 @@ async def node(data_dir: Path, nats_url: str, app_name: str) -> AsyncIterator[No
             print(f"container start median {statistics.median(durations) * 1000:.0f} ms")
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await fetch.close()
-        await nc.close()
+        # Bounded, so a stuck shutdown fails the test instead of hanging it.
+        _done, pending = await asyncio.wait(tasks, timeout=15)
+        assert not pending, f"supervisor did not stop: {pending}"
+        await asyncio.wait_for(fetch.close(), 5)
+        await asyncio.wait_for(nc.close(), 5)
+
+
+@pytest.fixture
+async def node(data_dir: Path, nats_url: str, app_name: str) -> AsyncIterator[Node]:
+    config = fast_config(data_dir, nats_url)
+    try:
+        async with running_node(config, nats_url, app_name) as n:
+            yield n
+    finally:
         await cleanup_containers(config.state_root, config.data_dir)
 
 
@@ -382,3 +397,57 @@ async def test_web_dyno_that_never_binds_hits_the_boot_timeout(
     ) in heroku
     await node.wait_log("web.1", "State changed from starting to crashed")
     assert "Process exited with status 137" in node.messages("web.1", "heroku")
+
+
+async def test_restart_and_stop_one_dyno(node: Node, slug: Slug, app_name: str):
+    web = spec(slug, "web.1", app_name)
+    await node.sup.set_desired([web])
+    up = await node.wait_state("web.1", DynoState.UP)
+
+    await node.sup.restart(web.key)
+    await node.wait_log("web.1", "Process exited with status 143")
+
+    async def new_process() -> DynoStatus | None:
+        s = node.status("web.1")
+        fresh = s and s.state is DynoState.UP and s.started_at > up.started_at
+        return s if fresh else None
+
+    again = await eventually_async(new_process, timeout=30)
+    assert await asyncio.to_thread(http_get, again.port)
+    assert node.status("web.1").restarts == 0  # type: ignore[union-attr]
+
+    await node.sup.stop_dyno(web.key)
+    down = await node.wait_state("web.1", DynoState.DOWN)
+    assert down.exit_status == 143
+    assert await node.sup.rt.runc.state(up.container_id) is None
+
+
+async def test_exit_while_the_agent_was_away_is_reported_and_restarted(
+    data_dir: Path, nats_url: str, slug: Slug, app_name: str
+):
+    config = fast_config(data_dir, nats_url)
+    lines: list[LogLine] = []
+    web = spec(slug, "web.1", app_name)
+    try:
+        async with running_node(config, nats_url, app_name, lines) as first:
+            await first.sup.set_desired([web])
+            up = await first.wait_state("web.1", DynoState.UP)
+        # The "agent" is gone; its dyno dies meanwhile.
+        os.kill(app_pid(await first.sup.rt.runc.ps(up.container_id)), signal.SIGKILL)
+        status_file = next((data_dir / "dynos").iterdir()) / "status.json"
+        await eventually_async(lambda: asyncio.sleep(0, status_file.exists()), timeout=10)
+
+        async with running_node(config, nats_url, app_name, lines) as second:
+            # No desired set from a controller yet: the adopted dyno is kept,
+            # its exit reported, and it is restarted on the schedule.
+            await second.wait_log("web.1", "Process exited with status 137")
+
+            async def back_up() -> DynoStatus | None:
+                s = second.status("web.1")
+                return s if s and s.state is DynoState.UP and s.restarts == 1 else None
+
+            again = await eventually_async(back_up, timeout=30)
+            assert again.container_id == up.container_id
+            assert await asyncio.to_thread(http_get, again.port)
+    finally:
+        await cleanup_containers(config.state_root, config.data_dir)

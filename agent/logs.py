@@ -61,7 +61,9 @@ class LogSink:
         backoff = Backoff(initial=0.5, maximum=10.0)
         while True:
             try:
-                nc = await objstore.connect(self._servers, name="slipway-agent-logs")
+                nc = await objstore.connect(
+                    self._servers, name="slipway-agent-logs", error_cb=nats_error
+                )
             except Exception as exc:
                 logger.warning("nats unreachable", error=str(exc))
                 await asyncio.sleep(backoff.next())
@@ -83,6 +85,11 @@ class LogSink:
                 self.published += 1
             except Exception:
                 self.dropped += 1
+
+
+async def nats_error(exc: Exception) -> None:
+    """nats-py prints a traceback per failed attempt by default; one line will do."""
+    logger.warning("nats error", error=str(exc) or type(exc).__name__)
 
 
 def _punch_hole(fd: int, length: int) -> bool:

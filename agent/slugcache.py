@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from agent.logs import nats_error
 from slipway import errors, log, objstore
 from slipway.oci.stack import SANDBOX_GID, SANDBOX_UID
 
@@ -202,7 +203,9 @@ class ObjectStoreFetch:
     async def _get_stores(self) -> objstore.ObjectStores:
         async with self._lock:
             if self._stores is None:
-                nc = await objstore.connect(self._servers, name="slipway-agent-slugs")
+                nc = await objstore.connect(
+                    self._servers, name="slipway-agent-slugs", error_cb=nats_error
+                )
                 self._nc = nc
                 self._stores = objstore.ObjectStores(nc.jetstream())
             return self._stores

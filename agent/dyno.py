@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,8 @@ class Runtime:
     sink: LogSink
     clock: Clock
     use_overlay: bool = True
-    start_durations: list[float] = field(default_factory=list)
+    # Recent container start times (shim spawn -> runc pid file), for figures.
+    start_durations: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 def _seconds(value: float) -> str:

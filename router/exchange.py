@@ -31,7 +31,6 @@ from router.headers import (
     RequestInfo,
     analyse,
     forwarded_for,
-    host_name,
     request_head,
     request_id,
     response_tokens,
@@ -55,6 +54,7 @@ _EMPTY: frozenset[str] = frozenset()
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CRLF = b"\r\n"
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
 class Shared:
@@ -211,14 +211,13 @@ class Exchange:
             return
         app = None
         if info.host is not None:
-            name = table.app_for_host(info.host)
+            name, self.host = table.lookup(info.host)
             if name is not None:
                 app = table.apps.get(name)
         if app is None:
             self.fail(pages.NO_SUCH_APP)
             return
         self.app = app
-        self.host = host_name(info.host or b"")
         self.request_id = request_id(info.request_id)
         self.fwd = forwarded_for(info.forwarded_for, self.client.peer_ip)
         error = shared.balancer.admission(app, table.dyno_list.get(app.name, ()))
@@ -460,7 +459,7 @@ class Exchange:
                     length = value
                 elif lname == b"transfer-encoding":
                     chunked = True
-                elif lname == b"connection":
+                elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                     listed = True
                 elif status == 101 and lname == b"upgrade":
                     out += (name, b": ", value, _CRLF)

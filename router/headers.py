@@ -69,10 +69,17 @@ def request_id(client_value: bytes | None) -> bytes:
     return new_uuid4()
 
 
+_random = bytearray()
+
+
 def new_uuid4() -> bytes:
-    """A random (version 4) UUID in its text form; about 5x cheaper than
-    ``str(uuid.uuid4()).encode()``, and this runs once per request."""
-    raw = bytearray(os.urandom(16))
+    """A random (version 4) UUID in its text form. Runs once per request, so
+    random bytes are fetched 4 KB at a time instead of one syscall per id."""
+    global _random
+    if len(_random) < 16:
+        _random = bytearray(os.urandom(4096))
+    raw = _random[-16:]
+    del _random[-16:]
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()

@@ -23,6 +23,9 @@ from slipway.logline import subject
 
 logger = log.get(__name__)
 
+# json.dumps for a plain str, minus the encoder set-up (the C function json uses).
+_json_str = json.encoder.encode_basestring_ascii
+
 
 def _quote(text: str) -> str:
     if '"' in text or "\\" in text or not text.isprintable():
@@ -142,7 +145,7 @@ class LogShipper:
             # LogLine.encode's JSON, built by hand: this runs once per request.
             payload = (
                 f'{{"ts":{ts!r},"source":"heroku","process":"router",'
-                f'"message":{json.dumps(message)},"app":{json.dumps(app)}}}'
+                f'"message":{_json_str(message)},"app":{_json_str(app)}}}'
             ).encode()
             try:
                 await nc.publish(subject(app), payload)

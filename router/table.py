@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from router.headers import host_name
 from slipway import errors, log
 from slipway.backoff import Backoff
 from slipway.etcd import KV, Etcd
@@ -42,10 +43,13 @@ class DynoRoute:
     name: str  # "web.1"
     host: str
     port: int
+    # "host:port": the key of this router's per-dyno state (in-flight,
+    # quarantine, pool); a field, not a property, as it is read per request.
+    address: str = ""
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+    def __post_init__(self) -> None:
+        if not self.address:
+            object.__setattr__(self, "address", f"{self.host}:{self.port}")
 
 
 def parse_app(name: str, value: bytes) -> AppRoute:
@@ -85,18 +89,20 @@ class RouteTable:
         self.revision = 0
         self.loaded = False
         # raw Host header -> app name (or None); cleared whenever the table changes.
-        self._host_cache: dict[bytes, str | None] = {}
+        self._host_cache: dict[bytes, tuple[str | None, str]] = {}
         self.listeners: list[Callable[[], None]] = []
 
     # -- lookups (hot path) -------------------------------------------------
     def app_for_host(self, raw_host: bytes) -> str | None:
+        return self.lookup(raw_host)[0]
+
+    def lookup(self, raw_host: bytes) -> tuple[str | None, str]:
+        """Host header -> (app name or None, normalised host name)."""
         cache = self._host_cache
         try:
             return cache[raw_host]
         except KeyError:
             pass
-        from router.headers import host_name
-
         host = host_name(raw_host)
         app: str | None = self.domains.get(host)
         if app is None and host.endswith(self.base_suffix):
@@ -105,8 +111,8 @@ class RouteTable:
                 app = label
         if len(cache) > 10_000:  # bounded: a client can send any Host it likes
             cache.clear()
-        cache[raw_host] = app
-        return app
+        found = cache[raw_host] = (app, host)
+        return found
 
     # -- changes ------------------------------------------------------------
     def replace(self, kvs: Iterable[KV], revision: int) -> None:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import nats
+import pytest
 
 from router.config import Limits, Listen, LogConfig, RouterConfig
 from router.server import Router
@@ -384,3 +385,11 @@ class LogTap:
             return None
 
         return await eventually_async(found, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """Router tests run on uvloop, as the router does in production."""
+    import uvloop
+
+    return uvloop.EventLoopPolicy()

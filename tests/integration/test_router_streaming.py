@@ -19,7 +19,12 @@ import pytest
 
 from slipway import engines
 from tests.harness.wait import eventually_async
-from tests.integration.test_router_harness import BASE, read_head, routes
+from tests.integration.test_router_harness import (  # noqa: F401 - event_loop_policy: uvloop
+    BASE,
+    event_loop_policy,
+    read_head,
+    routes,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

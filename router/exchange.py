@@ -125,7 +125,6 @@ class Exchange:
         "upgrade",
         "upstream",
         "upstream_keep",
-        "upstream_paused",
         "url",
         "version",
         "waiting",
@@ -161,7 +160,6 @@ class Exchange:
         self.dyno_counted = False
         self.upstream: UpstreamConnection | None = None
         self.upstream_keep = False
-        self.upstream_paused = False
         self.connect_task: asyncio.Task[None] | None = None
         self.waiting = False
         self.tried: set[str] | None = None
@@ -328,8 +326,7 @@ class Exchange:
         now = client.loop.time()
         self.t_sent = now
         if client.write_blocked:
-            conn.transport.pause_reading()
-            self.upstream_paused = True
+            conn.pause_reading()
         shared = self.shared
         added = [
             b"X-Forwarded-For: " + self.fwd,
@@ -552,8 +549,6 @@ class Exchange:
         conn = self.upstream
         self.upstream = None
         if conn is not None:
-            if self.upstream_paused and conn.transport is not None:
-                conn.transport.resume_reading()
             if (
                 self.upstream_keep
                 and self.request_done
@@ -568,6 +563,11 @@ class Exchange:
     def complete(self, status: int, error: RouterError | None, keep_alive: bool) -> None:
         self.state = DONE
         self.release_dyno()
+        client = self.client
+        if client.pause_reasons & (flow.PAUSE_UPSTREAM_FULL | flow.PAUSE_BUFFER):
+            # Those pauses were this exchange's; the next one starts unpaused.
+            client.unpause(flow.PAUSE_UPSTREAM_FULL)
+            client.unpause(flow.PAUSE_BUFFER)
         shared = self.shared
         code = error.code if error is not None else ""
         shared.metrics.request(status, code)

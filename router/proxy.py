@@ -148,14 +148,14 @@ class ClientProtocol(asyncio.Protocol):
         # The client reads slower than the dyno sends: stop reading the dyno.
         self.write_blocked = True
         upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.pause_reading()
+        if upstream is not None:
+            upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_blocked = False
         upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.resume_reading()
+        if upstream is not None:
+            upstream.resume_reading()
 
     # -- httptools request callbacks ------------------------------------------
     def on_message_begin(self) -> None:

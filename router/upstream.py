@@ -29,6 +29,7 @@ class UpstreamConnection(asyncio.Protocol):
         "exchange",
         "idle_since",
         "parser",
+        "paused",
         "pool",
         "transport",
         "tunnel",
@@ -43,6 +44,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self.tunnel = False
+        self.paused = False
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,6 +92,17 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.upstream_write_paused(False)
 
+    # -- reading (paused while the client cannot take more) -----------------
+    def pause_reading(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
     # -- ownership ----------------------------------------------------------
     def attach(self, exchange: Exchange) -> None:
         self.exchange = exchange
@@ -136,6 +149,8 @@ class UpstreamPool:
         conn.detach()
         if conn.closed:
             return
+        # An idle connection must be read, or a close by the dyno goes unseen.
+        conn.resume_reading()
         stack = self.idle.setdefault(conn.address, [])
         if len(stack) >= self.size:
             conn.close()

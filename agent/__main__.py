@@ -19,12 +19,13 @@ from pathlib import Path
 
 import click
 
-from agent.config import DEFAULT_RESERVE_MB, AgentConfig, RestartSchedule, Timings
+from agent.config import AGENT_VERSION, DEFAULT_RESERVE_MB, AgentConfig, RestartSchedule, Timings
 from agent.config import default_memory_mb as _default_memory_mb
 from agent.link import ControllerLink
 from agent.main_runtime import build_runtime
 from agent.supervisor import DynoSupervisor
 from slipway import log
+from slipway.backoff import Backoff
 
 logger = log.get("agent")
 
@@ -72,9 +73,45 @@ async def run_agent(config: AgentConfig) -> None:
             tg.create_task(link.run())
             if config.health_port:
                 tg.create_task(_serve_health(config))
+            if config.etcd_endpoints:
+                tg.create_task(_run_presence(config, supervisor))
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(fetch.close(), 2)
+
+
+async def _run_presence(config: AgentConfig, supervisor: DynoSupervisor) -> None:
+    """Node, dyno statuses and routes in etcd under the node's lease."""
+    from agent.presence import Presence
+    from slipway.etcd import Etcd
+    from slipway.keys import Keys
+    from slipway.records import NodeRecord
+
+    await supervisor.ready.wait()
+    record = NodeRecord(
+        name=config.node,
+        address=config.advertise_address,
+        capacity_mb=config.memory_mb,
+        port_range=config.port_range,
+        labels=dict(config.labels),
+        agent_version=AGENT_VERSION,
+    )
+    backoff = Backoff(initial=0.5, maximum=10.0)
+    while True:
+        etcd = Etcd(config.etcd_endpoints, timeout=config.timings.rpc_timeout)
+        try:
+            await etcd.connect()
+            presence = Presence(
+                etcd, Keys(config.etcd_prefix), record, supervisor.snapshot, ttl=config.presence_ttl
+            )
+            await presence.run()
+        except Exception as exc:
+            # etcd away must never touch dynos: retry quietly.
+            logger.warning("etcd presence failed", node=config.node, error=str(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(etcd.close(), 2)
+        await asyncio.sleep(backoff.next())
 
 
 async def _serve_health(config: AgentConfig) -> None:
@@ -153,6 +190,14 @@ async def _main(config: AgentConfig) -> None:
     show_default=True,
     help="NATS servers, comma-separated.",
 )
+@click.option(
+    "--etcd",
+    envvar="SLIPWAY_ETCD",
+    default="",
+    help="etcd endpoints (host:port, comma-separated) for node presence and routes.",
+)
+@click.option("--etcd-prefix", envvar="SLIPWAY_ETCD_PREFIX", default="/slipway", show_default=True)
+@click.option("--presence-ttl", type=int, default=10, show_default=True, help="Lease TTL, s.")
 @click.option("--runc", "runc_binary", envvar="SLIPWAY_RUNC", help="runc binary.")
 @click.option("--container-prefix", default="slipway", show_default=True)
 @click.option("--health-port", type=int, default=0, help="gRPC health service port (0: off).")
@@ -168,6 +213,9 @@ def main(
     reserve_mb: int,
     labels: tuple[str, ...],
     nats: str,
+    etcd: str,
+    etcd_prefix: str,
+    presence_ttl: int,
     runc_binary: str | None,
     container_prefix: str,
     health_port: int,
@@ -195,6 +243,9 @@ def main(
         runc_binary=runc_binary,
         container_prefix=container_prefix,
         health_port=health_port,
+        etcd_endpoints=_split(etcd),
+        etcd_prefix=etcd_prefix,
+        presence_ttl=presence_ttl,
     )
     asyncio.run(_main(config))
 

@@ -74,6 +74,11 @@ class AgentConfig:
     # (tests, simulated nodes) never collide.
     container_prefix: str = "slipway"
     log_queue_size: int = 10_000
+    # etcd presence (agent/presence.py): node record, dyno statuses and routes
+    # under the node's lease. Empty endpoints: not written.
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_prefix: str = "/slipway"
+    presence_ttl: int = 10
     health_port: int = 0  # 0 = no health service
 
     @property

@@ -25,6 +25,8 @@ import pytest
 from agent import convert
 from agent.model import DynoSpec
 from slipway import engines, objstore
+from slipway.etcd import Etcd
+from slipway.keys import Keys
 from slipway.logline import LogLine, subject
 from slipway.v1 import node_pb2 as pb
 from slipway.v1 import node_pb2_grpc
@@ -93,7 +95,14 @@ async def serve(controller: FakeController, port: int) -> AsyncIterator[grpc.aio
         await server.stop(0)
 
 
-def start_agent(data_dir: Path, controller_port: int, nats_url: str, prefix: str, base: int):
+def start_agent(
+    data_dir: Path,
+    controller_port: int,
+    nats_url: str,
+    prefix: str,
+    base: int,
+    etcd: tuple[str, str],
+):
     log = open(data_dir.parent / "agent.log", "ab")
     return subprocess.Popen(
         [
@@ -116,6 +125,10 @@ def start_agent(data_dir: Path, controller_port: int, nats_url: str, prefix: str
             prefix,
             "--timings",
             json.dumps(TIMINGS),
+            "--etcd",
+            etcd[0],
+            "--etcd-prefix",
+            etcd[1],
         ],
         cwd=ROOT,
         stdout=log,
@@ -131,7 +144,7 @@ def get(port: int) -> dict[str, object]:
 
 
 async def test_agent_kill9_adopts_running_dynos_and_survives_controller_loss(
-    data_dir: Path, nats_url: str
+    data_dir: Path, nats_url: str, etcd_endpoint: str, etcd_prefix: str
 ):
     slug: Slug = await upload_slug(nats_url)
     app = f"app{uuid.uuid4().hex[:8]}"
@@ -161,7 +174,7 @@ async def test_agent_kill9_adopts_running_dynos_and_survives_controller_loss(
         lines.append(LogLine.decode(msg.data))
 
     await nc.subscribe(subject(app), cb=collect)
-    agent = start_agent(data_dir, port, nats_url, prefix, base)
+    agent = start_agent(data_dir, port, nats_url, prefix, base, (etcd_endpoint, etcd_prefix))
     try:
         async with serve(controller, port):
 
@@ -176,6 +189,22 @@ async def test_agent_kill9_adopts_running_dynos_and_survives_controller_loss(
             assert controller.heartbeats[-1].memory_total_bytes > 0
             assert {e.state for e in controller.events} >= {pb.DYNO_STATE_UP}
             web_port = before["web.1"].port
+            # Presence in etcd: the node, and a route for the up web dyno.
+            keys = Keys(etcd_prefix)
+            async with Etcd([etcd_endpoint]) as etcd:
+
+                async def route() -> object:
+                    kv = await etcd.get(keys.route_dyno(app, specs[0].instance_id))
+                    return kv and json.loads(kv.value)
+
+                assert await eventually_async(route, timeout=20) == {
+                    "app": app,
+                    "dyno": "web.1",
+                    "address": f"127.0.0.1:{web_port}",
+                    "node": "node-a",
+                    "release": 1,
+                }
+                assert await etcd.get(keys.node("node-a")) is not None
             web_cid = before["web.1"].container_id
             # Host pids (inside the pid namespace the app is always pid 2).
             first_pids = await _runc_pids(data_dir / "runc", web_cid)
@@ -187,7 +216,9 @@ async def test_agent_kill9_adopts_running_dynos_and_survives_controller_loss(
             assert (await asyncio.to_thread(get, web_port))["greeting"] == "adopted"
             ticks_before = sum(1 for ln in lines if ln.process == "worker.1")
 
-            agent = start_agent(data_dir, port, nats_url, prefix, base)
+            agent = start_agent(
+                data_dir, port, nats_url, prefix, base, (etcd_endpoint, etcd_prefix)
+            )
 
             async def readopted() -> dict[str, pb.DynoStatus] | None:
                 if controller.streams < 2 or len(controller.registrations) < 2:

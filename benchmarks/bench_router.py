@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -42,6 +44,20 @@ from slipway.keys import Keys  # noqa: E402
 BODY = "hello from the benchmark backend\n"
 APP = "bench"
 BASE = "bench.test"
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User+system CPU of these processes and their children (nginx workers)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                t = p.cpu_times()
+                total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def start(argv: list[str], log: Path, **kw: object) -> subprocess.Popen[bytes]:
@@ -293,21 +309,26 @@ def main() -> None:
             for port in contenders.values():
                 wrk(port, host, 1.0)
             results: dict[str, list[dict[str, float]]] = {k: [] for k in contenders}
+            pids_of = {"router": [router.pid], "nginx": [procs[2].pid], "haproxy": [procs[3].pid]}
             for rnd in range(args.rounds):
                 for name, port in contenders.items():
+                    pids = pids_of[name]
+                    before = cpu_seconds(pids)
                     r = wrk(port, host, args.duration)
+                    # CPU the proxy itself used (all its processes), in % of one core
+                    r["cpu"] = 100 * (cpu_seconds(pids) - before) / args.duration
                     results[name].append(r)
                     print(
                         f"  round {rnd + 1} {name:8s} {r['rps']:9.0f} req/s  "
                         f"p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
-                        f"non-2xx {r['non2xx']:.0f}",
+                        f"cpu {r['cpu']:4.0f}%  non-2xx {r['non2xx']:.0f}",
                         flush=True,
                     )
                     time.sleep(0.5)
             if any(r["rps"] == 0 for r in results["router"]):
                 print((tmp / "router.log").read_text()[-3000:])
             med = {
-                k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50", "p99")}
+                k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50", "p99", "cpu")}
                 for k, v in results.items()
             }
             print()
@@ -315,9 +336,16 @@ def main() -> None:
                 f"wrk 4 (-t2 -c50 -d{args.duration:g}s, keep-alive), median of "
                 f"{args.rounds} interleaved rounds, 1 backend nginx worker"
             )
-            print(f"{'contender':10s} {'req/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
+            print(
+                f"{'contender':10s} {'req/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s} {'cpu %':>6s}"
+                f" {'us cpu/req':>10s}"
+            )
             for name, m in med.items():
-                print(f"{name:10s} {m['rps']:10.0f} {m['p50']:8.2f} {m['p99']:8.2f}")
+                per_req = 1e6 * m["cpu"] / 100 / m["rps"] if m["rps"] else float("nan")
+                print(
+                    f"{name:10s} {m['rps']:10.0f} {m['p50']:8.2f} {m['p99']:8.2f} "
+                    f"{m['cpu']:6.0f} {per_req:10.1f}"
+                )
             r, n, h = med["router"], med["nginx"], med["haproxy"]
             print(f"router/nginx   throughput {r['rps'] / n['rps']:.2f}x  (target >= 0.90x)")
             print(f"router/haproxy throughput {r['rps'] / h['rps']:.2f}x  (target >= 1.00x)")

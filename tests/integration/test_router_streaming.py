@@ -57,6 +57,8 @@ async def dyno(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
                     left -= len(data)
                 body = str(total).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            elif line.startswith("GET /small"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
             else:
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
                 block = b"d" * CHUNK
@@ -174,6 +176,15 @@ async def test_100mb_upload_and_download_with_bounded_memory(
             await reader.readexactly(2)
         assert total == SIZE
         writer.close()
+        # the dyno connection went back to the pool after a paused stream, and
+        # must still work: a paused pooled connection would hang this request
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET /small HTTP/1.1\r\nHost: big.{BASE}\r\n\r\n".encode())
+            got = await asyncio.wait_for(read_head(reader), 5)
+            assert got is not None and got[0].startswith("HTTP/1.1 200")
+            assert await reader.readexactly(5) == b"small"
+            writer.close()
     finally:
         sampler.cancel()
         server.close()

@@ -8,6 +8,7 @@ import grpc
 
 from controller import convert
 from controller.auth import Tokens
+from controller.build_api import BuildRPCs, BuildServices
 from controller.dynos import Dynos
 from controller.endpoint import unary
 from controller.state import ScaleChange, State
@@ -17,12 +18,21 @@ from slipway.v1 import platform_pb2_grpc
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
-class PlatformAPI(platform_pb2_grpc.PlatformServiceServicer):
-    def __init__(self, state: State, tokens: Tokens, *, base_domain: str = "") -> None:
+class PlatformAPI(BuildRPCs, platform_pb2_grpc.PlatformServiceServicer):
+    def __init__(
+        self,
+        state: State,
+        tokens: Tokens,
+        *,
+        base_domain: str = "",
+        builds: BuildServices | None = None,
+    ) -> None:
         self.state = state
         self.tokens = tokens
         self.base_domain = base_domain
         self.dynos = Dynos(state)
+        # Build RPCs (controller/build_api.py); None when builds are not wired.
+        self.build_services = builds
 
     # apps
 
@@ -61,6 +71,7 @@ class PlatformAPI(platform_pb2_grpc.PlatformServiceServicer):
         self, request: pb.DestroyAppRequest, context: Ctx, actor: str
     ) -> pb.DestroyAppResponse:
         await self.state.destroy_app(request.app, request.confirm)
+        self.app_destroyed(request.app)
         return pb.DestroyAppResponse()
 
     # config vars

@@ -34,6 +34,20 @@ class ControllerConfig:
     # Agents heartbeat this often; their presence lease lives this long.
     heartbeat_seconds: int = 5
     node_ttl_seconds: int = 10
+    # Builds: largest accepted source upload (compressed), and when a build no
+    # builder finished is given up (the builders' own limit plus a grace).
+    max_source_mb: int = 200
+    build_timeout_seconds: float = 900.0
+    build_grace_seconds: float = 120.0
+    build_pending_seconds: float = 3600.0
+    # The release phase (Procfile `release:`): time limit, and how long to wait for room.
+    release_timeout_seconds: float = 900.0
+    release_place_seconds: float = 120.0
+    # Garbage collection: keep the slugs of each app's newest N releases; run this often;
+    # never delete an unreferenced object younger than gc_min_age_seconds (in flight).
+    gc_keep_releases: int = 10
+    gc_interval_seconds: float = 600.0
+    gc_min_age_seconds: float = 3600.0
 
     @classmethod
     def load(cls, path: Path | None, **overrides: Any) -> ControllerConfig:

@@ -281,3 +281,10 @@ def _converge_one(
         for p in stale:
             result.remove.append(p)
             capacity.release(p)
+
+
+def choose_node(
+    nodes: Iterable[NodeInfo], placements: Iterable[Placement], app: str, ptype: str, memory_mb: int
+) -> str | None:
+    """Where one extra dyno (a one-off such as ``release.N``) fits, by the same rules as plan()."""
+    return _Capacity(nodes, placements).choose(app, ptype, memory_mb)

@@ -13,11 +13,18 @@ from grpc_health.v1._async import HealthServicer
 
 from controller.api import PlatformAPI
 from controller.auth import Tokens
+from controller.build_api import BuildServices
+from controller.build_records import BuildStore
+from controller.build_watcher import BuildWatcher
+from controller.buildbus import BuildBus
+from controller.builds import Builds
 from controller.config import ControllerConfig
+from controller.gc import Collector
 from controller.leader import Leadership
 from controller.nodes import NodeAPI
 from controller.placements import PlacementIndex
 from controller.reconciler import Reconciler
+from controller.release_phase import ReleasePhase
 from controller.sizes import SizeTable
 from controller.state import State
 from slipway import log as slog
@@ -57,9 +64,45 @@ class Controller:
             heartbeat_seconds=config.heartbeat_seconds,
             ttl_seconds=config.node_ttl_seconds,
         )
+        self._init_builds(config)
         self.bound_port = 0
         self._server: grpc.aio.Server | None = None
         self.ready = asyncio.Event()
+
+    def _init_builds(self, config: ControllerConfig) -> None:
+        """Builds: NATS link, upload handling, the leader's status watcher and GC."""
+        self.bus = BuildBus(config.nats)
+        self.build_store = BuildStore(self.etcd, self.keys)
+        builds = Builds(
+            self.state, self.build_store, self.bus, max_source_bytes=config.max_source_mb << 20
+        )
+        self.collector = Collector(
+            self.state,
+            self.build_store,
+            self.bus,
+            self.leadership,
+            keep_releases=config.gc_keep_releases,
+            interval=config.gc_interval_seconds,
+            min_age=config.gc_min_age_seconds,
+        )
+        self.build_services = BuildServices(builds, self.build_store, self.bus, self.collector)
+        self.build_watcher = BuildWatcher(
+            self.state,
+            self.build_store,
+            self.bus,
+            self.leadership,
+            ReleasePhase(
+                self.state,
+                self.build_store,
+                self.bus,
+                self.sizes,
+                timeout=config.release_timeout_seconds,
+                place_timeout=config.release_place_seconds,
+            ),
+            build_timeout=config.build_timeout_seconds,
+            grace=config.build_grace_seconds,
+            pending_timeout=config.build_pending_seconds,
+        )
 
     async def _start_server(self) -> grpc.aio.Server:
         size = self.config.max_message_bytes
@@ -71,7 +114,13 @@ class Controller:
             ]
         )
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(
-            PlatformAPI(self.state, self.tokens, base_domain=self.config.base_domain), server
+            PlatformAPI(
+                self.state,
+                self.tokens,
+                base_domain=self.config.base_domain,
+                builds=self.build_services,
+            ),
+            server,
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(self.node_api, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -101,6 +150,9 @@ class Controller:
                 tg.create_task(self.placements.run())
                 tg.create_task(self.leadership.run())
                 tg.create_task(self.reconciler.run())
+                tg.create_task(self.bus.run())
+                tg.create_task(self.build_watcher.run())
+                tg.create_task(self.collector.run())
         finally:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace=3)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller import naming, validation
@@ -35,6 +35,10 @@ from slipway.keys import Keys
 
 # Given the app and its current config, returns the new config and the release description.
 ConfigChange = Callable[[AppRecord, dict[str, str]], tuple[dict[str, str], str]]
+# Extra writes committed in the same transaction as a new release, from the current
+# values of the hook's own keys (read and guarded with the rest); raising aborts. Builds
+# use it to record "this build made vN" atomically, so a build releases exactly once.
+ReleaseHook = Callable[[dict[bytes, bytes | None], ReleaseRecord], Mapping[bytes, bytes | None]]
 
 
 class _StaleRead(Exception):
@@ -280,6 +284,8 @@ class State:
         *,
         build_id: str = "",
         status: str = RELEASE_SUCCEEDED,
+        hook_keys: Sequence[bytes] = (),
+        hook: ReleaseHook | None = None,
     ) -> ReleaseRecord:
         for ptype in process_types:
             validation.process_type(ptype)
@@ -300,7 +306,9 @@ class State:
         def change(app: AppRecord, config: dict[str, str]) -> tuple[dict[str, str], str]:
             return config, desc
 
-        _, release = await self._new_release(name, actor, change, copy_from=template, status=status)
+        _, release = await self._new_release(
+            name, actor, change, copy_from=template, status=status, hook_keys=hook_keys, hook=hook
+        )
         return release
 
     async def set_release_status(self, name: str, version: int, status: str) -> ReleaseRecord:
@@ -345,11 +353,15 @@ class State:
         *,
         copy_from: ReleaseRecord | None,
         status: str = RELEASE_SUCCEEDED,
+        hook_keys: Sequence[bytes] = (),
+        hook: ReleaseHook | None = None,
     ) -> tuple[dict[str, str], ReleaseRecord]:
         """Allocate the next version and write config + release + app in one transaction."""
         self._checked_name(name)
         while True:
-            result = await self._try_new_release(name, actor, change, copy_from, status)
+            result = await self._try_new_release(
+                name, actor, change, copy_from, status, hook_keys, hook
+            )
             if result is not None:
                 return result
 
@@ -360,6 +372,8 @@ class State:
         change: ConfigChange,
         copy_from: ReleaseRecord | None,
         status: str,
+        hook_keys: Sequence[bytes] = (),
+        hook: ReleaseHook | None = None,
     ) -> tuple[dict[str, str], ReleaseRecord] | None:
         """One attempt; None when the app's current release moved meanwhile."""
         k = self.keys
@@ -369,6 +383,7 @@ class State:
         keys = [k.app(name), k.config(name), k.formation(name), k.route_app(name)]
         if current_key:
             keys.append(current_key)
+        keys.extend(k for k in hook_keys if k not in keys)
 
         def mutate(cur: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
             raw = cur[k.app(name)]
@@ -412,6 +427,8 @@ class State:
                     released=bool(release.slug.digest),
                 )
             writes[k.app(name)] = fresh.encode()
+            if hook is not None:
+                writes.update(hook(cur, release))
             out.append((dict(config), release))
             return writes
 

@@ -8,7 +8,8 @@ unreachable; every call has a deadline.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -19,6 +20,7 @@ from slipway.v1 import platform_pb2_grpc
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 15.0
+UPLOAD_CHUNK = 512 * 1024  # under the 1 MB per message the server accepts
 # Statuses that mean "this controller, not the request": try another one.
 _FAILOVER = {grpc.StatusCode.UNAVAILABLE}
 
@@ -169,3 +171,81 @@ class Client:
 
     def whoami(self) -> pb.WhoAmIResponse:
         return self.platform("WhoAmI", pb.WhoAmIRequest())
+
+    # Builds.
+
+    def upload_source(
+        self,
+        app: str,
+        path: Path,
+        *,
+        sha256: str,
+        source_version: str = "",
+        progress: Callable[[int, int], None] | None = None,
+        chunk_size: int = UPLOAD_CHUNK,
+    ) -> pb.UploadSourceResponse:
+        """Stream a source tarball to the controller; ``progress(sent, total)`` per chunk."""
+        size = path.stat().st_size
+
+        def messages() -> Iterator[pb.UploadSourceRequest]:
+            yield pb.UploadSourceRequest(
+                metadata=pb.UploadSourceMetadata(
+                    app=app, size=size, sha256=sha256, source_version=source_version
+                )
+            )
+            sent = 0
+            with open(path, "rb") as fh:
+                while chunk := fh.read(chunk_size):
+                    sent += len(chunk)
+                    yield pb.UploadSourceRequest(chunk=chunk)
+                    if progress is not None:
+                        progress(sent, size)
+
+        # The deadline grows with the size: at least 1 MB/s must get through. The
+        # request stream is consumed once: a failover would resend a half-read
+        # generator, so uploads go to one controller and a failure is final.
+        return self.call(
+            platform_pb2_grpc.PlatformServiceStub,
+            "UploadSource",
+            messages(),
+            timeout=max(self.timeout, 60.0 + size / (1024 * 1024)),
+        )
+
+    def list_builds(self, app: str, limit: int = 0) -> pb.ListBuildsResponse:
+        return self.platform("ListBuilds", pb.ListBuildsRequest(app=app, limit=limit))
+
+    def get_build(self, app: str, build_id: str = "") -> pb.GetBuildResponse:
+        return self.platform("GetBuild", pb.GetBuildRequest(app=app, id=build_id))
+
+    def stream_build_output(
+        self, app: str, build_id: str = "", *, timeout: float = 3600.0
+    ) -> Iterator[pb.StreamBuildOutputResponse]:
+        """Replay then follow a build's output; the last item carries the finished build.
+
+        The deadline bounds the whole stream (a build is limited to 15 minutes by default,
+        plus its release phase), so a stuck controller cannot hang the CLI forever.
+        """
+        stream = self.platform(
+            "StreamBuildOutput", pb.StreamBuildOutputRequest(app=app, id=build_id), timeout=timeout
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise errors.from_status(exc.code(), exc.details()) from exc  # type: ignore[attr-defined]
+
+    def set_buildpacks(
+        self,
+        app: str,
+        action: pb.BuildpacksAction,
+        buildpacks: Sequence[str] = (),
+        index: int = 0,
+    ) -> pb.SetBuildpacksResponse:
+        return self.platform(
+            "SetBuildpacks",
+            pb.SetBuildpacksRequest(
+                app=app, action=action, buildpacks=list(buildpacks), index=index
+            ),
+        )
+
+    def purge_build_cache(self, app: str, confirm: str) -> pb.PurgeBuildCacheResponse:
+        return self.platform("PurgeBuildCache", pb.PurgeBuildCacheRequest(app=app, confirm=confirm))

@@ -14,6 +14,7 @@
     {prefix}/routes/dynos/{app}/{instance} an up web dyno's address (JSON), agent's lease
     {prefix}/routes/domains/{hostname}     custom domain -> {"app": name}
     {prefix}/leader                        controller leader election
+    {prefix}/builds/{app}/{build_id}       Build record (JSON; the controller's builds module)
 
 Route records (what routers read; written by the control plane):
     routes/apps/{app}:  {"app": str, "web": int (desired web quantity),
@@ -103,6 +104,13 @@ class Keys:
 
     def leader(self) -> bytes:
         return self._k("leader")
+
+    # builds
+    def build(self, app: str, build_id: str) -> bytes:
+        return self._k("builds", app, build_id)
+
+    def builds(self, app: str | None = None) -> bytes:
+        return self._k("builds", app, "") if app else self._k("builds", "")
 
     # routing
     def route_app(self, app: str) -> bytes:

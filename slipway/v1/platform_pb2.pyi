@@ -4,12 +4,39 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from slipway.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class BuildStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUILD_STATUS_UNSPECIFIED: _ClassVar[BuildStatus]
+    BUILD_STATUS_PENDING: _ClassVar[BuildStatus]
+    BUILD_STATUS_RUNNING: _ClassVar[BuildStatus]
+    BUILD_STATUS_SUCCEEDED: _ClassVar[BuildStatus]
+    BUILD_STATUS_FAILED: _ClassVar[BuildStatus]
+
+class BuildpacksAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUILDPACKS_ACTION_UNSPECIFIED: _ClassVar[BuildpacksAction]
+    BUILDPACKS_ACTION_SET: _ClassVar[BuildpacksAction]
+    BUILDPACKS_ACTION_ADD: _ClassVar[BuildpacksAction]
+    BUILDPACKS_ACTION_CLEAR: _ClassVar[BuildpacksAction]
+    BUILDPACKS_ACTION_REMOVE: _ClassVar[BuildpacksAction]
+BUILD_STATUS_UNSPECIFIED: BuildStatus
+BUILD_STATUS_PENDING: BuildStatus
+BUILD_STATUS_RUNNING: BuildStatus
+BUILD_STATUS_SUCCEEDED: BuildStatus
+BUILD_STATUS_FAILED: BuildStatus
+BUILDPACKS_ACTION_UNSPECIFIED: BuildpacksAction
+BUILDPACKS_ACTION_SET: BuildpacksAction
+BUILDPACKS_ACTION_ADD: BuildpacksAction
+BUILDPACKS_ACTION_CLEAR: BuildpacksAction
+BUILDPACKS_ACTION_REMOVE: BuildpacksAction
 
 class CreateAppRequest(_message.Message):
     __slots__ = ("name",)
@@ -361,3 +388,162 @@ class ListNodesResponse(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class Build(_message.Message):
+    __slots__ = ("id", "app", "status", "source_digest", "source_version", "buildpacks", "attempts", "created_at", "started_at", "finished_at", "release", "error", "slug_digest", "slug_size_bytes", "builder", "release_phase", "process_types", "source_size_bytes")
+    class ProcessTypesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUILDPACKS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SLUG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SLUG_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BUILDER_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_PHASE_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_TYPES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    app: str
+    status: BuildStatus
+    source_digest: str
+    source_version: str
+    buildpacks: _containers.RepeatedScalarFieldContainer[str]
+    attempts: int
+    created_at: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    release: int
+    error: str
+    slug_digest: str
+    slug_size_bytes: int
+    builder: str
+    release_phase: str
+    process_types: _containers.ScalarMap[str, str]
+    source_size_bytes: int
+    def __init__(self, id: _Optional[str] = ..., app: _Optional[str] = ..., status: _Optional[_Union[BuildStatus, str]] = ..., source_digest: _Optional[str] = ..., source_version: _Optional[str] = ..., buildpacks: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., release: _Optional[int] = ..., error: _Optional[str] = ..., slug_digest: _Optional[str] = ..., slug_size_bytes: _Optional[int] = ..., builder: _Optional[str] = ..., release_phase: _Optional[str] = ..., process_types: _Optional[_Mapping[str, str]] = ..., source_size_bytes: _Optional[int] = ...) -> None: ...
+
+class UploadSourceMetadata(_message.Message):
+    __slots__ = ("app", "size", "sha256", "source_version")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    size: int
+    sha256: str
+    source_version: str
+    def __init__(self, app: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., source_version: _Optional[str] = ...) -> None: ...
+
+class UploadSourceRequest(_message.Message):
+    __slots__ = ("metadata", "chunk")
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    metadata: UploadSourceMetadata
+    chunk: bytes
+    def __init__(self, metadata: _Optional[_Union[UploadSourceMetadata, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadSourceResponse(_message.Message):
+    __slots__ = ("build",)
+    BUILD_FIELD_NUMBER: _ClassVar[int]
+    build: Build
+    def __init__(self, build: _Optional[_Union[Build, _Mapping]] = ...) -> None: ...
+
+class ListBuildsRequest(_message.Message):
+    __slots__ = ("app", "limit")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    limit: int
+    def __init__(self, app: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListBuildsResponse(_message.Message):
+    __slots__ = ("builds",)
+    BUILDS_FIELD_NUMBER: _ClassVar[int]
+    builds: _containers.RepeatedCompositeFieldContainer[Build]
+    def __init__(self, builds: _Optional[_Iterable[_Union[Build, _Mapping]]] = ...) -> None: ...
+
+class GetBuildRequest(_message.Message):
+    __slots__ = ("app", "id")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    id: str
+    def __init__(self, app: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class GetBuildResponse(_message.Message):
+    __slots__ = ("build",)
+    BUILD_FIELD_NUMBER: _ClassVar[int]
+    build: Build
+    def __init__(self, build: _Optional[_Union[Build, _Mapping]] = ...) -> None: ...
+
+class StreamBuildOutputRequest(_message.Message):
+    __slots__ = ("app", "id")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    id: str
+    def __init__(self, app: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class BuildOutputLine(_message.Message):
+    __slots__ = ("line", "attempt", "at")
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    line: str
+    attempt: int
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, line: _Optional[str] = ..., attempt: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StreamBuildOutputResponse(_message.Message):
+    __slots__ = ("line", "build")
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    BUILD_FIELD_NUMBER: _ClassVar[int]
+    line: BuildOutputLine
+    build: Build
+    def __init__(self, line: _Optional[_Union[BuildOutputLine, _Mapping]] = ..., build: _Optional[_Union[Build, _Mapping]] = ...) -> None: ...
+
+class SetBuildpacksRequest(_message.Message):
+    __slots__ = ("app", "action", "buildpacks", "index")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    BUILDPACKS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    action: BuildpacksAction
+    buildpacks: _containers.RepeatedScalarFieldContainer[str]
+    index: int
+    def __init__(self, app: _Optional[str] = ..., action: _Optional[_Union[BuildpacksAction, str]] = ..., buildpacks: _Optional[_Iterable[str]] = ..., index: _Optional[int] = ...) -> None: ...
+
+class SetBuildpacksResponse(_message.Message):
+    __slots__ = ("buildpacks",)
+    BUILDPACKS_FIELD_NUMBER: _ClassVar[int]
+    buildpacks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, buildpacks: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PurgeBuildCacheRequest(_message.Message):
+    __slots__ = ("app", "confirm")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    confirm: str
+    def __init__(self, app: _Optional[str] = ..., confirm: _Optional[str] = ...) -> None: ...
+
+class PurgeBuildCacheResponse(_message.Message):
+    __slots__ = ("purged",)
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    purged: bool
+    def __init__(self, purged: _Optional[bool] = ...) -> None: ...

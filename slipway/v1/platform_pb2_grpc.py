@@ -125,6 +125,36 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.UploadSource = channel.stream_unary(
+                '/slipway.v1.PlatformService/UploadSource',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.UploadSourceRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.UploadSourceResponse.FromString,
+                _registered_method=True)
+        self.ListBuilds = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListBuilds',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListBuildsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListBuildsResponse.FromString,
+                _registered_method=True)
+        self.GetBuild = channel.unary_unary(
+                '/slipway.v1.PlatformService/GetBuild',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.GetBuildRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.GetBuildResponse.FromString,
+                _registered_method=True)
+        self.StreamBuildOutput = channel.unary_stream(
+                '/slipway.v1.PlatformService/StreamBuildOutput',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.StreamBuildOutputRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.StreamBuildOutputResponse.FromString,
+                _registered_method=True)
+        self.SetBuildpacks = channel.unary_unary(
+                '/slipway.v1.PlatformService/SetBuildpacks',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.SetBuildpacksRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.SetBuildpacksResponse.FromString,
+                _registered_method=True)
+        self.PurgeBuildCache = channel.unary_unary(
+                '/slipway.v1.PlatformService/PurgeBuildCache',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheResponse.FromString,
+                _registered_method=True)
 
 
 class PlatformServiceServicer:
@@ -256,6 +286,52 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadSource(self, request_iterator, context):
+        """Receives an app's source as a stream: the first message carries the app and
+        the metadata (size, sha256, source_version), the next ones the tar.gz bytes
+        in chunks of at most 1 MB. The archive is checked before it is stored; then a
+        build is created (pending) and queued for the builders. Returns the build.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBuilds(self, request, context):
+        """Lists an app's builds, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBuild(self, request, context):
+        """Returns one build.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamBuildOutput(self, request, context):
+        """Streams a build's output from its first line, then live until it ends, then
+        its final state (including the release phase); a finished build is replayed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBuildpacks(self, request, context):
+        """Sets, adds to or clears the app's buildpacks; with no action, lists them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeBuildCache(self, request, context):
+        """Deletes the app's build cache; the next build starts cold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -348,6 +424,36 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'UploadSource': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadSource,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.UploadSourceRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.UploadSourceResponse.SerializeToString,
+            ),
+            'ListBuilds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBuilds,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListBuildsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListBuildsResponse.SerializeToString,
+            ),
+            'GetBuild': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBuild,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.GetBuildRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.GetBuildResponse.SerializeToString,
+            ),
+            'StreamBuildOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamBuildOutput,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.StreamBuildOutputRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.StreamBuildOutputResponse.SerializeToString,
+            ),
+            'SetBuildpacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBuildpacks,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.SetBuildpacksRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.SetBuildpacksResponse.SerializeToString,
+            ),
+            'PurgeBuildCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeBuildCache,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -836,6 +942,168 @@ class PlatformService:
             '/slipway.v1.PlatformService/WhoAmI',
             slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadSource(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/slipway.v1.PlatformService/UploadSource',
+            slipway_dot_v1_dot_platform__pb2.UploadSourceRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.UploadSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBuilds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListBuilds',
+            slipway_dot_v1_dot_platform__pb2.ListBuildsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListBuildsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBuild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/GetBuild',
+            slipway_dot_v1_dot_platform__pb2.GetBuildRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.GetBuildResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamBuildOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/slipway.v1.PlatformService/StreamBuildOutput',
+            slipway_dot_v1_dot_platform__pb2.StreamBuildOutputRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.StreamBuildOutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBuildpacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/SetBuildpacks',
+            slipway_dot_v1_dot_platform__pb2.SetBuildpacksRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.SetBuildpacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeBuildCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/PurgeBuildCache',
+            slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,

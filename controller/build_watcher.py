@@ -1,0 +1,247 @@
+"""The leader's build loop: builder statuses -> build records -> releases.
+
+Two parts, both running only while this controller leads:
+
+- a **durable JetStream consumer** on ``builds.status.*`` (BUILD_EVENTS). A
+  status is acknowledged only after it is applied to the build record, so a
+  controller that dies or loses leadership mid-way leaves it unacknowledged and
+  the next leader gets it again. The durable name derives from the etcd prefix,
+  so two Slipway installations sharing one NATS never take each other's statuses.
+- a **sweep** (level-based, every ``sweep_seconds`` and after each status):
+  every unfinished build is looked at again. A succeeded build without a
+  release gets one: the release and the record's ``release = N`` are written in
+  one etcd transaction (``State.create_release`` hook), so a build is released
+  exactly once however many times its status is seen. A build with a release
+  command moves through the release phase; a build stuck past its time limit
+  is marked failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+
+import nats.errors
+import nats.js.api
+import nats.js.errors
+
+from controller.build_records import (
+    FAILED,
+    SUCCEEDED,
+    BuildRecord,
+    BuildStore,
+    apply_status,
+    timed_out,
+)
+from controller.buildbus import BuildBus
+from controller.leader import Leadership
+from controller.models import RELEASE_PENDING, RELEASE_SUCCEEDED, SlugInfo
+from controller.release_phase import PHASE_PENDING, ReleasePhase
+from controller.state import State
+from slipway import buildproto, errors
+from slipway import log as slog
+from slipway.backoff import Backoff
+
+log = slog.get("controller.build_watcher")
+
+
+class _AlreadyReleased(Exception):
+    """The build record already names its release: nothing to create."""
+
+
+def consumer_name(prefix: str) -> str:
+    return "controller-" + hashlib.sha256(prefix.encode()).hexdigest()[:12]
+
+
+class BuildWatcher:
+    def __init__(
+        self,
+        state: State,
+        store: BuildStore,
+        bus: BuildBus,
+        leadership: Leadership,
+        release_phase: ReleasePhase,
+        *,
+        build_timeout: float = 900.0,
+        grace: float = 120.0,
+        pending_timeout: float = 3600.0,
+        sweep_seconds: float = 1.0,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.bus = bus
+        self.leadership = leadership
+        self.release_phase = release_phase
+        self.build_timeout = build_timeout
+        self.grace = grace
+        self.pending_timeout = pending_timeout
+        self.sweep_seconds = sweep_seconds
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            await self.leadership.elected.wait()
+            await self.bus.connected.wait()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    work = [tg.create_task(self._consume()), tg.create_task(self._sweep_loop())]
+                    # Leadership has no "lost" event to wait on; look at it often.
+                    while self.leadership.is_leader and not any(t.done() for t in work):
+                        await asyncio.wait(work, timeout=0.2)
+                    for t in work:
+                        t.cancel()
+            except* Exception as group:
+                # etcd or NATS trouble (or a bug): log it, start again with fresh reads.
+                log.warning("build watcher restarting", error=repr(group.exceptions[0]))
+                await asyncio.sleep(1.0)
+
+    # -- statuses ---------------------------------------------------------
+
+    async def _consume(self) -> None:
+        backoff = Backoff(initial=0.2, maximum=5.0)
+        durable = consumer_name(self.state.keys.prefix)
+        while True:
+            try:
+                sub = await self.bus.js.pull_subscribe(
+                    f"{buildproto.STATUS_PREFIX}.*",
+                    durable=durable,
+                    stream=buildproto.EVENTS_STREAM,
+                    config=nats.js.api.ConsumerConfig(
+                        ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+                        ack_wait=30,
+                        deliver_policy=nats.js.api.DeliverPolicy.ALL,
+                    ),
+                )
+            except Exception as exc:  # nats-py: its own errors and timeouts
+                log.warning("status consumer unavailable", error=str(exc))
+                await asyncio.sleep(backoff.next())
+                continue
+            try:
+                while True:
+                    try:
+                        msgs = await sub.fetch(32, timeout=2.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                    for msg in msgs:
+                        await self._on_status(msg.data)
+                        await msg.ack()
+                    backoff.reset()
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("status consumer broken", error=str(exc))
+                await asyncio.sleep(backoff.next())
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _on_status(self, data: bytes) -> None:
+        try:
+            status = buildproto.BuildStatus.decode(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("malformed build status dropped", error=str(exc))
+            return
+        record = await self.store.find(status.build_id)
+        if record is None:
+            return  # another installation's build, or one whose app is gone
+        updated = await self.store.update(record.app, record.id, lambda r: apply_status(r, status))
+        if updated is not None:
+            log.info(
+                "build status",
+                app=updated.app,
+                build=updated.id,
+                status=updated.status,
+                attempt=status.attempt,
+            )
+            await self.settle(updated)
+
+    # -- the sweep --------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            self.wake.clear()
+            await self.sweep()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.sweep_seconds)
+
+    async def sweep(self) -> None:
+        for record in await self.store.list():
+            if not record.finished:
+                try:
+                    await self.settle(record)
+                except errors.SlipwayError as exc:
+                    log.warning(
+                        "build step failed", app=record.app, build=record.id, error=str(exc)
+                    )
+
+    async def settle(self, record: BuildRecord) -> None:
+        """Take one unfinished build one step further (idempotent)."""
+        if record.status == SUCCEEDED and record.release == 0:
+            await self._release(record)
+            return
+        if record.status == SUCCEEDED and record.release_phase:
+            await self.release_phase.step(record)
+            return
+        why = timed_out(record, time.time(), self.build_timeout + self.grace, self.pending_timeout)
+        if why:
+
+            def fail(r: BuildRecord) -> BuildRecord | None:
+                if r.status in (SUCCEEDED, FAILED):
+                    return None
+                r.status, r.error, r.finished_at = FAILED, f"Build failed: {why}", time.time()
+                return r
+
+            if await self.store.update(record.app, record.id, fail):
+                log.warning("build timed out", app=record.app, build=record.id, error=why)
+
+    async def _release(self, record: BuildRecord) -> None:
+        key = self.state.keys.build(record.app, record.id)
+
+        def hook(cur: dict[bytes, bytes | None], release):  # type: ignore[no-untyped-def]
+            raw = cur[key]
+            if raw is None:
+                raise _AlreadyReleased  # the build (and so its app) is gone
+            fresh = BuildRecord.decode(raw)
+            if fresh.release:
+                raise _AlreadyReleased
+            fresh.release = release.version
+            fresh.release_phase = PHASE_PENDING if fresh.release_command else ""
+            return {key: fresh.encode()}
+
+        slug = SlugInfo(
+            digest=record.slug_digest,
+            size_bytes=int(record.slug.get("size") or 0),
+            stack=str(record.slug.get("stack") or ""),
+            source_version=record.source_version,
+        )
+        started = time.monotonic()
+        try:
+            release = await self.state.create_release(
+                record.app,
+                slug,
+                record.process_types,
+                f"Deploy {record.source_version[:7]}",
+                record.created_by or "builder",
+                build_id=record.id,
+                status=RELEASE_PENDING if record.release_command else RELEASE_SUCCEEDED,
+                hook_keys=[key],
+                hook=hook,
+            )
+        except _AlreadyReleased:
+            return
+        except errors.NotFound:
+            return  # app destroyed while building
+        log.info(
+            "release created",
+            app=record.app,
+            build=record.id,
+            release=release.version,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        phase = " (pending its release command)" if record.release_command else ""
+        await self.bus.app_log(
+            record.app,
+            f"Release v{release.version} created by {release.created_by}: "
+            f"{release.description}{phase}",
+        )
+        self.wake.set()

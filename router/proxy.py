@@ -295,6 +295,7 @@ class ClientProtocol(asyncio.Protocol):
         self.parsing = None
         queue = self.queue
         if bad is not None and bad.state != 0:
+            bad.refused = True
             bad.fail(error)  # already talking to a dyno (bad chunk mid-body)
             return
         if bad is not None and bad in queue:
@@ -337,6 +338,10 @@ class ClientProtocol(asyncio.Protocol):
         self.deadline = _INF
         self.deadline_kind = NONE
         exchange = self.queue[0] if self.queue else None
+        if kind == KEEPALIVE and exchange is not None and exchange.state != 0:
+            # A request started meanwhile; routing and connecting are bounded
+            # by their own timeouts and set the next deadline.
+            return
         if kind == KEEPALIVE or kind == TUNNEL or exchange is None:
             self.close()
         elif kind == BACKLOG or kind == FIRST_BYTE:

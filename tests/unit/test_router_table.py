@@ -118,3 +118,20 @@ def test_listen_parse_refuses_garbage() -> None:
         Listen.parse("host:http")
     with pytest.raises(ValueError):
         Listen.parse("host:70000")
+
+
+def test_two_instances_of_one_dyno_name_during_a_rollout() -> None:
+    # the key's last segment is an opaque instance id; the name comes from the JSON
+    t = table()
+    t.apply(
+        "put",
+        K.route_dyno("demo", "i-new"),
+        json.dumps({"app": "demo", "dyno": "web.1", "address": "10.0.0.9:5000"}).encode(),
+        11,
+    )
+    assert sorted((d.name, d.address) for d in t.dyno_list["demo"]) == [
+        ("web.1", "10.0.0.1:5000"),
+        ("web.1", "10.0.0.9:5000"),
+    ]
+    t.apply("delete", K.route_dyno("demo", "web.1"), b"", 12)
+    assert [d.address for d in t.dyno_list["demo"]] == ["10.0.0.9:5000"]

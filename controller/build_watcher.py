@@ -51,6 +51,13 @@ class _AlreadyReleased(Exception):
     """The build record already names its release: nothing to create."""
 
 
+def _raise_if_cancelling() -> None:
+    """nats-py can swallow a cancellation inside its calls; do not lose ours."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def consumer_name(prefix: str) -> str:
     return "controller-" + hashlib.sha256(prefix.encode()).hexdigest()[:12]
 
@@ -115,6 +122,7 @@ class BuildWatcher:
                     ),
                 )
             except Exception as exc:  # nats-py: its own errors and timeouts
+                _raise_if_cancelling()
                 log.warning("status consumer unavailable", error=str(exc))
                 await asyncio.sleep(backoff.next())
                 continue
@@ -122,13 +130,15 @@ class BuildWatcher:
                 while True:
                     try:
                         msgs = await sub.fetch(32, timeout=2.0)
-                    except nats.errors.TimeoutError:
+                    except (nats.errors.TimeoutError, TimeoutError):
+                        _raise_if_cancelling()
                         continue
                     for msg in msgs:
                         await self._on_status(msg.data)
                         await msg.ack()
                     backoff.reset()
             except (nats.errors.Error, nats.js.errors.Error) as exc:
+                _raise_if_cancelling()
                 log.warning("status consumer broken", error=str(exc))
                 await asyncio.sleep(backoff.next())
             finally:

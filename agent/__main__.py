@@ -154,7 +154,7 @@ async def _main(config: AgentConfig) -> None:
 @click.option(
     "--controllers",
     envvar="SLIPWAY_CONTROLLERS",
-    default="127.0.0.1:5000",
+    default="127.0.0.1:7070",
     show_default=True,
     help="Controller gRPC addresses, comma-separated.",
 )
@@ -198,6 +198,12 @@ async def _main(config: AgentConfig) -> None:
 )
 @click.option("--etcd-prefix", envvar="SLIPWAY_ETCD_PREFIX", default="/slipway", show_default=True)
 @click.option("--presence-ttl", type=int, default=10, show_default=True, help="Lease TTL, s.")
+@click.option(
+    "--token",
+    envvar="SLIPWAY_TOKEN",
+    default="",
+    help="API token for the controller (slipway-controller tokens create).",
+)
 @click.option("--runc", "runc_binary", envvar="SLIPWAY_RUNC", help="runc binary.")
 @click.option("--container-prefix", default="slipway", show_default=True)
 @click.option("--health-port", type=int, default=0, help="gRPC health service port (0: off).")
@@ -216,6 +222,7 @@ def main(
     etcd: str,
     etcd_prefix: str,
     presence_ttl: int,
+    token: str,
     runc_binary: str | None,
     container_prefix: str,
     health_port: int,
@@ -246,6 +253,7 @@ def main(
         etcd_endpoints=_split(etcd),
         etcd_prefix=etcd_prefix,
         presence_ttl=presence_ttl,
+        token=token,
     )
     asyncio.run(_main(config))
 

@@ -36,6 +36,7 @@ class RestartSchedule:
 class Timings:
     boot_timeout: float = 60.0  # R10: web must accept on $PORT within this
     stop_grace: float = 30.0  # R12: SIGTERM -> SIGKILL
+    route_drain: float = 1.0  # web dyno: route withdrawn this long before SIGTERM
     up_probe_interval: float = 0.2  # how often a starting web dyno's port is tried
     memory_interval: float = 2.0  # cgroup memory sampling period
     r14_interval: float = 20.0  # at most one R14 line per dyno per this period
@@ -79,6 +80,8 @@ class AgentConfig:
     etcd_endpoints: tuple[str, ...] = ()
     etcd_prefix: str = "/slipway"
     presence_ttl: int = 10
+    # API token presented to the controller (NodeService calls are authenticated).
+    token: str = ""
     health_port: int = 0  # 0 = no health service
 
     @property

@@ -118,6 +118,7 @@ class Dyno:
             changed_at=r.changed_at,
             started_at=r.started_at,
             reason=self._reason,
+            stopping=r.stopping,
         )
 
     def actual(self) -> Actual:
@@ -397,6 +398,9 @@ class Dyno:
             if r.state is not DynoState.DOWN:
                 self.set_state(DynoState.DOWN)
             return
+        if r.spec.is_web and r.state is DynoState.UP:
+            # Let routers drop this dyno before it stops accepting connections.
+            await asyncio.sleep(self.rt.config.timings.route_drain)
         self.heroku("Stopping all processes with SIGTERM")
         await self._kill(signal.SIGTERM)
         try:

@@ -103,8 +103,11 @@ class ControllerLink:
         timings = self.config.timings
         async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
             stub = node_pb2_grpc.NodeServiceStub(channel)
+            metadata = (
+                (("authorization", f"Bearer {self.config.token}"),) if self.config.token else ()
+            )
             reply: pb.RegisterResponse = await stub.Register(
-                self._register_request(), timeout=timings.rpc_timeout
+                self._register_request(), timeout=timings.rpc_timeout, metadata=metadata
             )
             interval = float(reply.heartbeat_interval_seconds or timings.heartbeat_interval)
             interval = min(interval, timings.heartbeat_interval)
@@ -121,7 +124,7 @@ class ControllerLink:
                 while True:
                     yield await outbox.get()
 
-            call = stub.Connect(requests(), timeout=SESSION_DEADLINE)
+            call = stub.Connect(requests(), timeout=SESSION_DEADLINE, metadata=metadata)
             self.sessions += 1
             self.connected.set()
             self._log.info("controller connected", address=address, session=reply.session_id)

@@ -45,7 +45,8 @@ class DynoSpec:
 
     @property
     def one_off(self) -> bool:
-        return self.name.startswith("run.")
+        # run.N: `slipway run`; release.N: the release phase. Neither is ever restarted.
+        return self.name.startswith(("run.", "release."))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,3 +76,5 @@ class DynoStatus:
     changed_at: float = 0.0
     started_at: float = 0.0
     reason: str = ""
+    # Being stopped on purpose: routes are withdrawn before SIGTERM is sent.
+    stopping: bool = False

@@ -54,7 +54,7 @@ def desired_records(
             container_id=d.container_id,
         )
         out[keys.status(d.app, d.instance_id)] = status.encode()
-        if d.process_type == "web" and d.state == DynoState.UP and d.port:
+        if d.process_type == "web" and d.state == DynoState.UP and d.port and not d.stopping:
             out[keys.route_dyno(d.app, d.instance_id)] = route_value(
                 d.app, d.name, f"{address}:{d.port}", node, d.release
             )

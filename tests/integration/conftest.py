@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.cluster import LocalCluster, controller_config
 from tests.harness.controller import ControllerProcess
 
 
@@ -16,3 +17,26 @@ def controller(
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def cluster(
+    etcd_endpoint: str, etcd_prefix: str, nats_url: str, tmp_path: Path
+) -> Iterator[LocalCluster]:
+    """A real controller and no agents yet: tests add the agents they need."""
+    workdir = tmp_path / "cluster"
+    workdir.mkdir()
+    config = controller_config(workdir / "controller.toml")
+    proc = ControllerProcess(
+        etcd_endpoint,
+        etcd_prefix,
+        workdir / "controller",
+        nats_url,
+        extra_args=["--config", str(config)],
+    )
+    proc.start()
+    local = LocalCluster(proc, workdir)
+    try:
+        yield local
+    finally:
+        local.close()

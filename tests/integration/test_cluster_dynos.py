@@ -1,0 +1,235 @@
+"""Issue 3 end to end: a real controller schedules formations onto real agents.
+
+etcd, nats-server, runc, the controller and the agents are all real processes;
+the slug is built by the test helper and stored in the object store, and the
+release is created through the controller's API like a builder would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.request
+from collections import Counter
+
+import pytest
+
+from slipway.etcd import Etcd
+from slipway.keys import Keys
+from slipway.v1 import types_pb2
+from tests.harness.cluster import PRESENCE_TTL, LocalCluster
+from tests.harness.slugs import upload_slug
+from tests.harness.wait import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def deploy(cluster: LocalCluster, app: str, greeting: str = "hello") -> int:
+    slug = asyncio.run(upload_slug(cluster.controller.nats_url))
+    with cluster.client() as client:
+        client.update_config(app, {"GREETING": greeting})
+        release = client.create_release(
+            app,
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+            {"web": slug.process_types["web"], "worker": slug.process_types["worker"]},
+        ).release
+    return int(release.version)
+
+
+def dynos(cluster: LocalCluster, app: str) -> list[dict[str, object]]:
+    out = cluster.controller.cli("ps", "-a", app, "--json", check=True).stdout
+    return list(json.loads(out))
+
+
+def up_web(cluster: LocalCluster, app: str) -> list[dict[str, object]]:
+    return [d for d in dynos(cluster, app) if d["type"] == "web" and d["state"] == "up"]
+
+
+def routes(cluster: LocalCluster, app: str) -> list[dict[str, object]]:
+    keys = Keys(cluster.controller.prefix)
+
+    async def read() -> list[dict[str, object]]:
+        async with Etcd([cluster.controller.etcd_endpoint]) as etcd:
+            kvs, _ = await etcd.get_prefix(keys.route_dynos(app))
+            return [json.loads(kv.value) for kv in kvs]
+
+    return asyncio.run(read())
+
+
+def http_get(address: str) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://{address}/", timeout=5) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def test_formation_spreads_serves_and_scales_to_zero(cluster: LocalCluster) -> None:
+    cluster.add_agent("node-a")
+    cluster.add_agent("node-b")
+    cli = cluster.controller.cli
+    cli("apps:create", "spread", check=True)
+    eventually(lambda: len(json.loads(cli("nodes", "--json", check=True).stdout)) == 2, 30)
+    version = deploy(cluster, "spread", greeting="hi there")
+    cli("ps:scale", "-a", "spread", "web=3", check=True)
+
+    up = eventually(lambda: len(up_web(cluster, "spread")) == 3 and up_web(cluster, "spread"), 60)
+    assert Counter(d["node"] for d in up).keys() == {"node-a", "node-b"}, "spread over both nodes"
+    assert all(d["release"] == str(version) for d in up)
+    containers = cluster.agents["node-a"].containers() + cluster.agents["node-b"].containers()
+    assert len(containers) == 3
+
+    found = eventually(
+        lambda: len(routes(cluster, "spread")) == 3 and routes(cluster, "spread"), 30
+    )
+    seen_dynos = set()
+    for route in found:
+        body = http_get(str(route["address"]))
+        assert body["greeting"] == "hi there"
+        assert body["dyno"] == route["dyno"]
+        seen_dynos.add(body["dyno"])
+    assert seen_dynos == {"web.1", "web.2", "web.3"}
+
+    table = cli("ps", "-a", "spread", check=True).stdout
+    assert "web.1" in table and "up" in table and "node-" in table
+    nodes = cli("nodes", check=True).stdout
+    assert "node-a" in nodes and "node-b" in nodes
+
+    cli("ps:scale", "-a", "spread", "web=0", check=True)
+    eventually(lambda: not dynos(cluster, "spread"), 60)
+    eventually(lambda: not routes(cluster, "spread"), 30)
+    eventually(
+        lambda: (
+            not cluster.agents["node-a"].containers() and not cluster.agents["node-b"].containers()
+        ),
+        30,
+    )
+
+
+def test_agent_kill9_and_restart_adopts_the_same_containers(cluster: LocalCluster) -> None:
+    agent = cluster.add_agent("node-a")
+    cli = cluster.controller.cli
+    cli("apps:create", "adopt", check=True)
+    deploy(cluster, "adopt")
+    cli("ps:scale", "-a", "adopt", "web=2", "worker=1", check=True)
+    eventually(lambda: len([d for d in dynos(cluster, "adopt") if d["state"] == "up"]) == 3, 60)
+    before = sorted(agent.containers())
+    instances = sorted(d["instance_id"] for d in dynos(cluster, "adopt"))
+
+    agent.kill9()
+    agent.start()
+    # The agent is back (a fresh heartbeat) and still runs exactly the same containers.
+    time.sleep(PRESENCE_TTL)
+    eventually(lambda: len([d for d in dynos(cluster, "adopt") if d["state"] == "up"]) == 3, 30)
+    assert sorted(agent.containers()) == before
+    assert sorted(d["instance_id"] for d in dynos(cluster, "adopt")) == instances
+    for route in routes(cluster, "adopt"):
+        http_get(str(route["address"]))
+
+
+def test_lost_node_dynos_move_and_routes_vanish(cluster: LocalCluster) -> None:
+    cluster.add_agent("node-a")
+    doomed = cluster.add_agent("node-b")
+    cli = cluster.controller.cli
+    cli("apps:create", "heal", check=True)
+    eventually(lambda: len(json.loads(cli("nodes", "--json", check=True).stdout)) == 2, 30)
+    deploy(cluster, "heal")
+    cli("ps:scale", "-a", "heal", "web=2", check=True)
+    eventually(lambda: {d["node"] for d in up_web(cluster, "heal")} == {"node-a", "node-b"}, 60)
+
+    doomed.kill9()
+    doomed.remove_containers()  # the host is gone with its dynos
+    killed_at = time.monotonic()
+    eventually(
+        lambda: (
+            len(up_web(cluster, "heal")) == 2
+            and {d["node"] for d in up_web(cluster, "heal")} == {"node-a"}
+        ),
+        PRESENCE_TTL + 30,
+    )
+    print(f"replacement up {time.monotonic() - killed_at:.1f}s after kill -9 (TTL {PRESENCE_TTL}s)")
+    eventually(lambda: {r["node"] for r in routes(cluster, "heal")} == {"node-a"}, 10)
+    for route in routes(cluster, "heal"):
+        http_get(str(route["address"]))
+
+
+def test_controller_outage_changes_nothing(cluster: LocalCluster) -> None:
+    agent = cluster.add_agent("node-a")
+    cli = cluster.controller.cli
+    cli("apps:create", "steady", check=True)
+    deploy(cluster, "steady")
+    cli("ps:scale", "-a", "steady", "web=2", check=True)
+    eventually(lambda: len(up_web(cluster, "steady")) == 2, 60)
+    before = {d["instance_id"]: d for d in dynos(cluster, "steady")}
+    containers = sorted(agent.containers())
+    addresses = [str(r["address"]) for r in routes(cluster, "steady")]
+
+    cluster.controller.stop()
+    deadline = time.monotonic() + 60
+    served = 0
+    while time.monotonic() < deadline:
+        for address in addresses:
+            assert http_get(address)["dyno"].startswith("web.")
+            served += 1
+        assert len(routes(cluster, "steady")) == 2, "routes stay while the controller is away"
+        time.sleep(1)
+    assert served > 0
+    cluster.controller.start()
+
+    time.sleep(3)  # several reconcile passes
+    after = {d["instance_id"]: d for d in dynos(cluster, "steady")}
+    assert after.keys() == before.keys(), "nothing was replaced"
+    assert all(d.get("restarts", 0) == before[i].get("restarts", 0) for i, d in after.items())
+    assert sorted(agent.containers()) == containers
+
+
+def test_new_release_replaces_every_dyno_without_dropping_to_zero(cluster: LocalCluster) -> None:
+    cluster.add_agent("node-a")
+    cluster.add_agent("node-b")
+    cli = cluster.controller.cli
+    cli("apps:create", "roll", check=True)
+    first = deploy(cluster, "roll", greeting="one")
+    cli("ps:scale", "-a", "roll", "web=2", check=True)
+    eventually(lambda: len(up_web(cluster, "roll")) == 2, 60)
+
+    fewest_routes = [99]
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            current = routes(cluster, "roll")
+            fewest_routes[0] = min(fewest_routes[0], len(current))
+            for route in current:
+                try:
+                    http_get(str(route["address"]))
+                except OSError as exc:
+                    # A route may be withdrawn between our read and the request.
+                    if route in routes(cluster, "roll"):
+                        failures.append(f"{route['address']}: {exc}")
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with cluster.client() as client:
+            client.update_config("roll", {"GREETING": "two"})
+        second = first + 1
+        eventually(
+            lambda: (
+                len(up_web(cluster, "roll")) == 2
+                and all(d["release"] == str(second) for d in dynos(cluster, "roll"))
+            ),
+            90,
+        )
+        eventually(
+            lambda: (
+                {http_get(str(r["address"]))["greeting"] for r in routes(cluster, "roll")}
+                == {"two"}
+            ),
+            30,
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    assert fewest_routes[0] >= 1, "a web app never dropped to zero routed dynos"
+    assert not failures

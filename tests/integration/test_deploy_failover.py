@@ -63,7 +63,9 @@ def test_builder_killed_mid_compile_one_release(
                 return builds[0]
             return None
 
-        build = eventually(compiling, timeout=60, interval=0.2)
+        found = eventually(compiling, timeout=60, interval=0.2)
+        assert found is not None
+        build = found
         holder = builders[build.builder]
         holder.kill9()
 

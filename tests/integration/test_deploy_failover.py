@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from slipway import engines
+from slipway import archive, buildproto, engines, objstore
 from slipway.client import Client
 from slipway.v1 import platform_pb2 as pb
 from tests.harness.controller import BIN
@@ -90,4 +90,52 @@ def test_builder_killed_mid_compile_one_release(
             deploy.wait()
         for b in builders.values():
             asyncio.run(b.cleanup())
+        ctl.stop()
+
+
+def test_controller_restart_mid_build_still_releases_once(
+    etcd_endpoint: str, etcd_prefix: str, failover_nats: str, tmp_path: Path
+) -> None:
+    """Statuses published while no controller runs are applied by the next one."""
+    ctl = start_controller(etcd_endpoint, etcd_prefix, failover_nats, tmp_path / "controller")
+    b = BuilderProcess("builder-c", failover_nats, tmp_path / "builder-c")
+    try:
+        ctl.cli("apps:create", "restartapp", check=True)
+        ctl.cli("buildpacks:set", str(FIXTURES / "slow-buildpack"), "-a", "restartapp", check=True)
+        client = Client(ctl.address, ctl.token)
+        packed = asyncio.run(archive.pack_source(FIXTURES / "hello-app", tmp_path / "source.tgz"))
+        build = client.upload_source("restartapp", packed.path, sha256=packed.digest).build
+
+        def running() -> bool:
+            return client.get_build("restartapp", build.id).build.status == pb.BUILD_STATUS_RUNNING
+
+        eventually(running, timeout=60, interval=0.2)
+        ctl.stop()
+
+        async def last_status() -> str:
+            nc = await objstore.connect([failover_nats])
+            try:
+                msg = await nc.jetstream().get_last_msg(
+                    buildproto.EVENTS_STREAM, buildproto.status_subject(build.id)
+                )
+                return buildproto.BuildStatus.decode(msg.data or b"").status
+            finally:
+                await nc.close()
+
+        # The build finishes while no controller runs: its status waits in the stream.
+        eventually(lambda: asyncio.run(last_status()) == buildproto.SUCCEEDED, timeout=60)
+        ctl.start()
+        client = Client(ctl.address, ctl.token)
+
+        def released() -> pb.Build | None:
+            got = client.get_build("restartapp", build.id).build
+            return got if got.release else None
+
+        final = eventually(released, timeout=60, interval=0.3)
+        assert final is not None and final.release == 2
+        assert [r.version for r in client.list_releases("restartapp").releases] == [2, 1]
+        replay = ctl.cli("builds:output", build.id, "-a", "restartapp", check=True)
+        assert "step 6" in replay.stdout and "Build succeeded" in replay.stdout
+    finally:
+        asyncio.run(b.cleanup())
         ctl.stop()

@@ -14,10 +14,19 @@ import json
 import time
 from dataclasses import dataclass
 
+import nats.js.api
+import nats.js.errors
+from nats.js import JetStreamContext
+
 MAX_LINE_BYTES = 10_000
 STREAM = "LOGS"
 SUBJECT_PREFIX = "logs"
 SOURCES = ("app", "heroku", "api")
+# History kept per app (Heroku keeps 1500 lines); `logs -n` shows at most this many.
+MAX_LINES_PER_APP = 1500
+# Whole-stream bounds, so many apps (or huge lines) cannot fill the disk either.
+STREAM_MAX_BYTES = 1024 * 1024 * 1024
+STREAM_MAX_AGE = 7 * 24 * 3600.0
 
 
 def subject(app: str) -> str:
@@ -77,3 +86,57 @@ def split_message(message: str, limit: int = MAX_LINE_BYTES) -> list[str]:
         pieces.append(raw[start:end].decode())
         start = end
     return pieces
+
+
+def stream_config(
+    *,
+    replicas: int = 1,
+    max_per_app: int = MAX_LINES_PER_APP,
+    max_bytes: int = STREAM_MAX_BYTES,
+    max_age: float = STREAM_MAX_AGE,
+) -> nats.js.api.StreamConfig:
+    """LOGS: every ``logs.{app}``, the oldest lines of an app discarded past ``max_per_app``."""
+    if max_per_app < MAX_LINES_PER_APP:
+        raise ValueError(f"max_per_app must be at least {MAX_LINES_PER_APP} (`logs -n` maximum)")
+    return nats.js.api.StreamConfig(
+        name=STREAM,
+        subjects=[f"{SUBJECT_PREFIX}.>"],
+        retention=nats.js.api.RetentionPolicy.LIMITS,
+        storage=nats.js.api.StorageType.FILE,
+        discard=nats.js.api.DiscardPolicy.OLD,
+        max_msgs_per_subject=max_per_app,
+        max_bytes=max_bytes,
+        max_age=max_age,
+        num_replicas=replicas,
+    )
+
+
+async def ensure_stream(
+    js: JetStreamContext,
+    replicas: int = 1,
+    *,
+    max_per_app: int = MAX_LINES_PER_APP,
+    max_bytes: int = STREAM_MAX_BYTES,
+    max_age: float = STREAM_MAX_AGE,
+) -> None:
+    """Create LOGS, or bring its limits to these values (idempotent; any component may call it)."""
+    wanted = stream_config(
+        replicas=replicas, max_per_app=max_per_app, max_bytes=max_bytes, max_age=max_age
+    )
+    try:
+        info = await js.stream_info(STREAM)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(wanted)
+            return
+        except nats.js.errors.BadRequestError:
+            info = await js.stream_info(STREAM)  # another party created it meanwhile
+    have = info.config
+    if (
+        have.max_msgs_per_subject != wanted.max_msgs_per_subject
+        or have.max_bytes != wanted.max_bytes
+        or int(have.max_age or 0) != int(wanted.max_age or 0)
+        or list(have.subjects or []) != wanted.subjects
+    ):
+        # Limits are operator settings: the latest controller to start applies them.
+        await js.update_stream(wanted)

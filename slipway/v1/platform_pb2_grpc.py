@@ -155,6 +155,11 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheResponse.FromString,
                 _registered_method=True)
+        self.StreamLogs = channel.unary_stream(
+                '/slipway.v1.PlatformService/StreamLogs',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.StreamLogsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.StreamLogsResponse.FromString,
+                _registered_method=True)
 
 
 class PlatformServiceServicer:
@@ -332,6 +337,17 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamLogs(self, request, context):
+        """Logs
+        Sends the app's last `num` log lines matching the filters, then, with `tail`,
+        new lines as they arrive until the client cancels (no deadline then). Lines
+        dropped because this reader fell behind are counted and reported in-stream as
+        a `heroku[logs]: N lines dropped (reader too slow)` line.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -454,6 +470,11 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.PurgeBuildCache,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheResponse.SerializeToString,
+            ),
+            'StreamLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLogs,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.StreamLogsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.StreamLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1104,6 +1125,33 @@ class PlatformService:
             '/slipway.v1.PlatformService/PurgeBuildCache',
             slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/slipway.v1.PlatformService/StreamLogs',
+            slipway_dot_v1_dot_platform__pb2.StreamLogsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.StreamLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Importing the command modules registers their commands on the group.
-from slipway.cli import apps, auth, builds, config_vars, nodes, ps, releases  # noqa: F401
+from slipway.cli import apps, auth, builds, config_vars, logs, nodes, ps, releases, up  # noqa: F401
 from slipway.cli.base import cli
 
 

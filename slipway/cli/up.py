@@ -1,0 +1,104 @@
+"""slipway up: start the whole platform on this host."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from slipway import up as platform
+from slipway.cli import settings
+from slipway.cli.base import cli
+
+
+@cli.command("up")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path.home() / ".slipway",
+    show_default=True,
+    envvar="SLIPWAY_DATA_DIR",
+    help="Where etcd, NATS, dynos, builds and logs keep their data.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the API, etcd, NATS and dynos bind and advertise.",
+)
+@click.option("--api-port", default=7070, show_default=True, help="Controller gRPC API port.")
+@click.option(
+    "--router",
+    "router_listen",
+    default="0.0.0.0:8080",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the HTTP router listens.",
+)
+@click.option("--etcd-port", default=2379, show_default=True)
+@click.option("--etcd-peer-port", default=2380, show_default=True)
+@click.option("--nats-port", default=4222, show_default=True)
+@click.option(
+    "--base-domain",
+    default="localhost",
+    show_default=True,
+    help="Apps answer at APP.BASE_DOMAIN on the router.",
+)
+@click.option("--no-install", is_flag=True, help="Do not apt-get install missing engines.")
+def up(
+    data_dir: Path,
+    host: str,
+    api_port: int,
+    router_listen: str,
+    etcd_port: int,
+    etcd_peer_port: int,
+    nats_port: int,
+    base_domain: str,
+    no_install: bool,
+) -> None:
+    """Start etcd, NATS, a controller, an agent, a router and a builder, supervised together.
+
+    Prints where the router and the API listen and logs this CLI in. Ctrl-C stops
+    everything in order; running it again keeps apps, releases and config.
+    """
+    cfg = platform.UpConfig(
+        data_dir=data_dir.resolve(),
+        host=host,
+        api_port=api_port,
+        router_listen=router_listen,
+        etcd_port=etcd_port,
+        etcd_peer_port=etcd_peer_port,
+        nats_port=nats_port,
+        base_domain=base_domain,
+    )
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    missing = platform.missing_packages()
+    if missing:
+        if no_install:
+            raise click.ClickException(f"missing {', '.join(missing)} (and --no-install given)")
+        platform.install(missing, say)
+
+    def on_ready(token: str) -> None:
+        settings.write_file(cfg.api, token)
+        port = cfg.router_port
+        suffix = "" if port == 80 else f":{port}"
+        click.echo("")
+        click.echo("Slipway is up.")
+        click.echo(
+            f"  Router:  http://APP.{cfg.base_domain}{suffix}/   (listening on {cfg.router_listen})"
+        )
+        click.echo(f"  API:     {cfg.api}")
+        click.echo(f"  Token:   {token}")
+        click.echo(f"  CLI:     logged in (saved in {settings.config_path()})")
+        click.echo(f"  Data:    {cfg.data_dir}   (component logs in {cfg.data_dir / 'logs'})")
+        click.echo("")
+        click.echo(
+            "Deploy something:  slipway apps:create demo && slipway deploy -a demo examples/python"
+        )
+        click.echo("Stop with Ctrl-C.")
+
+    asyncio.run(platform.serve(cfg, say, on_ready))

@@ -1,0 +1,377 @@
+"""``slipway up``: the whole platform on one host, supervised together.
+
+Starts etcd and nats-server (embedded: child processes with data under the
+Slipway data directory), then a controller, an agent, a router and a builder.
+A component that exits is reported and restarted with a growing delay. SIGTERM
+or Ctrl-C stops everything in reverse order. All state lives in the data
+directory, so running ``slipway up`` again keeps apps, releases and config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slipway import engines, errors
+from slipway.backoff import Backoff
+
+PACKAGES = {"etcd": "etcd-server", "nats-server": "nats-server", "runc": "runc"}
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    api_port: int = 7070
+    router_listen: str = "0.0.0.0:8080"
+    etcd_port: int = 2379
+    etcd_peer_port: int = 2380
+    nats_port: int = 4222
+    base_domain: str = "localhost"
+    node: str = field(default_factory=socket.gethostname)
+
+    @property
+    def api(self) -> str:
+        return f"{self.host}:{self.api_port}"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"{self.host}:{self.etcd_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{self.host}:{self.nats_port}"
+
+    @property
+    def router_port(self) -> int:
+        return int(self.router_listen.rpartition(":")[2])
+
+
+def missing_packages() -> list[str]:
+    missing = []
+    for binary, package in PACKAGES.items():
+        try:
+            engines.find_binary(binary)
+        except errors.FailedPrecondition:
+            missing.append(package)
+    return missing
+
+
+def install(packages: list[str], say: Callable[[str], None]) -> None:
+    if not packages:
+        return
+    if os.geteuid() != 0:
+        raise errors.FailedPrecondition(
+            f"missing {', '.join(packages)}; run as root, "
+            f"or install them first: sudo apt-get install {' '.join(packages)}"
+        )
+    say(f"-----> Installing {', '.join(packages)} with apt")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+        check=True,
+        env=env,
+    )
+    for service in ("etcd", "nats-server"):
+        # Debian starts the packaged daemons on the default ports; we run our own.
+        subprocess.run(
+            ["systemctl", "disable", "--now", service],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    log_path: Path
+    ready_port: tuple[str, int] | None = None
+    env: dict[str, str] | None = None
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+
+    async def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        if self.ready_port is None:
+            return
+        host, port = self.ready_port
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.returncode is not None:
+                raise errors.Unavailable(
+                    f"{self.name} exited with status {self.proc.returncode} while starting; "
+                    f"see {self.log_path}"
+                )
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+                writer.close()
+                return
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.1)
+        raise errors.Unavailable(
+            f"{self.name} did not listen on {host}:{port}; see {self.log_path}"
+        )
+
+    async def stop(self, grace: float) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def _py(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def components(cfg: UpConfig, token: str) -> list[Component]:
+    data = cfg.data_dir
+    logs = data / "logs"
+    etcd = engines.etcd(
+        data / "etcd", host=cfg.host, client_port=cfg.etcd_port, peer_port=cfg.etcd_peer_port
+    )
+    nats = engines.nats(data / "nats", host=cfg.host, port=cfg.nats_port)
+    env = dict(os.environ, SLIPWAY_LOG_LEVEL=os.environ.get("SLIPWAY_LOG_LEVEL", "info"))
+    router_host = cfg.router_listen.rpartition(":")[0]
+    router_probe = cfg.host if router_host in ("0.0.0.0", "") else router_host
+    agent_env = dict(env, SLIPWAY_TOKEN=token)
+    return [
+        Component("etcd", etcd.argv, logs / "etcd.log", (cfg.host, cfg.etcd_port)),
+        Component("nats", nats.argv, logs / "nats.log", (cfg.host, cfg.nats_port)),
+        Component(
+            "controller",
+            _py(
+                "controller",
+                "serve",
+                "--listen",
+                cfg.api,
+                "--etcd",
+                cfg.etcd_endpoint,
+                "--nats",
+                cfg.nats_url,
+                "--base-domain",
+                cfg.base_domain,
+            ),
+            logs / "controller.log",
+            (cfg.host, cfg.api_port),
+            env,
+        ),
+        Component(
+            "agent",
+            _py(
+                "agent",
+                "--controllers",
+                cfg.api,
+                "--node",
+                cfg.node,
+                "--advertise-address",
+                cfg.host,
+                "--data-dir",
+                str(data / "agent"),
+                "--nats",
+                cfg.nats_url,
+                "--etcd",
+                cfg.etcd_endpoint,
+            ),
+            logs / "agent.log",
+            None,
+            agent_env,
+        ),
+        Component(
+            "builder",
+            _py(
+                "builder",
+                "--nats",
+                cfg.nats_url,
+                "--data-dir",
+                str(data / "builder"),
+                "--name",
+                f"{cfg.node}-builder",
+            ),
+            logs / "builder.log",
+            None,
+            env,
+        ),
+        Component(
+            "router",
+            _py(
+                "router",
+                "--listen",
+                cfg.router_listen,
+                "--etcd",
+                cfg.etcd_endpoint,
+                "--nats",
+                cfg.nats_url,
+                "--base-domain",
+                cfg.base_domain,
+            ),
+            logs / "router.log",
+            (router_probe, cfg.router_port),
+            env,
+        ),
+    ]
+
+
+def ensure_token(cfg: UpConfig) -> str:
+    """The platform's admin token, made once and kept (0600) in the data dir."""
+    path = cfg.data_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    out = subprocess.run(
+        _py("controller", "tokens", "create", "--name", "admin", "--etcd", cfg.etcd_endpoint),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if out.returncode != 0:
+        raise errors.Unavailable(f"cannot create the admin token: {out.stderr.strip()}")
+    token = out.stdout.strip()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+class Platform:
+    def __init__(self, cfg: UpConfig, say: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.say = say
+        self.components: list[Component] = []
+        self.stopping = False
+
+    async def run(self, on_ready: Callable[[str], None]) -> None:
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        for port, what in (
+            (cfg.api_port, "API"),
+            (cfg.etcd_port, "etcd"),
+            (cfg.nats_port, "NATS"),
+            (cfg.router_port, "router"),
+        ):
+            _check_free(cfg.host if what != "router" else "0.0.0.0", port, what)
+        token_path = cfg.data_dir / "admin-token"
+        # The token is made with etcd up; the agent needs it, so start in two steps.
+        self.components = components(
+            cfg, token_path.read_text().strip() if token_path.exists() else ""
+        )
+        try:
+            for comp in self.components[:3]:
+                await self._start(comp)
+            token = await asyncio.to_thread(ensure_token, cfg)
+            self.components = self.components[:3] + [c for c in components(cfg, token)[3:]]
+            for comp in self.components[3:]:
+                await self._start(comp)
+            on_ready(token)
+            async with asyncio.TaskGroup() as tg:
+                for comp in self.components:
+                    tg.create_task(self._supervise(comp))
+        finally:
+            self.stopping = True
+            await self.stop()
+
+    async def _start(self, comp: Component) -> None:
+        self.say(f"-----> Starting {comp.name}")
+        await comp.start()
+        await comp.wait_ready()
+
+    async def _supervise(self, comp: Component) -> None:
+        backoff = Backoff(initial=1.0, maximum=30.0)
+        while True:
+            assert comp.proc is not None
+            status = await comp.proc.wait()
+            if self.stopping:
+                return
+            comp.restarts += 1
+            delay = backoff.next()
+            self.say(
+                f"!      {comp.name} exited with status {status}; restarting in {delay:.0f}s "
+                f"(restart #{comp.restarts}; log: {comp.log_path})"
+            )
+            await asyncio.sleep(delay)
+            started = time.monotonic()
+            try:
+                await comp.start()
+                await comp.wait_ready()
+            except errors.SlipwayError as exc:
+                self.say(f"!      {comp.name} failed to restart: {exc}")
+                continue
+            self.say(f"-----> {comp.name} is back")
+            if time.monotonic() - started > 60:
+                backoff.reset()
+
+    async def stop(self) -> None:
+        for comp in reversed(self.components):
+            if comp.proc is not None and comp.proc.returncode is None:
+                self.say(f"-----> Stopping {comp.name}")
+                await comp.stop(grace=40.0 if comp.name in ("agent", "builder") else 10.0)
+
+
+def _check_free(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise errors.FailedPrecondition(
+                f"port {port} for the {what} is in use ({exc.strerror}); is Slipway already up? "
+                f"Pick another with the port flags (slipway up --help)"
+            ) from exc
+
+
+async def serve(cfg: UpConfig, say: Callable[[str], None], on_ready: Callable[[str], None]) -> None:
+    platform = Platform(cfg, say)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            say("!      second signal: killing everything")
+            for comp in platform.components:
+                if comp.proc is not None and comp.proc.returncode is None:
+                    comp.proc.kill()
+            os._exit(1)
+        say("-----> Stopping Slipway (Ctrl-C again to force)")
+        platform.stopping = True
+        if task is not None:
+            task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await platform.run(on_ready)
+    except asyncio.CancelledError:
+        if not platform.stopping:
+            raise

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from controller.api import PlatformAPI
+from controller.apilog import ApiLog
 from controller.auth import Tokens
 from controller.build_api import BuildServices
 from controller.build_records import BuildStore
@@ -21,6 +22,7 @@ from controller.builds import Builds
 from controller.config import ControllerConfig
 from controller.gc import Collector
 from controller.leader import Leadership
+from controller.logs import LogHub
 from controller.nodes import NodeAPI
 from controller.placements import PlacementIndex
 from controller.reconciler import Reconciler
@@ -28,6 +30,7 @@ from controller.release_phase import ReleasePhase
 from controller.sizes import SizeTable
 from controller.state import State
 from slipway import log as slog
+from slipway import sdnotify
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 from slipway.v1 import node_pb2_grpc, platform_pb2_grpc
@@ -65,6 +68,15 @@ class Controller:
             ttl_seconds=config.node_ttl_seconds,
         )
         self._init_builds(config)
+        self.log_hub = LogHub(
+            config.nats,
+            replicas=config.logs_replicas,
+            max_per_app=config.logs_max_lines_per_app,
+            max_bytes=config.logs_max_bytes,
+            max_age=config.logs_max_age_seconds,
+            tail_buffer=config.logs_tail_buffer,
+        )
+        self.api_log = ApiLog(self.log_hub)
         self.bound_port = 0
         self._server: grpc.aio.Server | None = None
         self.ready = asyncio.Event()
@@ -119,6 +131,8 @@ class Controller:
                 self.tokens,
                 base_domain=self.config.base_domain,
                 builds=self.build_services,
+                log_hub=self.log_hub,
+                api_log=self.api_log,
             ),
             server,
         )
@@ -144,6 +158,7 @@ class Controller:
             prefix=self.config.etcd_prefix,
         )
         self.ready.set()
+        sdnotify.ready(f"serving on {self.config.listen}")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._server.wait_for_termination())
@@ -153,6 +168,8 @@ class Controller:
                 tg.create_task(self.bus.run())
                 tg.create_task(self.build_watcher.run())
                 tg.create_task(self.collector.run())
+                tg.create_task(self.log_hub.run())
+                tg.create_task(self.api_log.run())
         finally:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace=3)

@@ -80,3 +80,21 @@ def test_deploy_serves_and_failing_release_command_keeps_previous(
     assert "Released v4" in passed.stdout
     body = eventually(lambda: web_body(cluster, "webpy", 4), timeout=60, interval=0.5)
     assert "hello from python-app" in body
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expect"),
+    [("node-app", "hello from node-app"), ("procfile-app", "hello from procfile-app")],
+)
+def test_fixture_apps_deploy_and_answer(
+    cluster: LocalCluster, cluster_builder: None, fixture: str, expect: str
+) -> None:
+    cluster.add_agent("node-1")
+    ctl = cluster.controller
+    ctl.cli("apps:create", "fixapp", check=True)
+    result = ctl.cli("deploy", str(FIXTURES / fixture), "-a", "fixapp", timeout=240)
+    show(f"deploy {fixture}", result)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Released v2" in result.stdout
+    body = eventually(lambda: web_body(cluster, "fixapp", 2), timeout=60, interval=0.5)
+    assert expect in body

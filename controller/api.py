@@ -7,10 +7,13 @@ from typing import TypeAlias
 import grpc
 
 from controller import convert
+from controller.apilog import ApiLog, release_lines, restart_line, scale_line
 from controller.auth import Tokens
 from controller.build_api import BuildRPCs, BuildServices
 from controller.dynos import Dynos
 from controller.endpoint import unary
+from controller.logs import LogHub
+from controller.logs_api import LogRPCs
 from controller.state import ScaleChange, State
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc
@@ -18,7 +21,7 @@ from slipway.v1 import platform_pb2_grpc
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
-class PlatformAPI(BuildRPCs, platform_pb2_grpc.PlatformServiceServicer):
+class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer):
     def __init__(
         self,
         state: State,
@@ -26,6 +29,8 @@ class PlatformAPI(BuildRPCs, platform_pb2_grpc.PlatformServiceServicer):
         *,
         base_domain: str = "",
         builds: BuildServices | None = None,
+        log_hub: LogHub | None = None,
+        api_log: ApiLog | None = None,
     ) -> None:
         self.state = state
         self.tokens = tokens
@@ -33,6 +38,13 @@ class PlatformAPI(BuildRPCs, platform_pb2_grpc.PlatformServiceServicer):
         self.dynos = Dynos(state)
         # Build RPCs (controller/build_api.py); None when builds are not wired.
         self.build_services = builds
+        # Logs (controller/logs_api.py) and the api lines changes leave in the app's log.
+        self.log_hub = log_hub
+        self.api_log = api_log
+
+    def _log(self, app: str, *messages: str) -> None:
+        if self.api_log is not None:
+            self.api_log.emit(app, *messages)
 
     # apps
 
@@ -89,6 +101,7 @@ class PlatformAPI(BuildRPCs, platform_pb2_grpc.PlatformServiceServicer):
         config, release = await self.state.update_config(
             request.app, dict(request.set), list(request.unset), actor
         )
+        self._log(request.app, *release_lines(release, actor))
         return pb.UpdateConfigVarsResponse(config=config, release=convert.release(release))
 
     # releases
@@ -112,6 +125,7 @@ class PlatformAPI(BuildRPCs, platform_pb2_grpc.PlatformServiceServicer):
         self, request: pb.RollbackReleaseRequest, context: Ctx, actor: str
     ) -> pb.RollbackReleaseResponse:
         release = await self.state.rollback(request.app, request.version, actor)
+        self._log(request.app, *release_lines(release, actor))
         return pb.RollbackReleaseResponse(release=convert.release(release))
 
     @unary
@@ -125,6 +139,7 @@ class PlatformAPI(BuildRPCs, platform_pb2_grpc.PlatformServiceServicer):
             request.description,
             actor,
         )
+        self._log(request.app, *release_lines(release, actor))
         return pb.CreateReleaseResponse(release=convert.release(release))
 
     # formation
@@ -150,6 +165,7 @@ class PlatformAPI(BuildRPCs, platform_pb2_grpc.PlatformServiceServicer):
             for c in request.changes
         ]
         formation = await self.state.scale(request.app, changes)
+        self._log(request.app, scale_line(formation, actor))
         _, process_types = await self.state.get_formation(request.app)
         return pb.ScaleFormationResponse(formation=convert.formation(formation, process_types))
 
@@ -172,15 +188,17 @@ class PlatformAPI(BuildRPCs, platform_pb2_grpc.PlatformServiceServicer):
     async def RestartDynos(
         self, request: pb.RestartDynosRequest, context: Ctx, actor: str
     ) -> pb.RestartDynosResponse:
-        return pb.RestartDynosResponse(
-            restarted=await self.dynos.restart(request.app, request.target)
-        )
+        restarted = await self.dynos.restart(request.app, request.target)
+        self._log(request.app, restart_line(request.target, actor))
+        return pb.RestartDynosResponse(restarted=restarted)
 
     @unary
     async def StopDyno(
         self, request: pb.StopDynoRequest, context: Ctx, actor: str
     ) -> pb.StopDynoResponse:
-        return pb.StopDynoResponse(stopped=await self.dynos.stop(request.app, request.dyno))
+        stopped = await self.dynos.stop(request.app, request.dyno)
+        self._log(request.app, f"Stop {request.dyno} by {actor}")
+        return pb.StopDynoResponse(stopped=stopped)
 
     @unary
     async def ListNodes(

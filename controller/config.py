@@ -48,6 +48,14 @@ class ControllerConfig:
     gc_keep_releases: int = 10
     gc_interval_seconds: float = 600.0
     gc_min_age_seconds: float = 3600.0
+    # Logs (JetStream stream LOGS): lines kept per app (at least 1500, Heroku's
+    # history), whole-stream bounds, replicas for a clustered NATS, and how many
+    # live lines a `logs --tail` reader may fall behind before lines are dropped for it.
+    logs_max_lines_per_app: int = 1500
+    logs_max_bytes: int = 1024 * 1024 * 1024
+    logs_max_age_seconds: float = 7 * 24 * 3600.0
+    logs_replicas: int = 1
+    logs_tail_buffer: int = 2000
 
     @classmethod
     def load(cls, path: Path | None, **overrides: Any) -> ControllerConfig:
@@ -63,7 +71,12 @@ class ControllerConfig:
                     f"unknown settings in {path}: {', '.join(sorted(unknown))}"
                 )
         values.update({k: v for k, v in overrides.items() if v not in (None, (), [])})
-        return cls(**values)
+        config = cls(**values)
+        if config.logs_max_lines_per_app < 1500:
+            raise errors.InvalidArgument(
+                "logs_max_lines_per_app must be at least 1500 (`logs -n` shows up to 1500)"
+            )
+        return config
 
 
 def split_list(value: str | None) -> list[str] | None:

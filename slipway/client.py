@@ -8,7 +8,7 @@ unreachable; every call has a deadline.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -249,3 +249,47 @@ class Client:
 
     def purge_build_cache(self, app: str, confirm: str) -> pb.PurgeBuildCacheResponse:
         return self.platform("PurgeBuildCache", pb.PurgeBuildCacheRequest(app=app, confirm=confirm))
+
+    # Logs.
+
+    def stream_logs(
+        self,
+        app: str,
+        *,
+        num: int = 0,
+        tail: bool = False,
+        source: str = "",
+        dyno: str = "",
+        timeout: float | None = None,
+    ) -> Generator[pb.LogEntry, None, None]:
+        """The app's last ``num`` lines (0: 100), then with ``tail`` live lines until closed.
+
+        History alone has a deadline; a tail is open-ended and ends when the caller
+        stops iterating (closing the generator cancels the call).
+        """
+        request = pb.StreamLogsRequest(app=app, num=num, tail=tail, source=source, dyno=dyno)
+        deadline = None if tail else (timeout or self.timeout)
+        last: grpc.RpcError | None = None
+        for offset in range(len(self.addresses)):
+            index = (self._current + offset) % len(self.addresses)
+            stub = platform_pb2_grpc.PlatformServiceStub(self.channel(self.addresses[index]))
+            call = stub.StreamLogs(request, timeout=deadline, metadata=self.metadata)
+            received = False
+            try:
+                for response in call:
+                    received, self._current = True, index
+                    yield from response.lines
+                return
+            except grpc.RpcError as exc:
+                # Unreachable before anything came back: try the next controller.
+                if exc.code() in _FAILOVER and not received:  # type: ignore[attr-defined]
+                    last = exc
+                    continue
+                raise errors.from_status(exc.code(), exc.details()) from exc  # type: ignore[attr-defined]
+            finally:
+                call.cancel()
+        assert last is not None
+        raise errors.Unavailable(
+            f"cannot reach the controller at {', '.join(self.addresses)}: "
+            f"{last.details() or 'unavailable'}"  # type: ignore[attr-defined]
+        ) from last

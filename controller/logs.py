@@ -1,0 +1,301 @@
+"""Reading an app's log from the LOGS stream: recent history, then live lines.
+
+    producers --core NATS logs.{app}--> JetStream LOGS (bounded per app)
+        --ordered ephemeral consumer (deliver all of logs.{app})--> LogReader
+            history: seq <= last seq at start -> deque(maxlen=N) of matching lines
+            live:    seq >  last seq at start -> TailBuffer (bounded) -> gRPC stream
+
+The stream keeps at most ``max_per_app`` lines per app, so replaying an app's
+whole subject to find its last N matching lines is bounded work, and filters
+apply before counting (``-n 10 --dyno web.1`` shows web.1's last ten lines).
+
+A tail reader that cannot keep up never slows anyone: the NATS callback only
+appends to the reader's own :class:`TailBuffer`; past its bound, lines are
+dropped and counted, and the reader is told with a ``heroku[logs]`` line placed
+where the gap is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import nats.js.api
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from slipway import errors, logline, objstore
+from slipway import log as slog
+from slipway.backoff import Backoff
+from slipway.logline import LogLine
+
+log = slog.get("controller.logs")
+
+DEFAULT_LINES = 100
+MAX_LINES = logline.MAX_LINES_PER_APP
+DEFAULT_TAIL_BUFFER = 2000
+_DYNO_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[0-9]+)?$")
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which lines a reader wants; empty fields match everything."""
+
+    source: str = ""
+    dyno: str = ""  # "web.1" exactly, or a process type: "web" matches web.1, web.2, ...
+
+    @classmethod
+    def parse(cls, source: str, dyno: str) -> LogFilter:
+        if source and source not in logline.SOURCES:
+            raise errors.InvalidArgument(
+                f"unknown log source {source!r}; use one of: {', '.join(logline.SOURCES)}"
+            )
+        if dyno and not _DYNO_RE.match(dyno):
+            raise errors.InvalidArgument(
+                f"bad dyno filter {dyno!r}: give a dyno (web.1) or a process type (web)"
+            )
+        return cls(source, dyno)
+
+    def matches(self, line: LogLine) -> bool:
+        if self.source and line.source != self.source:
+            return False
+        if not self.dyno:
+            return True
+        if "." in self.dyno:
+            return line.process == self.dyno
+        return line.process == self.dyno or line.process.startswith(self.dyno + ".")
+
+
+def line_count(num: int) -> int:
+    """The request's ``num``: 0 means the default; above the kept history is refused."""
+    if num < 0:
+        raise errors.InvalidArgument("the number of lines cannot be negative")
+    if num > MAX_LINES:
+        raise errors.InvalidArgument(
+            f"at most {MAX_LINES} lines are kept per app; ask for {MAX_LINES} or fewer"
+        )
+    return num or DEFAULT_LINES
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Lines dropped for a slow reader at this point of its stream."""
+
+    count: int
+
+    def line(self, app: str) -> LogLine:
+        return LogLine(
+            app, "heroku", "logs", f"{self.count} lines dropped (reader too slow)", time.time()
+        )
+
+
+class TailBuffer:
+    """A bounded FIFO of live lines for one reader; overflow is dropped, counted, placed."""
+
+    def __init__(self, limit: int = DEFAULT_TAIL_BUFFER) -> None:
+        self.limit = max(1, limit)
+        self._items: deque[LogLine | Gap] = deque()
+        self._lines = 0
+        self._gap = 0  # dropped since the last queued line
+        self.dropped = 0
+        self._ready = asyncio.Event()
+
+    def offer(self, line: LogLine) -> bool:
+        """Queue ``line``; False (and counted) when the reader is ``limit`` lines behind."""
+        if self._lines >= self.limit:
+            self._gap += 1
+            self.dropped += 1
+            return False
+        if self._gap:
+            self._items.append(Gap(self._gap))
+            self._gap = 0
+        self._items.append(line)
+        self._lines += 1
+        self._ready.set()
+        return True
+
+    def take_nowait(self, most: int) -> list[LogLine | Gap]:
+        """Up to ``most`` items in order; a trailing gap comes out once the lines are gone."""
+        out: list[LogLine | Gap] = []
+        while self._items and len(out) < most:
+            item = self._items.popleft()
+            if isinstance(item, LogLine):
+                self._lines -= 1
+            out.append(item)
+        if not self._items and self._gap and len(out) < most:
+            out.append(Gap(self._gap))
+            self._gap = 0
+        return out
+
+    async def take(self, most: int) -> list[LogLine | Gap]:
+        while True:
+            items = self.take_nowait(most)
+            if items:
+                return items
+            self._ready.clear()
+            await self._ready.wait()
+
+
+class LogReader:
+    """Routes an app's stream messages: history up to ``last_seq``, live lines after it.
+
+    ``last_seq`` is the app subject's last stream sequence when the read began (0:
+    no history). The consumer delivers in sequence order, so the history is complete
+    at the first message at or past ``last_seq``; the line at ``last_seq`` itself may
+    already be gone (discarded by the per-app limit), hence "at or past".
+    """
+
+    def __init__(self, num: int, flt: LogFilter, last_seq: int, tail: TailBuffer | None) -> None:
+        self.filter = flt
+        self.last_seq = last_seq
+        self.history: deque[LogLine] = deque(maxlen=num)
+        self.tail = tail
+        self.history_done = asyncio.Event()
+        if last_seq == 0:
+            self.history_done.set()
+
+    def on_line(self, seq: int, line: LogLine | None) -> None:
+        """``line`` is None for an undecodable message (it still moves the position)."""
+        if not self.history_done.is_set():
+            if seq <= self.last_seq:
+                if line is not None and self.filter.matches(line):
+                    self.history.append(line)
+                if seq == self.last_seq:
+                    self.history_done.set()
+                return
+            self.history_done.set()
+        if self.tail is not None and line is not None and self.filter.matches(line):
+            self.tail.offer(line)
+
+
+async def _history_end(reader: LogReader, sub: object, check_every: float = 1.0) -> None:
+    """Wait until the history is read; also ends when nothing is left to deliver
+    (every stored line of the app was discarded after ``last_seq`` was looked up)."""
+    while True:
+        try:
+            await asyncio.wait_for(reader.history_done.wait(), check_every)
+            return
+        except TimeoutError:
+            info = await sub.consumer_info()  # type: ignore[attr-defined]
+            if not info.num_pending:
+                reader.history_done.set()
+
+
+class LogHub:
+    """The controller's own NATS connection for logs (kept apart from build traffic)."""
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        replicas: int = 1,
+        max_per_app: int = logline.MAX_LINES_PER_APP,
+        max_bytes: int = logline.STREAM_MAX_BYTES,
+        max_age: float = logline.STREAM_MAX_AGE,
+        tail_buffer: int = DEFAULT_TAIL_BUFFER,
+    ) -> None:
+        self.servers = list(servers)
+        self.replicas = replicas
+        self.max_per_app = max_per_app
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.tail_buffer = tail_buffer
+        self._nc: NATS | None = None
+        self.connected = asyncio.Event()
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise errors.Unavailable(
+                f"the controller is not connected to NATS ({','.join(self.servers)}) yet; "
+                "logs are unavailable",
+                reason="nats_unavailable",
+            )
+        return self._nc
+
+    async def run(self) -> None:
+        """Connect and create LOGS (retrying), then hold the connection until cancelled."""
+        backoff = Backoff(initial=0.2, maximum=5.0)
+        while self._nc is None:
+            try:
+                nc = await objstore.connect(self.servers, name="slipway-controller-logs")
+                try:
+                    await logline.ensure_stream(
+                        nc.jetstream(),
+                        self.replicas,
+                        max_per_app=self.max_per_app,
+                        max_bytes=self.max_bytes,
+                        max_age=self.max_age,
+                    )
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(nc.close(), 2.0)
+                    raise
+            except Exception as exc:  # nats-py raises a mix of its own and OS errors
+                log.warning("nats not reachable for logs", error=str(exc))
+                await asyncio.sleep(backoff.next())
+                continue
+            self._nc = nc
+            self.connected.set()
+            log.info("logs stream ready", stream=logline.STREAM, max_per_app=self.max_per_app)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            nc, self._nc = self._nc, None
+            self.connected.clear()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 2.0)
+
+    async def _last_seq(self, app: str) -> int:
+        try:
+            msg = await self.nc.jetstream().get_last_msg(logline.STREAM, logline.subject(app))
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(msg.seq or 0)
+
+    async def read(
+        self, app: str, num: int, flt: LogFilter, *, tail: bool, batch: int = 500
+    ) -> AsyncIterator[list[LogLine]]:
+        """The last ``num`` matching lines (one batch), then with ``tail`` live batches."""
+        js = self.nc.jetstream()
+        last_seq = await self._last_seq(app)
+        buffer = TailBuffer(self.tail_buffer) if tail else None
+        reader = LogReader(num, flt, last_seq, buffer)
+
+        async def on_msg(msg: Msg) -> None:
+            # Runs in the subscription's task: must stay quick and never wait.
+            try:
+                line: LogLine | None = LogLine.decode(msg.data)
+            except (ValueError, KeyError, TypeError):
+                line = None
+            reader.on_line(int(msg.metadata.sequence.stream), line)
+
+        sub = await js.subscribe(
+            logline.subject(app),
+            stream=logline.STREAM,
+            ordered_consumer=True,
+            deliver_policy=nats.js.api.DeliverPolicy.ALL,
+            cb=on_msg,
+        )
+        try:
+            await _history_end(reader, sub)
+            history = list(reader.history)
+            reader.history.clear()
+            if history or not tail:
+                yield history
+            if buffer is None:
+                return
+            while True:
+                items = await buffer.take(batch)
+                yield [item.line(app) if isinstance(item, Gap) else item for item in items]
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), 2.0)
+            if buffer is not None and buffer.dropped:
+                log.info("tail reader dropped lines", app=app, count=buffer.dropped)

@@ -57,6 +57,7 @@ class Dynos:
         placements = await load_placements(self.etcd, self.keys, app)
         statuses = await load_statuses(self.etcd, self.keys, app)
         nodes, _ = await load_nodes(self.etcd, self.keys)
+        memory = await self._dyno_memory()
         views = []
         for p in sorted(placements, key=_sort_key):
             status = statuses.get(p.instance_id)
@@ -64,8 +65,18 @@ class Dynos:
                 status = StatusRecord(
                     p.app, p.name, p.instance_id, p.node, p.type, p.release, "lost"
                 )
+            elif status is not None:
+                # Memory moves every sample; it comes with heartbeats, not status writes.
+                status.memory_bytes = memory.get(p.instance_id, status.memory_bytes)
             views.append(DynoView(p, status))
         return views
+
+    async def _dyno_memory(self) -> dict[str, int]:
+        kvs, _ = await self.etcd.get_prefix(self.keys.node_metrics_all())
+        memory: dict[str, int] = {}
+        for kv in kvs:
+            memory.update(json.loads(kv.value).get("dyno_memory", {}))
+        return memory
 
     def _select(self, placements: list[Placement], target: str) -> list[Placement]:
         if not target:

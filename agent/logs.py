@@ -6,10 +6,14 @@
 
 Nothing here can block a dyno: the container writes to a file, never to a pipe
 the agent must drain, and the sink drops (and counts) lines when its queue is
-full because NATS is away. The file is followed by polling (no inotify in the
-standard library); consumed bytes are released with FALLOC_FL_PUNCH_HOLE so
-the file's disk use stays small while its offsets stay valid, which keeps the
-adoption story simple: a new agent continues at the saved offset.
+full because NATS is away. The file is followed with inotify (through ctypes:
+one descriptor per event loop, a watch per dyno file), so a printed line is
+read within milliseconds, not at the next poll; a slow safety poll covers a
+missed or lost watch, and plain polling every ``interval`` is the fallback where
+inotify is unavailable (or its watch limit is reached). Consumed bytes are
+released with FALLOC_FL_PUNCH_HOLE so the file's disk use stays small while its
+offsets stay valid, which keeps the adoption story simple: a new agent
+continues at the saved offset.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
+import struct
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +40,21 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _PUNCH_EVERY = 1024 * 1024
 _READ_CHUNK = 256 * 1024
+
+_IN_NONBLOCK = 0o4000
+_IN_CLOEXEC = 0o2000000
+_IN_MODIFY = 0x002
+_IN_ATTRIB = 0x004  # truncation by someone else
+_IN_DELETE_SELF = 0x400
+_IN_MOVE_SELF = 0x800
+_IN_IGNORED = 0x8000  # the kernel dropped the watch (file gone)
+_WATCH_MASK = _IN_MODIFY | _IN_ATTRIB | _IN_DELETE_SELF | _IN_MOVE_SELF
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (+ name)
+# With a watch, still look at the file this often in case an event was missed.
+_SAFETY_POLL = 1.0
+# A dyno printing thousands of lines a second wakes its tailer per write; reading
+# at most every few ms batches those writes at a negligible cost in latency.
+_MIN_GAP = 0.003
 
 
 class LogSink:
@@ -93,14 +115,87 @@ async def nats_error(exc: Exception) -> None:
 
 
 def _punch_hole(fd: int, length: int) -> bool:
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
+    libc = _libc()
+    if libc is None:
         return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     fallocate = libc.fallocate
     fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
     mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
     return bool(fallocate(fd, mode, 0, length) == 0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+class _Inotify:
+    """One inotify descriptor per event loop; a tailer's Event is set when its file changes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        libc = _libc()
+        if libc is None:
+            raise OSError("no libc")
+        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self._libc = libc
+        self._fd = fd
+        self._waiters: dict[int, set[asyncio.Event]] = {}
+        # The loop (through its reader) owns this object, never the reverse.
+        loop.add_reader(fd, self._on_readable)
+        weakref.finalize(loop, os.close, fd)
+
+    def watch(self, path: Path, event: asyncio.Event) -> int | None:
+        wd = int(self._libc.inotify_add_watch(self._fd, os.fsencode(path), _WATCH_MASK))
+        if wd < 0:
+            return None  # no file yet, or the watch limit: the tailer polls
+        self._waiters.setdefault(wd, set()).add(event)
+        return wd
+
+    def watching(self, wd: int) -> bool:
+        return wd in self._waiters
+
+    def unwatch(self, wd: int, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(wd)
+        if waiters is None:
+            return
+        waiters.discard(event)
+        if not waiters:
+            del self._waiters[wd]
+            self._libc.inotify_rm_watch(self._fd, wd)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, 64 * 1024)
+        except OSError:
+            return
+        pos = 0
+        while pos + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+            pos += _EVENT.size + length
+            for event in self._waiters.get(wd, ()):
+                event.set()
+            if mask & _IN_IGNORED:
+                self._waiters.pop(wd, None)  # tailers see it gone and watch again
+
+
+_watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inotify | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _watcher() -> _Inotify | None:
+    """This loop's inotify watcher; None where inotify cannot be used."""
+    loop = asyncio.get_running_loop()
+    if loop not in _watchers:
+        try:
+            _watchers[loop] = _Inotify(loop)
+        except (OSError, AttributeError, NotImplementedError) as exc:
+            logger.warning("inotify unavailable, polling dyno logs", error=str(exc))
+            _watchers[loop] = None
+    return _watchers[loop]
 
 
 class LogTailer:
@@ -138,9 +233,27 @@ class LogTailer:
         os.replace(tmp, self.offset_path)
 
     async def run(self) -> None:
-        while True:
-            await self.drain()
-            await asyncio.sleep(self.interval)
+        watcher = _watcher()
+        wake = asyncio.Event()
+        wd: int | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if watcher is not None and (wd is None or not watcher.watching(wd)):
+                    wd = watcher.watch(self.path, wake)
+                # Cleared before reading: a write during the read wakes us again.
+                wake.clear()
+                started = loop.time()
+                await self.drain()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_SAFETY_POLL if wd is not None else self.interval):
+                        await wake.wait()
+                rest = _MIN_GAP - (loop.time() - started)
+                if rest > 0:
+                    await asyncio.sleep(rest)
+        finally:
+            if watcher is not None and wd is not None:
+                watcher.unwatch(wd, wake)
 
     async def drain(self, *, final: bool = False) -> None:
         """Publish everything written so far; ``final`` flushes a trailing partial line."""
@@ -154,6 +267,7 @@ class LogTailer:
             return
         try:
             size = os.fstat(fd).st_size
+            before = self._offset
             if size < self._offset:
                 self._offset = 0  # truncated by someone: start over
             while self._offset < size:
@@ -164,7 +278,8 @@ class LogTailer:
                 if consumed == 0:
                     break  # only a partial line so far
                 self._offset += consumed
-            self._save_offset()
+            if self._offset != before:
+                self._save_offset()
             if self._offset - self._punched >= _PUNCH_EVERY:
                 # Release whole consumed blocks; the size (and offsets) stay.
                 if _punch_hole(fd, self._offset):

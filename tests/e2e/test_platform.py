@@ -1,0 +1,227 @@
+"""The whole platform as a user drives it: `slipway up`, then the CLI and HTTP.
+
+Everything is real: `slipway up` starts etcd, nats-server, a controller, an
+agent (runc dynos), a builder and a router on free ports with a fresh data
+directory; the test only uses the CLI, HTTP through the router, and (to check
+that nothing is left behind) runc, etcd and the object store directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from slipway import engines, objstore
+from slipway.etcd import Etcd
+from slipway.keys import Keys
+from tests.harness.wait import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Platform:
+    data_dir: Path
+    api_port: int
+    router_port: int
+    etcd_port: int
+    etcd_peer_port: int
+    nats_port: int
+    config_path: Path
+    proc: subprocess.Popen[str] | None = None
+    output: str = ""
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+        env["SLIPWAY_CONFIG"] = str(self.config_path)
+        return env
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "slipway"),
+                "up",
+                "--data-dir",
+                str(self.data_dir),
+                "--api-port",
+                str(self.api_port),
+                "--router",
+                f"127.0.0.1:{self.router_port}",
+                "--etcd-port",
+                str(self.etcd_port),
+                "--etcd-peer-port",
+                str(self.etcd_peer_port),
+                "--nats-port",
+                str(self.nats_port),
+                "--no-install",
+            ],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output += line
+            if line.startswith("Stop with Ctrl-C"):
+                return
+        raise AssertionError(f"slipway up did not come up:\n{self.output}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=120)
+        self.output += out
+        assert self.proc.returncode == 0, self.output
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(BIN / "slipway"), *args],
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"slipway {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def http(self, app: str, path: str = "/json") -> tuple[int, str]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.router_port}{path}", headers={"Host": f"{app}.localhost"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def containers(self) -> list[str]:
+        out = subprocess.run(
+            ["runc", "--root", str(self.data_dir / "agent" / "runc"), "list", "-q"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return out.stdout.split()
+
+    def etcd_keys(self, prefix: bytes) -> list[bytes]:
+        async def read() -> list[bytes]:
+            async with Etcd([f"127.0.0.1:{self.etcd_port}"]) as etcd:
+                kvs, _ = await etcd.get_prefix(prefix)
+                return [kv.key for kv in kvs]
+
+        return asyncio.run(read())
+
+    def objects(self) -> dict[str, list[str]]:
+        async def read() -> dict[str, list[str]]:
+            nc = await objstore.connect([f"nats://127.0.0.1:{self.nats_port}"])
+            try:
+                stores = objstore.ObjectStores(nc.jetstream())
+                return {b: await stores.names(b) for b in objstore.BUCKETS}
+            finally:
+                await nc.close()
+
+        return asyncio.run(read())
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    ports = {engines.free_port() for _ in range(10)}
+    api, router, etcd, peer, nats = sorted(ports)[:5]
+    p = Platform(tmp_path / "data", api, router, etcd, peer, nats, tmp_path / "cli.json")
+    p.start()
+    try:
+        yield p
+    finally:
+        try:
+            p.stop()
+        finally:
+            for cid in p.containers():
+                subprocess.run(
+                    ["runc", "--root", str(p.data_dir / "agent" / "runc"), "delete", "-f", cid],
+                    check=False,
+                    capture_output=True,
+                )
+
+
+def greeting(platform: Platform, app: str) -> str:
+    status, body = platform.http(app)
+    assert status == 200, body
+    return str(json.loads(body)["greeting"])
+
+
+def test_a_new_user_session(platform: Platform) -> None:
+    assert "Slipway is up." in platform.output
+    assert json.loads(platform.config_path.read_text())["token"].startswith("slw_")
+
+    platform.cli("apps:create", "demo")
+    deploy = platform.cli("deploy", "-a", "demo", "examples/python")
+    assert "-----> Python app detected" in deploy.stdout + deploy.stderr
+    assert "Released v2" in deploy.stdout + deploy.stderr
+
+    assert eventually(lambda: greeting(platform, "demo") == "Hello from Slipway", 60)
+    status, page = platform.http("demo", "/")
+    assert status == 200 and "<h1>Hello from Slipway</h1>" in page
+
+    platform.cli("config:set", "-a", "demo", "GREETING=Configured")
+    eventually(lambda: greeting(platform, "demo") == "Configured", 60)
+
+    platform.cli("ps:scale", "-a", "demo", "web=3")
+    eventually(
+        lambda: (
+            len(
+                [
+                    d
+                    for d in json.loads(platform.cli("ps", "-a", "demo", "--json").stdout)
+                    if d["type"] == "web" and d["state"] == "up"
+                ]
+            )
+            == 3
+        ),
+        90,
+    )
+    assert "web.3" in platform.cli("ps", "-a", "demo").stdout
+
+    platform.cli("releases:rollback", "-a", "demo", "v2")
+    eventually(lambda: greeting(platform, "demo") == "Hello from Slipway", 90)
+    assert "Rollback to v2" in platform.cli("releases", "-a", "demo").stdout
+
+    keys = Keys("/slipway")
+    platform.cli("apps:create", "keeper")
+    platform.cli("apps:destroy", "-a", "demo", "--confirm", "demo")
+    eventually(lambda: not platform.containers(), 60)
+    eventually(lambda: not platform.etcd_keys(keys.route_dynos("demo")), 30)
+    assert not platform.etcd_keys(keys.dynos("demo"))
+    assert not platform.etcd_keys(keys.releases("demo"))
+    eventually(lambda: not any(platform.objects().values()), 90)
+    assert platform.http("demo")[0] == 404
+
+    platform.stop()
+    platform.start()
+    apps = {a["name"] for a in json.loads(platform.cli("apps", "--json").stdout)}
+    assert apps == {"keeper"}

@@ -23,7 +23,7 @@ async def test_tailer_wakes_on_a_write_without_waiting_for_a_poll(
     log = tmp_path / "out.log"
     log.write_bytes(b"")
     sink = LogSink(["nats://127.0.0.1:1"])
-    # Polls far apart than the waits below: only inotify can deliver in time.
+    # Polls much rarer than the waits below: only inotify can deliver in time.
     tail = LogTailer(
         path=log, offset_path=tmp_path / "o", sink=sink, app="a", process="web.1", interval=60
     )

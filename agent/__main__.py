@@ -1,9 +1,9 @@
 """slipway-agent: run dynos on this host for the controller.
 
-One asyncio TaskGroup holds the supervisor, the log sink, the controller link
-and (optionally) the gRPC health service. SIGTERM or SIGINT cancels it;
-running dynos are left alone (systemd runs us with KillMode=process), and the
-next agent adopts them. A second signal exits at once.
+One asyncio TaskGroup holds the supervisor, the log sink, the AttachService
+(agent/attach.py), the controller link and (optionally) the gRPC health
+service. SIGTERM or SIGINT cancels it; running dynos are left alone (systemd
+runs us with KillMode=process), and the next agent adopts them. A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
 import click
 
+from agent.attach import AttachServer
 from agent.config import AGENT_VERSION, DEFAULT_RESERVE_MB, AgentConfig, RestartSchedule, Timings
 from agent.config import default_memory_mb as _default_memory_mb
 from agent.link import ControllerLink
@@ -65,22 +67,42 @@ async def run_agent(config: AgentConfig) -> None:
     rt, fetch = build_runtime(config)
     supervisor = DynoSupervisor(rt)
     link = ControllerLink(config, supervisor)
+    attach = AttachServer(config, supervisor) if config.attach_port is not None else None
     logger.info("agent starting", node=config.node, data_dir=str(config.data_dir))
+
+    async def attach_port() -> int:
+        # Registration and presence advertise the port, so they wait for it.
+        if attach is None:
+            return 0
+        await attach.ready.wait()
+        return attach.bound_port
+
+    async def run_link() -> None:
+        link.attach_port = await attach_port()
+        await link.run()
+
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(supervisor.run())
             tg.create_task(rt.sink.run())
-            tg.create_task(link.run())
+            if attach is not None:
+                tg.create_task(attach.run())
+            tg.create_task(run_link())
             if config.health_port:
                 tg.create_task(_serve_health(config))
             if config.etcd_endpoints:
-                tg.create_task(_run_presence(config, supervisor))
+                tg.create_task(_run_presence(config, supervisor, await_port=attach_port))
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(fetch.close(), 2)
 
 
-async def _run_presence(config: AgentConfig, supervisor: DynoSupervisor) -> None:
+async def _run_presence(
+    config: AgentConfig,
+    supervisor: DynoSupervisor,
+    *,
+    await_port: Callable[[], Awaitable[int]],
+) -> None:
     """Node, dyno statuses and routes in etcd under the node's lease."""
     from agent.presence import Presence
     from slipway.etcd import Etcd
@@ -88,6 +110,7 @@ async def _run_presence(config: AgentConfig, supervisor: DynoSupervisor) -> None
     from slipway.records import NodeRecord
 
     await supervisor.ready.wait()
+    port = await await_port()
     record = NodeRecord(
         name=config.node,
         address=config.advertise_address,
@@ -95,6 +118,7 @@ async def _run_presence(config: AgentConfig, supervisor: DynoSupervisor) -> None
         port_range=config.port_range,
         labels=dict(config.labels),
         agent_version=AGENT_VERSION,
+        attach_port=port,
     )
     backoff = Backoff(initial=0.5, maximum=10.0)
     while True:
@@ -207,6 +231,15 @@ async def _main(config: AgentConfig) -> None:
 @click.option("--runc", "runc_binary", envvar="SLIPWAY_RUNC", help="runc binary.")
 @click.option("--container-prefix", default="slipway", show_default=True)
 @click.option("--health-port", type=int, default=0, help="gRPC health service port (0: off).")
+@click.option(
+    "--attach-port",
+    envvar="SLIPWAY_ATTACH_PORT",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Port of the AttachService (slipway run) on the advertise address; "
+    "0: any free port (advertised to controllers); -1: off.",
+)
 @click.option("--timings", "timings_json", envvar="SLIPWAY_AGENT_TIMINGS", help="JSON overrides.")
 @click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="info")
 def main(
@@ -226,6 +259,7 @@ def main(
     runc_binary: str | None,
     container_prefix: str,
     health_port: int,
+    attach_port: int,
     timings_json: str | None,
     log_level: str,
 ) -> None:
@@ -250,6 +284,7 @@ def main(
         runc_binary=runc_binary,
         container_prefix=container_prefix,
         health_port=health_port,
+        attach_port=None if attach_port < 0 else attach_port,
         etcd_endpoints=_split(etcd),
         etcd_prefix=etcd_prefix,
         presence_ttl=presence_ttl,

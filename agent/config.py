@@ -47,6 +47,12 @@ class Timings:
     rpc_timeout: float = 10.0  # deadline of unary gRPC calls
     reconnect_initial: float = 0.5
     reconnect_max: float = 15.0
+    # Attached one-offs: how long an Attach call waits for its dyno to be placed
+    # here and launched (slug download included); how long an exited dyno's
+    # output waits for a client that never came; SIGHUP -> SIGTERM on a stop.
+    attach_timeout: float = 120.0
+    attach_linger: float = 60.0
+    hangup_grace: float = 2.0
 
 
 def default_memory_mb(reserve_mb: int = DEFAULT_RESERVE_MB) -> int:
@@ -83,6 +89,9 @@ class AgentConfig:
     # API token presented to the controller (NodeService calls are authenticated).
     token: str = ""
     health_port: int = 0  # 0 = no health service
+    # AttachService (slipway run) on advertise_address:attach_port; 0 = any free
+    # port (the bound one is advertised in the node record). None = not served.
+    attach_port: int | None = 0
 
     @property
     def state_root(self) -> Path:

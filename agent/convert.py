@@ -38,6 +38,10 @@ def spec_from_pb(a: pb.DynoAssignment) -> DynoSpec:
         instance_id=a.instance_id,
         attached=a.attached,
         slug_size=int(a.slug_size_bytes),
+        tty=a.attach.tty,
+        rows=int(a.attach.rows),
+        cols=int(a.attach.cols),
+        attach_token=a.attach.token,
     )
 
 
@@ -55,6 +59,9 @@ def spec_to_pb(s: DynoSpec) -> pb.DynoAssignment:
         max_processes=s.max_processes,
         instance_id=s.instance_id,
         attached=s.attached,
+        attach=pb.AttachSpec(tty=s.tty, rows=s.rows, cols=s.cols, token=s.attach_token)
+        if s.attached
+        else None,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -222,6 +223,7 @@ class Dyno:
             str(self.paths.status),
             "--pid-file",
             str(self.paths.shim_pid),
+            *self._attach_args(),
             "--",
             *self.rt.runc.run_argv(
                 self.record.container_id, self.paths.bundle, pid_file=self.paths.pid
@@ -245,6 +247,19 @@ class Dyno:
             elapsed = time.monotonic() - began
             self.rt.start_durations.append(elapsed)
             self._log.info("container started", duration_ms=round(elapsed * 1000))
+
+    def _attach_args(self) -> list[str]:
+        """Shim flags of an attached one-off: its stdio goes to attach.sock, not out.log."""
+        spec = self.record.spec
+        if not spec.attached:
+            return []
+        # Relative to the shim's cwd (the dyno dir): a Unix socket path is
+        # limited to 108 bytes and data dirs can be deep.
+        args = ["--attach", self.paths.attach_sock.name]
+        args += ["--linger", _seconds(self.rt.config.timings.attach_linger)]
+        if spec.tty:
+            args += ["--tty", "--rows", str(spec.rows), "--cols", str(spec.cols)]
+        return args
 
     def _read_status(self) -> dict[str, float] | None:
         try:
@@ -401,6 +416,8 @@ class Dyno:
         if r.spec.is_web and r.state is DynoState.UP:
             # Let routers drop this dyno before it stops accepting connections.
             await asyncio.sleep(self.rt.config.timings.route_drain)
+        if r.spec.attached and await self._hang_up():
+            return
         self.heroku("Stopping all processes with SIGTERM")
         await self._kill(signal.SIGTERM)
         try:
@@ -419,6 +436,23 @@ class Dyno:
             await asyncio.wait_for(self.exited.wait(), 10.0)
         except TimeoutError:
             self._log.error("dyno did not die after SIGKILL")
+
+    async def _hang_up(self) -> bool:
+        """An attached dyno's client is gone: SIGHUP first, as a closed terminal would.
+
+        Also tells the shim not to hold the output for a client. True when the
+        dyno exited within the hang-up grace.
+        """
+        if shim_pid_alive(self.paths):  # never signal a recycled pid
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(self.paths.shim_pid.read_text().strip()), signal.SIGUSR1)
+        self.heroku("Stopping all processes with SIGHUP")
+        await self._kill(signal.SIGHUP)
+        try:
+            await asyncio.wait_for(self.exited.wait(), self.rt.config.timings.hangup_grace)
+            return True
+        except TimeoutError:
+            return False
 
     def remove_files(self) -> None:
         shutil.rmtree(self.paths.root, ignore_errors=True)

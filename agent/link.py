@@ -49,6 +49,7 @@ class ControllerLink:
         self.sup = supervisor
         self.connected = asyncio.Event()
         self.sessions = 0
+        self.attach_port = 0  # the AttachService's bound port, once it listens
         self._log = logger.bind(node=config.node)
 
     async def run(self) -> None:
@@ -88,6 +89,7 @@ class ControllerLink:
             port_range_start=cfg.port_range[0],
             port_range_end=cfg.port_range[1],
             dynos=[convert.status_to_pb(s) for s in self.sup.snapshot()],
+            attach_port=self.attach_port,
         )
 
     def _heartbeat(self) -> pb.Heartbeat:

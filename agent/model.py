@@ -33,6 +33,12 @@ class DynoSpec:
     instance_id: str = ""  # unique per placement
     attached: bool = False
     slug_size: int = 0
+    # Attached one-offs (`slipway run`): a terminal of rows x cols or pipes, and
+    # the secret the AttachService requires (from the placement).
+    tty: bool = False
+    rows: int = 0
+    cols: int = 0
+    attach_token: str = field(default="", repr=False)
 
     @property
     def key(self) -> str:

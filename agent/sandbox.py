@@ -11,6 +11,7 @@ Per-dyno directory (DATA/dynos/{key}/):
     pid           written by runc once the process runs
     shim.pid      the shim supervising `runc run`
     status.json   written by the shim when the container exits
+    attach.sock   attached one-offs only: the shim's socket for the dyno's stdio
 
 The process runs ``bash -c`` that sources ``/app/.profile.d/*.sh`` and then
 runs the release command as a child instead of exec'ing it: the pid-1 of a pid
@@ -70,6 +71,9 @@ def dyno_env(spec: DynoSpec, *, port: int, path: str) -> dict[str, str]:
     env.update(spec.env)
     env["DYNO"] = spec.name
     env["HOME"] = "/app"
+    if spec.tty:
+        # Readline, less and friends need a terminal type; a config var may pick another.
+        env.setdefault("TERM", "xterm-256color")
     if spec.is_web and port:
         env["PORT"] = str(port)
     else:
@@ -131,13 +135,17 @@ class DynoPaths:
         return self.root / "status.json"
 
     @property
+    def attach_sock(self) -> Path:
+        return self.root / "attach.sock"
+
+    @property
     def runc_log(self) -> Path:
         return self.root / "runc.log"
 
 
 def reset_run_files(paths: DynoPaths) -> None:
     """Forget the previous run: a fresh writable layer (ephemeral filesystem)."""
-    for p in (paths.pid, paths.shim_pid, paths.status):
+    for p in (paths.pid, paths.shim_pid, paths.status, paths.attach_sock):
         p.unlink(missing_ok=True)
     for d in (paths.upper, paths.work, paths.app_copy):
         if d.exists():
@@ -192,4 +200,8 @@ def write_dyno_bundle(
             "slipway.release": str(spec.release),
         },
     )
-    write_bundle(paths.bundle, build_config(cspec, stack))
+    config = build_config(cspec, stack)
+    # An attached dyno with a terminal: runc makes the container's own pty its
+    # stdio and controlling terminal (the shim feeds runc a host pty).
+    config["process"]["terminal"] = spec.tty
+    write_bundle(paths.bundle, config)

@@ -1,6 +1,7 @@
 """The per-dyno shim: keeps `runc run` and its exit status independent of the agent.
 
     python -m agent.shim --log OUT --status STATUS --pid-file SHIM_PID -- runc ... run ...
+    python -m agent.shim ... --attach SOCK [--tty --rows R --cols C] [--linger S] -- runc ...
 
 It forks once (the parent returns at once, so the agent does not own it),
 starts a new session, runs the foreground ``runc run`` with stdout and stderr
@@ -11,6 +12,10 @@ running; the next agent re-opens ``OUT`` at its saved offset and waits for
 ``STATUS``. Why not ``runc run --detach``: the container's exit status would
 go to whoever reaps it (pid 1), and the agent could not report
 ``Process exited with status 137``.
+
+With ``--attach`` (an attached one-off dyno, ``slipway run``) the dyno's stdio
+is not ``OUT`` but a terminal or pipes relayed over the Unix socket ``SOCK``
+(see agent/shim_attach.py); ``STATUS`` is written the same way.
 
 Only the standard library is imported: this runs once per dyno start.
 """
@@ -40,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", required=True)
     parser.add_argument("--status", required=True)
     parser.add_argument("--pid-file", required=True)
+    parser.add_argument("--attach", help="Unix socket for an attached dyno's stdio")
+    parser.add_argument("--tty", action="store_true")
+    parser.add_argument("--rows", type=int, default=0)
+    parser.add_argument("--cols", type=int, default=0)
+    parser.add_argument("--linger", type=float, default=60.0)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     opts = parser.parse_args(argv)
     command = [c for c in opts.command if c != "--"] if opts.command[:1] == ["--"] else opts.command
@@ -53,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     _write_atomic(opts.pid_file, str(os.getpid()))
+    if opts.attach:
+        exit_status = _run_attached(command, opts)
+        _write_atomic(
+            opts.status, json.dumps({"exit_status": exit_status, "finished_at": time.time()})
+        )
+        return 0
 
     out = os.open(opts.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -77,6 +93,24 @@ def main(argv: list[str] | None = None) -> int:
     exit_status = 128 - status if status < 0 else status
     _write_atomic(opts.status, json.dumps({"exit_status": exit_status, "finished_at": time.time()}))
     return 0
+
+
+def _run_attached(command: list[str], opts: argparse.Namespace) -> int:
+    from agent import shim_attach
+
+    try:
+        return shim_attach.run(
+            command,
+            opts.attach,
+            tty=opts.tty,
+            rows=opts.rows,
+            cols=opts.cols,
+            linger=opts.linger,
+        )
+    except OSError as exc:
+        with open(opts.log, "a") as fh:
+            fh.write(f"shim: cannot run attached: {exc}\n")
+        return 127
 
 
 def _default_signals() -> None:

@@ -6,6 +6,7 @@ Interface driven by the gRPC link (level-based):
     await sup.restart(key)         ps:restart of one dyno (stop, start fresh)
     await sup.stop_dyno(key)       ps:stop of one dyno (stays down)
     sup.snapshot()                 every dyno's DynoStatus, now
+    sup.dyno(key)                  one Dyno (attached one-offs: agent/attach.py)
     sup.events                     bounded queue of DynoStatus changes
                                    (drop-oldest: heartbeats carry full snapshots)
 
@@ -73,6 +74,10 @@ class DynoSupervisor:
 
     def snapshot(self) -> list[DynoStatus]:
         return [d.status() for _, d in sorted(self._dynos.items())]
+
+    def dyno(self, key: str) -> Dyno | None:
+        """The dyno of placement ``key`` on this node, if any (the AttachService's lookup)."""
+        return self._dynos.get(key)
 
     def find(self, app: str, name: str) -> list[str]:
         """Keys of the dynos named ``name`` of ``app`` (for name-based requests)."""

@@ -30,6 +30,8 @@ class NodeRecord:
     labels: dict[str, str] = field(default_factory=dict)
     agent_version: str = ""
     started_at: float = 0.0
+    # Port of the node's AttachService (slipway run) on `address`; 0: none.
+    attach_port: int = 0
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))

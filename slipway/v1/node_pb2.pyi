@@ -25,7 +25,7 @@ DYNO_STATE_CRASHED: DynoState
 DYNO_STATE_DOWN: DynoState
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node", "advertise_address", "memory_mb", "labels", "agent_version", "port_range_start", "port_range_end", "dynos")
+    __slots__ = ("node", "advertise_address", "memory_mb", "labels", "agent_version", "port_range_start", "port_range_end", "dynos", "attach_port")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class RegisterRequest(_message.Message):
     PORT_RANGE_START_FIELD_NUMBER: _ClassVar[int]
     PORT_RANGE_END_FIELD_NUMBER: _ClassVar[int]
     DYNOS_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_PORT_FIELD_NUMBER: _ClassVar[int]
     node: str
     advertise_address: str
     memory_mb: int
@@ -49,7 +50,8 @@ class RegisterRequest(_message.Message):
     port_range_start: int
     port_range_end: int
     dynos: _containers.RepeatedCompositeFieldContainer[DynoStatus]
-    def __init__(self, node: _Optional[str] = ..., advertise_address: _Optional[str] = ..., memory_mb: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., port_range_start: _Optional[int] = ..., port_range_end: _Optional[int] = ..., dynos: _Optional[_Iterable[_Union[DynoStatus, _Mapping]]] = ...) -> None: ...
+    attach_port: int
+    def __init__(self, node: _Optional[str] = ..., advertise_address: _Optional[str] = ..., memory_mb: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., port_range_start: _Optional[int] = ..., port_range_end: _Optional[int] = ..., dynos: _Optional[_Iterable[_Union[DynoStatus, _Mapping]]] = ..., attach_port: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("session_id", "heartbeat_interval_seconds", "ttl_seconds")
@@ -140,7 +142,7 @@ class AgentMessage(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., event: _Optional[_Union[DynoEvent, _Mapping]] = ...) -> None: ...
 
 class DynoAssignment(_message.Message):
-    __slots__ = ("app", "name", "process_type", "release", "command", "env", "slug_digest", "slug_size_bytes", "memory_mb", "max_processes", "instance_id", "attached")
+    __slots__ = ("app", "name", "process_type", "release", "command", "env", "slug_digest", "slug_size_bytes", "memory_mb", "max_processes", "instance_id", "attached", "attach")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +162,7 @@ class DynoAssignment(_message.Message):
     MAX_PROCESSES_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
     app: str
     name: str
     process_type: str
@@ -172,7 +175,20 @@ class DynoAssignment(_message.Message):
     max_processes: int
     instance_id: str
     attached: bool
-    def __init__(self, app: _Optional[str] = ..., name: _Optional[str] = ..., process_type: _Optional[str] = ..., release: _Optional[int] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., slug_digest: _Optional[str] = ..., slug_size_bytes: _Optional[int] = ..., memory_mb: _Optional[int] = ..., max_processes: _Optional[int] = ..., instance_id: _Optional[str] = ..., attached: _Optional[bool] = ...) -> None: ...
+    attach: AttachSpec
+    def __init__(self, app: _Optional[str] = ..., name: _Optional[str] = ..., process_type: _Optional[str] = ..., release: _Optional[int] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., slug_digest: _Optional[str] = ..., slug_size_bytes: _Optional[int] = ..., memory_mb: _Optional[int] = ..., max_processes: _Optional[int] = ..., instance_id: _Optional[str] = ..., attached: _Optional[bool] = ..., attach: _Optional[_Union[AttachSpec, _Mapping]] = ...) -> None: ...
+
+class AttachSpec(_message.Message):
+    __slots__ = ("tty", "rows", "cols", "token")
+    TTY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tty: bool
+    rows: int
+    cols: int
+    token: str
+    def __init__(self, tty: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., token: _Optional[str] = ...) -> None: ...
 
 class DesiredDynos(_message.Message):
     __slots__ = ("dynos",)
@@ -209,3 +225,39 @@ class ControllerMessage(_message.Message):
     restart: RestartDyno
     stop: StopDyno
     def __init__(self, desired: _Optional[_Union[DesiredDynos, _Mapping]] = ..., restart: _Optional[_Union[RestartDyno, _Mapping]] = ..., stop: _Optional[_Union[StopDyno, _Mapping]] = ...) -> None: ...
+
+class AttachStart(_message.Message):
+    __slots__ = ("instance_id",)
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    def __init__(self, instance_id: _Optional[str] = ...) -> None: ...
+
+class AttachWindowSize(_message.Message):
+    __slots__ = ("rows", "cols")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    cols: int
+    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+
+class AttachInput(_message.Message):
+    __slots__ = ("start", "stdin", "stdin_eof", "resize")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    STDIN_EOF_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    start: AttachStart
+    stdin: bytes
+    stdin_eof: bool
+    resize: AttachWindowSize
+    def __init__(self, start: _Optional[_Union[AttachStart, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., resize: _Optional[_Union[AttachWindowSize, _Mapping]] = ...) -> None: ...
+
+class AttachOutput(_message.Message):
+    __slots__ = ("stdout", "stderr", "exit_status")
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    stdout: bytes
+    stderr: bytes
+    exit_status: int
+    def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit_status: _Optional[int] = ...) -> None: ...

@@ -143,3 +143,95 @@ class NodeService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AttachServiceStub:
+    """AttachService: served by every agent on its advertise address (RegisterRequest
+    and the node record carry the port). A controller relays `slipway run` through
+    it: stdin, window size and stdin EOF go in; stdout, stderr and finally the exit
+    status come out. Each call carries `authorization: Bearer <token>` where the
+    token is the dyno's own attach secret (AttachSpec.token, from its placement),
+    so only a controller that could read the placement can attach.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Attach = channel.stream_stream(
+                '/slipway.v1.AttachService/Attach',
+                request_serializer=slipway_dot_v1_dot_node__pb2.AttachInput.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_node__pb2.AttachOutput.FromString,
+                _registered_method=True)
+
+
+class AttachServiceServicer:
+    """AttachService: served by every agent on its advertise address (RegisterRequest
+    and the node record carry the port). A controller relays `slipway run` through
+    it: stdin, window size and stdin EOF go in; stdout, stderr and finally the exit
+    status come out. Each call carries `authorization: Bearer <token>` where the
+    token is the dyno's own attach secret (AttachSpec.token, from its placement),
+    so only a controller that could read the placement can attach.
+    """
+
+    def Attach(self, request_iterator, context):
+        """Attaches to one attached one-off dyno on this node. The first AttachInput must
+        carry `start`. The stream ends after the AttachOutput with `exit_status`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AttachServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Attach': grpc.stream_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=slipway_dot_v1_dot_node__pb2.AttachInput.FromString,
+                    response_serializer=slipway_dot_v1_dot_node__pb2.AttachOutput.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'slipway.v1.AttachService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('slipway.v1.AttachService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AttachService:
+    """AttachService: served by every agent on its advertise address (RegisterRequest
+    and the node record carry the port). A controller relays `slipway run` through
+    it: stdin, window size and stdin EOF go in; stdout, stderr and finally the exit
+    status come out. Each call carries `authorization: Bearer <token>` where the
+    token is the dyno's own attach secret (AttachSpec.token, from its placement),
+    so only a controller that could read the placement can attach.
+    """
+
+    @staticmethod
+    def Attach(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/slipway.v1.AttachService/Attach',
+            slipway_dot_v1_dot_node__pb2.AttachInput.SerializeToString,
+            slipway_dot_v1_dot_node__pb2.AttachOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -579,3 +579,71 @@ class StreamLogsResponse(_message.Message):
     LINES_FIELD_NUMBER: _ClassVar[int]
     lines: _containers.RepeatedCompositeFieldContainer[LogEntry]
     def __init__(self, lines: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+
+class TerminalSize(_message.Message):
+    __slots__ = ("rows", "cols")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    cols: int
+    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+
+class RunDynoStart(_message.Message):
+    __slots__ = ("app", "command", "attach", "tty", "size", "dyno_size")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
+    TTY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DYNO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    command: str
+    attach: bool
+    tty: bool
+    size: TerminalSize
+    dyno_size: str
+    def __init__(self, app: _Optional[str] = ..., command: _Optional[str] = ..., attach: _Optional[bool] = ..., tty: _Optional[bool] = ..., size: _Optional[_Union[TerminalSize, _Mapping]] = ..., dyno_size: _Optional[str] = ...) -> None: ...
+
+class RunDynoRequest(_message.Message):
+    __slots__ = ("start", "stdin", "stdin_eof", "resize")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    STDIN_EOF_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    start: RunDynoStart
+    stdin: bytes
+    stdin_eof: bool
+    resize: TerminalSize
+    def __init__(self, start: _Optional[_Union[RunDynoStart, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., resize: _Optional[_Union[TerminalSize, _Mapping]] = ...) -> None: ...
+
+class RunDynoStarted(_message.Message):
+    __slots__ = ("dyno", "node", "release", "instance_id")
+    DYNO_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    dyno: str
+    node: str
+    release: int
+    instance_id: str
+    def __init__(self, dyno: _Optional[str] = ..., node: _Optional[str] = ..., release: _Optional[int] = ..., instance_id: _Optional[str] = ...) -> None: ...
+
+class RunDynoExited(_message.Message):
+    __slots__ = ("exit_status", "reason")
+    EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    exit_status: int
+    reason: str
+    def __init__(self, exit_status: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RunDynoResponse(_message.Message):
+    __slots__ = ("started", "stdout", "stderr", "exited")
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    EXITED_FIELD_NUMBER: _ClassVar[int]
+    started: RunDynoStarted
+    stdout: bytes
+    stderr: bytes
+    exited: RunDynoExited
+    def __init__(self, started: _Optional[_Union[RunDynoStarted, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exited: _Optional[_Union[RunDynoExited, _Mapping]] = ...) -> None: ...

@@ -155,6 +155,11 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheResponse.FromString,
                 _registered_method=True)
+        self.RunDyno = channel.stream_stream(
+                '/slipway.v1.PlatformService/RunDyno',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RunDynoRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.RunDynoResponse.FromString,
+                _registered_method=True)
         self.StreamLogs = channel.unary_stream(
                 '/slipway.v1.PlatformService/StreamLogs',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.StreamLogsRequest.SerializeToString,
@@ -337,6 +342,18 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunDyno(self, request_iterator, context):
+        """Runs a one-off dyno `run.N` on the app's current release. The first request
+        carries `start`. Detached: one `started` response, then the stream ends (the
+        output goes to the app's logs). Attached: `started`, then stdout/stderr as the
+        dyno writes them, and finally `exited`; stdin, stdin EOF and window sizes flow
+        the other way. The dyno ends when the command exits, when the client goes away
+        (it gets SIGHUP, then the usual stop) or after the controller's idle timeout.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamLogs(self, request, context):
         """Logs
         Sends the app's last `num` log lines matching the filters, then, with `tail`,
@@ -470,6 +487,11 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.PurgeBuildCache,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheResponse.SerializeToString,
+            ),
+            'RunDyno': grpc.stream_stream_rpc_method_handler(
+                    servicer.RunDyno,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RunDynoRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.RunDynoResponse.SerializeToString,
             ),
             'StreamLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamLogs,
@@ -1125,6 +1147,33 @@ class PlatformService:
             '/slipway.v1.PlatformService/PurgeBuildCache',
             slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.PurgeBuildCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunDyno(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/slipway.v1.PlatformService/RunDyno',
+            slipway_dot_v1_dot_platform__pb2.RunDynoRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.RunDynoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TypeAlias
 
 import grpc
@@ -14,6 +15,7 @@ from controller.dynos import Dynos
 from controller.endpoint import unary
 from controller.logs import LogHub
 from controller.logs_api import LogRPCs
+from controller.run_api import RunService
 from controller.state import ScaleChange, State
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc
@@ -211,3 +213,16 @@ class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer)
         self, request: pb.WhoAmIRequest, context: Ctx, actor: str
     ) -> pb.WhoAmIResponse:
         return pb.WhoAmIResponse(token_name=actor)
+
+    # one-off dynos (controller/run_api.py; set by the server)
+
+    run_service: RunService | None = None
+
+    async def RunDyno(
+        self, request_iterator: AsyncIterator[pb.RunDynoRequest], context: Ctx
+    ) -> AsyncIterator[pb.RunDynoResponse]:
+        if self.run_service is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "one-off dynos are not wired")
+            return
+        async for response in self.run_service.run_dyno(request_iterator, context):
+            yield response

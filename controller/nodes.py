@@ -88,6 +88,7 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
             address=request.advertise_address,
             memory_mb=request.memory_mb,
             dynos=len(request.dynos),
+            attach_port=request.attach_port,
         )
         return npb.RegisterResponse(
             session_id=session,
@@ -112,6 +113,9 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
             max_processes=p.max_processes,
             instance_id=p.instance_id,
             attached=p.kind == "attached",
+            attach=npb.AttachSpec(tty=p.tty, rows=p.rows, cols=p.cols, token=p.attach_token)
+            if p.kind == "attached"
+            else None,
         )
 
     async def desired_for(self, node: str) -> npb.DesiredDynos:

@@ -74,9 +74,16 @@ class Placement:
     max_processes: int
     size: str
     created_at: float
-    # "formation" or "oneoff" (run.N; never rescheduled, never replaced)
+    # "formation", "oneoff" (run.N, release.N; never rescheduled, never replaced)
+    # or "attached" (a one-off whose stdio a client holds: `slipway run`)
     kind: str = "formation"
     command: str = ""
+    # Attached one-offs: a terminal (rows x cols) or pipes, and the secret the
+    # node's AttachService requires (never shown by the API).
+    tty: bool = False
+    rows: int = 0
+    cols: int = 0
+    attach_token: str = field(default="", repr=False)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()

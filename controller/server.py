@@ -24,9 +24,11 @@ from controller.gc import Collector
 from controller.leader import Leadership
 from controller.logs import LogHub
 from controller.nodes import NodeAPI
+from controller.oneoff import OneOffs, Reaper
 from controller.placements import PlacementIndex
 from controller.reconciler import Reconciler
 from controller.release_phase import ReleasePhase
+from controller.run_api import RunService
 from controller.sizes import SizeTable
 from controller.state import State
 from slipway import log as slog
@@ -68,6 +70,15 @@ class Controller:
             ttl_seconds=config.node_ttl_seconds,
         )
         self._init_builds(config)
+        # One-off dynos (slipway run): any controller relays; the leader reaps.
+        self.oneoffs = OneOffs(self.state, self.sizes, lease_seconds=config.run_lease_seconds)
+        self.run_service = RunService(
+            self.oneoffs,
+            self.tokens,
+            idle_seconds=config.run_idle_seconds,
+            max_seconds=config.run_max_seconds,
+        )
+        self.reaper = Reaper(self.oneoffs, self.leadership, interval=config.resync_seconds)
         self.log_hub = LogHub(
             config.nats,
             replicas=config.logs_replicas,
@@ -125,17 +136,16 @@ class Controller:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        platform_pb2_grpc.add_PlatformServiceServicer_to_server(
-            PlatformAPI(
-                self.state,
-                self.tokens,
-                base_domain=self.config.base_domain,
-                builds=self.build_services,
-                log_hub=self.log_hub,
-                api_log=self.api_log,
-            ),
-            server,
+        api = PlatformAPI(
+            self.state,
+            self.tokens,
+            base_domain=self.config.base_domain,
+            builds=self.build_services,
+            log_hub=self.log_hub,
+            api_log=self.api_log,
         )
+        api.run_service = self.run_service
+        platform_pb2_grpc.add_PlatformServiceServicer_to_server(api, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(self.node_api, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.bound_port = server.add_insecure_port(self.config.listen)
@@ -168,6 +178,7 @@ class Controller:
                 tg.create_task(self.bus.run())
                 tg.create_task(self.build_watcher.run())
                 tg.create_task(self.collector.run())
+                tg.create_task(self.reaper.run())
                 tg.create_task(self.log_hub.run())
                 tg.create_task(self.api_log.run())
         finally:

@@ -1,0 +1,244 @@
+"""One-off dynos (`slipway run`, `run:detached`): naming, placing, ending, reaping.
+
+    run.N         N from a per-app counter ({prefix}/runseq/{app}): unique, increasing
+    node          the scheduler's own capacity rule (scheduler.choose_node)
+    placement     {prefix}/dynos/{app}/{instance}, like any dyno:
+                    attached: kind "attached", under a lease the RunDyno call keeps
+                              alive, so a controller that dies takes its sessions'
+                              dynos with it (the lease expires, the agent stops them)
+                    detached: kind "oneoff", no lease
+    ending        deleting the placement: the agent hangs up (SIGHUP), then stops the
+                  dyno the usual way (SIGTERM, grace, SIGKILL); `ps:stop run.N` is the same
+
+The leader's ``Reaper`` removes detached run.N placements once their agent
+reports them down (they exited), and run counters of apps that are gone.
+Release-phase dynos (release.N) are the release phase's own business.
+The relay of an attached session lives in controller/run_api.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from controller.leader import Leadership
+from controller.scheduler import CRASHED, DOWN, NodeInfo, Placement, choose_node
+from controller.sizes import DEFAULT_SIZE, SizeTable
+from controller.snapshot import load_nodes
+from controller.state import State
+from slipway import errors
+from slipway import log as slog
+from slipway.records import NodeRecord, StatusRecord
+
+log = slog.get("controller.oneoff")
+
+RUN_TYPE = "run"
+MAX_COMMAND_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    app: str
+    command: str
+    attach: bool
+    tty: bool = False
+    rows: int = 0
+    cols: int = 0
+    size: str = ""
+
+
+@dataclass(frozen=True)
+class Started:
+    placement: Placement
+    node: NodeRecord
+    lease_id: int | None  # attached: the lease the session keeps alive
+
+
+def next_run_number(raw: bytes | None) -> int:
+    """The counter's next value; a missing or unreadable counter starts at 1."""
+    try:
+        return int(raw or b"0") + 1
+    except ValueError:
+        return 1
+
+
+def finished_runs(
+    placements: Iterable[Placement], statuses: dict[str, StatusRecord]
+) -> list[Placement]:
+    """Detached run.N placements whose dyno has ended (pure; the reaper deletes them)."""
+    done = []
+    for p in placements:
+        if p.kind != "oneoff" or p.type != RUN_TYPE:
+            continue
+        status = statuses.get(p.instance_id)
+        if status is not None and status.state in (DOWN, CRASHED):
+            done.append(p)
+    return done
+
+
+def check_command(command: str) -> str:
+    command = command.strip()
+    if not command:
+        raise errors.InvalidArgument("no command given: slipway run -a APP COMMAND")
+    if len(command.encode()) > MAX_COMMAND_BYTES:
+        raise errors.InvalidArgument(f"the command is over {MAX_COMMAND_BYTES} bytes")
+    return command
+
+
+class OneOffs:
+    def __init__(self, state: State, sizes: SizeTable, *, lease_seconds: int = 10) -> None:
+        self.state = state
+        self.etcd = state.etcd
+        self.keys = state.keys
+        self.sizes = sizes
+        self.lease_seconds = lease_seconds
+
+    def seq_key(self, app: str) -> bytes:
+        return f"{self.keys.prefix}/runseq/{app}".encode()
+
+    async def _next_name(self, app: str) -> str:
+        key = self.seq_key(app)
+        number = 0
+
+        def bump(cur: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
+            nonlocal number
+            number = next_run_number(cur[key])
+            return {key: str(number).encode()}
+
+        await self.etcd.update([key], bump)
+        return f"{RUN_TYPE}.{number}"
+
+    async def start(self, req: RunRequest) -> Started:
+        """Validate, name, place and write the placement of a new one-off dyno."""
+        command = check_command(req.command)
+        release = await self.state.get_release(req.app, 0)
+        if not release.slug.digest:
+            raise errors.FailedPrecondition(f"{req.app} has no slug to run; deploy first")
+        size = self.sizes.get(req.size or DEFAULT_SIZE)
+        node_records, draining = await load_nodes(self.etcd, self.keys)
+        kvs, _ = await self.etcd.get_prefix(self.keys.dynos())
+        placements = [Placement.decode(kv.value) for kv in kvs]
+        if req.attach:
+            # Only nodes whose agent serves attach can run an attached dyno.
+            node_records = {n: r for n, r in node_records.items() if r.attach_port}
+        nodes = [
+            NodeInfo(r.name, r.address, r.capacity_mb, r.name in draining)
+            for r in node_records.values()
+        ]
+        node = choose_node(nodes, placements, req.app, RUN_TYPE, size.memory_mb)
+        if node is None:
+            raise errors.ResourceExhausted(
+                f"no node has {size.memory_mb} MB free for a {size.name} one-off dyno",
+                reason="no_capacity",
+            )
+        name = await self._next_name(req.app)
+        placement = Placement(
+            app=req.app,
+            name=name,
+            type=RUN_TYPE,
+            release=release.version,
+            node=node,
+            instance_id=uuid.uuid4().hex[:12],
+            memory_mb=size.memory_mb,
+            max_processes=size.max_processes,
+            size=size.name,
+            created_at=time.time(),
+            kind="attached" if req.attach else "oneoff",
+            command=command,
+            tty=req.attach and req.tty,
+            rows=req.rows if req.tty else 0,
+            cols=req.cols if req.tty else 0,
+            attach_token=secrets.token_urlsafe(32) if req.attach else "",
+        )
+        lease_id: int | None = None
+        if req.attach:
+            lease = await self.etcd.lease(self.lease_seconds)
+            lease_id = lease.id
+        await self.etcd.put(
+            self.keys.dyno(req.app, placement.instance_id), placement.encode(), lease=lease_id
+        )
+        log.info(
+            "one-off dyno placed",
+            app=req.app,
+            dyno=name,
+            node=node,
+            release=release.version,
+            attached=req.attach,
+            tty=placement.tty,
+        )
+        return Started(placement, node_records[node], lease_id)
+
+    async def keep_alive(self, lease_id: int) -> None:
+        """Refresh an attached dyno's lease until cancelled (the session owns this task)."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                if await self.etcd.refresh_lease(lease_id) <= 0:
+                    log.warning("one-off lease expired", lease=lease_id)
+                    return  # the placement is gone; the agent ends the dyno
+            except errors.SlipwayError as exc:
+                log.warning("one-off lease refresh failed", error=str(exc))
+
+    async def end(self, placement: Placement, lease_id: int | None) -> None:
+        """Remove the placement: the agent hangs up on the dyno and stops it."""
+        try:
+            await self.etcd.delete(self.keys.dyno(placement.app, placement.instance_id))
+            if lease_id is not None:
+                await self.etcd.revoke_lease(lease_id)
+        except errors.SlipwayError as exc:
+            # The lease (attached) still expires on its own a few seconds later.
+            log.warning(
+                "one-off placement not removed",
+                app=placement.app,
+                dyno=placement.name,
+                error=str(exc),
+            )
+
+
+class Reaper:
+    """The leader removes finished detached runs and counters of destroyed apps."""
+
+    def __init__(self, oneoffs: OneOffs, leadership: Leadership, *, interval: float = 2.0) -> None:
+        self.oneoffs = oneoffs
+        self.etcd = oneoffs.etcd
+        self.keys = oneoffs.keys
+        self.leadership = leadership
+        self.interval = interval
+
+    async def run(self) -> None:
+        while True:
+            await self.leadership.elected.wait()
+            try:
+                await self.reap_once()
+            except errors.SlipwayError as exc:
+                log.warning("one-off reaping failed", error=str(exc))
+            await asyncio.sleep(self.interval)
+
+    async def reap_once(self) -> list[Placement]:
+        kvs, _ = await self.etcd.get_prefix(self.keys.dynos())
+        placements = [Placement.decode(kv.value) for kv in kvs]
+        status_kvs, _ = await self.etcd.get_prefix(self.keys.statuses())
+        statuses = {}
+        for kv in status_kvs:
+            status = StatusRecord.decode(kv.value)
+            statuses[status.instance_id] = status
+        done = finished_runs(placements, statuses)
+        if not self.leadership.is_leader:
+            return []
+        for p in done:
+            await self.etcd.delete(self.keys.dyno(p.app, p.instance_id))
+            log.info("one-off dyno finished", app=p.app, dyno=p.name, node=p.node)
+        await self._forget_counters()
+        return done
+
+    async def _forget_counters(self) -> None:
+        prefix = f"{self.keys.prefix}/runseq/".encode()
+        seq_kvs, _ = await self.etcd.get_prefix(prefix)
+        for kv in seq_kvs:
+            app = kv.key[len(prefix) :].decode()
+            if await self.etcd.get(self.keys.app(app)) is None:
+                await self.etcd.delete(kv.key)

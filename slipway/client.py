@@ -293,3 +293,28 @@ class Client:
             f"cannot reach the controller at {', '.join(self.addresses)}: "
             f"{last.details() or 'unavailable'}"  # type: ignore[attr-defined]
         ) from last
+
+    # One-off dynos.
+
+    def run_dyno(self, requests: Iterator[pb.RunDynoRequest], *, timeout: float = 86400.0) -> Any:
+        """Open a RunDyno stream (the first request must be ``start``) on the first
+        controller that answers; returns the call: iterate it for the responses,
+        ``cancel()`` it to hang up. The deadline bounds the whole session (Heroku
+        cycles dynos daily, so one day)."""
+        last: Exception | None = None
+        for offset in range(len(self.addresses)):
+            index = (self._current + offset) % len(self.addresses)
+            channel = self.channel(self.addresses[index])
+            try:
+                # A stream cannot be replayed to another controller once its first
+                # message left, so pick one that is reachable first.
+                grpc.channel_ready_future(channel).result(timeout=self.timeout)
+            except grpc.FutureTimeoutError as exc:
+                last = exc
+                continue
+            self._current = index
+            stub = platform_pb2_grpc.PlatformServiceStub(channel)
+            return stub.RunDyno(requests, timeout=timeout, metadata=self.metadata)
+        raise errors.Unavailable(
+            f"cannot reach the controller at {', '.join(self.addresses)}"
+        ) from last

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 # Importing the command modules registers their commands on the group.
-from slipway.cli import apps, auth, builds, config_vars, logs, nodes, ps, releases, up  # noqa: F401
+from slipway.cli import (  # noqa: F401
+    apps,
+    auth,
+    builds,
+    config_vars,
+    logs,
+    nodes,
+    ps,
+    releases,
+    run,
+    up,
+)
 from slipway.cli.base import cli
 
 

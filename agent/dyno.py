@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
 import sys
@@ -257,6 +256,7 @@ class Dyno:
         # limited to 108 bytes and data dirs can be deep.
         args = ["--attach", self.paths.attach_sock.name]
         args += ["--linger", _seconds(self.rt.config.timings.attach_linger)]
+        args += ["--hangup-file", self.paths.hangup.name]
         if spec.tty:
             args += ["--tty", "--rows", str(spec.rows), "--cols", str(spec.cols)]
         return args
@@ -440,12 +440,11 @@ class Dyno:
     async def _hang_up(self) -> bool:
         """An attached dyno's client is gone: SIGHUP first, as a closed terminal would.
 
-        Also tells the shim not to hold the output for a client. True when the
-        dyno exited within the hang-up grace.
+        Also tells the shim (a file, so no start-up race) not to hold the output
+        for a client. True when the dyno exited within the hang-up grace.
         """
-        if shim_pid_alive(self.paths):  # never signal a recycled pid
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(self.paths.shim_pid.read_text().strip()), signal.SIGUSR1)
+        with contextlib.suppress(OSError):
+            self.paths.hangup.touch()
         self.heroku("Stopping all processes with SIGHUP")
         await self._kill(signal.SIGHUP)
         try:

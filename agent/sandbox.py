@@ -12,6 +12,7 @@ Per-dyno directory (DATA/dynos/{key}/):
     shim.pid      the shim supervising `runc run`
     status.json   written by the shim when the container exits
     attach.sock   attached one-offs only: the shim's socket for the dyno's stdio
+    hangup        attached one-offs only: the agent is stopping it (no client will come)
 
 The process runs ``bash -c`` that sources ``/app/.profile.d/*.sh`` and then
 runs the release command as a child instead of exec'ing it: the pid-1 of a pid
@@ -139,13 +140,17 @@ class DynoPaths:
         return self.root / "attach.sock"
 
     @property
+    def hangup(self) -> Path:
+        return self.root / "hangup"
+
+    @property
     def runc_log(self) -> Path:
         return self.root / "runc.log"
 
 
 def reset_run_files(paths: DynoPaths) -> None:
     """Forget the previous run: a fresh writable layer (ephemeral filesystem)."""
-    for p in (paths.pid, paths.shim_pid, paths.status, paths.attach_sock):
+    for p in (paths.pid, paths.shim_pid, paths.status, paths.attach_sock, paths.hangup):
         p.unlink(missing_ok=True)
     for d in (paths.upper, paths.work, paths.app_copy):
         if d.exists():

@@ -1,7 +1,8 @@
 """The per-dyno shim: keeps `runc run` and its exit status independent of the agent.
 
     python -m agent.shim --log OUT --status STATUS --pid-file SHIM_PID -- runc ... run ...
-    python -m agent.shim ... --attach SOCK [--tty --rows R --cols C] [--linger S] -- runc ...
+    python -m agent.shim ... --attach SOCK [--tty --rows R --cols C] [--linger S]
+                         [--hangup-file F] -- runc ...
 
 It forks once (the parent returns at once, so the agent does not own it),
 starts a new session, runs the foreground ``runc run`` with stdout and stderr
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=0)
     parser.add_argument("--cols", type=int, default=0)
     parser.add_argument("--linger", type=float, default=60.0)
+    parser.add_argument("--hangup-file", default="hangup", help="exists: stop lingering")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     opts = parser.parse_args(argv)
     command = [c for c in opts.command if c != "--"] if opts.command[:1] == ["--"] else opts.command
@@ -106,6 +108,7 @@ def _run_attached(command: list[str], opts: argparse.Namespace) -> int:
             rows=opts.rows,
             cols=opts.cols,
             linger=opts.linger,
+            hangup_path=opts.hangup_file,
         )
     except OSError as exc:
         with open(opts.log, "a") as fh:

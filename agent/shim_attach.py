@@ -20,8 +20,8 @@ terminal or pipe; a client flooding stdin blocks in its socket.
 
 The exit: when runc exits, the remaining output is delivered, then an EXIT
 frame. If no agent ever attached, the shim holds the output (and status) for
-up to ``linger`` seconds for one to arrive; SIGUSR1 (the agent stopping the
-dyno) ends that wait at once.
+up to ``linger`` seconds for one to arrive; the ``hangup`` file (created by
+the agent when it stops the dyno: nobody will come) ends that wait at once.
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ class Session:
         rows: int,
         cols: int,
         linger: float,
+        hangup_path: str,
     ) -> None:
         self.command = command
+        self.hangup_path = hangup_path
         self.tty = tty
         self.linger = linger
         self.sel = selectors.DefaultSelector()
@@ -75,7 +77,6 @@ class Session:
         self.eof_wanted = False
         self.in_fd: int | None = None
         self.outputs: dict[int, int] = {}  # fd -> frame kind
-        self.stop_lingering = False
         self.size = (rows, cols)
         self.proc: subprocess.Popen[bytes] | None = None
         self.master: int | None = None
@@ -147,7 +148,7 @@ class Session:
                     self._close_input()
             if status is not None:
                 if self.client is None:
-                    if self.ever_attached or self.stop_lingering:
+                    if self.ever_attached or os.path.exists(self.hangup_path):
                         return status  # the client left; status.json still tells
                     if now - exited_at > self.linger:
                         return status  # nobody came for the output
@@ -335,15 +336,19 @@ class Session:
 
 
 def run(
-    command: list[str], sock_path: str, *, tty: bool, rows: int, cols: int, linger: float
+    command: list[str],
+    sock_path: str,
+    *,
+    tty: bool,
+    rows: int,
+    cols: int,
+    linger: float,
+    hangup_path: str,
 ) -> int:
     """Run ``command`` (the foreground ``runc run``) attached; returns its exit status."""
-    session = Session(command, sock_path, tty=tty, rows=rows, cols=cols, linger=linger)
-
-    def on_usr1(_sig: int, _frame: object) -> None:
-        session.stop_lingering = True
-
-    signal.signal(signal.SIGUSR1, on_usr1)
+    session = Session(
+        command, sock_path, tty=tty, rows=rows, cols=cols, linger=linger, hangup_path=hangup_path
+    )
     try:
         session.start()
         return session.run()
@@ -354,7 +359,7 @@ def run(
 
 
 def _default_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1):
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
 
 

@@ -100,6 +100,7 @@ def test_client_disconnect_ends_the_dyno(cluster: LocalCluster) -> None:
             lambda: [d for d in runs(cluster, APP) if d["state"] == "up"], timeout=60
         )
         assert running[0]["type"] == "run" and running[0]["command"] == "sleep 600"
+        name = str(running[0]["name"])
         eventually(lambda: containers(cluster), timeout=30)
         proc.kill()  # the client vanishes without a word
         proc.wait(10)
@@ -107,6 +108,13 @@ def test_client_disconnect_ends_the_dyno(cluster: LocalCluster) -> None:
         eventually(lambda: not containers(cluster), timeout=60)
     finally:
         kill_quietly(proc)
+
+    def hung_up() -> bool:
+        out = cluster.controller.cli("logs", "-a", APP, "--dyno", name).stdout
+        # The hang-up, and the command dying of it (128 + SIGHUP).
+        return "Stopping all processes with SIGHUP" in out and "exited with status 129" in out
+
+    eventually(hung_up, timeout=30, interval=0.5)
 
 
 def test_ps_stop_ends_an_attached_dyno(cluster: LocalCluster) -> None:
@@ -117,8 +125,7 @@ def test_ps_stop_ends_an_attached_dyno(cluster: LocalCluster) -> None:
         )
         name = str(running[0]["name"])
         cluster.controller.cli("ps:stop", "-a", APP, name, check=True)
-        code = proc.wait(60)
-        assert code != 0  # sleep died of SIGHUP (or SIGTERM)
+        assert proc.wait(60) == 129  # the command died of the hang-up: 128 + SIGHUP
         eventually(lambda: not runs(cluster, APP), timeout=60)
         eventually(lambda: not containers(cluster), timeout=60)
     finally:

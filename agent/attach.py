@@ -108,6 +108,10 @@ class AttachServicer(node_pb2_grpc.AttachServiceServicer):
             # It ended (or never launched) before anyone attached.
             status = dyno.record.exit_status
             lg.info("attach to an ended dyno", exit_status=status)
+            if status is None:
+                why = "did not start" if not dyno.exited.is_set() else "ended before attaching"
+                note = f"slipway: {spec.name} {why}; `slipway logs -a {spec.app}` says why\n"
+                yield pb.AttachOutput(stderr=note.encode())
             yield pb.AttachOutput(exit_status=-1 if status is None else status)
             return
         reader, writer = conn

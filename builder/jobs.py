@@ -1,7 +1,7 @@
 """The build work queue on NATS JetStream, from the builder's side.
 
 Each slot pulls one job at a time from the durable consumer ``builders`` of the
-``BUILDS`` work-queue stream (see ``builder.protocol``). While a build runs the
+``BUILDS`` work-queue stream (see ``slipway.buildproto``). While a build runs the
 slot sends ``in_progress()`` every third of ``ack_wait``, so a 15-minute build
 keeps its job; a builder that dies stops sending them, the server redelivers
 the job to another builder after ``ack_wait``, and ``num_delivered`` tells the

@@ -15,7 +15,8 @@ from pathlib import Path
 import nats.errors
 import pytest
 
-from builder import jobs, protocol
+from builder import jobs
+from slipway import buildproto as protocol
 from slipway import engines, objstore
 from tests.harness.wait import eventually_async
 

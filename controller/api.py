@@ -209,6 +209,13 @@ class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer)
         return pb.ListNodesResponse(nodes=[convert.node(v) for v in await self.dynos.nodes()])
 
     @unary
+    async def DrainNode(
+        self, request: pb.DrainNodeRequest, context: Ctx, actor: str
+    ) -> pb.DrainNodeResponse:
+        remaining = await self.dynos.drain(request.node, undrain=request.undrain)
+        return pb.DrainNodeResponse(remaining_dynos=remaining)
+
+    @unary
     async def WhoAmI(
         self, request: pb.WhoAmIRequest, context: Ctx, actor: str
     ) -> pb.WhoAmIResponse:

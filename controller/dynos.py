@@ -144,3 +144,15 @@ class Dynos:
                 )
             )
         return views
+
+    async def drain(self, node: str, *, undrain: bool = False) -> int:
+        records, _ = await load_nodes(self.etcd, self.keys)
+        if node not in records and not undrain:
+            names = ", ".join(sorted(records)) or "none"
+            raise errors.NotFound(f"no node {node!r}; nodes: {names}")
+        if undrain:
+            await self.etcd.delete(self.keys.drain(node))
+        else:
+            await self.etcd.put(self.keys.drain(node), json.dumps({"since": time.time()}).encode())
+        placements = await load_placements(self.etcd, self.keys)
+        return sum(1 for p in placements if p.node == node)

@@ -169,6 +169,9 @@ class Client:
     def list_nodes(self) -> pb.ListNodesResponse:
         return self.platform("ListNodes", pb.ListNodesRequest())
 
+    def drain_node(self, node: str, *, undrain: bool = False) -> pb.DrainNodeResponse:
+        return self.platform("DrainNode", pb.DrainNodeRequest(node=node, undrain=undrain))
+
     def whoami(self) -> pb.WhoAmIResponse:
         return self.platform("WhoAmI", pb.WhoAmIRequest())
 

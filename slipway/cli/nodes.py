@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from slipway.cli.base import cli, json_option, with_client
@@ -51,3 +53,35 @@ def nodes_list(client: Client, as_json: bool) -> None:
             for n in nodes
         ],
     )
+
+
+@cli.command("nodes:drain")
+@click.argument("node")
+@click.option("--wait", is_flag=True, help="Wait until every dyno has moved off the node.")
+@click.option("--timeout", default=600, show_default=True, help="Seconds --wait waits at most.")
+@with_client
+def nodes_drain(client: Client, node: str, wait: bool, timeout: int) -> None:
+    """Move a node's dynos to other nodes before maintenance; nothing new lands on it."""
+    remaining = client.drain_node(node).remaining_dynos
+    click.echo(f"Draining {node}... {remaining} dyno(s) to move")
+    if not wait:
+        click.echo(
+            f"Follow with `slipway nodes`; end the drain with `slipway nodes:undrain {node}`."
+        )
+        return
+    deadline = time.monotonic() + timeout
+    while remaining:
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"{remaining} dyno(s) still on {node} after {timeout}s")
+        time.sleep(1)
+        remaining = next((n.dynos for n in client.list_nodes().nodes if n.name == node), 0)
+    click.echo(f"{node} is drained: no dynos left. Stop its agent for maintenance.")
+
+
+@cli.command("nodes:undrain")
+@click.argument("node")
+@with_client
+def nodes_undrain(client: Client, node: str) -> None:
+    """End a drain: the node takes new dynos again."""
+    client.drain_node(node, undrain=True)
+    click.echo(f"{node} takes new dynos again")

@@ -647,3 +647,17 @@ class RunDynoResponse(_message.Message):
     stderr: bytes
     exited: RunDynoExited
     def __init__(self, started: _Optional[_Union[RunDynoStarted, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exited: _Optional[_Union[RunDynoExited, _Mapping]] = ...) -> None: ...
+
+class DrainNodeRequest(_message.Message):
+    __slots__ = ("node", "undrain")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    UNDRAIN_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    undrain: bool
+    def __init__(self, node: _Optional[str] = ..., undrain: _Optional[bool] = ...) -> None: ...
+
+class DrainNodeResponse(_message.Message):
+    __slots__ = ("remaining_dynos",)
+    REMAINING_DYNOS_FIELD_NUMBER: _ClassVar[int]
+    remaining_dynos: int
+    def __init__(self, remaining_dynos: _Optional[int] = ...) -> None: ...

@@ -120,6 +120,11 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/slipway.v1.PlatformService/DrainNode',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.DrainNodeResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/slipway.v1.PlatformService/WhoAmI',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.SerializeToString,
@@ -289,6 +294,14 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """Marks a node as draining (its dynos move to other nodes; nothing new lands
+        on it), or, with `undrain`, makes it schedulable again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WhoAmI(self, request, context):
         """Returns the identity of the caller's token; used by `slipway login`.
         """
@@ -452,6 +465,11 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.ListNodesRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.DrainNodeRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.DrainNodeResponse.SerializeToString,
             ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
@@ -958,6 +976,33 @@ class PlatformService:
             '/slipway.v1.PlatformService/ListNodes',
             slipway_dot_v1_dot_platform__pb2.ListNodesRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/DrainNode',
+            slipway_dot_v1_dot_platform__pb2.DrainNodeRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.DrainNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -233,3 +233,44 @@ def test_new_release_replaces_every_dyno_without_dropping_to_zero(cluster: Local
         watcher.join()
     assert fewest_routes[0] >= 1, "a web app never dropped to zero routed dynos"
     assert not failures
+
+
+def test_restart_stop_and_drain(cluster: LocalCluster) -> None:
+    cluster.add_agent("node-a")
+    cluster.add_agent("node-b")
+    cli = cluster.controller.cli
+    cli("apps:create", "ops", check=True)
+    eventually(lambda: len(json.loads(cli("nodes", "--json", check=True).stdout)) == 2, 30)
+    deploy(cluster, "ops")
+    cli("ps:scale", "-a", "ops", "web=2", check=True)
+    eventually(lambda: len(up_web(cluster, "ops")) == 2, 60)
+
+    before = {d["name"]: d["instance_id"] for d in dynos(cluster, "ops")}
+    out = cli("ps:restart", "-a", "ops", "web.1", check=True).stdout
+    assert "Restarting web.1 on ops... done" in out
+    eventually(lambda: len(up_web(cluster, "ops")) == 2, 60)
+    after = {d["name"]: d["instance_id"] for d in dynos(cluster, "ops")}
+    assert after["web.1"] != before["web.1"] and after["web.2"] == before["web.2"]
+
+    out = cli("ps:stop", "-a", "ops", "web.2", check=True).stdout
+    assert "Stopping web.2 on ops... done" in out
+    eventually(
+        lambda: (
+            {d["name"]: d["instance_id"] for d in up_web(cluster, "ops")}.get("web.2")
+            not in (None, after["web.2"])
+        ),
+        60,
+    )
+    missing = cli("ps:restart", "-a", "ops", "clock")
+    assert missing.returncode == 1 and "no dyno or process type 'clock'" in missing.stderr
+
+    out = cli("nodes:drain", "node-a", "--wait", "--timeout", "60", check=True).stdout
+    assert "node-a is drained" in out
+    assert {d["node"] for d in up_web(cluster, "ops")} == {"node-b"}
+    nodes = {n["name"]: n for n in json.loads(cli("nodes", "--json", check=True).stdout)}
+    assert nodes["node-a"]["status"] == "draining"
+    cli("nodes:undrain", "node-a", check=True)
+    nodes = {n["name"]: n for n in json.loads(cli("nodes", "--json", check=True).stdout)}
+    assert nodes["node-a"]["status"] == "ready"
+    unknown = cli("nodes:drain", "node-zz")
+    assert unknown.returncode == 1 and "no node 'node-zz'" in unknown.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -186,7 +187,14 @@ class RouteTable:
 
 
 class TableWatcher:
-    """Keeps a :class:`RouteTable` in step with etcd, surviving etcd outages."""
+    """Keeps a :class:`RouteTable` in step with etcd, surviving etcd outages.
+
+    The etcd client (gRPC) runs in a thread of its own with a plain asyncio
+    loop: gRPC's asyncio integration is not reliable on uvloop, and the loop
+    that serves requests should never run gRPC work anyway. The thread only
+    reads etcd; every change to the table is handed to the serving loop with
+    ``call_soon_threadsafe``, so the table is only ever touched by one thread.
+    """
 
     def __init__(
         self,
@@ -208,6 +216,35 @@ class TableWatcher:
         self.relists = 0
 
     async def run(self) -> None:
+        main = asyncio.get_running_loop()
+        started = threading.Event()
+        handle: dict[str, object] = {}
+
+        def thread_main() -> None:
+            async def body() -> None:
+                handle["loop"] = asyncio.get_running_loop()
+                handle["task"] = asyncio.current_task()
+                started.set()
+                await self._watch(main)
+
+            try:
+                asyncio.run(body())
+            except asyncio.CancelledError:
+                pass
+
+        thread = threading.Thread(target=thread_main, name="route-watcher", daemon=True)
+        thread.start()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            await main.run_in_executor(None, started.wait, 5.0)
+            loop, task = handle.get("loop"), handle.get("task")
+            if isinstance(loop, asyncio.AbstractEventLoop) and isinstance(task, asyncio.Task):
+                loop.call_soon_threadsafe(task.cancel)
+            await main.run_in_executor(None, thread.join, 5.0)
+
+    # -- in the watcher thread ------------------------------------------------
+    async def _watch(self, main: asyncio.AbstractEventLoop) -> None:
         prefix = self.keys.routes()
         etcd = Etcd(self.endpoints)
         try:
@@ -215,24 +252,24 @@ class TableWatcher:
                 try:
                     await etcd.connect()
                     kvs, revision = await etcd.get_prefix(prefix)
-                    self.table.replace(kvs, revision)
-                    self.relists += 1
-                    self.connected = True
-                    self.ready.set()
+                    main.call_soon_threadsafe(self._loaded, kvs, revision)
                     self.backoff.reset()
-                    logger.info("route table loaded", revision=revision, apps=len(self.table.apps))
                     try:
                         async with asyncio.timeout(self.resync_interval):
                             async for event in etcd.watch_prefix(prefix, revision + 1):
-                                self.table.apply(
-                                    event.kind, event.key, event.value, event.mod_revision
+                                main.call_soon_threadsafe(
+                                    self.table.apply,
+                                    event.kind,
+                                    event.key,
+                                    event.value,
+                                    event.mod_revision,
                                 )
                     except TimeoutError:
                         continue  # periodic full resync
                     # The stream ended without an error: treat like a break.
                     raise errors.Unavailable("etcd watch ended", reason="etcd_unavailable")
                 except (errors.SlipwayError, OSError) as exc:
-                    self.connected = False
+                    main.call_soon_threadsafe(self._lost)
                     delay = self.backoff.next()
                     # Keep serving from the table we have; just try again later.
                     logger.warning(
@@ -246,3 +283,14 @@ class TableWatcher:
                 await asyncio.wait_for(etcd.close(), 2.0)
             except Exception:
                 pass
+
+    # -- on the serving loop ----------------------------------------------------
+    def _loaded(self, kvs: list[KV], revision: int) -> None:
+        self.table.replace(kvs, revision)
+        self.relists += 1
+        self.connected = True
+        self.ready.set()
+        logger.info("route table loaded", revision=revision, apps=len(self.table.apps))
+
+    def _lost(self) -> None:
+        self.connected = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -82,9 +83,27 @@ async def test_nats_down_lines_dropped_and_counted_requests_carry_on(etcd_endpoi
     await dyno.stop()
 
 
+def consecutive_free_ports(count: int, avoid: int) -> int:
+    """A port P with P .. P+count-1 all free (worker N serves metrics on P+N)."""
+    for _ in range(100):
+        first = engines.free_port()
+        ports = range(first, first + count)
+        if avoid in ports:
+            continue
+        try:
+            for p in ports:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError("no run of free ports")
+
+
 @pytest.fixture
 def two_workers(etcd_endpoint: str, etcd_prefix: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    port, metrics = engines.free_port(), engines.free_port()
+    port = engines.free_port()
+    metrics = consecutive_free_ports(2, avoid=port)
     log = open(tmp_path / "router.log", "wb")
     proc = subprocess.Popen(
         [

@@ -130,7 +130,12 @@ class RunService:
                 raise errors.InvalidArgument("the first RunDyno message must be start")
             started = await self.oneoffs.start(run_request(first.start))
         except errors.SlipwayError as exc:
+            log.info("run refused", error=exc.message, code=exc.code.name)
             await context.abort(exc.code, exc.message)
+            return
+        except Exception:
+            log.exception("run failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the controller")
             return
         p = started.placement
         yield pb.RunDynoResponse(

@@ -241,3 +241,21 @@ async def test_h99_every_dyno_quarantined(etcd_endpoint, etcd_prefix, nats_url):
         assert all(
             rt.router.balancer.is_quarantined(d.address) for d in rt.router.table.dyno_list["demo"]
         )
+
+
+async def test_h18_dyno_cuts_the_response(etcd_endpoint, etcd_prefix, nats_url):
+    async def cut(req: Req, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+        writer.close()
+        raise ConnectionResetError
+
+    dyno = await Dyno("web.1", cut).start()
+    async with scene(etcd_endpoint, etcd_prefix, nats_url, dynos=[dyno]) as (rt, tap):
+        reader, writer = await asyncio.open_connection("127.0.0.1", rt.port)
+        writer.write(f"GET /cut HTTP/1.1\r\nHost: demo.{BASE}\r\n\r\n".encode())
+        data = await reader.read()  # the router can only cut the client off too
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"only part")
+        writer.close()
+        line = await tap.wait_for("code=H18", 'path="/cut"')
+        assert 'desc="Server Request Interrupted"' in line.message

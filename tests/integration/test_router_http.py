@@ -216,3 +216,28 @@ async def test_websocket_echo_through_the_router(etcd_endpoint, etcd_prefix):
             assert await reader.read() == b""  # the dyno closed, so did the router
             writer.close()
     await dyno.stop()
+
+
+async def test_http10_client_gets_a_dechunked_body_ended_by_close(etcd_endpoint, etcd_prefix):
+    async def chunked(req: Req, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+        return True
+
+    dyno = await Dyno("web.1", chunked).start()
+    async with routes(etcd_endpoint, etcd_prefix) as r:
+        await r.app("demo")
+        await r.dyno("demo", dyno)
+        async with start_router(router_config(etcd_endpoint, etcd_prefix)) as rt:
+            data = await raw(
+                rt.port,
+                f"GET / HTTP/1.0\r\nHost: demo.{BASE}\r\nConnection: keep-alive\r\n\r\n".encode(),
+            )
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert b"transfer-encoding" not in head.lower()  # HTTP/1.0 has no chunking
+            assert b"connection: close" in head.lower()
+            assert body == b"hello world"
+    await dyno.stop()

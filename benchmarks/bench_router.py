@@ -212,6 +212,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=4)
     ap.add_argument(
+        "--logs-off",
+        action="store_true",
+        help="run the router without NATS logs (for comparison only; the target is logs on)",
+    )
+    ap.add_argument(
         "--profile",
         metavar="FILE",
         help="run only the router, under cProfile, and write its stats to FILE",
@@ -264,7 +269,7 @@ def main() -> None:
                     "--base-domain",
                     BASE,
                     "--nats",
-                    f"nats://127.0.0.1:{nats.port}",
+                    "" if args.logs_off else f"nats://127.0.0.1:{nats.port}",
                     "--metrics-listen",
                     f"127.0.0.1:{metrics_port}",
                     "--log-level",

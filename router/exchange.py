@@ -568,38 +568,42 @@ class Exchange:
             # Those pauses were this exchange's; the next one starts unpaused.
             client.unpause(flow.PAUSE_UPSTREAM_FULL)
             client.unpause(flow.PAUSE_BUFFER)
+        self.log(status, error)
+        client.exchange_done(self, keep_alive)
+
+    def log(self, status: int, error: RouterError | None) -> None:
+        """Count the request and queue its Heroku-format line for the app's log."""
         shared = self.shared
-        code = error.code if error is not None else ""
-        shared.metrics.request(status, code)
+        shared.metrics.request(status, error.code if error is not None else "")
         app = self.app
-        if app is not None:
-            now = self.client.loop.time()
-            dyno = self.dyno
-            if self.t_sent:
-                connect_ms = int((self.t_sent - self.t_start) * 1000)
-                service_ms = int((now - self.t_sent) * 1000)
-            else:
-                connect_ms = 0
-                service_ms = int((now - self.t_start) * 1000)
-            shared.shipper.emit(
-                app.name,
-                format_line(
-                    method=self.method.decode("latin-1"),
-                    path=self.url.decode("latin-1"),
-                    host=self.host,
-                    request_id=self.request_id.decode("latin-1"),
-                    fwd=self.fwd.decode("latin-1"),
-                    dyno=dyno.name if dyno is not None and self.t_sent else "",
-                    connect_ms=connect_ms,
-                    service_ms=service_ms,
-                    status=status,
-                    bytes_sent=self.bytes_out,
-                    protocol=shared.proto,
-                    code=code if error is not None and error.is_error else "",
-                    desc=error.desc if error is not None and error.is_error else "",
-                ),
-            )
-        self.client.exchange_done(self, keep_alive)
+        if app is None:
+            return  # no app, no app log (unknown host, refused request)
+        now = self.client.loop.time()
+        if self.t_sent:
+            connect_ms = int((self.t_sent - self.t_start) * 1000)
+            service_ms = int((now - self.t_sent) * 1000)
+            dyno = self.dyno.name if self.dyno is not None else ""
+        else:
+            connect_ms, service_ms, dyno = 0, int((now - self.t_start) * 1000), ""
+        flagged = error is not None and error.is_error
+        shared.shipper.emit(
+            app.name,
+            format_line(
+                method=self.method.decode("latin-1"),
+                path=self.url.decode("latin-1"),
+                host=self.host,
+                request_id=self.request_id.decode("latin-1"),
+                fwd=self.fwd.decode("latin-1"),
+                dyno=dyno,
+                connect_ms=connect_ms,
+                service_ms=service_ms,
+                status=status,
+                bytes_sent=self.bytes_out,
+                protocol=shared.proto,
+                code=error.code if flagged and error is not None else "",
+                desc=error.desc if flagged and error is not None else "",
+            ),
+        )
 
     def fail(self, error: RouterError) -> None:
         """Answer with the router's own page (or cut the connection if the
@@ -703,27 +707,7 @@ class Exchange:
 
     def complete_tunnel(self) -> None:
         self.release_dyno()
-        self.shared.metrics.request(101, "")
-        app = self.app
-        if app is None:
-            return
-        now = self.client.loop.time()
-        self.shared.shipper.emit(
-            app.name,
-            format_line(
-                method=self.method.decode("latin-1"),
-                path=self.url.decode("latin-1"),
-                host=self.host,
-                request_id=self.request_id.decode("latin-1"),
-                fwd=self.fwd.decode("latin-1"),
-                dyno=self.dyno.name if self.dyno else "",
-                connect_ms=int((self.t_sent - self.t_start) * 1000),
-                service_ms=int((now - self.t_sent) * 1000),
-                status=101,
-                bytes_sent=self.bytes_out,
-                protocol=self.shared.proto,
-            ),
-        )
+        self.log(101, None)
 
     def tunnel_from_upstream(self, data: bytes) -> None:
         client = self.client

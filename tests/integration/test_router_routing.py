@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import Counter
 
 import pytest
@@ -172,3 +173,41 @@ async def test_etcd_outage_keeps_last_table_and_catches_up(tmp_path, nats_url):
             etcd.stop()
         await one.stop()
         await two.stop()
+
+
+async def test_connect_timeout_quarantines_and_retries(etcd_endpoint, etcd_prefix):
+    # A listener that never accepts, with its backlog filled: further SYNs are
+    # dropped, so connecting to it hangs (the "not connected in 5 s" case).
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    address = f"127.0.0.1:{blackhole.getsockname()[1]}"
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(blackhole.getsockname())
+        fillers.append(s)
+    good = await Dyno("web.1").start()
+    config = router_config(etcd_endpoint, etcd_prefix, connect_timeout=0.3, quarantine=30.0)
+    try:
+        async with (
+            routes(etcd_endpoint, etcd_prefix) as r,
+            start_router(config) as rt,
+        ):
+            await r.app("demo", web=2)
+            await r.dyno("demo", good)
+            await r.dyno("demo", "web.2", address=address)
+            await eventually_async(
+                check(lambda: len(rt.router.table.dyno_list.get("demo", ())) == 2)
+            )
+            results = [await request(rt.port) for _ in range(20)]
+            assert [res.status for res in results] == [200] * 20
+            assert {res.body for res in results} == {b"hello from web.1"}
+            assert rt.router.balancer.is_quarantined(address)
+    finally:
+        for s in fillers:
+            s.close()
+        blackhole.close()
+        await good.stop()

@@ -13,11 +13,13 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 
 import click
 
 from router.config import Limits, Listen, LogConfig, RouterConfig
-from slipway import log
+from slipway import conffile, log, sdnotify
 
 logger = log.get(__name__)
 
@@ -30,6 +32,7 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@conffile.config_option("SLIPWAY_ROUTER_CONFIG")
 @click.option(
     "--listen",
     "-l",
@@ -143,12 +146,14 @@ def main(
     )
     log.configure("router", log_level)
     if workers == 1:
-        run_worker(config, 0)
+        run_worker(config, 0, on_listening=lambda: sdnotify.ready("listening"))
         return
     supervise(config)
 
 
-def run_worker(config: RouterConfig, index: int) -> None:
+def run_worker(
+    config: RouterConfig, index: int, on_listening: Callable[[], object] | None = None
+) -> None:
     import uvloop
 
     from router.server import Router
@@ -163,31 +168,62 @@ def run_worker(config: RouterConfig, index: int) -> None:
             signals += 1
             if signals > 1:
                 os._exit(1)  # a second signal forces the exit
+            sdnotify.stopping()  # a no-op in forked workers: they have no NOTIFY_SOCKET
             router.stop()
+
+        async def notify_listening() -> None:
+            await router.listening.wait()
+            if on_listening is not None:
+                on_listening()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        await router.run()
+        notifier = asyncio.create_task(notify_listening())
+        try:
+            await router.run()
+        finally:
+            notifier.cancel()
 
     uvloop.run(serve())
 
 
 def supervise(config: RouterConfig) -> None:
     ctx = multiprocessing.get_context("fork")
+    # Workers report "listening" here; systemd only hears the parent (NotifyAccess=main),
+    # so the parent says READY=1 once every worker listens.
+    listening = ctx.SimpleQueue()
+    notify_socket = os.environ.pop("NOTIFY_SOCKET", None)  # workers must not notify
     procs = [
-        ctx.Process(target=run_worker, args=(config, i), name=f"router-{i}")
+        ctx.Process(
+            target=run_worker,
+            args=(config, i, lambda i=i: listening.put(i)),
+            name=f"router-{i}",
+        )
         for i in range(config.workers)
     ]
     for proc in procs:
         proc.start()
+    if notify_socket is not None:
+        os.environ["NOTIFY_SOCKET"] = notify_socket
+
+    def await_workers() -> None:
+        for _ in procs:
+            listening.get()
+        sdnotify.ready(f"{len(procs)} workers listening")
+
+    threading.Thread(target=await_workers, name="router-ready", daemon=True).start()
 
     def forward(signum: int, _frame: object) -> None:
         for proc in procs:
             if proc.pid is not None and proc.is_alive():
                 os.kill(proc.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    def on_stop(signum: int, frame: object) -> None:
+        sdnotify.stopping()
+        forward(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     code = 0
     for proc in procs:
         proc.join()

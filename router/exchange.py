@@ -330,11 +330,9 @@ class Exchange:
         shared = self.shared
         added = [
             b"X-Forwarded-For: " + self.fwd,
-            b"X-Forwarded-Proto: " + shared.proto.encode(),
-            b"X-Forwarded-Port: " + client.local_port,
             b"X-Request-Start: %d" % int(time.time() * 1000),
             b"X-Request-Id: " + self.request_id,
-            b"Via: " + VIA,
+            client.fixed_headers,  # X-Forwarded-Proto, X-Forwarded-Port, Via
         ]
         head = request_head(self.method, self.url, self.headers, info, added, upgrade=self.upgrade)
         if self.body_buf:

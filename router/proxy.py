@@ -27,7 +27,7 @@ import httptools
 from router import errors_page as pages
 from router.errors_page import RouterError
 from router.exchange import Exchange
-from router.headers import BadRequest
+from router.headers import VIA, BadRequest
 
 if TYPE_CHECKING:
     from router.exchange import Shared
@@ -58,6 +58,7 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_ip = "unknown"
         self.local_port = b"80"
+        self.fixed_headers = b""
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.parsing: Exchange | None = None
@@ -92,6 +93,12 @@ class ClientProtocol(asyncio.Protocol):
         if sock:
             self.local_port = str(sock[1]).encode()
         shared = self.shared
+        # The same for every request on this connection: built once.
+        self.fixed_headers = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %s\r\nVia: %s" % (
+            shared.proto.encode(),
+            self.local_port,
+            VIA,
+        )
         shared.clients.add(self)
         shared.metrics.connections_active += 1
         shared.metrics.connections_total += 1

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import click
 
-from agent.attach import AttachServer
+from agent.attach import AttachServer, host_port
 from agent.config import AGENT_VERSION, DEFAULT_RESERVE_MB, AgentConfig, RestartSchedule, Timings
 from agent.config import default_memory_mb as _default_memory_mb
 from agent.link import ControllerLink
 from agent.main_runtime import build_runtime
 from agent.supervisor import DynoSupervisor
-from slipway import log
+from slipway import conffile, log, sdnotify
 from slipway.backoff import Backoff
 
 logger = log.get("agent")
@@ -81,6 +81,9 @@ async def run_agent(config: AgentConfig) -> None:
         link.attach_port = await attach_port()
         await link.run()
 
+    # Presence in etcd when configured, else the controller link, says "registered".
+    registered = asyncio.Event() if config.etcd_endpoints else link.connected
+
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(supervisor.run())
@@ -91,10 +94,31 @@ async def run_agent(config: AgentConfig) -> None:
             if config.health_port:
                 tg.create_task(_serve_health(config))
             if config.etcd_endpoints:
-                tg.create_task(_run_presence(config, supervisor, await_port=attach_port))
+                tg.create_task(
+                    _run_presence(config, supervisor, await_port=attach_port, registered=registered)
+                )
+            tg.create_task(_notify_ready(config, supervisor, registered))
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(fetch.close(), 2)
+
+
+async def _notify_ready(
+    config: AgentConfig, supervisor: DynoSupervisor, registered: asyncio.Event
+) -> None:
+    """systemd Type=notify: READY=1 once dynos are adopted and the node is registered.
+
+    Registration is waited for at most ``timings.ready_wait``: the agent is
+    useful (dynos supervised) even while etcd or the controllers are away.
+    """
+    await supervisor.ready.wait()
+    try:
+        await asyncio.wait_for(registered.wait(), config.timings.ready_wait)
+        status = "dynos adopted; node registered"
+    except TimeoutError:
+        logger.warning("node not registered yet; reporting ready", node=config.node)
+        status = "dynos adopted; node not registered yet"
+    sdnotify.ready(status)
 
 
 async def _run_presence(
@@ -102,6 +126,7 @@ async def _run_presence(
     supervisor: DynoSupervisor,
     *,
     await_port: Callable[[], Awaitable[int]],
+    registered: asyncio.Event,
 ) -> None:
     """Node, dyno statuses and routes in etcd under the node's lease."""
     from agent.presence import Presence
@@ -128,6 +153,7 @@ async def _run_presence(
             presence = Presence(
                 etcd, Keys(config.etcd_prefix), record, supervisor.snapshot, ttl=config.presence_ttl
             )
+            presence.registered = registered  # shared with readiness (_notify_ready)
             await presence.run()
         except Exception as exc:
             # etcd away must never touch dynos: retry quietly.
@@ -145,7 +171,7 @@ async def _serve_health(config: AgentConfig) -> None:
     server = grpc.aio.server()
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    server.add_insecure_port(f"{config.advertise_address}:{config.health_port}")
+    server.add_insecure_port(host_port(config.advertise_address, config.health_port))
     await server.start()
     await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     try:
@@ -166,6 +192,7 @@ async def _main(config: AgentConfig) -> None:
         if signals_seen > 1:
             os._exit(1)
         logger.info("agent stopping; dynos keep running")
+        sdnotify.stopping()
         task.cancel()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -174,7 +201,8 @@ async def _main(config: AgentConfig) -> None:
         await run_agent(config)
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@conffile.config_option("SLIPWAY_AGENT_CONFIG")
 @click.option(
     "--controllers",
     envvar="SLIPWAY_CONTROLLERS",

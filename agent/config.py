@@ -53,6 +53,10 @@ class Timings:
     attach_timeout: float = 120.0
     attach_linger: float = 60.0
     hangup_grace: float = 2.0
+    # systemd readiness: READY=1 once dynos are adopted and the node is registered
+    # (etcd presence, else the controller link), or after this long regardless:
+    # dynos run either way, and a start job should not hang on a far-away etcd.
+    ready_wait: float = 30.0
 
 
 def default_memory_mb(reserve_mb: int = DEFAULT_RESERVE_MB) -> int:

@@ -19,7 +19,7 @@ import click
 from builder.build import BuildRunner, Limits
 from builder.jobs import BuildQueue, QueueSettings
 from builder.sandbox import DEFAULT_MEMORY_MB, DEFAULT_PIDS, RuncSandbox
-from slipway import archive, log, objstore, oci
+from slipway import archive, conffile, log, objstore, oci, sdnotify
 
 _log = log.get("builder")
 
@@ -42,7 +42,7 @@ async def serve(
     )
     await sandbox.prepare()
     nc = await objstore.connect(servers, name=f"slipway-builder-{name}")
-    stores = objstore.ObjectStores(nc.jetstream())
+    stores = objstore.ObjectStores(nc.jetstream(), replicas=settings.replicas)
     await stores.ensure_buckets()
     runner = BuildRunner(stores, sandbox, data_dir / "builds", limits)
     queue = BuildQueue(nc, runner, name=name, slots=slots, settings=settings)
@@ -56,6 +56,7 @@ async def serve(
         signals += 1
         queue.stop_accepting()
         if signals == 1:
+            sdnotify.stopping()
             _log.info("draining", node=name, busy=queue.busy)
         else:
             stop.set()
@@ -65,17 +66,25 @@ async def serve(
     try:
         async with asyncio.TaskGroup() as tg:
             work = tg.create_task(queue.run())
+            notify = tg.create_task(_notify_ready(queue, name))
             drained = tg.create_task(_drain_watch(queue, stop, drain_timeout))
             await asyncio.wait({work, drained}, return_when=asyncio.FIRST_COMPLETED)
             # Either every slot stopped after draining, or the drain gave up:
             # cancelling hands unfinished jobs back.
             work.cancel()
             drained.cancel()
+            notify.cancel()
     finally:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await nc.drain()
         _log.info("builder stopped", node=name)
+
+
+async def _notify_ready(queue: BuildQueue, name: str) -> None:
+    """systemd Type=notify: ready once the work-queue consumer is bound."""
+    await queue.ready.wait()
+    sdnotify.ready(f"builder {name} taking jobs")
 
 
 async def _drain_watch(queue: BuildQueue, stop: asyncio.Event, drain_timeout: float) -> None:
@@ -92,12 +101,21 @@ async def _drain_watch(queue: BuildQueue, stop: asyncio.Event, drain_timeout: fl
 
 
 @click.command(context_settings={"auto_envvar_prefix": "SLIPWAY_BUILDER"})
+@conffile.config_option("SLIPWAY_BUILDER_CONFIG")
 @click.option(
     "--nats",
     "nats_servers",
     default="nats://127.0.0.1:4222",
     show_default=True,
     help="NATS servers, comma separated.",
+)
+@click.option(
+    "--nats-replicas",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Copies JetStream keeps of the build streams and buckets this builder creates "
+    "(3 on a 3-server NATS cluster).",
 )
 @click.option(
     "--data-dir",
@@ -165,6 +183,7 @@ async def _drain_watch(queue: BuildQueue, stop: asyncio.Event, drain_timeout: fl
 @click.option("--log-level", default=None)
 def main(
     nats_servers: str,
+    nats_replicas: int,
     data_dir: Path,
     name: str,
     slots: int,
@@ -187,7 +206,7 @@ def main(
         slug_max_bytes=slug_max_mb * archive.MB,
         source_max_bytes=source_max_mb * archive.MB,
     )
-    settings = QueueSettings(ack_wait=ack_wait, max_deliver=max_deliver)
+    settings = QueueSettings(ack_wait=ack_wait, max_deliver=max_deliver, replicas=nats_replicas)
     asyncio.run(
         serve(
             servers=[s.strip() for s in nats_servers.split(",") if s.strip()],

@@ -50,10 +50,12 @@ class QueueSettings:
     ack_wait: float = protocol.DEFAULT_ACK_WAIT
     max_deliver: int = protocol.DEFAULT_MAX_DELIVER
     retry_delay: float = 5.0
+    # Copies of BUILDS and BUILD_EVENTS if this builder is the one creating them.
+    replicas: int = 1
 
 
 async def ensure_consumer(js: JetStreamContext, settings: QueueSettings) -> None:
-    await protocol.ensure_streams(js)
+    await protocol.ensure_streams(js, replicas=settings.replicas)
     config = nats.js.api.ConsumerConfig(
         durable_name=protocol.CONSUMER,
         ack_policy=nats.js.api.AckPolicy.EXPLICIT,
@@ -185,6 +187,7 @@ class BuildQueue:
         self._accepting = asyncio.Event()
         self._accepting.set()
         self.busy = 0
+        self.ready = asyncio.Event()  # set once the consumer is bound (systemd readiness)
 
     @property
     def accepting(self) -> bool:
@@ -197,6 +200,7 @@ class BuildQueue:
     async def run(self) -> None:
         await ensure_consumer(self._js, self._settings)
         _log.info("builder ready", node=self.name, slots=self._slots)
+        self.ready.set()
         async with asyncio.TaskGroup() as tg:
             exhausted = tg.create_task(fail_exhausted_jobs(self._nc, self.name))
             slots = [tg.create_task(self._slot(slot)) for slot in range(self._slots)]

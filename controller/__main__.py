@@ -6,28 +6,23 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from controller.auth import Tokens
-from controller.config import ControllerConfig, split_list
+from controller.config import FILE_KEYS, ControllerConfig, split_list
 from controller.server import serve
-from slipway import errors
+from slipway import conffile, errors
 from slipway import log as slog
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 
 T = TypeVar("T")
 
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="SLIPWAY_CONTROLLER_CONFIG",
-    help="TOML file with settings (flags win over it).",
-)
+# Every command reads the same file; settings without a flag of their own
+# (sizes, GC, timeouts: see deploy/config/controller.toml) are file-only.
+config_option = conffile.config_option("SLIPWAY_CONTROLLER_CONFIG", file_only=FILE_KEYS)
 etcd_option = click.option(
     "--etcd",
     envvar="SLIPWAY_ETCD",
@@ -42,9 +37,9 @@ prefix_option = click.option(
 )
 
 
-def _load(config_path: Path | None, **overrides: Any) -> ControllerConfig:
+def _load(**flags: Any) -> ControllerConfig:
     try:
-        return ControllerConfig.load(config_path, **overrides)
+        return ControllerConfig.build(conffile.file_only_settings(), conffile.source(), **flags)
     except errors.SlipwayError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -82,28 +77,35 @@ def cli() -> None:
     help="NATS servers, comma-separated.  [default: nats://127.0.0.1:4222]",
 )
 @click.option(
+    "--nats-replicas",
+    envvar="SLIPWAY_NATS_REPLICAS",
+    type=click.IntRange(1, 5),
+    help="Copies JetStream keeps of each stream and bucket the controller creates "
+    "(3 on a 3-server NATS cluster).  [default: 1]",
+)
+@click.option(
     "--base-domain",
     envvar="SLIPWAY_BASE_DOMAIN",
     help="Apps answer at APP.BASE_DOMAIN on the routers.  [default: localhost]",
 )
 @click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="info", show_default=True)
 def serve_cmd(
-    config_path: Path | None,
     listen: str | None,
     etcd: str | None,
     etcd_prefix: str | None,
     nats: str | None,
+    nats_replicas: int | None,
     base_domain: str | None,
     log_level: str,
 ) -> None:
     """Serve the PlatformService API until SIGTERM."""
     slog.configure("controller", log_level)
     config = _load(
-        config_path,
         listen=listen,
         etcd=split_list(etcd),
         etcd_prefix=etcd_prefix,
         nats=split_list(nats),
+        nats_replicas=nats_replicas,
         base_domain=base_domain,
     )
     _run(lambda: serve(config))
@@ -115,12 +117,11 @@ def tokens() -> None:
 
 
 def _with_tokens(
-    config_path: Path | None,
     etcd: str | None,
     etcd_prefix: str | None,
     action: Callable[[Tokens], Awaitable[T]],
 ) -> T:
-    config = _load(config_path, etcd=split_list(etcd), etcd_prefix=etcd_prefix)
+    config = _load(etcd=split_list(etcd), etcd_prefix=etcd_prefix)
 
     async def go() -> T:
         async with Etcd(config.etcd) as client:
@@ -135,11 +136,9 @@ def _with_tokens(
 @etcd_option
 @prefix_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def tokens_create(
-    name: str, config_path: Path | None, etcd: str | None, etcd_prefix: str | None, as_json: bool
-) -> None:
+def tokens_create(name: str, etcd: str | None, etcd_prefix: str | None, as_json: bool) -> None:
     """Create a token and print it once (only its digest is stored)."""
-    token = _with_tokens(config_path, etcd, etcd_prefix, lambda t: t.create(name))
+    token = _with_tokens(etcd, etcd_prefix, lambda t: t.create(name))
     if as_json:
         click.echo(json.dumps({"name": name, "token": token}))
     else:
@@ -155,11 +154,9 @@ def tokens_create(
 @etcd_option
 @prefix_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def tokens_list(
-    config_path: Path | None, etcd: str | None, etcd_prefix: str | None, as_json: bool
-) -> None:
+def tokens_list(etcd: str | None, etcd_prefix: str | None, as_json: bool) -> None:
     """List token names (never the tokens)."""
-    rows = _with_tokens(config_path, etcd, etcd_prefix, lambda t: t.list())
+    rows = _with_tokens(etcd, etcd_prefix, lambda t: t.list())
     if as_json:
         click.echo(json.dumps([{"name": r.name, "created_at": r.created_at} for _, r in rows]))
         return
@@ -172,11 +169,9 @@ def tokens_list(
 @config_option
 @etcd_option
 @prefix_option
-def tokens_revoke(
-    name: str, config_path: Path | None, etcd: str | None, etcd_prefix: str | None
-) -> None:
+def tokens_revoke(name: str, etcd: str | None, etcd_prefix: str | None) -> None:
     """Revoke every token with NAME."""
-    count = _with_tokens(config_path, etcd, etcd_prefix, lambda t: t.revoke(name))
+    count = _with_tokens(etcd, etcd_prefix, lambda t: t.revoke(name))
     if not count:
         raise click.ClickException(f"no token named {name!r}")
     click.echo(f"Revoked {count} token(s) named {name!r}")

@@ -22,8 +22,9 @@ log = slog.get("controller.buildbus")
 
 
 class BuildBus:
-    def __init__(self, servers: Sequence[str]) -> None:
+    def __init__(self, servers: Sequence[str], *, replicas: int = 1) -> None:
         self.servers = list(servers)
+        self.replicas = replicas  # copies of every stream and bucket made here
         self._nc: NATS | None = None
         self._stores: objstore.ObjectStores | None = None
         self.connected = asyncio.Event()
@@ -55,9 +56,9 @@ class BuildBus:
             try:
                 nc = await objstore.connect(self.servers, name="slipway-controller")
                 js = nc.jetstream()
-                stores = objstore.ObjectStores(js)
+                stores = objstore.ObjectStores(js, replicas=self.replicas)
                 await stores.ensure_buckets()
-                await buildproto.ensure_streams(js)
+                await buildproto.ensure_streams(js, replicas=self.replicas)
             except Exception as exc:  # nats-py raises a mix of its own and OS errors
                 log.warning("nats not reachable", error=str(exc))
                 await asyncio.sleep(backoff.next())

@@ -171,7 +171,7 @@ class Builds:
             config=config,
         )
         try:
-            await buildproto.submit(self.bus.js, job)
+            await buildproto.submit(self.bus.js, job, replicas=self.bus.replicas)
         except Exception as exc:
             why = f"not queued: {exc}"
             await self.store.update(app.name, build_id, lambda r: _failed(r, why))

@@ -1,13 +1,16 @@
-"""Controller configuration: defaults, then a TOML file, then flags/environment."""
+"""Controller configuration: defaults, then a TOML file, then flags/environment.
+
+The file is read by ``slipway.conffile`` (``--config``); settings with a flag
+are resolved by click, the rest (every field below without a flag) arrive
+here as file-only values and are type-checked against the fields.
+"""
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from slipway import errors
+from slipway import conffile, errors
 from slipway.keys import DEFAULT_PREFIX
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
@@ -20,6 +23,9 @@ class ControllerConfig:
     etcd: list[str] = field(default_factory=lambda: ["127.0.0.1:2379"])
     etcd_prefix: str = DEFAULT_PREFIX
     nats: list[str] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    # Copies JetStream keeps of every stream and bucket the controller creates
+    # (LOGS, BUILDS, BUILD_EVENTS, the object store): 3 on a 3-server NATS cluster.
+    nats_replicas: int = 1
     # Apps answer at APP.BASE_DOMAIN on the routers.
     base_domain: str = "localhost"
     # Operator-defined dyno sizes: {name: {memory_mb, max_processes, cpu_shares}}.
@@ -49,12 +55,11 @@ class ControllerConfig:
     gc_interval_seconds: float = 600.0
     gc_min_age_seconds: float = 3600.0
     # Logs (JetStream stream LOGS): lines kept per app (at least 1500, Heroku's
-    # history), whole-stream bounds, replicas for a clustered NATS, and how many
+    # history), whole-stream bounds, and how many
     # live lines a `logs --tail` reader may fall behind before lines are dropped for it.
     logs_max_lines_per_app: int = 1500
     logs_max_bytes: int = 1024 * 1024 * 1024
     logs_max_age_seconds: float = 7 * 24 * 3600.0
-    logs_replicas: int = 1
     logs_tail_buffer: int = 2000
     # One-off dynos (slipway run): an attached dyno ends after this long with no
     # input and no output, and after run_max_seconds whatever it does; its
@@ -64,25 +69,27 @@ class ControllerConfig:
     run_lease_seconds: int = 10
 
     @classmethod
-    def load(cls, path: Path | None, **overrides: Any) -> ControllerConfig:
-        values: dict[str, Any] = {}
-        if path is not None:
-            try:
-                values = tomllib.loads(path.read_text())
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise errors.InvalidArgument(f"cannot read config {path}: {exc}") from exc
-            unknown = set(values) - set(cls.__dataclass_fields__)
-            if unknown:
-                raise errors.InvalidArgument(
-                    f"unknown settings in {path}: {', '.join(sorted(unknown))}"
-                )
-        values.update({k: v for k, v in overrides.items() if v not in (None, (), [])})
+    def build(
+        cls, file_values: dict[str, Any], source: str = "config", **flags: Any
+    ) -> ControllerConfig:
+        """File-only values (checked against the fields), then the flags that have a value."""
+        names = {f.name for f in fields(cls)}  # other known keys belong to other commands
+        values = conffile.check_fields(
+            cls, {k: v for k, v in file_values.items() if k in names}, source
+        )
+        values.update({k: v for k, v in flags.items() if v not in (None, (), [])})
         config = cls(**values)
         if config.logs_max_lines_per_app < 1500:
             raise errors.InvalidArgument(
                 "logs_max_lines_per_app must be at least 1500 (`logs -n` shows up to 1500)"
             )
+        if config.nats_replicas < 1:
+            raise errors.InvalidArgument("nats_replicas must be at least 1")
         return config
+
+
+# Keys a controller config file may hold: every field, plus serve's --log-level.
+FILE_KEYS = frozenset({f.name for f in fields(ControllerConfig)} | {"log_level"})
 
 
 def split_list(value: str | None) -> list[str] | None:

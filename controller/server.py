@@ -81,7 +81,7 @@ class Controller:
         self.reaper = Reaper(self.oneoffs, self.leadership, interval=config.resync_seconds)
         self.log_hub = LogHub(
             config.nats,
-            replicas=config.logs_replicas,
+            replicas=config.nats_replicas,
             max_per_app=config.logs_max_lines_per_app,
             max_bytes=config.logs_max_bytes,
             max_age=config.logs_max_age_seconds,
@@ -94,7 +94,7 @@ class Controller:
 
     def _init_builds(self, config: ControllerConfig) -> None:
         """Builds: NATS link, upload handling, the leader's status watcher and GC."""
-        self.bus = BuildBus(config.nats)
+        self.bus = BuildBus(config.nats, replicas=config.nats_replicas)
         self.build_store = BuildStore(self.etcd, self.keys)
         builds = Builds(
             self.state, self.build_store, self.bus, max_source_bytes=config.max_source_mb << 20

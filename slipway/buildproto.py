@@ -28,7 +28,7 @@ import nats.js.api
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from slipway import errors
+from slipway import errors, streams
 
 STREAM = "BUILDS"
 JOBS_SUBJECT = "builds.jobs"
@@ -146,7 +146,8 @@ class BuildStatus:
 
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create BUILDS and BUILD_EVENTS when missing (idempotent; any party may call it)."""
+    """Create BUILDS and BUILD_EVENTS when missing, or raise their replicas to ``replicas``
+    (idempotent; any party may call it)."""
     wanted = [
         nats.js.api.StreamConfig(
             name=STREAM,
@@ -165,17 +166,10 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
         ),
     ]
     for cfg in wanted:
-        assert cfg.name is not None
-        try:
-            await js.stream_info(cfg.name)
-        except nats.js.errors.NotFoundError:
-            try:
-                await js.add_stream(cfg)
-            except nats.js.errors.BadRequestError:
-                pass  # another party created it between our two calls
+        await streams.ensure(js, cfg)
 
 
-async def submit(js: JetStreamContext, job: BuildJob) -> None:
+async def submit(js: JetStreamContext, job: BuildJob, *, replicas: int = 1) -> None:
     """What the controller calls to queue a build (after storing the source)."""
-    await ensure_streams(js)
+    await ensure_streams(js, replicas=replicas)
     await js.publish(JOBS_SUBJECT, job.encode(), stream=STREAM)

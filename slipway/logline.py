@@ -18,6 +18,8 @@ import nats.js.api
 import nats.js.errors
 from nats.js import JetStreamContext
 
+from slipway import streams
+
 MAX_LINE_BYTES = 10_000
 STREAM = "LOGS"
 SUBJECT_PREFIX = "logs"
@@ -119,24 +121,19 @@ async def ensure_stream(
     max_bytes: int = STREAM_MAX_BYTES,
     max_age: float = STREAM_MAX_AGE,
 ) -> None:
-    """Create LOGS, or bring its limits to these values (idempotent; any component may call it)."""
+    """Create LOGS, or bring its limits to these values and its replicas up to ``replicas``
+    (idempotent; any component may call it)."""
     wanted = stream_config(
         replicas=replicas, max_per_app=max_per_app, max_bytes=max_bytes, max_age=max_age
     )
-    try:
-        info = await js.stream_info(STREAM)
-    except nats.js.errors.NotFoundError:
-        try:
-            await js.add_stream(wanted)
-            return
-        except nats.js.errors.BadRequestError:
-            info = await js.stream_info(STREAM)  # another party created it meanwhile
-    have = info.config
-    if (
-        have.max_msgs_per_subject != wanted.max_msgs_per_subject
-        or have.max_bytes != wanted.max_bytes
-        or int(have.max_age or 0) != int(wanted.max_age or 0)
-        or list(have.subjects or []) != wanted.subjects
-    ):
+
+    def outdated(have: nats.js.api.StreamConfig) -> bool:
         # Limits are operator settings: the latest controller to start applies them.
-        await js.update_stream(wanted)
+        return (
+            have.max_msgs_per_subject != wanted.max_msgs_per_subject
+            or have.max_bytes != wanted.max_bytes
+            or int(have.max_age or 0) != int(wanted.max_age or 0)
+            or list(have.subjects or []) != wanted.subjects
+        )
+
+    await streams.ensure(js, wanted, outdated=outdated)

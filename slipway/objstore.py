@@ -17,7 +17,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from slipway import errors
+from slipway import errors, streams
 
 SLUGS = "slugs"
 SOURCES = "sources"
@@ -42,6 +42,8 @@ async def connect(servers: Sequence[str], *, name: str = "slipway", **options: o
 
 
 class ObjectStores:
+    """The three buckets; a bucket is made on first use with ``replicas`` copies."""
+
     def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
         self._js = js
         self._replicas = replicas
@@ -52,6 +54,9 @@ class ObjectStores:
         if store is None:
             try:
                 store = await self._js.object_store(bucket)
+                # Made earlier, maybe with fewer copies (by an agent, or before
+                # the cluster grew): raise it to ours, or warn.
+                await streams.ensure_replicas(self._js, f"OBJ_{bucket}", self._replicas)
             except nats.js.errors.BucketNotFoundError:
                 store = await self._js.create_object_store(
                     bucket,

@@ -1,0 +1,95 @@
+"""Create JetStream streams idempotently, and keep their replica count where operators set it.
+
+Every stream and bucket Slipway makes (LOGS, BUILDS, BUILD_EVENTS, the object
+store's ``OBJ_*`` streams) goes through :func:`ensure`. Any party may call it,
+in any order, so a stream may already exist with fewer copies than asked for:
+an agent created a bucket with the default of 1 before a controller configured
+for 3 started, or the cluster grew from one server to three. Then the replica
+count is raised in place (nats-server moves the data itself). A standalone
+server cannot hold more than one copy; that is logged as a warning and the
+stream is left working with what it has, since logs and builds on one copy
+beat no logs and no builds.
+
+Replicas are never lowered here: a component started with a smaller setting
+must not undo a larger one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import nats.js.api
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from slipway import errors, log
+
+_log = log.get("slipway.streams")
+
+
+def _replicas(config: nats.js.api.StreamConfig) -> int:
+    return int(config.num_replicas or 1)
+
+
+async def ensure(
+    js: JetStreamContext,
+    wanted: nats.js.api.StreamConfig,
+    *,
+    outdated: Callable[[nats.js.api.StreamConfig], bool] | None = None,
+) -> None:
+    """Create ``wanted``; if it exists, apply it when ``outdated(existing)`` says so,
+    and raise its replicas to ``wanted.num_replicas`` when it has fewer."""
+    name = wanted.name
+    assert name is not None
+    try:
+        info = await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(wanted)
+            return
+        except nats.js.errors.BadRequestError as exc:
+            try:
+                info = await js.stream_info(name)  # another party created it meanwhile
+            except nats.js.errors.NotFoundError:
+                # Not a race: the server refused the config (e.g. 3 replicas on
+                # a standalone server). Say which setting to look at.
+                raise errors.Unavailable(
+                    f"NATS refused to create stream {name} with "
+                    f"{_replicas(wanted)} replica(s) (check nats_replicas): {exc}"
+                ) from exc
+    have = info.config
+    if outdated is not None and outdated(have):
+        # Keep the replica count the stream has; raising it is the step below.
+        await js.update_stream(dataclasses.replace(wanted, num_replicas=_replicas(have)))
+    await raise_replicas(js, have, _replicas(wanted))
+
+
+async def raise_replicas(
+    js: JetStreamContext, have: nats.js.api.StreamConfig, replicas: int
+) -> bool:
+    """Bring an existing stream to ``replicas`` copies if it has fewer; warn if NATS refuses."""
+    current = _replicas(have)
+    if current >= replicas:
+        return True
+    try:
+        await js.update_stream(dataclasses.replace(have, num_replicas=replicas))
+    except nats.js.errors.APIError as exc:
+        _log.warning(
+            "stream keeps fewer replicas than configured",
+            stream=have.name,
+            replicas=current,
+            wanted=replicas,
+            error=str(exc.description or exc),
+        )
+        return False
+    _log.info("stream replicas raised", stream=have.name, replicas=replicas, previous=current)
+    return True
+
+
+async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> bool:
+    """Raise an existing stream (e.g. an object store bucket's ``OBJ_<bucket>``) to ``replicas``."""
+    if replicas <= 1:
+        return True
+    info = await js.stream_info(stream)
+    return await raise_replicas(js, info.config, replicas)

@@ -7,6 +7,7 @@ import asyncio
 from router.config import LogConfig
 from router.logs import LogShipper, format_line
 from slipway.logline import LogLine
+from tests.harness.wait import eventually_async
 
 
 def test_info_line_in_heroku_format() -> None:
@@ -117,6 +118,11 @@ async def test_without_nats_lines_are_dropped_and_counted() -> None:
     task = asyncio.create_task(shipper.run())
     shipper.emit("demo", "x")
     shipper.emit("demo", "y")
-    await asyncio.sleep(1.1)
-    task.cancel()
-    assert shipper.dropped == 2
+
+    async def dropped() -> bool:
+        return shipper.dropped == 2
+
+    try:
+        await eventually_async(dropped, timeout=5)
+    finally:
+        task.cancel()

@@ -202,6 +202,7 @@ async def serve(config: ControllerConfig) -> None:
             raise SystemExit(1)
         stopping = True
         log.info("stopping")
+        sdnotify.stopping()
         if task is not None:
             task.cancel()
 

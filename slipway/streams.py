@@ -5,10 +5,11 @@ store's ``OBJ_*`` streams) goes through :func:`ensure`. Any party may call it,
 in any order, so a stream may already exist with fewer copies than asked for:
 an agent created a bucket with the default of 1 before a controller configured
 for 3 started, or the cluster grew from one server to three. Then the replica
-count is raised in place (nats-server moves the data itself). A standalone
-server cannot hold more than one copy; that is logged as a warning and the
-stream is left working with what it has, since logs and builds on one copy
-beat no logs and no builds.
+count is raised in place (nats-server copies the data itself). When the server
+refuses (fewer servers than copies asked for), that is logged as a warning and
+the stream is left working with what it has: logs and builds on fewer copies
+beat no logs and no builds. (A standalone nats-server accepts any count and
+keeps its one copy.)
 
 Replicas are never lowered here: a component started with a smaller setting
 must not undo a larger one.

@@ -30,10 +30,10 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from slipway import errors, logline, objstore
+from slipway import errors, logline
 from slipway import log as slog
-from slipway.backoff import Backoff
 from slipway.logline import LogLine
+from slipway.natslink import NatsLink
 
 log = slog.get("controller.logs")
 
@@ -206,51 +206,28 @@ class LogHub:
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.tail_buffer = tail_buffer
-        self._nc: NATS | None = None
-        self.connected = asyncio.Event()
+        self.link = NatsLink(
+            servers, name="slipway-controller-logs", purpose="logs", setup=self._setup
+        )
+        self.connected = self.link.connected
 
     @property
     def nc(self) -> NATS:
-        if self._nc is None:
-            raise errors.Unavailable(
-                f"the controller is not connected to NATS ({','.join(self.servers)}) yet; "
-                "logs are unavailable",
-                reason="nats_unavailable",
-            )
-        return self._nc
+        return self.link.nc
+
+    async def _setup(self, nc: NATS) -> None:
+        await logline.ensure_stream(
+            nc.jetstream(),
+            self.replicas,
+            max_per_app=self.max_per_app,
+            max_bytes=self.max_bytes,
+            max_age=self.max_age,
+        )
+        log.info("logs stream ready", stream=logline.STREAM, max_per_app=self.max_per_app)
 
     async def run(self) -> None:
         """Connect and create LOGS (retrying), then hold the connection until cancelled."""
-        backoff = Backoff(initial=0.2, maximum=5.0)
-        while self._nc is None:
-            try:
-                nc = await objstore.connect(self.servers, name="slipway-controller-logs")
-                try:
-                    await logline.ensure_stream(
-                        nc.jetstream(),
-                        self.replicas,
-                        max_per_app=self.max_per_app,
-                        max_bytes=self.max_bytes,
-                        max_age=self.max_age,
-                    )
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(nc.close(), 2.0)
-                    raise
-            except Exception as exc:  # nats-py raises a mix of its own and OS errors
-                log.warning("nats not reachable for logs", error=str(exc))
-                await asyncio.sleep(backoff.next())
-                continue
-            self._nc = nc
-            self.connected.set()
-            log.info("logs stream ready", stream=logline.STREAM, max_per_app=self.max_per_app)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            nc, self._nc = self._nc, None
-            self.connected.clear()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 2.0)
+        await self.link.run()
 
     async def _last_seq(self, app: str) -> int:
         try:

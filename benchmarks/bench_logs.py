@@ -17,16 +17,14 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slipway import engines
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import types_pb2
-from tests.harness.cluster import LocalCluster, controller_config
-from tests.harness.controller import BIN, ControllerProcess
+from tests.harness.cluster import LocalCluster, standalone
+from tests.harness.controller import BIN
 from tests.harness.slugs import upload_slug
 
 LINES = 1000
@@ -90,23 +88,8 @@ def measure(cluster: LocalCluster) -> list[float]:
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="slipway-bench-logs-") as tmp:
-        root = Path(tmp)
-        etcd = engines.etcd(root / "etcd")
-        nats = engines.nats(root / "nats")
-        etcd.start()
-        nats.start()
-        cluster: LocalCluster | None = None
-        try:
-            nats_url = f"nats://127.0.0.1:{nats.port}"
-            controller = ControllerProcess(
-                f"127.0.0.1:{etcd.port}",
-                f"/bench-{uuid.uuid4().hex[:8]}",
-                root / "controller",
-                nats_url,
-                extra_args=["--config", str(controller_config(root / "controller.toml"))],
-            )
-            controller.start()
-            cluster = LocalCluster(controller, root)
+        with standalone(Path(tmp)) as cluster:
+            nats_url = cluster.controller.nats_url
             cluster.add_agent("node-a")
             slug = asyncio.run(upload_slug(nats_url))
             with cluster.client() as client:
@@ -128,11 +111,6 @@ def main() -> int:
                 f"p99 {percentile(latencies, 0.99):.1f} ms, max {max(latencies):.1f} ms"
             )
             return 0
-        finally:
-            if cluster is not None:
-                cluster.close()
-            etcd.stop()
-            nats.stop()
 
 
 if __name__ == "__main__":

@@ -16,16 +16,13 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slipway import engines
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import types_pb2
-from tests.harness.cluster import LocalCluster, controller_config
-from tests.harness.controller import ControllerProcess
+from tests.harness.cluster import standalone
 from tests.harness.slugs import upload_slug
 
 DYNOS = 20
@@ -33,25 +30,8 @@ DYNOS = 20
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="slipway-bench-scale-") as tmp:
-        root = Path(tmp)
-        etcd = engines.etcd(root / "etcd")
-        nats = engines.nats(root / "nats")
-        etcd.start()
-        nats.start()
-        cluster: LocalCluster | None = None
-        try:
-            prefix = f"/bench-{uuid.uuid4().hex[:8]}"
-            nats_url = f"nats://127.0.0.1:{nats.port}"
-            config = controller_config(root / "controller.toml")
-            controller = ControllerProcess(
-                f"127.0.0.1:{etcd.port}",
-                prefix,
-                root / "controller",
-                nats_url,
-                extra_args=["--config", str(config)],
-            )
-            controller.start()
-            cluster = LocalCluster(controller, root)
+        with standalone(Path(tmp)) as cluster:
+            nats_url = cluster.controller.nats_url
             cluster.add_agent("node-a", memory_mb=16384)
             cluster.add_agent("node-b", memory_mb=16384)
             slug = asyncio.run(upload_slug(nats_url))
@@ -92,11 +72,6 @@ def main() -> int:
                     f"n={len(durations)}"
                 )
             return 0
-        finally:
-            if cluster is not None:
-                cluster.close()
-            etcd.stop()
-            nats.stop()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ seconds; nothing is faked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -16,9 +17,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slipway import engines
 from slipway.client import Client
 from tests.harness.controller import ControllerProcess
 
@@ -202,3 +206,29 @@ def controller_config(path: Path) -> Path:
         "leader_ttl_seconds = 3\n"
     )
     return path
+
+
+@contextlib.contextmanager
+def standalone(root: Path) -> Iterator[LocalCluster]:
+    """etcd, nats-server and a controller of its own, for benchmarks outside pytest."""
+    etcd = engines.etcd(root / "etcd")
+    nats = engines.nats(root / "nats")
+    etcd.start()
+    nats.start()
+    local: LocalCluster | None = None
+    try:
+        controller = ControllerProcess(
+            f"127.0.0.1:{etcd.port}",
+            f"/bench-{uuid.uuid4().hex[:8]}",
+            root / "controller",
+            f"nats://127.0.0.1:{nats.port}",
+            extra_args=["--config", str(controller_config(root / "controller.toml"))],
+        )
+        controller.start()
+        local = LocalCluster(controller, root)
+        yield local
+    finally:
+        if local is not None:
+            local.close()
+        etcd.stop()
+        nats.stop()

@@ -126,8 +126,8 @@ async def _drain_watch(queue: BuildQueue, stop: asyncio.Event, drain_timeout: fl
 )
 @click.option(
     "--name",
-    default=socket.gethostname(),
-    show_default=True,
+    default=socket.gethostname,
+    show_default="host name",
     help="Builder name reported in build statuses.",
 )
 @click.option(

@@ -140,18 +140,19 @@ class AgentProcess:
                     timeout=30,
                     check=False,
                 )
-            shims = _shims(self.data_dir)
-            for pid in shims:
+            shims_left = shims(self.data_dir)
+            for pid in shims_left:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            if not ids and not shims:
+            if not ids and not shims_left:
                 return
             time.sleep(0.1)
 
 
-def _shims(data_dir: Path) -> list[int]:
+def shims(data_dir: Path) -> list[int]:
+    """Pids of the dyno shims an agent with ``data_dir`` started."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

@@ -24,6 +24,7 @@ from agent.policy import cooloff
 from agent.supervisor import DynoSupervisor
 from slipway import objstore
 from slipway.logline import LogLine, subject
+from tests.harness.cluster import shims
 from tests.harness.slugs import Slug, upload_slug
 from tests.harness.wait import eventually_async
 
@@ -56,21 +57,6 @@ def fast_config(data_dir: Path, nats_url: str, **overrides: object) -> AgentConf
     return AgentConfig(**values)  # type: ignore[arg-type]
 
 
-def _shims_of(data_dir: Path) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmd = fh.read()
-        except OSError:
-            continue
-        if b"agent.shim" in cmd and str(data_dir).encode() in cmd:
-            found.append(int(entry))
-    return found
-
-
 async def _runc(runc_root: Path, *args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         "runc",
@@ -96,7 +82,7 @@ async def cleanup_containers(runc_root: Path, data_dir: Path) -> None:
         ids = (await _runc(runc_root, "list", "-q")).split() if runc_root.exists() else []
         for cid in ids:
             await _runc(runc_root, "delete", "-f", cid)
-        if not ids and not _shims_of(data_dir):
+        if not ids and not shims(data_dir):
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"containers or shims left behind in {data_dir}")

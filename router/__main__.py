@@ -22,6 +22,7 @@ from router.config import Limits, Listen, LogConfig, RouterConfig
 from slipway import conffile, log, sdnotify
 
 logger = log.get(__name__)
+_READY_TABLE_WAIT = 10.0  # seconds systemd readiness waits for the first route table
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -173,6 +174,12 @@ def run_worker(
 
         async def notify_listening() -> None:
             await router.listening.wait()
+            # Ready means routing: wait for the first route table, but not for
+            # long, since with etcd away a router still serves what it learns later.
+            try:
+                await asyncio.wait_for(router.watcher.ready.wait(), _READY_TABLE_WAIT)
+            except TimeoutError:
+                logger.warning("route table not loaded yet; reporting ready", worker=index)
             if on_listening is not None:
                 on_listening()
 

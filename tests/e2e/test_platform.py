@@ -188,6 +188,28 @@ def test_a_new_user_session(platform: Platform) -> None:
     status, page = platform.http("demo", "/")
     assert status == 200 and "<h1>Hello from Slipway</h1>" in page
 
+    def logs_show_router_and_app_lines() -> bool:
+        out = platform.cli("logs", "-a", "demo", "-n", "200").stdout
+        return (
+            'heroku[router]: at=info method=GET path="/json"' in out
+            and "app[web.1]: GET /json" in out
+        )
+
+    eventually(logs_show_router_and_app_lines, 30)
+
+    run = platform.cli(
+        "run",
+        "-a",
+        "demo",
+        "--no-tty",
+        "python",
+        "-c",
+        "import os, sys; print('one-off', os.environ['DYNO']); sys.exit(7)",
+        check=False,
+    )
+    assert run.returncode == 7, run.stderr
+    assert "one-off run.1" in run.stdout
+
     platform.cli("config:set", "-a", "demo", "GREETING=Configured")
     eventually(lambda: greeting(platform, "demo") == "Configured", 60)
 

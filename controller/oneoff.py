@@ -1,6 +1,6 @@
 """One-off dynos (`slipway run`, `run:detached`): naming, placing, ending, reaping.
 
-    run.N         N from a per-app counter ({prefix}/runseq/{app}): unique, increasing
+    run.N         N from a per-app counter (keys.run_seq): unique, increasing
     node          the scheduler's own capacity rule (scheduler.choose_node)
     placement     {prefix}/dynos/{app}/{instance}, like any dyno:
                     attached: kind "attached", under a lease the RunDyno call keeps
@@ -97,11 +97,8 @@ class OneOffs:
         self.sizes = sizes
         self.lease_seconds = lease_seconds
 
-    def seq_key(self, app: str) -> bytes:
-        return f"{self.keys.prefix}/runseq/{app}".encode()
-
     async def _next_name(self, app: str) -> str:
-        key = self.seq_key(app)
+        key = self.keys.run_seq(app)
         number = 0
 
         def bump(cur: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
@@ -232,13 +229,4 @@ class Reaper:
         for p in done:
             await self.etcd.delete(self.keys.dyno(p.app, p.instance_id))
             log.info("one-off dyno finished", app=p.app, dyno=p.name, node=p.node)
-        await self._forget_counters()
         return done
-
-    async def _forget_counters(self) -> None:
-        prefix = f"{self.keys.prefix}/runseq/".encode()
-        seq_kvs, _ = await self.etcd.get_prefix(prefix)
-        for kv in seq_kvs:
-            app = kv.key[len(prefix) :].decode()
-            if await self.etcd.get(self.keys.app(app)) is None:
-                await self.etcd.delete(kv.key)

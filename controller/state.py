@@ -187,7 +187,13 @@ class State:
             )
         k = self.keys
         tx = self.etcd.tx
-        whole_keys = [k.app(name), k.config(name), k.formation(name), k.route_app(name)]
+        whole_keys = [
+            k.app(name),
+            k.config(name),
+            k.formation(name),
+            k.route_app(name),
+            k.run_seq(name),
+        ]
         # Placements go with the app; agents then stop the dynos and drop their
         # own statuses and routes (tied to their leases).
         prefixes = [k.releases(name), k.dynos(name)]

@@ -15,6 +15,7 @@
     {prefix}/routes/domains/{hostname}     custom domain -> {"app": name}
     {prefix}/leader                        controller leader election
     {prefix}/builds/{app}/{build_id}       Build record (JSON; the controller's builds module)
+    {prefix}/runseq/{app}                  last one-off dyno number (run.N) of the app
 
 Route records (what routers read; written by the control plane):
     routes/apps/{app}:  {"app": str, "web": int (desired web quantity),
@@ -104,6 +105,9 @@ class Keys:
 
     def leader(self) -> bytes:
         return self._k("leader")
+
+    def run_seq(self, app: str) -> bytes:
+        return self._k("runseq", app)
 
     # builds
     def build(self, app: str, build_id: str) -> bytes:

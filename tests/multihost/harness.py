@@ -1,0 +1,547 @@
+"""A whole Slipway cluster spread over simulated hosts (see ``net.py``).
+
+Topology, one network namespace and address per process:
+
+    etcd-1..3   a real 3-member etcd cluster (client 2379, peer 2380)
+    nats-1..3   a real nats-server JetStream cluster (client 4222, routes 6222)
+    ctl-1..2    slipway-controller (API 7070; etcd leader election)
+    agent-1..3  agents advertising their own address; dynos live in that namespace
+    router-1..2 routers (HTTP 8080)
+    builder-1..2
+
+The test sits in the root namespace and reaches everything through the bridge.
+Timings are shrunk (presence and leader TTL 3 s, resync 1 s); nothing is faked.
+``close`` kills every process in every namespace, removes runc containers, the
+namespaces, links and bridge; the temp dirs belong to pytest's ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slipway import buildproto, engines, logline, objstore
+from slipway.client import Client
+from slipway.etcd import Etcd
+from slipway.keys import Keys
+from tests.harness.cluster import AGENT_TIMINGS, PRESENCE_TTL
+from tests.harness.wait import eventually
+from tests.multihost.net import Host, Network, kill_netns_processes
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PREFIX = "/slipway"
+BASE_DOMAIN = "mh.test"
+LEADER_TTL = 3
+REPLICAS = 3
+ETCD_PORT, ETCD_PEER_PORT = 2379, 2380
+NATS_PORT, NATS_CLUSTER_PORT = 4222, 6222
+API_PORT, ROUTER_PORT = 7070, 8080
+HOSTS = [
+    *(f"etcd-{i}" for i in (1, 2, 3)),
+    *(f"nats-{i}" for i in (1, 2, 3)),
+    "ctl-1",
+    "ctl-2",
+    *(f"agent-{i}" for i in (1, 2, 3)),
+    "router-1",
+    "router-2",
+    "router-3",  # spare: where a router started after a crash runs
+    "builder-1",
+    "builder-2",
+]
+
+
+@functools.cache
+def _help(argv: tuple[str, ...]) -> str:
+    out = subprocess.run(
+        [*argv, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    return out.stdout
+
+
+def replicas_flag(argv: list[str]) -> list[str]:
+    """``--nats-replicas 3`` for daemons that take it (the flag is being rolled out)."""
+    return ["--nats-replicas", str(REPLICAS)] if "--nats-replicas" in _help(tuple(argv)) else []
+
+
+def clean_env() -> dict[str, str]:
+    """The caller's environment without SLIPWAY_* (daemons read those as flag defaults)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+
+
+@dataclass
+class Daemon:
+    """One long-running process inside a host; its output goes to ``log_path``."""
+
+    name: str
+    host: Host
+    argv: list[str]
+    log_path: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host.address}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.host.argv(self.argv),
+                cwd=ROOT,
+                env=clean_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        if self.port:
+            # Reached through the bridge: also proves the address is right.
+            engines.wait_for_port(self.host.address, self.port, timeout, self.proc)
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def in_host(engine: engines.Engine, host: Host) -> engines.Engine:
+    """An engine whose command runs inside ``host`` (nsenter execs it: the pid is the engine's)."""
+    engine.argv = host.argv(engine.argv)
+    return engine
+
+
+@dataclass
+class MultiHostCluster:
+    workdir: Path
+    net: Network = field(default_factory=Network)
+    etcd: dict[str, engines.Engine] = field(default_factory=dict)
+    nats: dict[str, engines.Engine] = field(default_factory=dict)
+    controllers: dict[str, Daemon] = field(default_factory=dict)
+    agents: dict[str, Daemon] = field(default_factory=dict)
+    routers: dict[str, Daemon] = field(default_factory=dict)
+    builders: dict[str, Daemon] = field(default_factory=dict)
+    token: str = ""
+
+    # -- addresses -----------------------------------------------------------
+    @property
+    def hosts(self) -> dict[str, Host]:
+        return self.net.hosts
+
+    @property
+    def etcd_endpoints(self) -> str:
+        return ",".join(f"{self.hosts[n].address}:{ETCD_PORT}" for n in self.etcd)
+
+    @property
+    def nats_urls(self) -> str:
+        return ",".join(f"nats://{self.hosts[n].address}:{NATS_PORT}" for n in self.nats)
+
+    @property
+    def api(self) -> str:
+        return ",".join(f"{self.hosts[n].address}:{API_PORT}" for n in self.controllers)
+
+    def client(self) -> Client:
+        return Client(self.api, self.token, timeout=10)
+
+    def cli_env(self) -> dict[str, str]:
+        env = clean_env()
+        env.update(
+            SLIPWAY_API=self.api,
+            SLIPWAY_TOKEN=self.token,
+            SLIPWAY_CONFIG=str(self.workdir / "cli.json"),
+        )
+        return env
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``slipway ARGS`` as a user on the test's own host would run it."""
+        result = subprocess.run(
+            [str(BIN / "slipway"), *args],
+            env=self.cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"slipway {' '.join(args)}: {result.stdout}{result.stderr}")
+        return result
+
+    # -- bring-up ------------------------------------------------------------
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.net.create(HOSTS)
+        self._start_etcd()
+        self._start_nats()
+        self.token = self._create_token()
+        for name in ("ctl-1", "ctl-2"):
+            self.start_controller(name)
+        for i in (1, 2, 3):
+            self.start_agent(f"agent-{i}")
+        for name in ("router-1", "router-2"):
+            self.start_router(name)
+        for name in ("builder-1", "builder-2"):
+            self.start_builder(name)
+        with self.client() as client:
+            eventually(lambda: len(client.list_nodes().nodes) == 3, 60, 0.2)
+
+    def _start_etcd(self) -> None:
+        names = ["etcd-1", "etcd-2", "etcd-3"]
+        initial = ",".join(f"{n}=http://{self.hosts[n].address}:{ETCD_PEER_PORT}" for n in names)
+        for name in names:
+            self.etcd[name] = self.etcd_engine(name, initial, "new")
+            self.etcd[name].start()
+        eventually(lambda: self.etcd_status() is not None, 30, 0.2)
+
+    def etcd_engine(self, name: str, initial: str, state: str) -> engines.Engine:
+        host = self.hosts[name]
+        engine = engines.etcd(
+            self.workdir / name,
+            host=host.address,
+            client_port=ETCD_PORT,
+            peer_port=ETCD_PEER_PORT,
+            name=name,
+            initial_cluster=initial,
+            cluster_state=state,
+        )
+        return in_host(engine, host)
+
+    def restart_etcd(self, name: str) -> None:
+        """Bring a killed member back on its data dir (it rejoins as itself)."""
+        old = self.etcd[name]
+        engine = engines.Engine(old.name, old.argv, old.data_dir, old.host, old.port)
+        engine.start()
+        self.etcd[name] = engine
+
+    def _start_nats(self) -> None:
+        names = ["nats-1", "nats-2", "nats-3"]
+        routes = [f"nats://{self.hosts[n].address}:{NATS_CLUSTER_PORT}" for n in names]
+        for name in names:
+            host = self.hosts[name]
+            engine = engines.nats(
+                self.workdir / name,
+                host=host.address,
+                port=NATS_PORT,
+                cluster_port=NATS_CLUSTER_PORT,
+                routes=[r for r in routes if host.address not in r],
+                server_name=name,
+                cluster_name="slipway-mh",
+            )
+            self.nats[name] = in_host(engine, host)
+            self.nats[name].start()
+        asyncio.run(self._replicated_streams())
+
+    def restart_nats(self, name: str) -> None:
+        old = self.nats[name]
+        engine = engines.Engine(old.name, old.argv, old.data_dir, old.host, old.port)
+        engine.start()
+        self.nats[name] = engine
+
+    async def _replicated_streams(self) -> None:
+        """Create every stream and bucket with 3 replicas before any daemon makes them R1.
+
+        The daemons create missing streams themselves, with one replica; on a
+        3-server cluster each must be replicated 3 ways to survive a server.
+        """
+        nc = await objstore.connect(self.nats_urls.split(","), name="mh-bootstrap")
+        try:
+            js = nc.jetstream(timeout=10)
+            deadline = time.monotonic() + 60
+            while True:  # JetStream answers once the servers elected a meta leader
+                try:
+                    await js.account_info()
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+            await buildproto.ensure_streams(js, replicas=REPLICAS)
+            await logline.ensure_stream(js, REPLICAS)
+            await objstore.ObjectStores(js, replicas=REPLICAS).ensure_buckets()
+            for stream in (buildproto.STREAM, buildproto.EVENTS_STREAM, logline.STREAM):
+                info = await js.stream_info(stream)
+                assert info.config.num_replicas == REPLICAS, (stream, info.config)
+        finally:
+            await nc.close()
+
+    def _create_token(self) -> str:
+        out = subprocess.run(
+            [
+                str(BIN / "slipway-controller"),
+                "tokens",
+                "create",
+                "--name",
+                "multihost",
+                "--etcd",
+                self.etcd_endpoints,
+                "--etcd-prefix",
+                PREFIX,
+            ],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return out.stdout.strip()
+
+    def start_controller(self, name: str) -> Daemon:
+        config = self.workdir / f"{name}.toml"
+        config.write_text(
+            f'identity = "{name}"\n'
+            f"leader_ttl_seconds = {LEADER_TTL}\n"
+            "resync_seconds = 1.0\n"
+            "heartbeat_seconds = 1\n"
+            f"node_ttl_seconds = {PRESENCE_TTL}\n"
+        )
+        host = self.hosts[name]
+        daemon = Daemon(
+            name,
+            host,
+            [
+                str(BIN / "slipway-controller"),
+                "serve",
+                "--config",
+                str(config),
+                "--listen",
+                f"{host.address}:{API_PORT}",
+                "--etcd",
+                self.etcd_endpoints,
+                "--etcd-prefix",
+                PREFIX,
+                "--nats",
+                self.nats_urls,
+                "--base-domain",
+                BASE_DOMAIN,
+                *replicas_flag([str(BIN / "slipway-controller"), "serve"]),
+            ],
+            self.workdir / f"{name}.log",
+            port=API_PORT,
+        )
+        daemon.start()
+        self.controllers[name] = daemon
+        return daemon
+
+    def start_agent(self, name: str) -> Daemon:
+        host = self.hosts[name]
+        data = self.workdir / name
+        daemon = Daemon(
+            name,
+            host,
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "--controllers",
+                self.api,
+                "--node",
+                name,
+                "--advertise-address",
+                host.address,
+                "--data-dir",
+                str(data),
+                "--nats",
+                self.nats_urls,
+                "--etcd",
+                self.etcd_endpoints,
+                "--etcd-prefix",
+                PREFIX,
+                "--token",
+                self.token,
+                "--presence-ttl",
+                str(PRESENCE_TTL),
+                "--port-range",
+                "20000-20199",
+                "--memory-mb",
+                "4096",
+                # runc derives cgroup paths from container ids: unique per run and agent.
+                "--container-prefix",
+                f"mh{self.net.tag}{name[-1]}",
+                "--timings",
+                json.dumps(AGENT_TIMINGS),
+                *replicas_flag([sys.executable, "-m", "agent"]),
+            ],
+            self.workdir / f"{name}.log",
+        )
+        daemon.start()
+        self.agents[name] = daemon
+        return daemon
+
+    def start_router(self, name: str) -> Daemon:
+        host = self.hosts[name]
+        daemon = Daemon(
+            name,
+            host,
+            [
+                sys.executable,
+                "-m",
+                "router",
+                "--listen",
+                f"{host.address}:{ROUTER_PORT}",
+                "--etcd",
+                self.etcd_endpoints,
+                "--etcd-prefix",
+                PREFIX,
+                "--nats",
+                self.nats_urls,
+                "--base-domain",
+                BASE_DOMAIN,
+                *replicas_flag([sys.executable, "-m", "router"]),
+            ],
+            self.workdir / f"{name}.log",
+            port=ROUTER_PORT,
+        )
+        daemon.start()
+        self.routers[name] = daemon
+        return daemon
+
+    def start_builder(self, name: str) -> Daemon:
+        daemon = Daemon(
+            name,
+            self.hosts[name],
+            [
+                sys.executable,
+                "-m",
+                "builder",
+                "--nats",
+                self.nats_urls,
+                "--data-dir",
+                str(self.workdir / name),
+                "--name",
+                name,
+                # A job held by a dead builder comes back after 3 s, not 30.
+                "--ack-wait",
+                "3",
+                "--build-timeout",
+                "120",
+                *replicas_flag([sys.executable, "-m", "builder"]),
+            ],
+            self.workdir / f"{name}.log",
+        )
+        daemon.start()
+        self.builders[name] = daemon
+        return daemon
+
+    # -- state the tests read ----------------------------------------------------
+    def leader(self) -> str:
+        """The controller identity in the etcd leader key ("" while there is none)."""
+
+        async def read() -> str:
+            async with Etcd(self.etcd_endpoints.split(",")) as etcd:
+                kv = await etcd.get(Keys(PREFIX).leader())
+                return kv.value.decode() if kv else ""
+
+        return asyncio.run(read())
+
+    def etcd_status(self) -> dict[str, object] | None:
+        """Raft status from the first member that answers (its gRPC gateway)."""
+        for name, engine in self.etcd.items():
+            if not engine.running:
+                continue
+            url = f"http://{self.hosts[name].address}:{ETCD_PORT}/v3/maintenance/status"
+            try:
+                req = urllib.request.Request(url, data=b"{}", method="POST")
+                with urllib.request.urlopen(req, timeout=2) as resp:
+                    status = dict(json.loads(resp.read()))
+            except OSError:
+                continue
+            if status.get("leader"):
+                return status
+        return None
+
+    def etcd_leader(self) -> str:
+        """Name of the etcd member that leads the raft group."""
+        status = self.etcd_status()
+        assert status is not None, "no etcd member answers"
+        for name, engine in self.etcd.items():
+            if not engine.running:
+                continue
+            url = f"http://{self.hosts[name].address}:{ETCD_PORT}/v3/maintenance/status"
+            req = urllib.request.Request(url, data=b"{}", method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=2) as resp:
+                    own = json.loads(resp.read())
+            except OSError:
+                continue
+            if own["header"]["member_id"] == status["leader"]:
+                return name
+        raise AssertionError(f"etcd leader {status['leader']} is not a running member")
+
+    def stream_leader(self, stream: str) -> str:
+        async def read() -> str:
+            nc = await objstore.connect(self.nats_urls.split(","), name="mh-probe")
+            try:
+                info = await nc.jetstream(timeout=5).stream_info(stream)
+                assert info.cluster is not None and info.cluster.leader
+                return str(info.cluster.leader)
+            finally:
+                await nc.close()
+
+        return asyncio.run(read())
+
+    def running_containers(self, agent: str) -> list[str]:
+        """Ids of the runc containers running on an agent's host (its dynos)."""
+        out = subprocess.run(
+            ["runc", "--root", str(self.workdir / agent / "runc"), "list", "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        return [c["id"] for c in json.loads(out or "null") or [] if c["status"] == "running"]
+
+    # -- teardown ------------------------------------------------------------------
+    def close(self) -> None:
+        """Kill everything (also after a failed test), then remove containers and hosts."""
+        for host in self.hosts.values():
+            kill_netns_processes(host.netns)
+        # Agents keep runc state in DATA/runc, builders in DATA/sandbox/runc.
+        for root in self.workdir.glob("*/**/runc"):
+            _delete_containers(root)
+        self.net.close()
+
+
+def _delete_containers(root: Path) -> None:
+    """runc state and cgroups of containers whose processes are already dead."""
+    if not root.is_dir():
+        return
+    ids = subprocess.run(
+        ["runc", "--root", str(root), "list", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout.split()
+    for cid in ids:
+        subprocess.run(
+            ["runc", "--root", str(root), "delete", "-f", cid],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )

@@ -92,6 +92,19 @@ def grpc_target(endpoints: Sequence[str]) -> str:
     return "ipv4:" + ",".join(hosts)
 
 
+# How long a read keeps trying through a member's death or a leader election
+# (etcd's election timeout is 1 s by default).
+READ_RETRY_SECONDS = 5.0
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """gRPC UNAVAILABLE, as aetcd raises it or as it comes from grpc directly."""
+    if isinstance(exc, aetcd.exceptions.ConnectionFailedError):
+        return True
+    code = getattr(exc, "code", None)
+    return callable(code) and code() == grpc.StatusCode.UNAVAILABLE
+
+
 def _translate(exc: BaseException) -> errors.SlipwayError:
     if isinstance(exc, aetcd.exceptions.RevisionCompactedError):
         return errors.Conflict(f"etcd revision compacted: {exc}", reason="compacted")
@@ -129,15 +142,37 @@ class Etcd:
         except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
             raise _translate(exc) from exc
 
+    async def _read(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a read, repeating it while etcd is briefly unavailable.
+
+        When a member dies, calls already routed to its connection fail, and
+        while the others elect a leader they answer "etcdserver: leader
+        changed"; both are gRPC UNAVAILABLE and pass within about an election
+        timeout. A read changes nothing, so repeating it is safe (etcd's own
+        client does the same); writes are not repeated here, since after an
+        ambiguous failure only the caller knows whether a second try is right.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READ_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
+                if not _unavailable(exc) or loop.time() + delay > deadline:
+                    raise _translate(exc) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
     async def get(self, key: bytes) -> KV | None:
-        got = await self._call(self._client.get(key))
+        got = await self._read(lambda: self._client.get(key))
         if got is None:
             return None
         return KV(key, got.value, got.mod_revision, got.create_revision, got.lease)
 
     async def get_prefix(self, prefix: bytes) -> tuple[list[KV], int]:
         """All keys under ``prefix`` and the store revision they were read at."""
-        got = await self._call(self._client.get_prefix(prefix))
+        got = await self._read(lambda: self._client.get_prefix(prefix))
         kvs = [KV(kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.lease) for kv in got]
         return kvs, int(got.header.revision)
 

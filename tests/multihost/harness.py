@@ -28,6 +28,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from slipway import buildproto, engines, logline, objstore
 from slipway.client import Client
@@ -46,6 +47,13 @@ REPLICAS = 3
 ETCD_PORT, ETCD_PEER_PORT = 2379, 2380
 NATS_PORT, NATS_CLUSTER_PORT = 4222, 6222
 API_PORT, ROUTER_PORT = 7070, 8080
+# Every stream and bucket (OBJ_<bucket>) the platform keeps in JetStream.
+STREAMS = [
+    buildproto.STREAM,
+    buildproto.EVENTS_STREAM,
+    logline.STREAM,
+    *(f"OBJ_{bucket}" for bucket in objstore.BUCKETS),
+]
 HOSTS = [
     *(f"etcd-{i}" for i in (1, 2, 3)),
     *(f"nats-{i}" for i in (1, 2, 3)),
@@ -238,6 +246,8 @@ class MultiHostCluster:
         engine = engines.Engine(old.name, old.argv, old.data_dir, old.host, old.port)
         engine.start()
         self.etcd[name] = engine
+        # Back in the group: the member itself follows a leader again.
+        eventually(lambda: (self.member_status(name) or {}).get("leader"), 30, 0.2)
 
     def _start_nats(self) -> None:
         names = ["nats-1", "nats-2", "nats-3"]
@@ -256,12 +266,16 @@ class MultiHostCluster:
             self.nats[name] = in_host(engine, host)
             self.nats[name].start()
         asyncio.run(self._replicated_streams())
+        eventually(self.streams_replicated, 60, 0.5)
 
     def restart_nats(self, name: str) -> None:
         old = self.nats[name]
         engine = engines.Engine(old.name, old.argv, old.data_dir, old.host, old.port)
         engine.start()
         self.nats[name] = engine
+        # Back in every stream's raft group and caught up, so the next fault
+        # again meets three current copies.
+        eventually(lambda: self.streams_replicated(name), 60, 0.5)
 
     async def _replicated_streams(self) -> None:
         """Create every stream and bucket with 3 replicas before any daemon makes them R1.
@@ -284,9 +298,33 @@ class MultiHostCluster:
             await buildproto.ensure_streams(js, replicas=REPLICAS)
             await logline.ensure_stream(js, REPLICAS)
             await objstore.ObjectStores(js, replicas=REPLICAS).ensure_buckets()
-            for stream in (buildproto.STREAM, buildproto.EVENTS_STREAM, logline.STREAM):
+        finally:
+            await nc.close()
+
+    def streams_replicated(self, member: str = "") -> bool:
+        try:
+            return asyncio.run(self._streams_replicated(member))
+        except AssertionError:
+            raise
+        except Exception as exc:  # a server still starting answers with any of nats-py's errors
+            raise AssertionError(f"JetStream not settled: {exc!r}") from exc
+
+    async def _streams_replicated(self, member: str = "") -> bool:
+        """Every stream has REPLICAS copies, a leader and current followers (with ``member``)."""
+        nc = await objstore.connect(self.nats_urls.split(","), name="mh-probe")
+        try:
+            js = nc.jetstream(timeout=5)
+            for stream in STREAMS:
                 info = await js.stream_info(stream)
                 assert info.config.num_replicas == REPLICAS, (stream, info.config)
+                cluster = info.cluster
+                assert cluster is not None and cluster.leader, (stream, cluster)
+                peers = cluster.replicas or []
+                assert len(peers) == REPLICAS - 1, (stream, cluster)
+                assert all(p.current and not p.offline for p in peers), (stream, cluster)
+                names = {cluster.leader, *(p.name for p in peers)}
+                assert not member or member in names, (stream, cluster)
+            return True
         finally:
             await nc.close()
 
@@ -459,37 +497,33 @@ class MultiHostCluster:
 
         return asyncio.run(read())
 
-    def etcd_status(self) -> dict[str, object] | None:
-        """Raft status from the first member that answers (its gRPC gateway)."""
-        for name, engine in self.etcd.items():
-            if not engine.running:
-                continue
-            url = f"http://{self.hosts[name].address}:{ETCD_PORT}/v3/maintenance/status"
-            try:
-                req = urllib.request.Request(url, data=b"{}", method="POST")
-                with urllib.request.urlopen(req, timeout=2) as resp:
-                    status = dict(json.loads(resp.read()))
-            except OSError:
-                continue
-            if status.get("leader"):
+    def member_status(self, name: str) -> dict[str, Any] | None:
+        """One etcd member's own status (its gRPC gateway), None when it does not answer."""
+        if not self.etcd[name].running:
+            return None
+        url = f"http://{self.hosts[name].address}:{ETCD_PORT}/v3/maintenance/status"
+        req = urllib.request.Request(url, data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                return dict(json.loads(resp.read()))
+        except OSError:
+            return None
+
+    def etcd_status(self) -> dict[str, Any] | None:
+        """The status of the first member that answers and knows a leader."""
+        for name in self.etcd:
+            status = self.member_status(name)
+            if status and status.get("leader"):
                 return status
         return None
 
     def etcd_leader(self) -> str:
-        """Name of the etcd member that leads the raft group."""
+        """Name of the running etcd member that leads the raft group."""
         status = self.etcd_status()
         assert status is not None, "no etcd member answers"
-        for name, engine in self.etcd.items():
-            if not engine.running:
-                continue
-            url = f"http://{self.hosts[name].address}:{ETCD_PORT}/v3/maintenance/status"
-            req = urllib.request.Request(url, data=b"{}", method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=2) as resp:
-                    own = json.loads(resp.read())
-            except OSError:
-                continue
-            if own["header"]["member_id"] == status["leader"]:
+        for name in self.etcd:
+            own = self.member_status(name)
+            if own is not None and own["header"]["member_id"] == status["leader"]:
                 return name
         raise AssertionError(f"etcd leader {status['leader']} is not a running member")
 

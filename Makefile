@@ -19,7 +19,7 @@ check: setup
 lint: check
 
 test: check
-	@$(PY) -m pytest -q tests/unit tests/integration tests/e2e
+	@$(PY) -m pytest -q tests/unit tests/integration tests/e2e tests/multihost
 
 test-unit: setup
 	@$(PY) -m pytest -q tests/unit

@@ -16,6 +16,8 @@ def mh_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiHostCl
     if reason is not None:
         pytest.skip(f"multi-host tests need network namespaces: {reason}")
     cluster = MultiHostCluster(tmp_path_factory.mktemp("multihost"))
+    # Every process logs to WORKDIR/NAME.log; pytest keeps the last runs' dirs.
+    print(f"[multihost] logs in {cluster.workdir}")
     try:
         cluster.start()
         yield cluster

@@ -24,36 +24,24 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from slipway import buildproto, engines, logline, objstore
+from slipway import engines
 from slipway.client import Client
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 from tests.harness.cluster import AGENT_TIMINGS, PRESENCE_TTL
 from tests.harness.wait import eventually
 from tests.multihost.net import Host, Network, kill_netns_processes
+from tests.multihost.quorum import REPLICAS, EtcdCluster, NatsCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PREFIX = "/slipway"
 BASE_DOMAIN = "mh.test"
 LEADER_TTL = 3
-REPLICAS = 3
-ETCD_PORT, ETCD_PEER_PORT = 2379, 2380
-NATS_PORT, NATS_CLUSTER_PORT = 4222, 6222
 API_PORT, ROUTER_PORT = 7070, 8080
-# Every stream and bucket (OBJ_<bucket>) the platform keeps in JetStream.
-STREAMS = [
-    buildproto.STREAM,
-    buildproto.EVENTS_STREAM,
-    logline.STREAM,
-    *(f"OBJ_{bucket}" for bucket in objstore.BUCKETS),
-]
 HOSTS = [
     *(f"etcd-{i}" for i in (1, 2, 3)),
     *(f"nats-{i}" for i in (1, 2, 3)),
@@ -133,25 +121,13 @@ class Daemon:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-def in_host(engine: engines.Engine, host: Host) -> engines.Engine:
-    """An engine whose command runs inside ``host`` (nsenter execs it: the pid is the engine's)."""
-    engine.argv = host.argv(engine.argv)
-    return engine
-
 
 @dataclass
 class MultiHostCluster:
     workdir: Path
     net: Network = field(default_factory=Network)
-    etcd: dict[str, engines.Engine] = field(default_factory=dict)
-    nats: dict[str, engines.Engine] = field(default_factory=dict)
+    etcd: EtcdCluster = field(init=False)
+    nats: NatsCluster = field(init=False)
     controllers: dict[str, Daemon] = field(default_factory=dict)
     agents: dict[str, Daemon] = field(default_factory=dict)
     routers: dict[str, Daemon] = field(default_factory=dict)
@@ -165,11 +141,11 @@ class MultiHostCluster:
 
     @property
     def etcd_endpoints(self) -> str:
-        return ",".join(f"{self.hosts[n].address}:{ETCD_PORT}" for n in self.etcd)
+        return self.etcd.endpoints
 
     @property
     def nats_urls(self) -> str:
-        return ",".join(f"nats://{self.hosts[n].address}:{NATS_PORT}" for n in self.nats)
+        return self.nats.urls
 
     @property
     def api(self) -> str:
@@ -205,8 +181,10 @@ class MultiHostCluster:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.net.create(HOSTS)
-        self._start_etcd()
-        self._start_nats()
+        self.etcd = EtcdCluster([self.hosts[f"etcd-{i}"] for i in (1, 2, 3)], self.workdir)
+        self.etcd.start()
+        self.nats = NatsCluster([self.hosts[f"nats-{i}"] for i in (1, 2, 3)], self.workdir)
+        self.nats.start()
         self.token = self._create_token()
         for name in ("ctl-1", "ctl-2"):
             self.start_controller(name)
@@ -218,115 +196,6 @@ class MultiHostCluster:
             self.start_builder(name)
         with self.client() as client:
             eventually(lambda: len(client.list_nodes().nodes) == 3, 60, 0.2)
-
-    def _start_etcd(self) -> None:
-        names = ["etcd-1", "etcd-2", "etcd-3"]
-        initial = ",".join(f"{n}=http://{self.hosts[n].address}:{ETCD_PEER_PORT}" for n in names)
-        for name in names:
-            self.etcd[name] = self.etcd_engine(name, initial, "new")
-            self.etcd[name].start()
-        eventually(lambda: self.etcd_status() is not None, 30, 0.2)
-
-    def etcd_engine(self, name: str, initial: str, state: str) -> engines.Engine:
-        host = self.hosts[name]
-        engine = engines.etcd(
-            self.workdir / name,
-            host=host.address,
-            client_port=ETCD_PORT,
-            peer_port=ETCD_PEER_PORT,
-            name=name,
-            initial_cluster=initial,
-            cluster_state=state,
-        )
-        return in_host(engine, host)
-
-    def restart_etcd(self, name: str) -> None:
-        """Bring a killed member back on its data dir (it rejoins as itself)."""
-        old = self.etcd[name]
-        engine = engines.Engine(old.name, old.argv, old.data_dir, old.host, old.port)
-        engine.start()
-        self.etcd[name] = engine
-        # Back in the group: the member itself follows a leader again.
-        eventually(lambda: (self.member_status(name) or {}).get("leader"), 30, 0.2)
-
-    def _start_nats(self) -> None:
-        names = ["nats-1", "nats-2", "nats-3"]
-        routes = [f"nats://{self.hosts[n].address}:{NATS_CLUSTER_PORT}" for n in names]
-        for name in names:
-            host = self.hosts[name]
-            engine = engines.nats(
-                self.workdir / name,
-                host=host.address,
-                port=NATS_PORT,
-                cluster_port=NATS_CLUSTER_PORT,
-                routes=[r for r in routes if host.address not in r],
-                server_name=name,
-                cluster_name="slipway-mh",
-            )
-            self.nats[name] = in_host(engine, host)
-            self.nats[name].start()
-        asyncio.run(self._replicated_streams())
-        eventually(self.streams_replicated, 60, 0.5)
-
-    def restart_nats(self, name: str) -> None:
-        old = self.nats[name]
-        engine = engines.Engine(old.name, old.argv, old.data_dir, old.host, old.port)
-        engine.start()
-        self.nats[name] = engine
-        # Back in every stream's raft group and caught up, so the next fault
-        # again meets three current copies.
-        eventually(lambda: self.streams_replicated(name), 60, 0.5)
-
-    async def _replicated_streams(self) -> None:
-        """Create every stream and bucket with 3 replicas before any daemon makes them R1.
-
-        The daemons create missing streams themselves, with one replica; on a
-        3-server cluster each must be replicated 3 ways to survive a server.
-        """
-        nc = await objstore.connect(self.nats_urls.split(","), name="mh-bootstrap")
-        try:
-            js = nc.jetstream(timeout=10)
-            deadline = time.monotonic() + 60
-            while True:  # JetStream answers once the servers elected a meta leader
-                try:
-                    await js.account_info()
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.5)
-            await buildproto.ensure_streams(js, replicas=REPLICAS)
-            await logline.ensure_stream(js, REPLICAS)
-            await objstore.ObjectStores(js, replicas=REPLICAS).ensure_buckets()
-        finally:
-            await nc.close()
-
-    def streams_replicated(self, member: str = "") -> bool:
-        try:
-            return asyncio.run(self._streams_replicated(member))
-        except AssertionError:
-            raise
-        except Exception as exc:  # a server still starting answers with any of nats-py's errors
-            raise AssertionError(f"JetStream not settled: {exc!r}") from exc
-
-    async def _streams_replicated(self, member: str = "") -> bool:
-        """Every stream has REPLICAS copies, a leader and current followers (with ``member``)."""
-        nc = await objstore.connect(self.nats_urls.split(","), name="mh-probe")
-        try:
-            js = nc.jetstream(timeout=5)
-            for stream in STREAMS:
-                info = await js.stream_info(stream)
-                assert info.config.num_replicas == REPLICAS, (stream, info.config)
-                cluster = info.cluster
-                assert cluster is not None and cluster.leader, (stream, cluster)
-                peers = cluster.replicas or []
-                assert len(peers) == REPLICAS - 1, (stream, cluster)
-                assert all(p.current and not p.offline for p in peers), (stream, cluster)
-                names = {cluster.leader, *(p.name for p in peers)}
-                assert not member or member in names, (stream, cluster)
-            return True
-        finally:
-            await nc.close()
 
     def _create_token(self) -> str:
         out = subprocess.run(
@@ -494,48 +363,6 @@ class MultiHostCluster:
             async with Etcd(self.etcd_endpoints.split(",")) as etcd:
                 kv = await etcd.get(Keys(PREFIX).leader())
                 return kv.value.decode() if kv else ""
-
-        return asyncio.run(read())
-
-    def member_status(self, name: str) -> dict[str, Any] | None:
-        """One etcd member's own status (its gRPC gateway), None when it does not answer."""
-        if not self.etcd[name].running:
-            return None
-        url = f"http://{self.hosts[name].address}:{ETCD_PORT}/v3/maintenance/status"
-        req = urllib.request.Request(url, data=b"{}", method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                return dict(json.loads(resp.read()))
-        except OSError:
-            return None
-
-    def etcd_status(self) -> dict[str, Any] | None:
-        """The status of the first member that answers and knows a leader."""
-        for name in self.etcd:
-            status = self.member_status(name)
-            if status and status.get("leader"):
-                return status
-        return None
-
-    def etcd_leader(self) -> str:
-        """Name of the running etcd member that leads the raft group."""
-        status = self.etcd_status()
-        assert status is not None, "no etcd member answers"
-        for name in self.etcd:
-            own = self.member_status(name)
-            if own is not None and own["header"]["member_id"] == status["leader"]:
-                return name
-        raise AssertionError(f"etcd leader {status['leader']} is not a running member")
-
-    def stream_leader(self, stream: str) -> str:
-        async def read() -> str:
-            nc = await objstore.connect(self.nats_urls.split(","), name="mh-probe")
-            try:
-                info = await nc.jetstream(timeout=5).stream_info(stream)
-                assert info.cluster is not None and info.cluster.leader
-                return str(info.cluster.leader)
-            finally:
-                await nc.close()
 
         return asyncio.run(read())
 

@@ -148,16 +148,16 @@ def test_etcd_member_and_nats_server_killed_during_deploy(web_app: MultiHostClus
                     return bool(builds) and builds[0].status == pb.BUILD_STATUS_RUNNING
 
                 eventually(compiling, 60, 0.2)
-            etcd_victim = cluster.etcd_leader()
-            cluster.etcd[etcd_victim].kill()
+            etcd_victim = cluster.etcd.leader()
+            cluster.etcd.kill(etcd_victim)
             killed = time.monotonic()
             # The survivors elect a new raft leader among themselves.
-            eventually(lambda: cluster.etcd_leader() != etcd_victim, 30, 0.1)
+            eventually(lambda: cluster.etcd.leader() != etcd_victim, 30, 0.1)
             etcd_recovered = time.monotonic() - killed
             wait_for_traffic(load, 25)
             # The server leading the build queue: the deploy depends on it most.
-            nats_victim = cluster.stream_leader("BUILDS")
-            cluster.nats[nats_victim].kill()
+            nats_victim = cluster.nats.stream_leader("BUILDS")
+            cluster.nats.kill(nats_victim)
             out, err = deploy.communicate(timeout=240)
         finally:
             if deploy.poll() is None:
@@ -176,8 +176,8 @@ def test_etcd_member_and_nats_server_killed_during_deploy(web_app: MultiHostClus
     assert "Released v" in out, out
     assert not load.failures(), line
     cluster.cli("ps:scale", "-a", app, "web=0")
-    cluster.restart_etcd(etcd_victim)
-    cluster.restart_nats(nats_victim)
+    cluster.etcd.restart(etcd_victim)
+    cluster.nats.restart(nats_victim)
 
 
 def test_builder_killed_mid_build(web_app: MultiHostCluster) -> None:

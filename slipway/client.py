@@ -8,6 +8,7 @@ unreachable; every call has a deadline.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from slipway import errors
+from slipway.backoff import Backoff
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc
 
@@ -227,14 +229,41 @@ class Client:
 
         The deadline bounds the whole stream (a build is limited to 15 minutes by default,
         plus its release phase), so a stuck controller cannot hang the CLI forever.
+
+        A stream breaks when the controller serving it dies; the build goes on
+        without it. Then the stream is opened again on the next controller, and
+        its replay skips the lines already passed on (known by attempt,
+        timestamp and text), so the caller sees each line once.
         """
-        stream = self.platform(
-            "StreamBuildOutput", pb.StreamBuildOutputRequest(app=app, id=build_id), timeout=timeout
-        )
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise errors.from_status(exc.code(), exc.details()) from exc  # type: ignore[attr-defined]
+        deadline = time.monotonic() + timeout
+        seen: set[tuple[int, int, int, str]] = set()
+        backoff = Backoff(initial=0.2, maximum=2.0)
+        while True:
+            stream = self.platform(
+                "StreamBuildOutput",
+                pb.StreamBuildOutputRequest(app=app, id=build_id),
+                timeout=max(0.1, deadline - time.monotonic()),
+            )
+            try:
+                for item in stream:
+                    backoff.reset()
+                    if item.WhichOneof("event") == "line":
+                        line = item.line
+                        key = (line.attempt, line.at.seconds, line.at.nanos, line.line)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                    yield item
+                return
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                # A streaming call fails while it is read, after call() chose its
+                # controller: move on to the next one here. A few rounds cover a
+                # controller dying; more failures in a row are an outage.
+                if code not in _FAILOVER or backoff.attempts >= 3 * len(self.addresses):
+                    raise errors.from_status(code, exc.details()) from exc  # type: ignore[attr-defined]
+                self._current = (self._current + 1) % len(self.addresses)
+            time.sleep(backoff.next())
 
     def set_buildpacks(
         self,

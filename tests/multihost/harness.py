@@ -154,10 +154,14 @@ class MultiHostCluster:
     def client(self) -> Client:
         return Client(self.api, self.token, timeout=10)
 
-    def cli_env(self) -> dict[str, str]:
+    def cli_env(self, first: str = "") -> dict[str, str]:
+        """The CLI's environment; ``first`` names the controller it tries first."""
+        api = [f"{self.hosts[n].address}:{API_PORT}" for n in self.controllers if n != first]
+        if first:
+            api.insert(0, f"{self.hosts[first].address}:{API_PORT}")
         env = clean_env()
         env.update(
-            SLIPWAY_API=self.api,
+            SLIPWAY_API=",".join(api),
             SLIPWAY_TOKEN=self.token,
             SLIPWAY_CONFIG=str(self.workdir / "cli.json"),
         )

@@ -107,6 +107,46 @@ def web_app(mh_cluster: MultiHostCluster) -> Iterator[MultiHostCluster]:
     yield cluster
 
 
+def start_slow_deploy(
+    cluster: MultiHostCluster, app: str, first: str = ""
+) -> subprocess.Popen[str]:
+    """``slipway deploy`` of an app whose build compiles for about 6 s; returns once compiling."""
+    cluster.cli("apps:create", app)
+    cluster.cli("buildpacks:set", str(FIXTURES / "slow-buildpack"), "-a", app)
+    deploy = subprocess.Popen(
+        [str(BIN / "slipway"), "deploy", str(FIXTURES / "hello-app"), "-a", app],
+        env=cluster.cli_env(first),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with cluster.client() as client:
+
+        def compiling() -> bool:
+            builds = list(client.list_builds(app).builds)
+            # Running on a named builder: the job has been taken.
+            return bool(
+                builds and builds[0].status == pb.BUILD_STATUS_RUNNING and builds[0].builder
+            )
+
+        try:
+            eventually(compiling, 60, 0.2)
+        except BaseException:
+            deploy.kill()
+            deploy.wait()
+            raise
+    return deploy
+
+
+def finish(deploy: subprocess.Popen[str]) -> tuple[str, str]:
+    try:
+        return deploy.communicate(timeout=240)
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+            deploy.wait()
+
+
 def test_leader_controller_killed(web_app: MultiHostCluster) -> None:
     cluster = web_app
     before = identities(cluster)
@@ -114,41 +154,40 @@ def test_leader_controller_killed(web_app: MultiHostCluster) -> None:
     assert old in cluster.controllers, f"leader key holds {old!r}"
     with Load(f"{APP}.{BASE_DOMAIN}", router_addresses(cluster)) as load:
         wait_for_traffic(load, 50)
+        # A deploy follows its build output from the controller about to die:
+        # the CLI must carry on from the other one.
+        deploy = start_slow_deploy(cluster, "ctlkill", first=old)
         cluster.controllers[old].kill9()
         killed = time.monotonic()
         new = eventually(lambda: (lead := cluster.leader()) not in ("", old) and lead, 30, 0.1)
         takeover = time.monotonic() - killed
+        out, err = finish(deploy)
         # Let the new leader run its full reconcile (resync 1 s) under load.
         wait_for_traffic(load, 100)
-    line = report("kill -9 leader controller", load, old=old, new=new, new_leader_after=takeover)
+    line = report(
+        "kill -9 leader controller",
+        load,
+        old=old,
+        new=new,
+        new_leader_after=takeover,
+        deploy_rc=deploy.returncode,
+    )
     assert takeover <= LEADER_BOUND, line
     assert not load.failures(), line
     assert identities(cluster) == before, f"a dyno restarted or moved: {line}"
+    assert deploy.returncode == 0 and "Released v" in out, f"{line}\n{out}\n{err}"
+    assert out.count("step 1\n") == 1, f"a line was shown twice after the failover:\n{out}"
+    cluster.cli("ps:scale", "-a", "ctlkill", "web=0")
     cluster.start_controller(old)
 
 
 def test_etcd_member_and_nats_server_killed_during_deploy(web_app: MultiHostCluster) -> None:
     cluster = web_app
     app = "etcdnats"
-    cluster.cli("apps:create", app)
-    cluster.cli("buildpacks:set", str(FIXTURES / "slow-buildpack"), "-a", app)
     with Load(f"{APP}.{BASE_DOMAIN}", router_addresses(cluster)) as load:
-        deploy = subprocess.Popen(
-            [str(BIN / "slipway"), "deploy", str(FIXTURES / "hello-app"), "-a", app],
-            env=cluster.cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        deploy = start_slow_deploy(cluster, app)
         try:
-            with cluster.client() as client:
-
-                def compiling() -> bool:
-                    builds = list(client.list_builds(app).builds)
-                    return bool(builds) and builds[0].status == pb.BUILD_STATUS_RUNNING
-
-                eventually(compiling, 60, 0.2)
-            etcd_victim = cluster.etcd.leader()
+            etcd_victim = cluster.etcd.leader()  # the member whose loss hurts most
             cluster.etcd.kill(etcd_victim)
             killed = time.monotonic()
             # The survivors elect a new raft leader among themselves.
@@ -158,11 +197,8 @@ def test_etcd_member_and_nats_server_killed_during_deploy(web_app: MultiHostClus
             # The server leading the build queue: the deploy depends on it most.
             nats_victim = cluster.nats.stream_leader("BUILDS")
             cluster.nats.kill(nats_victim)
-            out, err = deploy.communicate(timeout=240)
         finally:
-            if deploy.poll() is None:
-                deploy.kill()
-                deploy.wait()
+            out, err = finish(deploy)
         wait_for_traffic(load, 50)
     line = report(
         "kill -9 etcd member, then NATS server, during a deploy",
@@ -172,8 +208,7 @@ def test_etcd_member_and_nats_server_killed_during_deploy(web_app: MultiHostClus
         etcd_leader_after=etcd_recovered,
         deploy_rc=deploy.returncode,
     )
-    assert deploy.returncode == 0, f"{line}\n{out}\n{err}"
-    assert "Released v" in out, out
+    assert deploy.returncode == 0 and "Released v" in out, f"{line}\n{out}\n{err}"
     assert not load.failures(), line
     cluster.cli("ps:scale", "-a", app, "web=0")
     cluster.etcd.restart(etcd_victim)
@@ -183,36 +218,17 @@ def test_etcd_member_and_nats_server_killed_during_deploy(web_app: MultiHostClus
 def test_builder_killed_mid_build(web_app: MultiHostCluster) -> None:
     cluster = web_app
     app = "buildfail"
-    cluster.cli("apps:create", app)
-    cluster.cli("buildpacks:set", str(FIXTURES / "slow-buildpack"), "-a", app)
     with Load(f"{APP}.{BASE_DOMAIN}", router_addresses(cluster)) as load:
-        deploy = subprocess.Popen(
-            [str(BIN / "slipway"), "deploy", str(FIXTURES / "hello-app"), "-a", app],
-            env=cluster.cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            with cluster.client() as client:
-
-                def held() -> pb.Build | None:
-                    builds = list(client.list_builds(app).builds)
-                    if builds and builds[0].status == pb.BUILD_STATUS_RUNNING and builds[0].builder:
-                        return builds[0]
-                    return None
-
-                build = eventually(held, 60, 0.2)
-                assert build is not None
+        deploy = start_slow_deploy(cluster, app)
+        with cluster.client() as client:
+            try:
+                build = client.list_builds(app).builds[0]
                 cluster.builders[build.builder].kill9()
                 killed = time.monotonic()
-                out, err = deploy.communicate(timeout=240)
-                finished = time.monotonic() - killed
-                final = client.get_build(app, build.id).build
-        finally:
-            if deploy.poll() is None:
-                deploy.kill()
-                deploy.wait()
+            finally:
+                out, err = finish(deploy)
+            finished = time.monotonic() - killed
+            final = client.get_build(app, build.id).build
     line = report(
         "kill -9 builder mid-build",
         load,
@@ -221,7 +237,7 @@ def test_builder_killed_mid_build(web_app: MultiHostCluster) -> None:
         attempts=final.attempts,
         released_after=finished,
     )
-    assert deploy.returncode == 0, f"{line}\n{out}\n{err}"
+    assert deploy.returncode == 0 and "Released v" in out, f"{line}\n{out}\n{err}"
     assert final.status == pb.BUILD_STATUS_SUCCEEDED, line
     assert final.builder != build.builder and final.attempts == 2, line
     assert not load.failures(), line

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import fields, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from agent.config import AGENT_VERSION, DEFAULT_RESERVE_MB, AgentConfig, Restart
 from agent.config import default_memory_mb as _default_memory_mb
 from agent.link import ControllerLink
 from agent.main_runtime import build_runtime
+from agent.model import DynoState
 from agent.supervisor import DynoSupervisor
 from slipway import conffile, log, sdnotify
 from slipway.backoff import Backoff
@@ -63,7 +65,35 @@ def _timings(value: str | None) -> Timings:
     return replace(Timings(**data), restart=restart)
 
 
-async def run_agent(config: AgentConfig) -> None:
+class _Stopped(Exception):
+    """Every dyno is down after a stop request: leave the task group."""
+
+
+async def _stop_dynos_when(
+    requested: asyncio.Event,
+    supervisor: DynoSupervisor,
+    link_task: asyncio.Task[None],
+    config: AgentConfig,
+) -> None:
+    """On a stop request, stop every dyno (SIGTERM, grace, SIGKILL), then end the agent.
+
+    The controller link goes first, so a desired set arriving meanwhile cannot
+    start the dynos again.
+    """
+    await requested.wait()
+    logger.info("agent stopping its dynos", node=config.node)
+    link_task.cancel()
+    await supervisor.set_desired([])
+    t = config.timings
+    deadline = time.monotonic() + t.route_drain + t.stop_grace + 15
+    while time.monotonic() < deadline:
+        if all(s.state is DynoState.DOWN for s in supervisor.snapshot()):
+            break
+        await asyncio.sleep(0.2)
+    raise _Stopped
+
+
+async def run_agent(config: AgentConfig, stop_requested: asyncio.Event | None = None) -> None:
     rt, fetch = build_runtime(config)
     supervisor = DynoSupervisor(rt)
     link = ControllerLink(config, supervisor)
@@ -90,7 +120,9 @@ async def run_agent(config: AgentConfig) -> None:
             tg.create_task(rt.sink.run())
             if attach is not None:
                 tg.create_task(attach.run())
-            tg.create_task(run_link())
+            link_task = tg.create_task(run_link())
+            if stop_requested is not None:
+                tg.create_task(_stop_dynos_when(stop_requested, supervisor, link_task, config))
             if config.health_port:
                 tg.create_task(_serve_health(config))
             if config.etcd_endpoints:
@@ -98,6 +130,8 @@ async def run_agent(config: AgentConfig) -> None:
                     _run_presence(config, supervisor, await_port=attach_port, registered=registered)
                 )
             tg.create_task(_notify_ready(config, supervisor, registered))
+    except* _Stopped:
+        logger.info("agent stopped its dynos", node=config.node)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(fetch.close(), 2)
@@ -185,20 +219,24 @@ async def _main(config: AgentConfig) -> None:
     task = asyncio.current_task()
     assert task is not None
     signals_seen = 0
+    stop_requested = asyncio.Event()
 
     def on_signal() -> None:
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen > 1:
             os._exit(1)
-        logger.info("agent stopping; dynos keep running")
         sdnotify.stopping()
+        if config.stop_dynos_on_exit:
+            stop_requested.set()
+            return
+        logger.info("agent stopping; dynos keep running")
         task.cancel()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     with contextlib.suppress(asyncio.CancelledError):
-        await run_agent(config)
+        await run_agent(config, stop_requested)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -256,6 +294,12 @@ async def _main(config: AgentConfig) -> None:
     default="",
     help="API token for the controller (slipway-controller tokens create).",
 )
+@click.option(
+    "--stop-dynos-on-exit",
+    is_flag=True,
+    envvar="SLIPWAY_STOP_DYNOS_ON_EXIT",
+    help="On SIGTERM stop every dyno first (default: dynos outlive the agent and get adopted).",
+)
 @click.option("--runc", "runc_binary", envvar="SLIPWAY_RUNC", help="runc binary.")
 @click.option("--container-prefix", default="slipway", show_default=True)
 @click.option("--health-port", type=int, default=0, help="gRPC health service port (0: off).")
@@ -284,6 +328,7 @@ def main(
     etcd_prefix: str,
     presence_ttl: int,
     token: str,
+    stop_dynos_on_exit: bool,
     runc_binary: str | None,
     container_prefix: str,
     health_port: int,
@@ -317,6 +362,7 @@ def main(
         etcd_prefix=etcd_prefix,
         presence_ttl=presence_ttl,
         token=token,
+        stop_dynos_on_exit=stop_dynos_on_exit,
     )
     asyncio.run(_main(config))
 

@@ -92,6 +92,9 @@ class AgentConfig:
     presence_ttl: int = 10
     # API token presented to the controller (NodeService calls are authenticated).
     token: str = ""
+    # On SIGTERM, stop every dyno before exiting (`slipway up`); by default dynos
+    # outlive the agent and the next one adopts them.
+    stop_dynos_on_exit: bool = False
     health_port: int = 0  # 0 = no health service
     # AttachService (slipway run) on advertise_address:attach_port; 0 = any free
     # port (the bound one is advertised in the node record). None = not served.

@@ -74,7 +74,11 @@ def up(
     )
 
     def say(line: str) -> None:
-        click.echo(line, err=True)
+        # Progress must never break a shutdown: stderr may be a pipe that is gone.
+        try:
+            click.echo(line, err=True)
+        except OSError:
+            pass
 
     missing = platform.missing_packages()
     if missing:

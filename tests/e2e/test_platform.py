@@ -233,6 +233,12 @@ def test_a_new_user_session(platform: Platform) -> None:
     eventually(lambda: greeting(platform, "demo") == "Hello from Slipway", 90)
     assert "Rollback to v2" in platform.cli("releases", "-a", "demo").stdout
 
+    # Ctrl-C stops everything, dynos included; the next `slipway up` brings them back.
+    platform.stop()
+    assert not platform.containers()
+    platform.start()
+    eventually(lambda: greeting(platform, "demo") == "Hello from Slipway", 90)
+
     keys = Keys("/slipway")
     platform.cli("apps:create", "keeper")
     platform.cli("apps:destroy", "-a", "demo", "--confirm", "demo")

@@ -33,7 +33,7 @@ from slipway.etcd import Etcd
 from slipway.keys import Keys
 from tests.harness.cluster import AGENT_TIMINGS, PRESENCE_TTL
 from tests.harness.wait import eventually
-from tests.multihost.net import Host, Network, kill_netns_processes
+from tests.multihost.net import Host, Network
 from tests.multihost.quorum import REPLICAS, EtcdCluster, NatsCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ class Daemon:
 @dataclass
 class MultiHostCluster:
     workdir: Path
-    net: Network = field(default_factory=Network)
+    net: Network = field(init=False)
     etcd: EtcdCluster = field(init=False)
     nats: NatsCluster = field(init=False)
     controllers: dict[str, Daemon] = field(default_factory=dict)
@@ -133,6 +133,9 @@ class MultiHostCluster:
     routers: dict[str, Daemon] = field(default_factory=dict)
     builders: dict[str, Daemon] = field(default_factory=dict)
     token: str = ""
+
+    def __post_init__(self) -> None:
+        self.net = Network(self.workdir)
 
     # -- addresses -----------------------------------------------------------
     @property
@@ -384,29 +387,4 @@ class MultiHostCluster:
     # -- teardown ------------------------------------------------------------------
     def close(self) -> None:
         """Kill everything (also after a failed test), then remove containers and hosts."""
-        for host in self.hosts.values():
-            kill_netns_processes(host.netns)
-        # Agents keep runc state in DATA/runc, builders in DATA/sandbox/runc.
-        for root in self.workdir.glob("*/**/runc"):
-            _delete_containers(root)
         self.net.close()
-
-
-def _delete_containers(root: Path) -> None:
-    """runc state and cgroups of containers whose processes are already dead."""
-    if not root.is_dir():
-        return
-    ids = subprocess.run(
-        ["runc", "--root", str(root), "list", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    ).stdout.split()
-    for cid in ids:
-        subprocess.run(
-            ["runc", "--root", str(root), "delete", "-f", cid],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )

@@ -130,9 +130,11 @@ class Load:
         per_router = Counter(o.router for o in got)
         slowest = max((o.seconds for o in got), default=0.0)
         reasons = Counter(o.detail for o in failed).most_common(5)
+        # Requests a router held past a connect timeout before retrying elsewhere.
+        slow = sum(1 for o in got if o.seconds > 1.0)
         return (
             f"requests sent={len(got)} failed={len(failed)} per_router={dict(per_router)} "
-            f"slowest={slowest:.2f}s failures={reasons}"
+            f"slowest={slowest:.2f}s over_1s={slow} failures={reasons}"
         )
 
     def dynos_seen(self, since: int = 0) -> set[str]:

@@ -83,19 +83,40 @@ def kill_netns_processes(netns: str) -> None:
         time.sleep(0.1)
 
 
+def delete_runc_containers(root: Path) -> None:
+    """runc state and cgroups of containers whose processes are already dead."""
+    if not root.is_dir():
+        return
+    for cid in _run("runc", "--root", str(root), "list", "-q", check=False).stdout.split():
+        _run("runc", "--root", str(root), "delete", "-f", cid, check=False)
+
+
 def _remove_tag(tag: str) -> None:
-    """Delete every namespace and link of one run (each step tolerates absence)."""
+    """Delete every process, container, namespace and link of one run (each step
+    tolerates absence)."""
     mark = f"{PREFIX}{tag}"
+    state = STATE_DIR / f"{tag}.json"
+    try:
+        workdir = str(json.loads(state.read_text()).get("workdir") or "")
+    except (OSError, ValueError):
+        workdir = ""
     if NETNS_DIR.exists():
         for entry in NETNS_DIR.iterdir():
             if entry.name.startswith(mark):
                 kill_netns_processes(entry.name)
+    if workdir and shutil.which("runc"):
+        # Agents keep runc state in DIR/runc, builders in DIR/sandbox/runc.
+        for root in Path(workdir).glob("*/**/runc"):
+            delete_runc_containers(root)
+    if NETNS_DIR.exists():
+        for entry in NETNS_DIR.iterdir():
+            if entry.name.startswith(mark):
                 _run("ip", "netns", "del", entry.name, check=False)
     links = _run("ip", "-o", "link", "show", check=False).stdout
     for name in re.findall(r"^\d+: ([^:@]+)", links, flags=re.M):
         if name.startswith(mark):
             _run("ip", "link", "del", name, check=False)
-    (STATE_DIR / f"{tag}.json").unlink(missing_ok=True)
+    state.unlink(missing_ok=True)
 
 
 def clean_stale() -> list[str]:
@@ -153,8 +174,14 @@ class Host:
 
 @dataclass
 class Network:
-    """A bridge with hosts; ``close`` removes all of it (safe to call twice)."""
+    """A bridge with hosts; ``close`` removes all of it (safe to call twice).
 
+    ``close`` kills every process in the hosts' namespaces (daemons, shims,
+    dynos, build sandboxes: they all live there) and deletes the runc
+    containers found under ``workdir``, also for a crashed run's leftovers.
+    """
+
+    workdir: Path | None = None
     tag: str = field(default_factory=lambda: os.urandom(2).hex())
     hosts: dict[str, Host] = field(default_factory=dict)
     subnet: str = ""
@@ -172,7 +199,8 @@ class Network:
         clean_stale()
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         # Owner first, so a crash at any later step leaves a tag clean_stale can remove.
-        (STATE_DIR / f"{self.tag}.json").write_text(json.dumps({"pid": os.getpid()}))
+        owner = {"pid": os.getpid(), "workdir": str(self.workdir or "")}
+        (STATE_DIR / f"{self.tag}.json").write_text(json.dumps(owner))
         self.subnet = f"10.213.{_free_octet()}"
         _run("ip", "link", "add", self.bridge, "type", "bridge")
         _run("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)

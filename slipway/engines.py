@@ -51,6 +51,27 @@ def wait_for_port(
     raise errors.Unavailable(f"nothing listened on {host}:{port} within {timeout:.0f}s")
 
 
+def terminate(
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None, grace: float = 5.0
+) -> None:
+    """SIGTERM, wait ``grace`` seconds, then SIGKILL: how every child is stopped."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def kill9(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None) -> None:
+    """kill -9 and reap, for fault tests."""
+    if proc is not None and proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 @dataclass
 class Engine:
     """One child process with its log file."""
@@ -87,21 +108,11 @@ class Engine:
             raise errors.Unavailable(f"{self.name} did not start: {exc}\n{tail}") from exc
 
     def stop(self, grace: float = 5.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(self.proc, grace)
 
     def kill(self) -> None:
         """kill -9, for fault tests."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        kill9(self.proc)
 
     @property
     def running(self) -> bool:

@@ -105,17 +105,10 @@ class AgentProcess:
             log.close()
 
     def kill9(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        engines.kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+        engines.terminate(self.proc, 10)
 
     def containers(self) -> list[str]:
         if not self.runc_root.exists():

@@ -83,13 +83,7 @@ class ControllerProcess:
         return out.stdout.strip()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        engines.terminate(self.proc, 10)
 
     def cli(
         self, *args: str, token: str | None = None, check: bool = False, timeout: float = 60

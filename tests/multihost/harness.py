@@ -21,7 +21,6 @@ import asyncio
 import functools
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -105,17 +104,10 @@ class Daemon:
             engines.wait_for_port(self.host.address, self.port, timeout, self.proc)
 
     def kill9(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        engines.kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+        engines.terminate(self.proc, 10)
 
     @property
     def running(self) -> bool:

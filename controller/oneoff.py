@@ -26,9 +26,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controller.leader import Leadership
-from controller.scheduler import CRASHED, DOWN, NodeInfo, Placement, choose_node
+from controller.scheduler import CRASHED, DOWN, Placement
 from controller.sizes import DEFAULT_SIZE, SizeTable
-from controller.snapshot import load_nodes
+from controller.snapshot import choose_one_off_node
 from controller.state import State
 from slipway import errors
 from slipway import log as slog
@@ -116,17 +116,15 @@ class OneOffs:
         if not release.slug.digest:
             raise errors.FailedPrecondition(f"{req.app} has no slug to run; deploy first")
         size = self.sizes.get(req.size or DEFAULT_SIZE)
-        node_records, draining = await load_nodes(self.etcd, self.keys)
-        kvs, _ = await self.etcd.get_prefix(self.keys.dynos())
-        placements = [Placement.decode(kv.value) for kv in kvs]
-        if req.attach:
+        node = await choose_one_off_node(
+            self.etcd,
+            self.keys,
+            req.app,
+            RUN_TYPE,
+            size.memory_mb,
             # Only nodes whose agent serves attach can run an attached dyno.
-            node_records = {n: r for n, r in node_records.items() if r.attach_port}
-        nodes = [
-            NodeInfo(r.name, r.address, r.capacity_mb, r.name in draining)
-            for r in node_records.values()
-        ]
-        node = choose_node(nodes, placements, req.app, RUN_TYPE, size.memory_mb)
+            eligible=lambda record: bool(record.attach_port) or not req.attach,
+        )
         if node is None:
             raise errors.ResourceExhausted(
                 f"no node has {size.memory_mb} MB free for a {size.name} one-off dyno",
@@ -138,7 +136,7 @@ class OneOffs:
             name=name,
             type=RUN_TYPE,
             release=release.version,
-            node=node,
+            node=node.name,
             instance_id=uuid.uuid4().hex[:12],
             memory_mb=size.memory_mb,
             max_processes=size.max_processes,
@@ -162,12 +160,12 @@ class OneOffs:
             "one-off dyno placed",
             app=req.app,
             dyno=name,
-            node=node,
+            node=node.name,
             release=release.version,
             attached=req.attach,
             tty=placement.tty,
         )
-        return Started(placement, node_records[node], lease_id)
+        return Started(placement, node, lease_id)
 
     async def keep_alive(self, lease_id: int) -> None:
         """Refresh an attached dyno's lease until cancelled (the session owns this task)."""

@@ -25,7 +25,7 @@ from controller import snapshot
 from controller.build_records import FAILED, RUNNING, SUCCEEDED, BuildRecord, BuildStore
 from controller.buildbus import BuildBus
 from controller.models import RELEASE_FAILED, RELEASE_SUCCEEDED
-from controller.scheduler import CRASHED, DOWN, NodeInfo, Placement, choose_node
+from controller.scheduler import CRASHED, DOWN, Placement
 from controller.sizes import DEFAULT_SIZE, SizeTable
 from controller.state import State
 from slipway import errors
@@ -102,15 +102,10 @@ class ReleasePhase:
             await self._check(record)
 
     async def _place(self, record: BuildRecord) -> None:
-        node_records, draining = await snapshot.load_nodes(self.state.etcd, self.keys)
-        nodes = [
-            NodeInfo(n.name, n.address, n.capacity_mb, n.name in draining)
-            for n in node_records.values()
-        ]
-        kvs, _ = await self.state.etcd.get_prefix(self.keys.dynos())
-        placements = [Placement.decode(kv.value) for kv in kvs]
         size = self.sizes.get(DEFAULT_SIZE)
-        node = choose_node(nodes, placements, record.app, "release", size.memory_mb)
+        node = await snapshot.choose_one_off_node(
+            self.state.etcd, self.keys, record.app, "release", size.memory_mb
+        )
         if node is None:
             waited = time.time() - (record.finished_at or record.created_at)
             if waited > self.place_timeout:
@@ -127,7 +122,7 @@ class ReleasePhase:
             name=f"release.{record.release}",
             type="release",
             release=record.release,
-            node=node,
+            node=node.name,
             instance_id=uuid.uuid4().hex[:12],
             memory_mb=size.memory_mb,
             max_processes=size.max_processes,
@@ -159,7 +154,7 @@ class ReleasePhase:
                 app=record.app,
                 build=record.id,
                 release=record.release,
-                node=node,
+                node=node.name,
             )
 
     async def _check(self, record: BuildRecord) -> None:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from controller.models import AppRecord, ReleaseRecord, decode_formation
-from controller.scheduler import AppWant, Cluster, NodeInfo, Placement, ProcessWant
+from controller.scheduler import (
+    AppWant,
+    Cluster,
+    NodeInfo,
+    Placement,
+    ProcessWant,
+    choose_node,
+)
 from controller.sizes import SizeTable
 from slipway import errors
 from slipway.etcd import Etcd
@@ -116,3 +124,23 @@ async def load(etcd: Etcd, keys: Keys, sizes: SizeTable, releases: ReleaseCache)
     statuses = await load_statuses(etcd, keys)
     cluster = Cluster(nodes, placements, {i: s.state for i, s in statuses.items()})
     return Snapshot(apps, wants, cluster, statuses, node_records)
+
+
+async def choose_one_off_node(
+    etcd: Etcd,
+    keys: Keys,
+    app: str,
+    ptype: str,
+    memory_mb: int,
+    *,
+    eligible: Callable[[NodeRecord], bool] = lambda record: True,
+) -> NodeRecord | None:
+    """A node for one extra dyno (run.N, release.N), by the scheduler's own capacity rules."""
+    node_records, draining = await load_nodes(etcd, keys)
+    nodes = [
+        NodeInfo(r.name, r.address, r.capacity_mb, r.name in draining)
+        for r in node_records.values()
+        if eligible(r)
+    ]
+    chosen = choose_node(nodes, await load_placements(etcd, keys), app, ptype, memory_mb)
+    return node_records[chosen] if chosen else None

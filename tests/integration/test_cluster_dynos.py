@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
 import threading
 import time
 import urllib.request
@@ -19,7 +21,7 @@ import pytest
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 from slipway.v1 import types_pb2
-from tests.harness.cluster import PRESENCE_TTL, LocalCluster
+from tests.harness.cluster import PRESENCE_TTL, AgentProcess, LocalCluster
 from tests.harness.slugs import upload_slug
 from tests.harness.wait import eventually
 
@@ -105,6 +107,23 @@ def test_formation_spreads_serves_and_scales_to_zero(cluster: LocalCluster) -> N
     )
 
 
+def runc_pids(agent: AgentProcess, container: str) -> list[int]:
+    out = subprocess.run(
+        ["runc", "--root", str(agent.runc_root), "ps", "--format", "json", container],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return sorted(json.loads(out.stdout or "[]"))
+
+
+def last_tick(cluster: LocalCluster, app: str) -> int:
+    out = cluster.controller.cli("logs", "-a", app, "--dyno", "worker.1", "-n", "20", check=True)
+    ticks = [int(m) for m in re.findall(r"app\[worker\.1\]: tick (\d+)", out.stdout)]
+    return max(ticks, default=-1)
+
+
 def test_agent_kill9_and_restart_adopts_the_same_containers(cluster: LocalCluster) -> None:
     agent = cluster.add_agent("node-a")
     cli = cluster.controller.cli
@@ -112,18 +131,41 @@ def test_agent_kill9_and_restart_adopts_the_same_containers(cluster: LocalCluste
     deploy(cluster, "adopt")
     cli("ps:scale", "-a", "adopt", "web=2", "worker=1", check=True)
     eventually(lambda: len([d for d in dynos(cluster, "adopt") if d["state"] == "up"]) == 3, 60)
+    node = json.loads(cli("nodes", "--json", check=True).stdout)[0]
+    assert node["name"] == "node-a" and int(node["capacity_memory_mb"]) == agent.memory_mb
+    eventually(
+        lambda: (
+            int(
+                json.loads(cli("nodes", "--json", check=True).stdout)[0].get(
+                    "memory_total_bytes", 0
+                )
+            )
+            > 0
+        ),
+        30,
+    )  # heartbeats arrive with host metrics
     before = sorted(agent.containers())
     instances = sorted(d["instance_id"] for d in dynos(cluster, "adopt"))
+    pids = {cid: runc_pids(agent, cid) for cid in before}
+    assert all(pids.values())
+    eventually(lambda: last_tick(cluster, "adopt") >= 0, 30)
 
     agent.kill9()
-    agent.start()
-    # The agent is back (a fresh heartbeat) and still runs exactly the same containers.
-    time.sleep(PRESENCE_TTL)
-    eventually(lambda: len([d for d in dynos(cluster, "adopt") if d["state"] == "up"]) == 3, 30)
-    assert sorted(agent.containers()) == before
-    assert sorted(d["instance_id"] for d in dynos(cluster, "adopt")) == instances
+    # Killing the agent touches no dyno: they keep serving meanwhile.
     for route in routes(cluster, "adopt"):
         http_get(str(route["address"]))
+    agent.start()
+    time.sleep(PRESENCE_TTL)
+    eventually(lambda: len([d for d in dynos(cluster, "adopt") if d["state"] == "up"]) == 3, 30)
+    assert sorted(agent.containers()) == before, "same containers, none duplicated"
+    assert {cid: runc_pids(agent, cid) for cid in before} == pids, "same processes, not restarted"
+    assert sorted(d["instance_id"] for d in dynos(cluster, "adopt")) == instances
+    assert all(d.get("restarts", 0) == 0 for d in dynos(cluster, "adopt"))
+    for route in routes(cluster, "adopt"):
+        http_get(str(route["address"]))
+    # The adopted worker's output still reaches the logs.
+    seen = last_tick(cluster, "adopt")
+    eventually(lambda: last_tick(cluster, "adopt") > seen + 3, 30)
 
 
 def test_lost_node_dynos_move_and_routes_vanish(cluster: LocalCluster) -> None:

@@ -9,6 +9,8 @@ command -v etcd >/dev/null 2>&1 || need_pkgs+=(etcd-server)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_pkgs+=(nats-server)
 command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || need_pkgs+=(runc)
 command -v git >/dev/null 2>&1 || need_pkgs+=(git)
+# The multi-host tests build network namespaces and veth pairs with iproute2.
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_pkgs+=(iproute2)
 for extra in "$@"; do
     case "$extra" in
         --bench) for p in wrk nginx haproxy; do

@@ -133,17 +133,7 @@ class Collector:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
 
     async def _objects(self, bucket: str) -> dict[str, float]:
-        store = await self.bus.js.object_store(bucket)
-        try:
-            infos = await store.list()
-        except Exception:  # an empty bucket answers "not found"
-            return {}
-        out: dict[str, float] = {}
-        for info in infos:
-            if info.deleted or not info.name:
-                continue
-            out[info.name] = _mtime(info.mtime)
-        return out
+        return {i.name: _mtime(i.mtime) for i in await self.bus.stores.infos(bucket)}
 
     async def collect_once(self) -> GcPlan:
         started = time.monotonic()

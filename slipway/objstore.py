@@ -8,6 +8,7 @@ Buckets:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,10 +113,17 @@ class ObjectStores:
             return False
         return True
 
-    async def names(self, bucket: str) -> list[str]:
+    async def infos(self, bucket: str, *, timeout: float = 10.0) -> list[nats.js.api.ObjectInfo]:
+        """Every live object's info. Bounded: nats-py's listing waits on a watcher
+        with no deadline of its own, and must not stall a caller's loop."""
         store = await self._store(bucket)
         try:
-            infos = await store.list()
+            infos = await asyncio.wait_for(store.list(), timeout)
         except nats.js.errors.NotFoundError:
-            return []
-        return [i.name for i in infos if not i.deleted]
+            return []  # an empty bucket answers "not found"
+        except TimeoutError as exc:
+            raise errors.Unavailable(f"listing {bucket} took over {timeout:.0f}s") from exc
+        return [i for i in infos if not i.deleted and i.name]
+
+    async def names(self, bucket: str) -> list[str]:
+        return [i.name for i in await self.infos(bucket)]

@@ -7,6 +7,7 @@ stopped with terminate -> wait -> kill.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -17,6 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slipway import errors
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Run in a child before exec: it gets SIGTERM when its parent dies, so a
+    killed test run or `slipway up` leaves no engine behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def find_binary(name: str) -> str:
@@ -97,6 +107,7 @@ class Engine:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         finally:
             log.close()

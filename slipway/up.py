@@ -10,7 +10,6 @@ directory, so running ``slipway up`` again keeps apps, releases and config.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import socket
@@ -24,7 +23,6 @@ from pathlib import Path
 from slipway import engines, errors
 from slipway.backoff import Backoff
 
-PR_SET_PDEATHSIG = 1
 PACKAGES = {"etcd": "etcd-server", "nats-server": "nats-server", "runc": "runc"}
 
 
@@ -114,7 +112,7 @@ class Component:
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=engines.die_with_parent,
             )
         finally:
             log.close()
@@ -150,12 +148,6 @@ class Component:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if `slipway up` itself dies, so nothing is orphaned."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _py(module: str, *args: str) -> list[str]:

@@ -29,6 +29,7 @@ from agent.main_runtime import build_runtime
 from agent.model import DynoState
 from agent.supervisor import DynoSupervisor
 from slipway import conffile, log, sdnotify
+from slipway.aio import wait_set
 from slipway.backoff import Backoff
 
 logger = log.get("agent")
@@ -147,7 +148,7 @@ async def _notify_ready(
     """
     await supervisor.ready.wait()
     try:
-        await asyncio.wait_for(registered.wait(), config.timings.ready_wait)
+        await wait_set(registered, config.timings.ready_wait)
         status = "dynos adopted; node registered"
     except TimeoutError:
         logger.warning("node not registered yet; reporting ready", node=config.node)

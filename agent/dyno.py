@@ -35,6 +35,7 @@ from agent.plan import Actual
 from agent.records import DynoRecord
 from agent.slugcache import SlugCache
 from slipway import errors, log
+from slipway.aio import wait_set
 from slipway.clock import Clock
 from slipway.oci import SANDBOX_GID, SANDBOX_UID, Runc, Stack
 
@@ -421,7 +422,7 @@ class Dyno:
         self.heroku("Stopping all processes with SIGTERM")
         await self._kill(signal.SIGTERM)
         try:
-            await asyncio.wait_for(self.exited.wait(), grace)
+            await wait_set(self.exited, grace)
             return
         except TimeoutError:
             pass
@@ -433,7 +434,7 @@ class Dyno:
         self._reason = "R12"
         await self._kill(signal.SIGKILL)
         try:
-            await asyncio.wait_for(self.exited.wait(), 10.0)
+            await wait_set(self.exited, 10.0)
         except TimeoutError:
             self._log.error("dyno did not die after SIGKILL")
 
@@ -448,7 +449,7 @@ class Dyno:
         self.heroku("Stopping all processes with SIGHUP")
         await self._kill(signal.SIGHUP)
         try:
-            await asyncio.wait_for(self.exited.wait(), self.rt.config.timings.hangup_grace)
+            await wait_set(self.exited, self.rt.config.timings.hangup_grace)
             return True
         except TimeoutError:
             return False

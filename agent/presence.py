@@ -21,6 +21,7 @@ from dataclasses import replace
 from agent.model import DynoState, DynoStatus
 from slipway import errors
 from slipway import log as slog
+from slipway.aio import wait_set
 from slipway.backoff import Backoff
 from slipway.etcd import Etcd
 from slipway.keys import Keys
@@ -111,7 +112,7 @@ class Presence:
                     raise errors.Unavailable("the node's lease expired")
                 last_refresh = now
             try:
-                await asyncio.wait_for(self.wake.wait(), self.interval)
+                await wait_set(self.wake, self.interval)
             except TimeoutError:
                 pass
             self.wake.clear()

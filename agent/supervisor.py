@@ -35,6 +35,7 @@ from agent.model import DynoSpec, DynoState, DynoStatus
 from agent.plan import Plan, plan
 from agent.records import DynoRecord
 from slipway import errors, log
+from slipway.aio import wait_set
 
 logger = log.get("agent.supervisor")
 
@@ -118,7 +119,7 @@ class DynoSupervisor:
                 if p.wake_at is not None:
                     timeout = max(0.0, min(timeout, p.wake_at - now))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    await wait_set(self._wake, timeout)
                 self._wake.clear()
 
     def _kept(self) -> list[DynoSpec]:

@@ -42,6 +42,7 @@ from controller.release_phase import PHASE_PENDING, ReleasePhase
 from controller.state import State
 from slipway import buildproto, errors
 from slipway import log as slog
+from slipway.aio import wait_set
 from slipway.backoff import Backoff
 
 log = slog.get("controller.build_watcher")
@@ -172,7 +173,7 @@ class BuildWatcher:
             self.wake.clear()
             await self.sweep()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.sweep_seconds)
+                await wait_set(self.wake, self.sweep_seconds)
 
     async def sweep(self) -> None:
         for record in await self.store.list():

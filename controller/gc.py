@@ -29,6 +29,7 @@ from controller.models import ReleaseRecord
 from controller.state import State
 from slipway import errors, objstore
 from slipway import log as slog
+from slipway.aio import wait_set
 
 log = slog.get("controller.gc")
 
@@ -130,7 +131,7 @@ class Collector:
             except Exception as exc:  # NATS object-store errors come in many kinds
                 log.warning("gc failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await wait_set(self._wake, self.interval)
 
     async def _objects(self, bucket: str) -> dict[str, float]:
         return {i.name: _mtime(i.mtime) for i in await self.bus.stores.infos(bucket)}

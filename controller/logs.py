@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 
 from slipway import errors, logline
 from slipway import log as slog
+from slipway.aio import wait_set
 from slipway.logline import LogLine
 from slipway.natslink import NatsLink
 
@@ -179,7 +180,7 @@ async def _history_end(reader: LogReader, sub: object, check_every: float = 1.0)
     (every stored line of the app was discarded after ``last_seq`` was looked up)."""
     while True:
         try:
-            await asyncio.wait_for(reader.history_done.wait(), check_every)
+            await wait_set(reader.history_done, check_every)
             return
         except TimeoutError:
             info = await sub.consumer_info()  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from controller.scheduler import CRASHED, Placement, Plan, plan
 from controller.sizes import SizeTable
 from slipway import errors
 from slipway import log as slog
+from slipway.aio import wait_set
 from slipway.backoff import Backoff
 from slipway.etcd import Etcd
 from slipway.keys import Keys
@@ -88,7 +89,7 @@ class Reconciler:
                 await asyncio.sleep(backoff.next())
                 continue
             try:
-                await asyncio.wait_for(self.wake.wait(), self.resync_seconds)
+                await wait_set(self.wake, self.resync_seconds)
             except TimeoutError:
                 pass
             # Collapse a burst of events (a deploy touches several keys) into one pass.

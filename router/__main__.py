@@ -20,6 +20,7 @@ import click
 
 from router.config import Limits, Listen, LogConfig, RouterConfig
 from slipway import conffile, log, sdnotify
+from slipway.aio import wait_set
 
 logger = log.get(__name__)
 _READY_TABLE_WAIT = 10.0  # seconds systemd readiness waits for the first route table
@@ -177,7 +178,7 @@ def run_worker(
             # Ready means routing: wait for the first route table, but not for
             # long, since with etcd away a router still serves what it learns later.
             try:
-                await asyncio.wait_for(router.watcher.ready.wait(), _READY_TABLE_WAIT)
+                await wait_set(router.watcher.ready, _READY_TABLE_WAIT)
             except TimeoutError:
                 logger.warning("route table not loaded yet; reporting ready", worker=index)
             if on_listening is not None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
+import nats.js.api
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -50,17 +51,21 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]
 
 
 async def connect_when_jetstream_ready(servers: list[str]) -> NATS:
-    """A clustered JetStream answers only once its meta leader is elected."""
+    """A clustered JetStream answers once its meta leader is elected, but can place
+    three copies only once every server has joined: wait for both, by placing a
+    throwaway three-copy stream."""
     nc = await nats.connect(servers=servers)
     js = nc.jetstream()
-    for _ in range(150):
+    probe = nats.js.api.StreamConfig(name="READY_PROBE", subjects=["ready.probe"], num_replicas=3)
+    for _ in range(300):
         try:
-            await js.account_info()
+            await js.add_stream(probe)
+            await js.delete_stream("READY_PROBE")
             return nc
         except Exception:
             await asyncio.sleep(0.2)
     await nc.close()
-    raise AssertionError("JetStream cluster never became ready")
+    raise AssertionError("JetStream cluster never had three servers ready")
 
 
 @pytest.fixture

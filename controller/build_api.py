@@ -7,7 +7,6 @@ itself: authenticate, log one line, translate :mod:`slipway.errors`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -19,7 +18,7 @@ from controller.build_records import BuildRecord, BuildStore
 from controller.buildbus import BuildBus
 from controller.builds import Builds, UploadMeta
 from controller.convert import timestamp
-from controller.endpoint import unary
+from controller.endpoint import streaming, unary
 from controller.gc import Collector
 from slipway import errors
 from slipway import log as slog
@@ -131,37 +130,22 @@ class BuildRPCs:
         await services.builds.state.get_app(request.app)
         return pb.GetBuildResponse(build=build_message(await _find(services, request)))
 
+    @streaming
     async def StreamBuildOutput(
-        self, request: pb.StreamBuildOutputRequest, context: Ctx
+        self, request: pb.StreamBuildOutputRequest, context: Ctx, actor: str
     ) -> AsyncIterator[pb.StreamBuildOutputResponse]:
-        started = time.monotonic()
-        code = "OK"
-        try:
-            await self.tokens.authenticate(context)  # type: ignore[attr-defined]
-            services = self._builds
-            await services.builds.state.get_app(request.app)
-            record = await _find(services, request)
-            async for item in follow(services.store, services.bus, record.app, record.id):
-                if isinstance(item, Line):
-                    yield pb.StreamBuildOutputResponse(
-                        line=pb.BuildOutputLine(
-                            line=item.text, attempt=item.attempt, at=timestamp(item.ts)
-                        )
+        services = self._builds
+        await services.builds.state.get_app(request.app)
+        record = await _find(services, request)
+        async for item in follow(services.store, services.bus, record.app, record.id):
+            if isinstance(item, Line):
+                yield pb.StreamBuildOutputResponse(
+                    line=pb.BuildOutputLine(
+                        line=item.text, attempt=item.attempt, at=timestamp(item.ts)
                     )
-                else:
-                    yield pb.StreamBuildOutputResponse(build=build_message(item))
-        except errors.SlipwayError as exc:
-            code = exc.code.name
-            await context.abort(exc.code, exc.message)
-        finally:
-            log.info(
-                "api call",
-                method="StreamBuildOutput",
-                app=request.app,
-                build=request.id,
-                code=code,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
-            )
+                )
+            else:
+                yield pb.StreamBuildOutputResponse(build=build_message(item))
 
     @unary
     async def SetBuildpacks(

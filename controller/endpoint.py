@@ -1,6 +1,7 @@
 """The boundary between gRPC and the controller's domain code.
 
-Every unary RPC goes through :func:`unary`: authenticate, run, log one line
+Every unary RPC goes through :func:`unary`, every server-streaming one through
+:func:`streaming`: authenticate, run, log one line
 (method, app, code, duration_ms), and translate :class:`SlipwayError` into the
 matching status with its message unchanged. Anything else is a bug: it is logged
 with its traceback and the client gets INTERNAL with a pointer to the log.
@@ -8,10 +9,11 @@ with its traceback and the client gets INTERNAL with a pointer to the log.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 
@@ -23,6 +25,7 @@ log = slog.get("controller.api")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
 class HasTokens(Protocol):
@@ -75,3 +78,41 @@ def unary(
         raise AssertionError("unreachable: abort raises")
 
     return wrapper  # type: ignore[return-value]
+
+
+def streaming(
+    func: Callable[[Any, Req, Ctx, str], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, Ctx], AsyncIterator[Resp]]:
+    """Authenticate, log and translate errors for a server-streaming RPC."""
+
+    @functools.wraps(func)
+    async def wrapper(self: Any, request: Req, context: Ctx) -> AsyncIterator[Resp]:
+        started = time.monotonic()
+        code = "OK"
+        app = _app_of(request)
+        try:
+            actor = await self.tokens.authenticate(context)
+            async for item in func(self, request, context, actor):
+                yield item
+        except errors.SlipwayError as exc:
+            code = exc.code.name
+            await context.abort(exc.code, exc.message)
+        except (GeneratorExit, asyncio.CancelledError):
+            code = "CANCELLED"  # the client went away (or the server is stopping)
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("api call failed", method=func.__name__, app=app)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error in the controller; see its log"
+            )
+        finally:
+            log.info(
+                "api call",
+                method=func.__name__,
+                app=app,
+                code=code,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+
+    return wrapper

@@ -1,75 +1,29 @@
 """The StreamLogs RPC of PlatformService (mixed into controller.api.PlatformAPI).
 
-A server-streaming call cannot go through :func:`controller.endpoint.unary`, so
-:func:`streaming` does the same three things around an async generator:
-authenticate, log one line when the stream ends (method, app, code,
-duration_ms), and translate :mod:`slipway.errors` into a status.
+The RPC goes through :func:`controller.endpoint.streaming`: authentication,
+one log line when the stream ends, and error translation.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 
 from controller.auth import Tokens
 from controller.convert import timestamp
+from controller.endpoint import streaming
 from controller.logs import LogFilter, LogHub, line_count
 from controller.state import State
 from slipway import errors
-from slipway import log as slog
 from slipway.logline import LogLine
 from slipway.v1 import platform_pb2 as pb
 
-log = slog.get("controller.api")
 Ctx: TypeAlias = grpc.aio.ServicerContext
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 
 # Keep each response well under the 8 MB message limit (lines are up to 10 KB).
 _RESPONSE_BYTES = 1024 * 1024
-
-
-def streaming(
-    func: Callable[[Any, Req, Ctx, str], AsyncIterator[Resp]],
-) -> Callable[[Any, Req, Ctx], AsyncIterator[Resp]]:
-    """Authenticate, log and translate errors for a server-streaming RPC."""
-
-    @functools.wraps(func)
-    async def wrapper(self: Any, request: Req, context: Ctx) -> AsyncIterator[Resp]:
-        started = time.monotonic()
-        code = "OK"
-        app = str(getattr(request, "app", ""))
-        try:
-            actor = await self.tokens.authenticate(context)
-            async for item in func(self, request, context, actor):
-                yield item
-        except errors.SlipwayError as exc:
-            code = exc.code.name
-            await context.abort(exc.code, exc.message)
-        except (GeneratorExit, asyncio.CancelledError):
-            code = "CANCELLED"  # the client went away (or the server is stopping)
-            raise
-        except Exception:
-            code = "INTERNAL"
-            log.exception("api call failed", method=func.__name__, app=app)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error in the controller; see its log"
-            )
-        finally:
-            log.info(
-                "api call",
-                method=func.__name__,
-                app=app,
-                code=code,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
-            )
-
-    return wrapper
 
 
 def entry(line: LogLine) -> pb.LogEntry:

@@ -69,16 +69,18 @@ def test_gc_deletes_unreferenced_slugs_and_a_destroyed_apps_objects(
     )
     try:
         old, new, orphan = (hashlib.sha256(n.encode()).hexdigest() for n in ("a", "b", "c"))
-        for digest in (old, new, orphan):
-            asyncio.run(_put(gc_nats, tmp_path, objstore.SLUGS, digest))
         client = Client(ctl.address, ctl.token)
         client.create_app("gcapp")
-        asyncio.run(_put(gc_nats, tmp_path, objstore.CACHES, "gcapp"))
-        asyncio.run(_put(gc_nats, tmp_path, objstore.CACHES, "gone-app"))
+        # References before objects: with min_age 0 a collection that ran between
+        # an upload and the release naming it would rightly delete the slug.
         for digest in (old, new):
             client.create_release(
                 "gcapp", types_pb2.SlugRef(digest=digest, size_bytes=10), {"web": "true"}
             )
+        for digest in (old, new, orphan):
+            asyncio.run(_put(gc_nats, tmp_path, objstore.SLUGS, digest))
+        asyncio.run(_put(gc_nats, tmp_path, objstore.CACHES, "gcapp"))
+        asyncio.run(_put(gc_nats, tmp_path, objstore.CACHES, "gone-app"))
 
         def collected() -> bool:
             slugs = names(gc_nats, objstore.SLUGS)

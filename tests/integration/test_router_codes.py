@@ -18,7 +18,6 @@ from tests.integration.test_router_harness import (
     LogTap,
     Req,
     RunningRouter,
-    event_loop_policy,  # noqa: F401 - the fixture: run on uvloop
     read_response,
     request,
     router_config,

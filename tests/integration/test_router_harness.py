@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import nats
-import pytest
+import uvloop
 
 from router.config import Limits, Listen, LogConfig, RouterConfig
 from router.server import Router
@@ -264,6 +264,9 @@ class RunningRouter:
 async def start_router(
     config: RouterConfig, *, need_logs: bool = False
 ) -> AsyncIterator[RunningRouter]:
+    # The router runs on uvloop in production; tests must not pass on a loop it
+    # never uses (see pytest_asyncio_loop_factories in conftest.py).
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop), "router tests need uvloop"
     router = Router(config)
     task = asyncio.create_task(router.run())
     try:
@@ -385,11 +388,3 @@ class LogTap:
             return None
 
         return await eventually_async(found, timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    """Router tests run on uvloop, as the router does in production."""
-    import uvloop
-
-    return uvloop.EventLoopPolicy()

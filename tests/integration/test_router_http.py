@@ -12,7 +12,6 @@ from tests.integration.test_router_harness import (
     BASE,
     Dyno,
     Req,
-    event_loop_policy,  # noqa: F401 - the fixture: run on uvloop
     frame,
     raw,
     read_frame,

@@ -17,7 +17,6 @@ from tests.harness.wait import eventually_async
 from tests.integration.test_router_harness import (
     BASE,
     Dyno,
-    event_loop_policy,  # noqa: F401 - the fixture: run on uvloop
     request,
     router_config,
     routes,

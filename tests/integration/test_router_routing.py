@@ -16,7 +16,6 @@ from tests.harness.wait import eventually_async
 from tests.integration.test_router_harness import (
     Dyno,
     Req,
-    event_loop_policy,  # noqa: F401 - the fixture: run on uvloop
     request,
     router_config,
     routes,

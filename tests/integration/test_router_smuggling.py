@@ -7,7 +7,6 @@ import pytest
 from tests.integration.test_router_harness import (
     BASE,
     Dyno,
-    event_loop_policy,  # noqa: F401 - the fixture: run on uvloop
     raw,
     request,
     router_config,

@@ -19,9 +19,8 @@ import pytest
 
 from slipway import engines
 from tests.harness.wait import eventually_async
-from tests.integration.test_router_harness import (  # noqa: F401 - event_loop_policy: uvloop
+from tests.integration.test_router_harness import (
     BASE,
-    event_loop_policy,
     read_head,
     routes,
 )

@@ -108,6 +108,7 @@ async def fail_exhausted_jobs(nc: NATS, name: str) -> None:
                         f"Build failed: it was attempted {deliveries} times and no builder "
                         "finished it"
                     ),
+                    app=job.app,
                 ).encode(),
             )
             with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -253,7 +254,9 @@ class BuildQueue:
         started = time.monotonic()
         log_keys = {"app": job.app, "build": job.build_id, "attempt": attempt}
         _log.info("build started", **log_keys)
-        await self._status(protocol.BuildStatus(job.build_id, protocol.RUNNING, attempt, self.name))
+        await self._status(
+            protocol.BuildStatus(job.build_id, protocol.RUNNING, attempt, self.name, app=job.app)
+        )
         await self._app_log(
             job.app, f"Build {job.build_id} started on {self.name} (attempt {attempt})"
         )
@@ -300,7 +303,7 @@ class BuildQueue:
             await out.line(f" !     {exc}")
             await out.line(" !     Build failed")
             return protocol.BuildStatus(
-                job.build_id, protocol.FAILED, attempt, self.name, error=str(exc)
+                job.build_id, protocol.FAILED, attempt, self.name, error=str(exc), app=job.app
             )
         await out.line("-----> Build succeeded")
         return protocol.BuildStatus(
@@ -312,6 +315,7 @@ class BuildQueue:
             process_types=manifest.process_types,
             release_command=manifest.release_command,
             buildpacks=manifest.buildpacks,
+            app=job.app,
         )
 
     async def _infra_failure(
@@ -329,6 +333,7 @@ class BuildQueue:
                         attempt,
                         self.name,
                         error=f"Build failed after {attempt} attempts: {exc}",
+                        app=job.app,
                     )
                 )
             await msg.term()

@@ -1,8 +1,8 @@
 """The build RPCs of PlatformService (mixed into controller.api.PlatformAPI).
 
-Unary and client-streaming calls go through :func:`controller.endpoint.unary`;
-the one server-streaming call (StreamBuildOutput) does the same three things
-itself: authenticate, log one line, translate :mod:`slipway.errors`.
+Unary and client-streaming calls go through :func:`controller.endpoint.unary`,
+the server-streaming StreamBuildOutput through :func:`controller.endpoint.streaming`:
+both authenticate, log one line and translate :mod:`slipway.errors`.
 """
 
 from __future__ import annotations

@@ -164,8 +164,12 @@ class BuildStore:
         records = [BuildRecord.decode(kv.value) for kv in kvs]
         return sorted(records, key=lambda b: (-b.created_at, b.id))
 
-    async def find(self, build_id: str) -> BuildRecord | None:
-        """A build by id alone (status messages carry no app)."""
+    async def find(self, build_id: str, app: str = "") -> BuildRecord | None:
+        """A build by id, read directly when its app is known; else searched for
+        (status messages from builders that predate ``BuildStatus.app``)."""
+        if app:
+            kv = await self.etcd.get(self.keys.build(app, build_id))
+            return BuildRecord.decode(kv.value) if kv is not None else None
         for record in await self.list():
             if record.id == build_id:
                 return record

@@ -152,7 +152,7 @@ class BuildWatcher:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("malformed build status dropped", error=str(exc))
             return
-        record = await self.store.find(status.build_id)
+        record = await self.store.find(status.build_id, status.app)
         if record is None:
             return  # another installation's build, or one whose app is gone
         updated = await self.store.update(record.app, record.id, lambda r: apply_status(r, status))

@@ -124,6 +124,9 @@ class BuildStatus:
     buildpacks: list[str] = field(default_factory=list)
     error: str | None = None  # failed only: one sentence for the user
     ts: float = field(default_factory=time.time)
+    # The build's app: lets the controller read the record directly. Empty from
+    # builders older than this field (the controller then searches by id).
+    app: str = ""
 
     def encode(self) -> bytes:
         return _dump(asdict(self))
@@ -142,6 +145,7 @@ class BuildStatus:
             buildpacks=[str(b) for b in obj.get("buildpacks") or []],
             error=obj.get("error"),
             ts=float(obj.get("ts", 0.0)),
+            app=str(obj.get("app") or ""),
         )
 
 

@@ -171,7 +171,9 @@ def test_job_round_trip_and_validation() -> None:
         protocol.BuildJob.decode(b'{"build_id": "a.b", "app": "x", "source": "s"}')
     with pytest.raises(errors.InvalidArgument, match="malformed"):
         protocol.BuildJob.decode(b'{"app": "x"}')
-    status = protocol.BuildStatus("b-1", protocol.SUCCEEDED, 2, "n", slug={"digest": "d"})
+    status = protocol.BuildStatus(
+        "b-1", protocol.SUCCEEDED, 2, "n", slug={"digest": "d"}, app="demo"
+    )
     assert protocol.BuildStatus.decode(status.encode()) == status
     assert protocol.status_subject("b-1") == "builds.status.b-1"
     assert protocol.output_subject("b-1") == "builds.output.b-1"

@@ -268,13 +268,16 @@ class TableWatcher:
                         continue  # periodic full resync
                     # The stream ended without an error: treat like a break.
                     raise errors.Unavailable("etcd watch ended", reason="etcd_unavailable")
-                except (errors.SlipwayError, OSError) as exc:
+                except Exception as exc:
+                    # Anything at all (not only the etcd errors we know): a watcher
+                    # thread that died would leave this router on a stale table for
+                    # good, while a retry costs nothing.
                     main.call_soon_threadsafe(self._lost)
                     delay = self.backoff.next()
                     # Keep serving from the table we have; just try again later.
                     logger.warning(
                         "etcd unavailable, keeping last route table",
-                        error=str(exc),
+                        error=str(exc) if isinstance(exc, errors.SlipwayError) else repr(exc),
                         retry_in=round(delay, 2),
                     )
                     await asyncio.sleep(delay)

@@ -5,6 +5,10 @@
             history: seq <= last seq at start -> deque(maxlen=N) of matching lines
             live:    seq >  last seq at start -> TailBuffer (bounded) -> gRPC stream
 
+Every line carries its stream sequence, the same on every controller, so a client
+whose controller died resumes on another with ``after_seq``: the consumer then
+starts just past it and every kept line after it is history (``num`` is ignored).
+
 The stream keeps at most ``max_per_app`` lines per app, so replaying an app's
 whole subject to find its last N matching lines is bounded work, and filters
 apply before counting (``-n 10 --dyno web.1`` shows web.1's last ten lines).
@@ -23,7 +27,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import nats.js.api
 import nats.js.errors
@@ -89,11 +93,13 @@ class Gap:
     """Lines dropped for a slow reader at this point of its stream."""
 
     count: int
+    # The last dropped line's sequence: a stream resumed after this note goes on past
+    # the lines it reports, so they are neither shown late nor counted twice.
+    seq: int = 0
 
     def line(self, app: str) -> LogLine:
-        return LogLine(
-            app, "heroku", "logs", f"{self.count} lines dropped (reader too slow)", time.time()
-        )
+        text = f"{self.count} lines dropped (reader too slow)"
+        return LogLine(app, "heroku", "logs", text, time.time(), self.seq)
 
 
 class TailBuffer:
@@ -104,6 +110,7 @@ class TailBuffer:
         self._items: deque[LogLine | Gap] = deque()
         self._lines = 0
         self._gap = 0  # dropped since the last queued line
+        self._gap_seq = 0  # the sequence of the last of them
         self.dropped = 0
         self._ready = asyncio.Event()
 
@@ -111,10 +118,11 @@ class TailBuffer:
         """Queue ``line``; False (and counted) when the reader is ``limit`` lines behind."""
         if self._lines >= self.limit:
             self._gap += 1
+            self._gap_seq = line.seq
             self.dropped += 1
             return False
         if self._gap:
-            self._items.append(Gap(self._gap))
+            self._items.append(Gap(self._gap, self._gap_seq))
             self._gap = 0
         self._items.append(line)
         self._lines += 1
@@ -130,7 +138,7 @@ class TailBuffer:
                 self._lines -= 1
             out.append(item)
         if not self._items and self._gap and len(out) < most:
-            out.append(Gap(self._gap))
+            out.append(Gap(self._gap, self._gap_seq))
             self._gap = 0
         return out
 
@@ -150,19 +158,35 @@ class LogReader:
     no history). The consumer delivers in sequence order, so the history is complete
     at the first message at or past ``last_seq``; the line at ``last_seq`` itself may
     already be gone (discarded by the per-app limit), hence "at or past".
+
+    ``after_seq`` (a resumed stream) makes every line after it history, not just the
+    last ``num``: the client has seen the lines up to it and none after. The kept
+    history bounds that list as it bounds the replay.
     """
 
-    def __init__(self, num: int, flt: LogFilter, last_seq: int, tail: TailBuffer | None) -> None:
+    def __init__(
+        self,
+        num: int,
+        flt: LogFilter,
+        last_seq: int,
+        tail: TailBuffer | None,
+        after_seq: int = 0,
+    ) -> None:
         self.filter = flt
         self.last_seq = last_seq
-        self.history: deque[LogLine] = deque(maxlen=num)
+        self.after_seq = after_seq
+        self.history: deque[LogLine] = deque(maxlen=None if after_seq else num)
         self.tail = tail
         self.history_done = asyncio.Event()
-        if last_seq == 0:
+        if last_seq <= after_seq:  # nothing kept (0), or nothing new since the resume point
             self.history_done.set()
 
     def on_line(self, seq: int, line: LogLine | None) -> None:
         """``line`` is None for an undecodable message (it still moves the position)."""
+        if seq <= self.after_seq:
+            return  # the client has it already (the consumer starts past it anyway)
+        if line is not None:
+            line = replace(line, seq=seq)
         if not self.history_done.is_set():
             if seq <= self.last_seq:
                 if line is not None and self.filter.matches(line):
@@ -186,6 +210,16 @@ async def _history_end(reader: LogReader, sub: object, check_every: float = 1.0)
             info = await sub.consumer_info()  # type: ignore[attr-defined]
             if not info.num_pending:
                 reader.history_done.set()
+
+
+def consumer_config(after_seq: int) -> nats.js.api.ConsumerConfig:
+    """Where a reader's consumer starts: the app's first kept line, or just past
+    ``after_seq`` (JetStream starts at the oldest kept line when that one is gone)."""
+    if not after_seq:
+        return nats.js.api.ConsumerConfig(deliver_policy=nats.js.api.DeliverPolicy.ALL)
+    return nats.js.api.ConsumerConfig(
+        deliver_policy=nats.js.api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1
+    )
 
 
 class LogHub:
@@ -238,13 +272,21 @@ class LogHub:
         return int(msg.seq or 0)
 
     async def read(
-        self, app: str, num: int, flt: LogFilter, *, tail: bool, batch: int = 500
+        self,
+        app: str,
+        num: int,
+        flt: LogFilter,
+        *,
+        tail: bool,
+        after_seq: int = 0,
+        batch: int = 500,
     ) -> AsyncIterator[list[LogLine]]:
-        """The last ``num`` matching lines (one batch), then with ``tail`` live batches."""
+        """The last ``num`` matching lines (with ``after_seq``: all those after it) in
+        one batch, then with ``tail`` live batches. Lines carry their ``seq``."""
         js = self.nc.jetstream()
         last_seq = await self._last_seq(app)
         buffer = TailBuffer(self.tail_buffer) if tail else None
-        reader = LogReader(num, flt, last_seq, buffer)
+        reader = LogReader(num, flt, last_seq, buffer, after_seq)
 
         async def on_msg(msg: Msg) -> None:
             # Runs in the subscription's task: must stay quick and never wait.
@@ -258,7 +300,7 @@ class LogHub:
             logline.subject(app),
             stream=logline.STREAM,
             ordered_consumer=True,
-            deliver_policy=nats.js.api.DeliverPolicy.ALL,
+            config=consumer_config(after_seq),
             cb=on_msg,
         )
         try:

@@ -28,7 +28,11 @@ _RESPONSE_BYTES = 1024 * 1024
 
 def entry(line: LogLine) -> pb.LogEntry:
     return pb.LogEntry(
-        at=timestamp(line.ts), source=line.source, process=line.process, message=line.message
+        at=timestamp(line.ts),
+        source=line.source,
+        process=line.process,
+        message=line.message,
+        seq=line.seq,
     )
 
 
@@ -63,6 +67,9 @@ class LogRPCs:
         await self.state.get_app(request.app)
         if self.log_hub is None:
             raise errors.Unavailable("logs are not enabled on this controller")
-        async for lines in self.log_hub.read(request.app, num, flt, tail=request.tail):
+        lines_read = self.log_hub.read(
+            request.app, num, flt, tail=request.tail, after_seq=request.after_seq
+        )
+        async for lines in lines_read:
             for response in responses(lines):
                 yield response

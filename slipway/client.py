@@ -293,38 +293,62 @@ class Client:
         source: str = "",
         dyno: str = "",
         timeout: float | None = None,
+        on_resume: Callable[[str, str], None] | None = None,
     ) -> Generator[pb.LogEntry, None, None]:
         """The app's last ``num`` lines (0: 100), then with ``tail`` live lines until closed.
 
-        History alone has a deadline; a tail is open-ended and ends when the caller
-        stops iterating (closing the generator cancels the call).
+        History alone has a deadline and goes to the next controller only while
+        nothing came back. A tail is open-ended and ends when the caller stops
+        iterating (closing the generator cancels the call); it also outlives the
+        controller serving it: when its stream breaks (or ends, which a tail never
+        does on its own) it is opened again on the next controller, resuming after
+        the last line's sequence, so each line comes once and in order.
+        ``on_resume(address, reason)`` hears of each such break. A few rounds over
+        every address without a line in between mean an outage: the tail gives up.
         """
         request = pb.StreamLogsRequest(app=app, num=num, tail=tail, source=source, dyno=dyno)
         deadline = None if tail else (timeout or self.timeout)
-        last: grpc.RpcError | None = None
-        for offset in range(len(self.addresses)):
-            index = (self._current + offset) % len(self.addresses)
-            stub = platform_pb2_grpc.PlatformServiceStub(self.channel(self.addresses[index]))
+        tries = 3 * len(self.addresses) if tail else len(self.addresses)
+        backoff = Backoff(initial=0.2, maximum=2.0)
+        last_seq = 0  # of the last line passed on; 0 while none (or an older controller)
+        received = False
+        while True:
+            address = self.addresses[self._current]
+            stub = platform_pb2_grpc.PlatformServiceStub(self.channel(address))
             call = stub.StreamLogs(request, timeout=deadline, metadata=self.metadata)
-            received = False
+            failure: grpc.RpcError | None = None
+            reason = "the stream ended"
             try:
                 for response in call:
-                    received, self._current = True, index
-                    yield from response.lines
-                return
+                    backoff.reset()
+                    for entry in response.lines:
+                        if entry.seq and entry.seq <= last_seq:
+                            continue  # already passed on (a resumed stream never repeats)
+                        received, last_seq = True, max(last_seq, entry.seq)
+                        yield entry
+                if not tail or (received and not last_seq):
+                    return
             except grpc.RpcError as exc:
-                # Unreachable before anything came back: try the next controller.
-                if exc.code() in _FAILOVER and not received:  # type: ignore[attr-defined]
-                    last = exc
-                    continue
-                raise errors.from_status(exc.code(), exc.details()) from exc  # type: ignore[attr-defined]
+                code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+                # Once lines came, only a tail that knows where it stands may go on.
+                resumable = not received or (tail and last_seq > 0)
+                if code not in _FAILOVER or not resumable:
+                    raise errors.from_status(code, details) from exc
+                failure, reason = exc, details or "unavailable"
             finally:
                 call.cancel()
-        assert last is not None
-        raise errors.Unavailable(
-            f"cannot reach the controller at {', '.join(self.addresses)}: "
-            f"{last.details() or 'unavailable'}"  # type: ignore[attr-defined]
-        ) from last
+            if backoff.attempts + 1 >= tries:
+                raise errors.Unavailable(
+                    f"cannot reach the controller at {', '.join(self.addresses)}: {reason}"
+                ) from failure
+            if received:
+                request.after_seq = last_seq
+                if on_resume is not None and backoff.attempts == 0:
+                    on_resume(address, reason)
+            self._current = (self._current + 1) % len(self.addresses)
+            delay = backoff.next()
+            if tail:  # a history read tries each controller once, at once, as before
+                time.sleep(delay)
 
     # One-off dynos.
 

@@ -42,6 +42,9 @@ class LogLine:
     process: str  # web.1, router, api, build
     message: str
     ts: float = 0.0
+    # The LOGS stream sequence, known once read back from the stream (0 before); not
+    # part of the encoded form, which the stream itself numbers.
+    seq: int = 0
 
     def encode(self) -> bytes:
         return json.dumps(

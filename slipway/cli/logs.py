@@ -18,6 +18,12 @@ def render(entry: pb.LogEntry) -> str:
     return LogLine("", entry.source, entry.process, entry.message, ts).render()
 
 
+def note_resume(address: str, reason: str) -> None:
+    """A tail whose controller went away carries on elsewhere; say so on stderr only
+    (stdout carries log lines and nothing else)."""
+    click.echo(f"Log stream from {address} broke ({reason}); reconnecting.", err=True)
+
+
 def capped(num: int) -> int:
     """``-n`` above the kept history is shown as the whole history, with a note."""
     if num > MAX_LINES_PER_APP:
@@ -57,7 +63,12 @@ def logs(
     output), heroku (router and dyno manager) and api (releases, config, scaling).
     """
     lines = client.stream_logs(
-        app, num=capped(num), tail=tail, source=source or "", dyno=dyno or ""
+        app,
+        num=capped(num),
+        tail=tail,
+        source=source or "",
+        dyno=dyno or "",
+        on_resume=note_resume,
     )
     try:
         for entry in lines:

@@ -45,13 +45,16 @@ class ApiLog:
         self.published = 0
         self._last_report = 0.0
 
-    def emit(self, app: str, *messages: str) -> None:
-        """Queue lines for ``app``'s log; never blocks, never raises."""
+    def emit(self, app: str, *messages: str, source: str = "api", process: str = "api") -> None:
+        """Queue lines for ``app``'s log; never blocks, never raises.
+
+        The leader's dyno-manager events use it too: ``heroku[web.1]: Cycling``.
+        """
         now = time.time()
         for message in messages:
             for piece in split_message(message):
                 try:
-                    self._queue.put_nowait(LogLine(app, "api", "api", piece, now))
+                    self._queue.put_nowait(LogLine(app, source, process, piece, now))
                 except asyncio.QueueFull:
                     self.dropped += 1
         if self.dropped and now - self._last_report > 10:

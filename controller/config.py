@@ -37,6 +37,9 @@ class ControllerConfig:
     leader_ttl_seconds: int = 5
     # Full reconcile at least this often, even without etcd events.
     resync_seconds: float = 5.0
+    # Daily dyno cycling: each formation dyno is replaced after this many hours
+    # plus up to 15 % more (Heroku: 24 h + 0-216 min); 0 turns it off.
+    dyno_cycle_hours: float = 24.0
     # Agents heartbeat this often; their presence lease lives this long.
     heartbeat_seconds: int = 5
     node_ttl_seconds: int = 10
@@ -83,6 +86,8 @@ class ControllerConfig:
             raise errors.InvalidArgument(
                 "logs_max_lines_per_app must be at least 1500 (`logs -n` shows up to 1500)"
             )
+        if config.dyno_cycle_hours < 0:
+            raise errors.InvalidArgument("dyno_cycle_hours must be 0 (off) or more")
         if config.nats_replicas < 1:
             raise errors.InvalidArgument("nats_replicas must be at least 1")
         return config

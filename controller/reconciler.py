@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from controller import snapshot
 from controller.leader import Leadership
@@ -22,6 +23,9 @@ from slipway.aio import wait_set
 from slipway.backoff import Backoff
 from slipway.etcd import Etcd
 from slipway.keys import Keys
+
+if TYPE_CHECKING:
+    from controller.apilog import ApiLog
 
 log = slog.get("controller.reconciler")
 
@@ -38,12 +42,17 @@ class Reconciler:
         leadership: Leadership,
         *,
         resync_seconds: float = 5.0,
+        cycle_seconds: float = 0.0,
+        app_log: ApiLog | None = None,
     ) -> None:
         self.etcd = etcd
         self.keys = keys
         self.sizes = sizes
         self.leadership = leadership
         self.resync_seconds = resync_seconds
+        # Daily dyno cycling period (0: off); "Cycling" lines go to app_log.
+        self.cycle_seconds = cycle_seconds
+        self.app_log = app_log
         self.releases = snapshot.ReleaseCache(etcd, keys)
         self.wake = asyncio.Event()
         self.passes = 0
@@ -97,7 +106,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> Plan:
         snap = await snapshot.load(self.etcd, self.keys, self.sizes, self.releases)
-        result = plan(snap.wants, snap.cluster, time.time())
+        result = plan(snap.wants, snap.cluster, time.time(), cycle_seconds=self.cycle_seconds)
         if not self.leadership.is_leader:
             return result
         await self._apply(result)
@@ -120,6 +129,10 @@ class Reconciler:
         ops += [self.etcd.tx.delete(self.keys.dyno(p.app, p.instance_id)) for p in result.remove]
         for start in range(0, len(ops), MAX_TXN_OPS):
             await self._commit(ops[start : start + MAX_TXN_OPS])
+        for p in result.cycled:
+            log.info("dyno cycling", app=p.app, dyno=p.name, instance=p.instance_id)
+            if self.app_log is not None:
+                self.app_log.emit(p.app, "Cycling", source="heroku", process=p.name)
         for p in result.add:
             self._unplaced_logged.discard((p.app, p.name))
             log.info(

@@ -14,6 +14,13 @@ Rules, in the order they apply:
   until its replacement is up (start new, then stop old), so a web app never
   drops to zero up dynos during a deploy;
 - a placement on a draining node is replaced elsewhere the same way;
+- daily cycling (Heroku's "every 24 h plus a random 0-216 min"): a formation
+  placement that has lived ``cycle_seconds`` plus a jitter of up to 15 % of it
+  is replaced the same way (a new one, then the old once the new is up; at
+  once if the old one is not up, as it serves nothing). The jitter comes from
+  a hash of the instance id, so every controller (a new leader too) computes
+  the same deadline and nothing is written for it. An app cycles one dyno at a
+  time: none starts while any of its dynos has a replacement in flight;
 - placements no formation wants any more are removed; one-off dynos are left
   alone (they end on their own) unless their node is gone;
 - a new placement goes to a live, non-draining node with enough free memory,
@@ -23,16 +30,19 @@ Rules, in the order they apply:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 UP = "up"
 STARTING = "starting"
 CRASHED = "crashed"
 DOWN = "down"
+# Cycling jitter, as a fraction of the period: Heroku's 216 min of 24 h.
+CYCLE_JITTER = 0.15
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,9 @@ class Plan:
     remove: list[Placement] = field(default_factory=list)
     unplaced: list[Unplaced] = field(default_factory=list)
     lost: list[Placement] = field(default_factory=list)
+    # Placements whose daily cycle starts with this plan (each is in remove now
+    # or once its replacement in add is up): the reconciler logs "Cycling".
+    cycled: list[Placement] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -172,12 +185,60 @@ class _Capacity:
         )
 
 
+def cycle_deadline(p: Placement, period: float) -> float:
+    """When a dyno is due for its daily cycle: ``period`` plus a jitter after it was placed.
+
+    The jitter, in [0, CYCLE_JITTER * period), is a hash of the instance id
+    (sha256: Python's own ``hash`` differs between processes).
+    """
+    digest = hashlib.sha256(p.instance_id.encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2**64
+    return p.created_at + period * (1 + CYCLE_JITTER * fraction)
+
+
+@dataclass(frozen=True)
+class _Cycles:
+    """Formation placements being cycled, by instance id."""
+
+    # Cycles that start with this plan: at most one per app.
+    starting: frozenset[str] = frozenset()
+    # Due placements whose replacement already exists (a newer one of the same name).
+    in_flight: frozenset[str] = frozenset()
+
+    def __contains__(self, instance_id: object) -> bool:
+        return instance_id in self.starting or instance_id in self.in_flight
+
+
+def _cycles(
+    by_name: Mapping[tuple[str, str], list[Placement]], now: float, period: float
+) -> _Cycles:
+    if period <= 0:
+        return _Cycles()
+    in_flight: set[str] = set()
+    busy: set[str] = set()  # apps with a replacement in flight (cycle, deploy or drain)
+    due: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for (app, _), group in by_name.items():
+        if len(group) > 1:
+            busy.add(app)
+            newest = max(group, key=lambda p: (p.created_at, p.instance_id))
+            in_flight.update(
+                p.instance_id for p in group if p is not newest and cycle_deadline(p, period) <= now
+            )
+        elif (deadline := cycle_deadline(group[0], period)) <= now:
+            due[app].append((deadline, group[0].instance_id))
+    starting = {min(pairs)[1] for app, pairs in due.items() if app not in busy}
+    return _Cycles(frozenset(starting), frozenset(in_flight))
+
+
 def plan(
     desired: Iterable[AppWant],
     cluster: Cluster,
     now: float,
     new_id: Callable[[], str] = _new_id,
+    *,
+    cycle_seconds: float = 0.0,
 ) -> Plan:
+    """``cycle_seconds``: daily cycling period (0: never cycle)."""
     result = Plan()
     live = [p for p in cluster.placements if p.node in cluster.nodes]
     result.lost = [p for p in cluster.placements if p.node not in cluster.nodes]
@@ -188,6 +249,7 @@ def plan(
     for p in live:
         if p.kind == "formation":
             by_name[(p.app, p.name)].append(p)
+    cycles = _cycles(by_name, now, cycle_seconds)
     wanted: set[tuple[str, str]] = set()
 
     for app in sorted(desired, key=lambda a: a.app):
@@ -211,6 +273,7 @@ def plan(
                     result,
                     now,
                     new_id,
+                    cycles,
                 )
 
     for (app_name, name), placements in sorted(by_name.items()):
@@ -232,6 +295,7 @@ def _converge_one(
     result: Plan,
     now: float,
     new_id: Callable[[], str],
+    cycles: _Cycles,
 ) -> None:
     def fits(p: Placement) -> bool:
         return (
@@ -239,10 +303,14 @@ def _converge_one(
             and p.size == proc.size
             and p.memory_mb == proc.memory_mb
             and not cluster.nodes[p.node].draining
+            and p.instance_id not in cycles
         )
 
     current = sorted((p for p in existing if fits(p)), key=lambda p: (p.created_at, p.instance_id))
     stale = [p for p in existing if not fits(p)]
+    # A starting cycle's placement is its name's only one: it is replaced (or,
+    # with no room beside it, stopped first) below.
+    result.cycled.extend(p for p in stale if p.instance_id in cycles.starting)
     # Two placements for one name on the current release: keep the oldest.
     for extra in current[1:]:
         result.remove.append(extra)
@@ -285,9 +353,15 @@ def _converge_one(
         capacity.take(keeper)
 
     if stale and cluster.states.get(keeper.instance_id) == UP:
-        for p in stale:
-            result.remove.append(p)
-            capacity.release(p)
+        retire = stale
+    else:
+        # A cycled dyno that is not up (crashed, restarting) serves nothing: no need to wait.
+        retire = [
+            p for p in stale if p.instance_id in cycles and cluster.states.get(p.instance_id) != UP
+        ]
+    for p in retire:
+        result.remove.append(p)
+        capacity.release(p)
 
 
 def choose_node(

@@ -53,13 +53,6 @@ class Controller:
             config.identity or f"{socket.gethostname()}:{config.listen}:{uuid.uuid4().hex[:6]}"
         )
         self.leadership = Leadership(self.etcd, self.keys, identity, ttl=config.leader_ttl_seconds)
-        self.reconciler = Reconciler(
-            self.etcd,
-            self.keys,
-            self.sizes,
-            self.leadership,
-            resync_seconds=config.resync_seconds,
-        )
         self.placements = PlacementIndex(self.etcd, self.keys)
         self.node_api = NodeAPI(
             self.etcd,
@@ -88,6 +81,15 @@ class Controller:
             tail_buffer=config.logs_tail_buffer,
         )
         self.api_log = ApiLog(self.log_hub)
+        self.reconciler = Reconciler(
+            self.etcd,
+            self.keys,
+            self.sizes,
+            self.leadership,
+            resync_seconds=config.resync_seconds,
+            cycle_seconds=config.dyno_cycle_hours * 3600,
+            app_log=self.api_log,
+        )
         self.bound_port = 0
         self._server: grpc.aio.Server | None = None
         self.ready = asyncio.Event()

@@ -134,12 +134,17 @@ class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer)
     async def CreateRelease(
         self, request: pb.CreateReleaseRequest, context: Ctx, actor: str
     ) -> pb.CreateReleaseResponse:
+        # As in a Procfile (and Heroku's slug API), a "release" entry is the release
+        # command, not a process type: the release waits for it to succeed.
+        process_types = dict(request.process_types)
+        release_command = process_types.pop("release", "")
         release = await self.state.create_release(
             request.app,
             convert.slug_from(request.slug),
-            dict(request.process_types),
+            process_types,
             request.description,
             actor,
+            release_command=release_command,
         )
         self._log(request.app, *release_lines(release, actor))
         return pb.CreateReleaseResponse(release=convert.release(release))

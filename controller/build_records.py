@@ -9,9 +9,11 @@ so :func:`apply_status` is idempotent: the first terminal status wins, a
 status of an older attempt never undoes a newer one, and ``attempts`` only
 grows, so the record shows retries.
 
-A succeeded build with a ``release_command`` then goes through the release
-phase (``release_phase``: pending -> running -> succeeded | failed); the build
-is *finished* only when that phase has settled too.
+A succeeded build with a ``release_command`` makes a pending release; the
+release phase is driven on the release (controller/release_phase.py) and
+mirrored here (``release_phase``: pending -> running -> succeeded | failed,
+with notes and the error), because ``slipway deploy`` and ``builds`` show the
+build. The build is *finished* only when that phase has settled too.
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ class BuildRecord:
     # the release itself, so a build releases exactly once.
     release: int = 0
     release_phase: str = ""  # "" | pending | running | succeeded | failed
-    release_instance: str = ""  # the one-off placement running the release command
+    # Written only by controllers that drove the phase from the build record; read
+    # to adopt such a phase into its release (ReleasePhase.sync_build).
+    release_instance: str = ""
     release_started_at: float = 0.0
     # Lines the controller adds after the builder's output (release phase).
     notes: list[str] = field(default_factory=list)

@@ -11,9 +11,11 @@ Two parts, both running only while this controller leads:
   every unfinished build is looked at again. A succeeded build without a
   release gets one: the release and the record's ``release = N`` are written in
   one etcd transaction (``State.create_release`` hook), so a build is released
-  exactly once however many times its status is seen. A build with a release
-  command moves through the release phase; a build stuck past its time limit
-  is marked failed.
+  exactly once however many times its status is seen. A build whose release
+  has a release command shows that release's phase (mirrored from the release
+  record); a build stuck past its time limit is marked failed. The same loop
+  then drives the release phase of every pending release, whatever made it
+  (controller/release_phase.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import nats.js.errors
 
 from controller.build_records import (
     FAILED,
+    PENDING,
     SUCCEEDED,
     BuildRecord,
     BuildStore,
@@ -37,8 +40,8 @@ from controller.build_records import (
 )
 from controller.buildbus import BuildBus
 from controller.leader import Leadership
-from controller.models import RELEASE_PENDING, RELEASE_SUCCEEDED, SlugInfo
-from controller.release_phase import PHASE_PENDING, ReleasePhase
+from controller.models import SlugInfo
+from controller.release_phase import ReleasePhase
 from controller.state import State
 from slipway import buildproto, errors
 from slipway import log as slog
@@ -184,6 +187,7 @@ class BuildWatcher:
                     log.warning(
                         "build step failed", app=record.app, build=record.id, error=str(exc)
                     )
+        await self.release_phase.sweep()
 
     async def settle(self, record: BuildRecord) -> None:
         """Take one unfinished build one step further (idempotent)."""
@@ -191,7 +195,7 @@ class BuildWatcher:
             await self._release(record)
             return
         if record.status == SUCCEEDED and record.release_phase:
-            await self.release_phase.step(record)
+            await self.release_phase.sync_build(record)
             return
         why = timed_out(record, time.time(), self.build_timeout + self.grace, self.pending_timeout)
         if why:
@@ -216,7 +220,7 @@ class BuildWatcher:
             if fresh.release:
                 raise _AlreadyReleased
             fresh.release = release.version
-            fresh.release_phase = PHASE_PENDING if fresh.release_command else ""
+            fresh.release_phase = PENDING if fresh.release_command else ""
             return {key: fresh.encode()}
 
         slug = SlugInfo(
@@ -234,7 +238,7 @@ class BuildWatcher:
                 f"Deploy {record.source_version[:7]}",
                 record.created_by or "builder",
                 build_id=record.id,
-                status=RELEASE_PENDING if record.release_command else RELEASE_SUCCEEDED,
+                release_command=record.release_command,
                 hook_keys=[key],
                 hook=hook,
             )

@@ -63,11 +63,15 @@ def release(record: ReleaseRecord) -> types_pb2.Release:
     return types_pb2.Release(
         app=record.app,
         version=record.version,
-        description=record.description,
+        # Why a release phase failed has no field of its own: it reads with the description.
+        description=f"{record.description}: {record.error}" if record.error else record.description,
         created_at=timestamp(record.created_at),
         config=record.config,
         slug=slug(record.slug),
-        process_types=record.process_types,
+        # The release command reads as the Procfile's "release" entry (CreateRelease takes it so).
+        process_types={**record.process_types, "release": record.release_command}
+        if record.release_command
+        else record.process_types,
         status=_STATUS.get(record.status, types_pb2.RELEASE_STATUS_UNSPECIFIED),
         created_by=record.created_by,
     )

@@ -15,6 +15,11 @@ RELEASE_SUCCEEDED = "succeeded"
 RELEASE_FAILED = "failed"
 
 
+def initial_status(release_command: str) -> str:
+    """A release with a release command waits for it; any other is live at once."""
+    return RELEASE_PENDING if release_command else RELEASE_SUCCEEDED
+
+
 def _dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
@@ -32,6 +37,9 @@ class AppRecord:
     stack: str = "host"
     maintenance: bool = False
     balance: str = "random"
+    # Releases whose release phase has not settled yet (oldest first): the
+    # leader's release-phase sweep reads this instead of every release.
+    pending_releases: list[int] = field(default_factory=list)
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))
@@ -63,6 +71,14 @@ class ReleaseRecord:
     created_by: str = ""
     # The build that produced the slug, when there was one.
     build_id: str = ""
+    # The Procfile's ``release:`` command of the slug ("" when none). A release
+    # with one starts ``pending`` and goes live only once it exits 0.
+    release_command: str = ""
+    # The release phase: the one-off placement (``release.N``) running the
+    # command, when it started, and why it failed.
+    phase_instance: str = ""
+    phase_started_at: float = 0.0
+    error: str = ""
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from controller import naming, validation
 from controller.models import (
     RELEASE_FAILED,
+    RELEASE_PENDING,
     RELEASE_SUCCEEDED,
     AppRecord,
     FormationItem,
@@ -27,6 +28,7 @@ from controller.models import (
     decode_formation,
     encode_config,
     encode_formation,
+    initial_status,
 )
 from controller.sizes import DEFAULT_SIZE, SizeTable
 from slipway import errors
@@ -289,10 +291,11 @@ class State:
         actor: str,
         *,
         build_id: str = "",
-        status: str = RELEASE_SUCCEEDED,
+        release_command: str = "",
         hook_keys: Sequence[bytes] = (),
         hook: ReleaseHook | None = None,
     ) -> ReleaseRecord:
+        """A release of a new slug; ``pending`` (not live) when it has a release command."""
         for ptype in process_types:
             validation.process_type(ptype)
         if not slug.digest:
@@ -307,49 +310,100 @@ class State:
             slug=slug,
             process_types=dict(process_types),
             build_id=build_id,
+            release_command=release_command,
         )
 
         def change(app: AppRecord, config: dict[str, str]) -> tuple[dict[str, str], str]:
             return config, desc
 
         _, release = await self._new_release(
-            name, actor, change, copy_from=template, status=status, hook_keys=hook_keys, hook=hook
+            name, actor, change, copy_from=template, hook_keys=hook_keys, hook=hook
         )
         return release
 
-    async def set_release_status(self, name: str, version: int, status: str) -> ReleaseRecord:
-        """Finish a pending release: make it current on success, leave it aside on failure."""
+    async def set_release_status(
+        self, name: str, version: int, status: str, *, error: str = ""
+    ) -> tuple[ReleaseRecord | None, bool]:
+        """Settle a pending release's phase, in one transaction with its bookkeeping.
+
+        On success the release goes live, unless a newer one already is (an older
+        pending release finishing late never replaces it); on failure it is left
+        aside with ``error``. Either way it leaves the app's ``pending_releases`` and
+        its ``release.N`` placement is removed. A release already settled is left as
+        it is. Returns the release (None when it is gone) and whether it went live.
+        """
         k = self.keys
-        result: list[ReleaseRecord] = []
+        result: list[tuple[ReleaseRecord | None, bool]] = []
 
         def mutate(cur: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
             app_raw, rel_raw = cur[k.app(name)], cur[k.release(name, version)]
-            if app_raw is None or rel_raw is None:
-                raise errors.NotFound(f"release v{version} of {name!r} not found")
+            if app_raw is None:
+                raise errors.NotFound(f"app {name!r} not found", reason="app_not_found")
             app = AppRecord.decode(app_raw)
-            release = ReleaseRecord.decode(rel_raw)
-            release.status = status
-            writes: dict[bytes, bytes | None] = {k.release(name, version): release.encode()}
-            if status == RELEASE_SUCCEEDED and version > app.current_release:
+            release = ReleaseRecord.decode(rel_raw) if rel_raw is not None else None
+            tracked = version in app.pending_releases
+            app.pending_releases = [v for v in app.pending_releases if v != version]
+            writes: dict[bytes, bytes | None] = {k.app(name): app.encode()} if tracked else {}
+            result.append((release, False))
+            if release is None or release.status != RELEASE_PENDING:
+                return writes
+            release.status, release.error = status, error
+            writes[k.release(name, version)] = release.encode()
+            if release.phase_instance:
+                writes[k.dyno(name, release.phase_instance)] = None
+            live = status == RELEASE_SUCCEEDED and version > app.current_release
+            if live:
                 app.current_release = version
-                formation = merge_formation(
-                    decode_formation(cur[k.formation(name)]), release.process_types
-                )
-                writes[k.app(name)] = app.encode()
-                writes[k.formation(name)] = encode_formation(formation)
-                writes[k.route_app(name)] = route_record(
-                    app,
-                    formation,
-                    crashed=_crashed(cur[k.route_app(name)]),
-                    released=bool(release.slug.digest),
-                )
-            result.append(release)
+                writes.update(self._live_writes(app, release, cur))
+            writes[k.app(name)] = app.encode()
+            result[-1] = (release, live)
             return writes
 
         await self.etcd.update(
             [k.app(name), k.release(name, version), k.formation(name), k.route_app(name)], mutate
         )
         return result[-1]
+
+    def _live_writes(
+        self, app: AppRecord, release: ReleaseRecord, cur: dict[bytes, bytes | None]
+    ) -> dict[bytes, bytes | None]:
+        """The formation and routing record once ``release`` is the app's current one."""
+        k = self.keys
+        formation = merge_formation(
+            decode_formation(cur[k.formation(app.name)]), release.process_types
+        )
+        return {
+            k.formation(app.name): encode_formation(formation),
+            k.route_app(app.name): route_record(
+                app,
+                formation,
+                crashed=_crashed(cur[k.route_app(app.name)]),
+                released=bool(release.slug.digest),
+            ),
+        }
+
+    async def adopt_release_phase(
+        self, name: str, version: int, command: str, instance: str, started_at: float
+    ) -> None:
+        """Track a pending release made before releases carried their own phase (its
+        build record held it): give it the command and dyno, and list it as pending."""
+        k = self.keys
+
+        def mutate(cur: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
+            app_raw, rel_raw = cur[k.app(name)], cur[k.release(name, version)]
+            if app_raw is None or rel_raw is None:
+                return {}
+            app = AppRecord.decode(app_raw)
+            release = ReleaseRecord.decode(rel_raw)
+            if release.status != RELEASE_PENDING or version in app.pending_releases:
+                return {}
+            release.release_command = release.release_command or command
+            if not release.phase_instance:
+                release.phase_instance, release.phase_started_at = instance, started_at
+            app.pending_releases.append(version)
+            return {k.app(name): app.encode(), k.release(name, version): release.encode()}
+
+        await self.etcd.update([k.app(name), k.release(name, version)], mutate)
 
     async def _new_release(
         self,
@@ -358,16 +412,19 @@ class State:
         change: ConfigChange,
         *,
         copy_from: ReleaseRecord | None,
-        status: str = RELEASE_SUCCEEDED,
         hook_keys: Sequence[bytes] = (),
         hook: ReleaseHook | None = None,
     ) -> tuple[dict[str, str], ReleaseRecord]:
-        """Allocate the next version and write config + release + app in one transaction."""
+        """Allocate the next version and write config + release + app in one transaction.
+
+        The slug, process types and release command come from ``copy_from``, else
+        from the current release. With a release command the new release is
+        ``pending``: listed in the app's ``pending_releases`` for the release phase
+        (controller/release_phase.py), not live yet; otherwise it is live at once.
+        """
         self._checked_name(name)
         while True:
-            result = await self._try_new_release(
-                name, actor, change, copy_from, status, hook_keys, hook
-            )
+            result = await self._try_new_release(name, actor, change, copy_from, hook_keys, hook)
             if result is not None:
                 return result
 
@@ -377,7 +434,6 @@ class State:
         actor: str,
         change: ConfigChange,
         copy_from: ReleaseRecord | None,
-        status: str,
         hook_keys: Sequence[bytes] = (),
         hook: ReleaseHook | None = None,
     ) -> tuple[dict[str, str], ReleaseRecord] | None:
@@ -403,6 +459,7 @@ class State:
             if base is None and current_key and cur.get(current_key):
                 base = ReleaseRecord.decode(cur[current_key])  # type: ignore[arg-type]
             version = fresh.release_seq + 1
+            command = base.release_command if base else ""
             release = ReleaseRecord(
                 app=name,
                 version=version,
@@ -411,27 +468,21 @@ class State:
                 config=dict(config),
                 slug=base.slug if base else SlugInfo(),
                 process_types=dict(base.process_types) if base else {},
-                status=status,
+                status=initial_status(command),
                 created_by=actor,
                 build_id=base.build_id if base else "",
+                release_command=command,
             )
             fresh.release_seq = version
             writes: dict[bytes, bytes | None] = {
                 k.release(name, version): release.encode(),
                 k.config(name): encode_config(config),
             }
-            if status == RELEASE_SUCCEEDED:
+            if release.status == RELEASE_PENDING:
+                fresh.pending_releases.append(version)
+            else:
                 fresh.current_release = version
-                formation = merge_formation(
-                    decode_formation(cur[k.formation(name)]), release.process_types
-                )
-                writes[k.formation(name)] = encode_formation(formation)
-                writes[k.route_app(name)] = route_record(
-                    fresh,
-                    formation,
-                    crashed=_crashed(cur[k.route_app(name)]),
-                    released=bool(release.slug.digest),
-                )
+                writes.update(self._live_writes(fresh, release, cur))
             writes[k.app(name)] = fresh.encode()
             if hook is not None:
                 writes.update(hook(cur, release))

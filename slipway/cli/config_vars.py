@@ -8,6 +8,7 @@ import click
 
 from slipway.cli.base import app_option, cli, json_option, with_client
 from slipway.cli.output import emit_json, heading
+from slipway.cli.releases import new_release_text
 from slipway.client import Client
 
 
@@ -68,7 +69,8 @@ def config_set(client: Client, pairs: tuple[str, ...], app: str, as_json: bool) 
         emit_json(response)
         return
     click.echo(
-        f"Setting {', '.join(values)} and restarting {app}... done, v{response.release.version}"
+        f"Setting {', '.join(values)} and restarting {app}... "
+        f"done, {new_release_text(response.release)}"
     )
     width = max(len(k) for k in values)
     for key in values:
@@ -87,5 +89,6 @@ def config_unset(client: Client, keys: tuple[str, ...], app: str, as_json: bool)
         emit_json(response)
         return
     click.echo(
-        f"Unsetting {', '.join(keys)} and restarting {app}... done, v{response.release.version}"
+        f"Unsetting {', '.join(keys)} and restarting {app}... "
+        f"done, {new_release_text(response.release)}"
     )

@@ -15,6 +15,13 @@ _STATUS = {
 }
 
 
+def new_release_text(release: types_pb2.Release) -> str:
+    """``v7``, or ``v7 (release phase running)`` while it waits for its release command."""
+    if release.status == types_pb2.RELEASE_STATUS_PENDING:
+        return f"v{release.version} (release phase running)"
+    return f"v{release.version}"
+
+
 def parse_version(text: str) -> int:
     raw = text.lower().removeprefix("v")
     if not raw.isdigit() or int(raw) <= 0:
@@ -97,5 +104,5 @@ def releases_rollback(client: Client, version: str | None, app: str, as_json: bo
     if as_json:
         emit_json(release)
         return
-    click.echo(f"Rolling back {app}... done, v{release.version}")
+    click.echo(f"Rolling back {app}... done, {new_release_text(release)}")
     click.echo(f"{release.description}: new release v{release.version} created")

@@ -193,7 +193,8 @@ def test_scaling_checks_the_release_process_types(controller: ControllerProcess)
         release = client.create_release(
             "typed",
             types_pb2.SlugRef(digest="ab" * 32, size_bytes=10, stack="host"),
-            {"web": "python3 server.py", "clock": "python3 clock.py", "release": "true"},
+            # (a "release" entry would be the release command: the release would wait for it)
+            {"web": "python3 server.py", "clock": "python3 clock.py"},
         ).release
         assert release.description == "Deploy abababa"
     cli = controller.cli

@@ -35,6 +35,7 @@ def spec_from_pb(a: pb.DynoAssignment) -> DynoSpec:
         slug_digest=a.slug_digest,
         memory_mb=int(a.memory_mb),
         max_processes=int(a.max_processes),
+        cpu_shares=int(a.cpu_shares),
         instance_id=a.instance_id,
         attached=a.attached,
         slug_size=int(a.slug_size_bytes),
@@ -57,6 +58,7 @@ def spec_to_pb(s: DynoSpec) -> pb.DynoAssignment:
         slug_size_bytes=s.slug_size,
         memory_mb=s.memory_mb,
         max_processes=s.max_processes,
+        cpu_shares=s.cpu_shares,
         instance_id=s.instance_id,
         attached=s.attached,
         attach=pb.AttachSpec(tty=s.tty, rows=s.rows, cols=s.cols, token=s.attach_token)

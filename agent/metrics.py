@@ -44,17 +44,22 @@ def host_metrics(data_dir: Path) -> HostMetrics:
 
 
 @cache
-def memory_cgroup_root() -> Path:
-    """Where the v1 memory controller is mounted (usually /sys/fs/cgroup/memory)."""
+def cgroup_root(controller: str) -> Path | None:
+    """Where a v1 controller is mounted (/sys/fs/cgroup/memory, .../cpu,cpuacct), if it is."""
     try:
         with open("/proc/self/mountinfo") as fh:
             for line in fh:
                 fields = line.split()
-                if " - cgroup " in line and "memory" in fields[-1].split(","):
+                if " - cgroup " in line and controller in fields[-1].split(","):
                     return Path(fields[4])
     except OSError:
         pass
-    return Path("/sys/fs/cgroup/memory")
+    return None
+
+
+def memory_cgroup_root() -> Path:
+    """Where the v1 memory controller is mounted (usually /sys/fs/cgroup/memory)."""
+    return cgroup_root("memory") or Path("/sys/fs/cgroup/memory")
 
 
 def _read_stat(path: Path) -> dict[str, int]:

@@ -30,6 +30,8 @@ class DynoSpec:
     slug_digest: str = ""
     memory_mb: int = 512
     max_processes: int = 256
+    # CPU weight from the dyno's size (cgroup cpu.shares); 0: the runtime default.
+    cpu_shares: int = 0
     instance_id: str = ""  # unique per placement
     attached: bool = False
     slug_size: int = 0

@@ -198,6 +198,7 @@ def write_dyno_bundle(
         mounts=(app_mount,),
         memory_limit_bytes=memory_limit_bytes(spec.memory_mb, hard_factor),
         pids_limit=spec.max_processes or None,
+        cpu_shares=spec.cpu_shares or None,
         annotations={
             "slipway.app": spec.app,
             "slipway.dyno": spec.name,

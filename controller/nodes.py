@@ -111,6 +111,7 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
             slug_size_bytes=release.slug.size_bytes,
             memory_mb=p.memory_mb,
             max_processes=p.max_processes,
+            cpu_shares=p.cpu_shares,
             instance_id=p.instance_id,
             attached=p.kind == "attached",
             attach=npb.AttachSpec(tty=p.tty, rows=p.rows, cols=p.cols, token=p.attach_token)

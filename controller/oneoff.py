@@ -140,6 +140,7 @@ class OneOffs:
             instance_id=uuid.uuid4().hex[:12],
             memory_mb=size.memory_mb,
             max_processes=size.max_processes,
+            cpu_shares=size.cpu_shares,
             size=size.name,
             created_at=time.time(),
             kind="attached" if req.attach else "oneoff",

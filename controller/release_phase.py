@@ -202,6 +202,7 @@ class ReleasePhase:
             instance_id=uuid.uuid4().hex[:12],
             memory_mb=size.memory_mb,
             max_processes=size.max_processes,
+            cpu_shares=size.cpu_shares,
             size=size.name,
             created_at=time.time(),
             kind="oneoff",

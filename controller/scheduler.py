@@ -52,6 +52,7 @@ class ProcessWant:
     size: str
     memory_mb: int
     max_processes: int
+    cpu_shares: int = 0  # 0: the runtime's default weight
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ class Placement:
     # or "attached" (a one-off whose stdio a client holds: `slipway run`)
     kind: str = "formation"
     command: str = ""
+    # The size's CPU weight when placed (0 in records written before it
+    # existed: the runtime default). Not compared by plan(): a changed weight
+    # reaches running dynos with their next placement (a new release, a daily
+    # cycle), not as one restart of every dyno.
+    cpu_shares: int = 0
     # Attached one-offs: a terminal (rows x cols) or pipes, and the secret the
     # node's AttachService requires (never shown by the API).
     tty: bool = False
@@ -345,6 +351,7 @@ def _converge_one(
             instance_id=new_id(),
             memory_mb=proc.memory_mb,
             max_processes=proc.max_processes,
+            cpu_shares=proc.cpu_shares,
             size=proc.size,
             created_at=now,
             command=command,

@@ -103,7 +103,14 @@ async def load(etcd: Etcd, keys: Keys, sizes: SizeTable, releases: ReleaseCache)
             except errors.InvalidArgument:
                 size = sizes.get("standard-1x")
             processes.append(
-                ProcessWant(ptype, item.quantity, size.name, size.memory_mb, size.max_processes)
+                ProcessWant(
+                    ptype,
+                    item.quantity,
+                    size.name,
+                    size.memory_mb,
+                    size.max_processes,
+                    size.cpu_shares,
+                )
             )
         wants.append(
             AppWant(

@@ -142,7 +142,7 @@ class AgentMessage(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., event: _Optional[_Union[DynoEvent, _Mapping]] = ...) -> None: ...
 
 class DynoAssignment(_message.Message):
-    __slots__ = ("app", "name", "process_type", "release", "command", "env", "slug_digest", "slug_size_bytes", "memory_mb", "max_processes", "instance_id", "attached", "attach")
+    __slots__ = ("app", "name", "process_type", "release", "command", "env", "slug_digest", "slug_size_bytes", "memory_mb", "max_processes", "instance_id", "attached", "attach", "cpu_shares")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,7 @@ class DynoAssignment(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     ATTACHED_FIELD_NUMBER: _ClassVar[int]
     ATTACH_FIELD_NUMBER: _ClassVar[int]
+    CPU_SHARES_FIELD_NUMBER: _ClassVar[int]
     app: str
     name: str
     process_type: str
@@ -176,7 +177,8 @@ class DynoAssignment(_message.Message):
     instance_id: str
     attached: bool
     attach: AttachSpec
-    def __init__(self, app: _Optional[str] = ..., name: _Optional[str] = ..., process_type: _Optional[str] = ..., release: _Optional[int] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., slug_digest: _Optional[str] = ..., slug_size_bytes: _Optional[int] = ..., memory_mb: _Optional[int] = ..., max_processes: _Optional[int] = ..., instance_id: _Optional[str] = ..., attached: _Optional[bool] = ..., attach: _Optional[_Union[AttachSpec, _Mapping]] = ...) -> None: ...
+    cpu_shares: int
+    def __init__(self, app: _Optional[str] = ..., name: _Optional[str] = ..., process_type: _Optional[str] = ..., release: _Optional[int] = ..., command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., slug_digest: _Optional[str] = ..., slug_size_bytes: _Optional[int] = ..., memory_mb: _Optional[int] = ..., max_processes: _Optional[int] = ..., instance_id: _Optional[str] = ..., attached: _Optional[bool] = ..., attach: _Optional[_Union[AttachSpec, _Mapping]] = ..., cpu_shares: _Optional[int] = ...) -> None: ...
 
 class AttachSpec(_message.Message):
     __slots__ = ("tty", "rows", "cols", "token")

@@ -2,7 +2,9 @@
 
 Unary and client-streaming calls go through :func:`controller.endpoint.unary`,
 the server-streaming StreamBuildOutput through :func:`controller.endpoint.streaming`:
-both authenticate, log one line and translate :mod:`slipway.errors`.
+both authenticate, log one line and translate :mod:`slipway.errors`. StreamBuildOutput
+also shows what the release phase's ``release.N`` dyno printed, read from the app's
+log (controller/build_output.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from controller.builds import Builds, UploadMeta
 from controller.convert import timestamp
 from controller.endpoint import streaming, unary
 from controller.gc import Collector
+from controller.logs import LogHub
 from slipway import errors
 from slipway import log as slog
 from slipway.v1 import platform_pb2 as pb
@@ -80,6 +83,8 @@ def build_message(r: BuildRecord) -> pb.Build:
 
 class BuildRPCs:
     build_services: BuildServices | None
+    # The app's log, for the release dyno's output in StreamBuildOutput (None: notes only).
+    log_hub: LogHub | None
 
     @property
     def _builds(self) -> BuildServices:
@@ -137,7 +142,8 @@ class BuildRPCs:
         services = self._builds
         await services.builds.state.get_app(request.app)
         record = await _find(services, request)
-        async for item in follow(services.store, services.bus, record.app, record.id):
+        lines = follow(services.store, services.bus, record.app, record.id, self.log_hub)
+        async for item in lines:
             if isinstance(item, Line):
                 yield pb.StreamBuildOutputResponse(
                     line=pb.BuildOutputLine(

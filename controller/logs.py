@@ -13,6 +13,10 @@ The stream keeps at most ``max_per_app`` lines per app, so replaying an app's
 whole subject to find its last N matching lines is bounded work, and filters
 apply before counting (``-n 10 --dyno web.1`` shows web.1's last ten lines).
 
+:meth:`LogHub.read` is an iterator of batches for StreamLogs; :meth:`LogHub.open_read`
+is the same read as an :class:`OpenLog` its owner pulls with a timeout (the build
+output follower reads a release dyno's lines that way, between its own checks).
+
 A tail reader that cannot keep up never slows anyone: the NATS callback only
 appends to the reader's own :class:`TailBuffer`; past its bound, lines are
 dropped and counted, and the reader is told with a ``heroku[logs]`` line placed
@@ -222,6 +226,34 @@ def consumer_config(after_seq: int) -> nats.js.api.ConsumerConfig:
     )
 
 
+@dataclass
+class OpenLog:
+    """An open read of one app's log (:meth:`LogHub.open_read`), pulled by its owner."""
+
+    app: str
+    reader: LogReader
+    sub: object  # the JetStream subscription feeding ``reader``
+    buffer: TailBuffer | None
+
+    async def history(self) -> list[LogLine]:
+        """The kept lines the read began with (once; later calls return [])."""
+        await _history_end(self.reader, self.sub)
+        lines = list(self.reader.history)
+        self.reader.history.clear()
+        return lines
+
+    async def live(self, most: int, timeout: float | None = None) -> list[LogLine]:
+        """Up to ``most`` live lines, a gap as its ``heroku[logs]`` line; [] once
+        ``timeout`` passed without any (or when the read does not tail)."""
+        if self.buffer is None:
+            return []
+        try:
+            items = await asyncio.wait_for(self.buffer.take(most), timeout)
+        except TimeoutError:
+            return []
+        return [item.line(self.app) if isinstance(item, Gap) else item for item in items]
+
+
 class LogHub:
     """The controller's own NATS connection for logs (kept apart from build traffic)."""
 
@@ -271,18 +303,13 @@ class LogHub:
             return 0
         return int(msg.seq or 0)
 
-    async def read(
-        self,
-        app: str,
-        num: int,
-        flt: LogFilter,
-        *,
-        tail: bool,
-        after_seq: int = 0,
-        batch: int = 500,
-    ) -> AsyncIterator[list[LogLine]]:
-        """The last ``num`` matching lines (with ``after_seq``: all those after it) in
-        one batch, then with ``tail`` live batches. Lines carry their ``seq``."""
+    @contextlib.asynccontextmanager
+    async def open_read(
+        self, app: str, num: int, flt: LogFilter, *, tail: bool, after_seq: int = 0
+    ) -> AsyncIterator[OpenLog]:
+        """One read of the app's log, open until the block ends: the last ``num``
+        matching lines (with ``after_seq``: all those after it), then with ``tail``
+        live lines, each pulled when the caller wants them (see :class:`OpenLog`)."""
         js = self.nc.jetstream()
         last_seq = await self._last_seq(app)
         buffer = TailBuffer(self.tail_buffer) if tail else None
@@ -304,18 +331,30 @@ class LogHub:
             cb=on_msg,
         )
         try:
-            await _history_end(reader, sub)
-            history = list(reader.history)
-            reader.history.clear()
-            if history or not tail:
-                yield history
-            if buffer is None:
-                return
-            while True:
-                items = await buffer.take(batch)
-                yield [item.line(app) if isinstance(item, Gap) else item for item in items]
+            yield OpenLog(app, reader, sub, buffer)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.unsubscribe(), 2.0)
             if buffer is not None and buffer.dropped:
                 log.info("tail reader dropped lines", app=app, count=buffer.dropped)
+
+    async def read(
+        self,
+        app: str,
+        num: int,
+        flt: LogFilter,
+        *,
+        tail: bool,
+        after_seq: int = 0,
+        batch: int = 500,
+    ) -> AsyncIterator[list[LogLine]]:
+        """The last ``num`` matching lines (with ``after_seq``: all those after it) in
+        one batch, then with ``tail`` live batches. Lines carry their ``seq``."""
+        async with self.open_read(app, num, flt, tail=tail, after_seq=after_seq) as opened:
+            history = await opened.history()
+            if history or not tail:
+                yield history
+            if not tail:
+                return
+            while True:
+                yield await opened.live(batch)

@@ -59,13 +59,13 @@ class ObjectStores:
                 # the cluster grew): raise it to ours, or warn.
                 await streams.ensure_replicas(self._js, f"OBJ_{bucket}", self._replicas)
             except nats.js.errors.BucketNotFoundError:
-                store = await self._js.create_object_store(
-                    bucket,
-                    config=nats.js.api.ObjectStoreConfig(
-                        bucket=bucket,
-                        replicas=self._replicas,
-                        storage=nats.js.api.StorageType.FILE,
-                    ),
+                config = nats.js.api.ObjectStoreConfig(
+                    bucket=bucket, replicas=self._replicas, storage=nats.js.api.StorageType.FILE
+                )
+                store = await streams.placed(
+                    lambda: self._js.create_object_store(bucket, config=config),
+                    f"OBJ_{bucket}",
+                    self._replicas,
                 )
             self._stores[bucket] = store
         return store

@@ -13,12 +13,20 @@ keeps its one copy.)
 
 Replicas are never lowered here: a component started with a smaller setting
 must not undo a larger one.
+
+A cluster that is still forming (its meta leader elected, not every server
+joined yet) answers "no suitable peers for placement" to a stream with as many
+copies as it will have servers a moment later. Creation waits that out, for
+``PLACEMENT_WAIT`` seconds, before calling the setting wrong.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats.js.api
 import nats.js.errors
@@ -27,6 +35,39 @@ from nats.js import JetStreamContext
 from slipway import errors, log
 
 _log = log.get("slipway.streams")
+
+T = TypeVar("T")
+NO_SUITABLE_PEERS = 10005  # JetStream's err_code for "no suitable peers for placement"
+PLACEMENT_WAIT = 30.0
+
+
+async def placed(
+    create: Callable[[], Awaitable[T]],
+    name: str,
+    replicas: int,
+    *,
+    wait: float = PLACEMENT_WAIT,
+    retry_every: float = 0.5,
+) -> T:
+    """Run ``create`` (a stream or bucket creation); while the cluster cannot yet
+    place ``replicas`` copies, try again, for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    warned = False
+    while True:
+        try:
+            return await create()
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != NO_SUITABLE_PEERS or time.monotonic() >= deadline:
+                raise
+            if not warned:
+                warned = True
+                _log.warning(
+                    "waiting for enough NATS servers to place the stream",
+                    stream=name,
+                    replicas=replicas,
+                    wait_s=wait,
+                )
+            await asyncio.sleep(retry_every)
 
 
 def _replicas(config: nats.js.api.StreamConfig) -> int:
@@ -47,7 +88,7 @@ async def ensure(
         info = await js.stream_info(name)
     except nats.js.errors.NotFoundError:
         try:
-            await js.add_stream(wanted)
+            await placed(lambda: js.add_stream(wanted), name, _replicas(wanted))
             return
         except nats.js.errors.BadRequestError as exc:
             try:

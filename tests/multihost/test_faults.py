@@ -200,19 +200,23 @@ def test_etcd_member_and_nats_server_killed_during_deploy(web_app: MultiHostClus
         finally:
             out, err = finish(deploy)
         wait_for_traffic(load, 50)
-    line = report(
-        "kill -9 etcd member, then NATS server, during a deploy",
-        load,
-        etcd=etcd_victim,
-        nats=nats_victim,
-        etcd_leader_after=etcd_recovered,
-        deploy_rc=deploy.returncode,
-    )
-    assert deploy.returncode == 0 and "Released v" in out, f"{line}\n{out}\n{err}"
-    assert not load.failures(), line
-    cluster.cli("ps:scale", "-a", app, "web=0")
-    cluster.etcd.restart(etcd_victim)
-    cluster.nats.restart(nats_victim)
+    try:
+        line = report(
+            "kill -9 etcd member, then NATS server, during a deploy",
+            load,
+            etcd=etcd_victim,
+            nats=nats_victim,
+            etcd_leader_after=etcd_recovered,
+            deploy_rc=deploy.returncode,
+        )
+        assert deploy.returncode == 0 and "Released v" in out, f"{line}\n{out}\n{err}"
+        assert not load.failures(), line
+        cluster.cli("ps:scale", "-a", app, "web=0")
+    finally:
+        # Put the members back even when an assertion failed: the module's later
+        # tests need the full topology, and must not fail for this test's reason.
+        cluster.etcd.restart(etcd_victim)
+        cluster.nats.restart(nats_victim)
 
 
 def test_builder_killed_mid_build(web_app: MultiHostCluster) -> None:
@@ -237,12 +241,14 @@ def test_builder_killed_mid_build(web_app: MultiHostCluster) -> None:
         attempts=final.attempts,
         released_after=finished,
     )
-    assert deploy.returncode == 0 and "Released v" in out, f"{line}\n{out}\n{err}"
-    assert final.status == pb.BUILD_STATUS_SUCCEEDED, line
-    assert final.builder != build.builder and final.attempts == 2, line
-    assert not load.failures(), line
-    cluster.cli("ps:scale", "-a", app, "web=0")
-    cluster.start_builder(build.builder)
+    try:
+        assert deploy.returncode == 0 and "Released v" in out, f"{line}\n{out}\n{err}"
+        assert final.status == pb.BUILD_STATUS_SUCCEEDED, line
+        assert final.builder != build.builder and final.attempts == 2, line
+        assert not load.failures(), line
+        cluster.cli("ps:scale", "-a", app, "web=0")
+    finally:
+        cluster.start_builder(build.builder)
 
 
 def test_router_killed_and_new_router_learns_table(web_app: MultiHostCluster) -> None:

@@ -98,10 +98,14 @@ class Client:
             self._current = index
             return result
         assert last is not None
-        raise errors.Unavailable(
-            f"cannot reach the controller at {', '.join(self.addresses)}: "
-            f"{last.details() or 'unavailable'}"  # type: ignore[attr-defined]
-        ) from last
+        raise self.unreachable(last.details() or "unavailable") from last  # type: ignore[attr-defined]
+
+    def unreachable(self, reason: str = "") -> errors.Unavailable:
+        """The error for "no controller in the list answered" (``reason``: the last one's)."""
+        where = ", ".join(self.addresses)
+        return errors.Unavailable(
+            f"cannot reach the controller at {where}" + (f": {reason}" if reason else "")
+        )
 
     def platform(self, method: str, request: Any, **kw: Any) -> Any:
         return self.call(platform_pb2_grpc.PlatformServiceStub, method, request, **kw)
@@ -338,9 +342,7 @@ class Client:
             finally:
                 call.cancel()
             if backoff.attempts + 1 >= tries:
-                raise errors.Unavailable(
-                    f"cannot reach the controller at {', '.join(self.addresses)}: {reason}"
-                ) from failure
+                raise self.unreachable(reason) from failure
             if received:
                 request.after_seq = last_seq
                 if on_resume is not None and backoff.attempts == 0:
@@ -371,6 +373,4 @@ class Client:
             self._current = index
             stub = platform_pb2_grpc.PlatformServiceStub(channel)
             return stub.RunDyno(requests, timeout=timeout, metadata=self.metadata)
-        raise errors.Unavailable(
-            f"cannot reach the controller at {', '.join(self.addresses)}"
-        ) from last
+        raise self.unreachable() from last

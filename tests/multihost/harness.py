@@ -143,6 +143,18 @@ class MultiHostCluster:
         return self.nats.urls
 
     @property
+    def state_flags(self) -> list[str]:
+        """Where the cluster keeps its state: the same for every daemon that reads it."""
+        return [
+            "--etcd",
+            self.etcd_endpoints,
+            "--etcd-prefix",
+            PREFIX,
+            "--nats",
+            self.nats_urls,
+        ]
+
+    @property
     def api(self) -> str:
         return ",".join(f"{self.hosts[n].address}:{API_PORT}" for n in self.controllers)
 
@@ -237,12 +249,7 @@ class MultiHostCluster:
                 str(config),
                 "--listen",
                 f"{host.address}:{API_PORT}",
-                "--etcd",
-                self.etcd_endpoints,
-                "--etcd-prefix",
-                PREFIX,
-                "--nats",
-                self.nats_urls,
+                *self.state_flags,
                 "--base-domain",
                 BASE_DOMAIN,
                 *replicas_flag([str(BIN / "slipway-controller"), "serve"]),
@@ -272,12 +279,7 @@ class MultiHostCluster:
                 host.address,
                 "--data-dir",
                 str(data),
-                "--nats",
-                self.nats_urls,
-                "--etcd",
-                self.etcd_endpoints,
-                "--etcd-prefix",
-                PREFIX,
+                *self.state_flags,
                 "--token",
                 self.token,
                 "--presence-ttl",
@@ -310,12 +312,7 @@ class MultiHostCluster:
                 "router",
                 "--listen",
                 f"{host.address}:{ROUTER_PORT}",
-                "--etcd",
-                self.etcd_endpoints,
-                "--etcd-prefix",
-                PREFIX,
-                "--nats",
-                self.nats_urls,
+                *self.state_flags,
                 "--base-domain",
                 BASE_DOMAIN,
                 *replicas_flag([sys.executable, "-m", "router"]),

@@ -248,7 +248,10 @@ class OpenLog:
         if self.buffer is None:
             return []
         try:
-            items = await asyncio.wait_for(self.buffer.take(most), timeout)
+            # asyncio.timeout, not wait_for: callers pull in a loop, and 3.11's
+            # wait_for can swallow a cancellation (see slipway.aio.wait_set).
+            async with asyncio.timeout(timeout):
+                items = await self.buffer.take(most)
         except TimeoutError:
             return []
         return [item.line(self.app) if isinstance(item, Gap) else item for item in items]

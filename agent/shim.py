@@ -61,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.fork() > 0:
         return 0  # the agent's child returns at once; the grandchild lives on
     os.setsid()
-    # The agent's terminal or process group must not reach the dyno.
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_IGN)
+    shield_from_signals()
     _write_atomic(opts.pid_file, str(os.getpid()))
     if opts.attach:
         exit_status = _run_attached(command, opts)
@@ -81,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
             stdout=out,
             stderr=out,
             close_fds=True,
-            # runc forwards signals to the container; restore defaults for it.
-            preexec_fn=_default_signals,
         )
         status = proc.wait()
     except OSError as exc:
@@ -116,9 +112,20 @@ def _run_attached(command: list[str], opts: argparse.Namespace) -> int:
         return 127
 
 
-def _default_signals() -> None:
+def _ignore(signum: int, frame: object) -> None:
+    """A handler that does nothing (see shield_from_signals)."""
+
+
+def shield_from_signals() -> None:
+    """The agent's terminal or process group must not stop the shim.
+
+    A handler that does nothing, not SIG_IGN: exec resets handled signals to
+    their defaults but keeps ignored ones, so runc (which forwards signals to
+    the container) starts with the defaults and no code has to run between
+    fork and exec to restore them.
+    """
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
+        signal.signal(sig, _ignore)
 
 
 if __name__ == "__main__":

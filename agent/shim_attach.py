@@ -88,14 +88,15 @@ class Session:
             master, slave = os.openpty()
             self.master = master
             self._set_size(*self.size)
+            # setsid --ctty: a session of runc's own with our terminal as its
+            # controlling terminal, so a resize reaches runc as SIGWINCH from
+            # the kernel too; done by the exec wrapper, not Python after fork.
             self.proc = subprocess.Popen(
-                self.command,
+                ["setsid", "--ctty", *self.command],
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
                 close_fds=True,
-                start_new_session=True,
-                preexec_fn=_controlling_tty,
             )
             os.close(slave)
             self.in_fd = master
@@ -110,7 +111,6 @@ class Session:
                 stdout=w1,
                 stderr=w2,
                 close_fds=True,
-                preexec_fn=_default_signals,
             )
             for fd in (r0, w1, w2):
                 os.close(fd)
@@ -356,15 +356,3 @@ def run(
         session.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock_path)
-
-
-def _default_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
-
-
-def _controlling_tty() -> None:
-    # After setsid (start_new_session): our terminal becomes runc's controlling
-    # terminal, so a resize reaches runc as SIGWINCH from the kernel too.
-    _default_signals()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)

@@ -7,7 +7,6 @@ stopped with terminate -> wait -> kill.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -19,14 +18,16 @@ from pathlib import Path
 
 from slipway import errors
 
-PR_SET_PDEATHSIG = 1
 
+def dying_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` behind ``setpriv --pdeathsig TERM``: the child gets SIGTERM when
+    its parent dies, so a killed test run or `slipway up` leaves no engine behind.
 
-def die_with_parent() -> None:
-    """Run in a child before exec: it gets SIGTERM when its parent dies, so a
-    killed test run or `slipway up` leaves no engine behind."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    setpriv sets the signal in C between its own start and the exec. The old way,
+    a ``preexec_fn`` calling prctl through ctypes, ran Python in the forked child
+    of a threaded process, which can deadlock or crash (it segfaulted once in CI).
+    """
+    return [find_binary("setpriv"), "--pdeathsig", "TERM", "--", *argv]
 
 
 def find_binary(name: str) -> str:
@@ -102,12 +103,11 @@ class Engine:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                self.argv,
+                dying_with_parent(self.argv),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         finally:
             log.close()

@@ -106,13 +106,12 @@ class Component:
         log = open(self.log_path, "ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *engines.dying_with_parent(self.argv),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=engines.die_with_parent,
             )
         finally:
             log.close()

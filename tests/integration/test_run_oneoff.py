@@ -159,14 +159,14 @@ class Terminal:
     def __init__(self, cluster: LocalCluster, rows: int, cols: int, *args: str) -> None:
         self.master, slave = os.openpty()
         self.resize(rows, cols)
+        # setsid --ctty: the pty is the CLI's controlling terminal, set by the
+        # exec wrapper rather than by Python code after fork.
         self.proc = subprocess.Popen(
-            slipway_argv(*args),
+            ["setsid", "--ctty", *slipway_argv(*args)],
             env={**cli_env(cluster), "TERM": "xterm"},
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            start_new_session=True,
-            preexec_fn=_controlling_tty,
         )
         os.close(slave)
         self.seen = b""
@@ -200,10 +200,6 @@ class Terminal:
             self.proc.kill()
         self.proc.wait(10)
         os.close(self.master)
-
-
-def _controlling_tty() -> None:
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def test_pty_session_with_bash(cluster: LocalCluster) -> None:

@@ -118,6 +118,8 @@ class Etcd:
         self.endpoints = list(endpoints)
         self._client = _Client(grpc_target(endpoints), timeout=timeout)
         self.tx = self._client.transactions
+        # Reads repeated because etcd was briefly unavailable (see _read).
+        self.read_retries = 0
 
     @property
     def raw(self) -> aetcd.Client:
@@ -161,6 +163,7 @@ class Etcd:
             except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
                 if not _unavailable(exc) or loop.time() + delay > deadline:
                     raise _translate(exc) from exc
+            self.read_retries += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 

@@ -15,6 +15,7 @@ import pytest
 
 from slipway import engines, errors
 from slipway.etcd import Etcd
+from tests.harness.wait import eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +29,13 @@ async def test_read_waits_for_etcd_to_come_back_and_write_does_not(tmp_path: Pat
             await etcd.put(b"/outage/k", b"v")
             server.kill()
 
-            async def come_back() -> None:
-                await asyncio.sleep(0.5)
-                await asyncio.to_thread(again.start)
-
-            back = asyncio.create_task(come_back())
-            kv = await etcd.get(b"/outage/k")  # issued while nothing listens
-            await back
+            read = asyncio.create_task(etcd.get(b"/outage/k"))  # issued while nothing listens
+            # etcd comes back only once the read has met the outage: its first
+            # try failed and it is waiting to repeat it (not done, no error yet).
+            await eventually_async(lambda: asyncio.sleep(0, etcd.read_retries >= 1), timeout=10)
+            assert not read.done()
+            await asyncio.to_thread(again.start)
+            kv = await read
             assert kv is not None and kv.value == b"v"
 
             again.kill()

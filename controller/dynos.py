@@ -1,16 +1,17 @@
 """ps, ps:restart, ps:stop and nodes: read placements and statuses, change placements.
 
 Restart and stop are desired-state changes any controller may make (not only
-the leader): a restart swaps a placement for a fresh instance on the same node
-in one transaction; a stop deletes the placement (the leader then places a
-fresh copy of a formation dyno; a one-off dyno simply ends).
+the leader): a restart marks the chosen placements ``restart_requested`` in one
+transaction, and the leader's plan starts a fresh instance of each and stops the
+old one once the new is up (preboot: no gap even with ``web=1``); a stop deletes
+the placement (the leader then places a fresh copy of a formation dyno; a
+one-off dyno simply ends).
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass, replace
 
 from controller.scheduler import Placement
@@ -99,9 +100,8 @@ class Dynos:
         tx = self.etcd.tx
         ops = []
         for p in chosen:
-            fresh = replace(p, instance_id=uuid.uuid4().hex[:12], created_at=time.time())
-            ops.append(tx.delete(self.keys.dyno(app, p.instance_id)))
-            ops.append(tx.put(self.keys.dyno(app, fresh.instance_id), fresh.encode()))
+            marked = replace(p, restart_requested=True)
+            ops.append(tx.put(self.keys.dyno(app, p.instance_id), marked.encode()))
         compares = [tx.version(self.keys.dyno(app, p.instance_id)) > 0 for p in chosen]
         ok, _ = await self.etcd._call(
             self.etcd.raw.transaction(compare=compares, success=ops, failure=[])

@@ -21,6 +21,10 @@ Rules, in the order they apply:
   a hash of the instance id, so every controller (a new leader too) computes
   the same deadline and nothing is written for it. An app cycles one dyno at a
   time: none starts while any of its dynos has a replacement in flight;
+- a restart (``ps:restart``) marks placements ``restart_requested``; each is
+  replaced the same way (new, then old once the new is up; at once if the old
+  is not up), so even an app with ``web=1`` keeps serving through a restart, as
+  with Heroku's preboot; all the marked dynos of an app restart together;
 - placements no formation wants any more are removed; one-off dynos are left
   alone (they end on their own) unless their node is gone;
 - a new placement goes to a live, non-draining node with enough free memory,
@@ -100,6 +104,8 @@ class Placement:
     rows: int = 0
     cols: int = 0
     attach_token: str = field(default="", repr=False)
+    # Set by ps:restart: plan() replaces this placement, new before old.
+    restart_requested: bool = False
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
@@ -310,6 +316,7 @@ def _converge_one(
             and p.memory_mb == proc.memory_mb
             and not cluster.nodes[p.node].draining
             and p.instance_id not in cycles
+            and not p.restart_requested
         )
 
     current = sorted((p for p in existing if fits(p)), key=lambda p: (p.created_at, p.instance_id))
@@ -362,9 +369,13 @@ def _converge_one(
     if stale and cluster.states.get(keeper.instance_id) == UP:
         retire = stale
     else:
-        # A cycled dyno that is not up (crashed, restarting) serves nothing: no need to wait.
+        # A cycled or restarted dyno that is not up (crashed, starting) serves
+        # nothing: no need to wait for its replacement.
         retire = [
-            p for p in stale if p.instance_id in cycles and cluster.states.get(p.instance_id) != UP
+            p
+            for p in stale
+            if (p.instance_id in cycles or p.restart_requested)
+            and cluster.states.get(p.instance_id) != UP
         ]
     for p in retire:
         result.remove.append(p)

@@ -290,7 +290,21 @@ def test_restart_stop_and_drain(cluster: LocalCluster) -> None:
     before = {d["name"]: d["instance_id"] for d in dynos(cluster, "ops")}
     out = cli("ps:restart", "-a", "ops", "web.1", check=True).stdout
     assert "Restarting web.1 on ops... done" in out
-    eventually(lambda: len(up_web(cluster, "ops")) == 2, 60)
+    gaps: list[list[dict[str, object]]] = []
+
+    def restarted() -> bool:
+        """web.1 runs as a new instance; until then an up web.1 serves (preboot)."""
+        web1 = [d for d in dynos(cluster, "ops") if d["name"] == "web.1"]
+        if not any(d["state"] == "up" for d in web1):
+            gaps.append(web1)
+        return (
+            len(web1) == 1
+            and web1[0]["instance_id"] != before["web.1"]
+            and web1[0]["state"] == "up"
+        )
+
+    eventually(restarted, 60)
+    assert not gaps, f"web.1 had no up dyno during its restart: {gaps}"
     after = {d["name"]: d["instance_id"] for d in dynos(cluster, "ops")}
     assert after["web.1"] != before["web.1"] and after["web.2"] == before["web.2"]
 

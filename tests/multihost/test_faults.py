@@ -319,3 +319,51 @@ def test_host_network_taken_away(web_app: MultiHostCluster) -> None:
     assert replacement <= REPLACEMENT_BOUND, line
     assert not load.failures(), line
     assert len(up_web(cluster)) == WEB, line
+
+
+def test_ps_restart_of_a_single_web_dyno_fails_no_request(web_app: MultiHostCluster) -> None:
+    """Preboot: ``ps:restart`` of a web=1 app starts the new dyno before stopping the old."""
+    cluster = web_app
+    app = "preboot"
+    slug = asyncio.run(upload_slug(cluster.nats_urls.split(",")[0]))
+    with cluster.client() as client:
+        client.create_app(app)
+        client.create_release(
+            app,
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+            {"web": slug.process_types["web"]},
+        )
+        client.scale(app, [pb.FormationChange(type="web", quantity=1)])
+    try:
+        first = eventually(lambda: up_web(cluster, app), 120, 0.5)[0]
+        host = f"{app}.{BASE_DOMAIN}"
+
+        def routed(router: str) -> bool:
+            probe = Load(host, [router], rate=20, max_seconds=0.5, timeout=10)
+            with probe:
+                probe.finish()
+            return bool(probe.dynos_seen()) and not probe.failures()
+
+        for router in router_addresses(cluster):
+            eventually(partial(routed, router), 60, 0.2)
+        with Load(host, router_addresses(cluster)) as load:
+            wait_for_traffic(load, 50)
+            cluster.cli("ps:restart", "-a", app)
+            asked = time.monotonic()
+
+            def replaced() -> bool:
+                web = web_dynos(cluster, app)
+                return (
+                    len(web) == 1
+                    and web[0].instance_id != first.instance_id
+                    and (web[0].state == "up")
+                )
+
+            eventually(replaced, 60, 0.2)
+            swapped = time.monotonic() - asked
+            wait_for_traffic(load, 100)
+        line = report("ps:restart web=1", load, old_stopped_after=swapped)
+        assert not load.failures(), line
+    finally:
+        with cluster.client() as client:
+            client.destroy_app(app, app)

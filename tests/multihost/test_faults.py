@@ -80,20 +80,24 @@ def wait_for_traffic(load: Load, more: int, timeout: float = 60) -> None:
     eventually(lambda: load.sent >= base + more, timeout, 0.1)
 
 
+def create_web_app(cluster: MultiHostCluster, app: str, web: int) -> None:
+    """``app`` released with the test slug and scaled to ``web`` web dynos."""
+    slug = asyncio.run(upload_slug(cluster.nats_urls.split(",")[0]))
+    with cluster.client() as client:
+        client.create_app(app)
+        client.create_release(
+            app,
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+            {"web": slug.process_types["web"]},
+        )
+        client.scale(app, [pb.FormationChange(type="web", quantity=web)])
+
+
 @pytest.fixture(scope="module")
 def web_app(mh_cluster: MultiHostCluster) -> Iterator[MultiHostCluster]:
     """APP with WEB up web dynos spread over the agents, served by both routers."""
     cluster = mh_cluster
-    first_nats = cluster.nats_urls.split(",")[0]
-    slug = asyncio.run(upload_slug(first_nats))
-    with cluster.client() as client:
-        client.create_app(APP)
-        client.create_release(
-            APP,
-            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
-            {"web": slug.process_types["web"]},
-        )
-        client.scale(APP, [pb.FormationChange(type="web", quantity=WEB)])
+    create_web_app(cluster, APP, WEB)
 
     def all_up() -> list[pb.Dyno]:
         up = up_web(cluster)
@@ -325,15 +329,7 @@ def test_ps_restart_of_a_single_web_dyno_fails_no_request(web_app: MultiHostClus
     """Preboot: ``ps:restart`` of a web=1 app starts the new dyno before stopping the old."""
     cluster = web_app
     app = "preboot"
-    slug = asyncio.run(upload_slug(cluster.nats_urls.split(",")[0]))
-    with cluster.client() as client:
-        client.create_app(app)
-        client.create_release(
-            app,
-            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
-            {"web": slug.process_types["web"]},
-        )
-        client.scale(app, [pb.FormationChange(type="web", quantity=1)])
+    create_web_app(cluster, app, 1)
     try:
         first = eventually(lambda: up_web(cluster, app), 120, 0.5)[0]
         host = f"{app}.{BASE_DOMAIN}"

@@ -6,14 +6,17 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from controller import backup as backups
 from controller.auth import Tokens
 from controller.config import FILE_KEYS, ControllerConfig, split_list
 from controller.server import serve
-from slipway import conffile, errors
+from slipway import conffile, errors, objstore
 from slipway import log as slog
 from slipway.etcd import Etcd
 from slipway.keys import Keys
@@ -175,6 +178,118 @@ def tokens_revoke(name: str, etcd: str | None, etcd_prefix: str | None) -> None:
     if not count:
         raise click.ClickException(f"no token named {name!r}")
     click.echo(f"Revoked {count} token(s) named {name!r}")
+
+
+nats_option = click.option(
+    "--nats",
+    envvar="SLIPWAY_NATS",
+    metavar="URL[,...]",
+    help="NATS servers, comma-separated.  [default: nats://127.0.0.1:4222]",
+)
+
+
+def _with_state(
+    etcd: str | None,
+    etcd_prefix: str | None,
+    nats: str | None,
+    action: Callable[[Etcd, Keys, objstore.ObjectStores], Awaitable[T]],
+) -> T:
+    config = _load(etcd=split_list(etcd), etcd_prefix=etcd_prefix, nats=split_list(nats))
+
+    async def go() -> T:
+        nc = await objstore.connect(config.nats, name="slipway-backup")
+        try:
+            stores = objstore.ObjectStores(nc.jetstream(), replicas=config.nats_replicas)
+            async with Etcd(config.etcd) as client:
+                return await action(client, Keys(config.etcd_prefix), stores)
+        finally:
+            await nc.close()
+
+    return _run(go)
+
+
+def _print_report(report: backups.Report, as_json: bool, done: str) -> None:
+    if as_json:
+        click.echo(json.dumps(asdict(report), sort_keys=True))
+        return
+    click.echo(done)
+    click.echo(f"       {report.keys} keys at revision {report.revision}")
+    click.echo(f"       apps: {', '.join(report.apps) or 'none'}")
+    for bucket, count in sorted(report.objects.items()):
+        click.echo(f"       {bucket}: {count} objects listed")
+    if report.slugs_saved:
+        click.echo(f"       {report.slugs_saved} slugs saved in the backup")
+    if report.slugs_uploaded:
+        click.echo(f"       {report.slugs_uploaded} slugs put back into the object store")
+    for line in report.missing:
+        click.echo(f" !     {line}", err=True)
+
+
+@cli.command("backup")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--with-slugs", is_flag=True, help="Also store every released slug (the file grows by them)."
+)
+@config_option
+@etcd_option
+@prefix_option
+@nats_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def backup_cmd(
+    out: Path,
+    with_slugs: bool,
+    etcd: str | None,
+    etcd_prefix: str | None,
+    nats: str | None,
+    as_json: bool,
+) -> None:
+    """Write a consistent backup of the platform state to OUT (a .tar.gz).
+
+    It holds every app, release, config var, formation and token as read at one
+    etcd revision, etcd's own snapshot, and a listing of the object store (with
+    --with-slugs, the slugs too). It holds secrets: the file is made mode 0600.
+    Bring it back with `slipway-controller restore OUT`.
+    """
+    report = _with_state(
+        etcd,
+        etcd_prefix,
+        nats,
+        lambda client, keys, stores: backups.backup(
+            client, keys, stores, out, with_slugs=with_slugs
+        ),
+    )
+    _print_report(report, as_json, f"-----> Backed up {len(report.apps)} apps to {out}")
+
+
+@cli.command("restore")
+@click.argument("backup", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@config_option
+@etcd_option
+@prefix_option
+@nats_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def restore_cmd(
+    backup: Path, etcd: str | None, etcd_prefix: str | None, nats: str | None, as_json: bool
+) -> None:
+    """Bring a new (empty) etcd back to the state in BACKUP.
+
+    Apps, releases, config vars, formations and tokens come back; the leader
+    then places the formations' dynos on the agents that join. Slugs the
+    backup carries and the object store lacks are put back; releases whose slug
+    is nowhere are listed. Refuses to write into a prefix that holds state.
+    """
+    try:
+        opened = backups.open_backup(backup)
+    except errors.SlipwayError as exc:
+        raise click.ClickException(str(exc)) from exc
+    with opened.tar:
+        report = _with_state(
+            etcd,
+            etcd_prefix,
+            nats,
+            lambda client, keys, stores: backups.restore(client, keys, stores, opened),
+        )
+    _print_report(report, as_json, f"-----> Restored {len(report.apps)} apps from {backup}")
 
 
 def main() -> None:

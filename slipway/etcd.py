@@ -14,7 +14,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import aetcd
 import aetcd.exceptions
@@ -239,6 +239,31 @@ class Etcd:
         raise errors.Conflict(
             "too many concurrent changes to the same app; try again", reason="write_conflict"
         )
+
+    async def create_all(self, pairs: Sequence[tuple[bytes, bytes]], *, batch: int = 100) -> None:
+        """Create every key, ``batch`` to a transaction; none may exist yet.
+
+        etcd caps the operations of one transaction (128 by default), so a large
+        set takes several; each is all-or-nothing and a key found existing stops
+        the whole call with nothing of that batch written.
+        """
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start : start + batch]
+            ok, _ = await self._call(
+                self._client.transaction(
+                    compare=[self.tx.version(k) == 0 for k, _ in chunk],
+                    success=[self.tx.put(k, v) for k, v in chunk],
+                    failure=[],
+                )
+            )
+            if not ok:
+                raise errors.Conflict(
+                    f"a key to create exists already (batch from {chunk[0][0].decode()!r})"
+                )
+
+    async def snapshot(self, out: BinaryIO) -> None:
+        """etcd's snapshot of its whole database, written to ``out``."""
+        await self._call(self._client.snapshot(out))
 
     async def lease(self, ttl: int) -> aetcd.leases.Lease:
         return await self._call(self._client.lease(ttl))

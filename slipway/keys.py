@@ -60,6 +60,9 @@ class Keys:
     def releases(self, app: str) -> bytes:
         return self._k("releases", app, "")
 
+    def releases_all(self) -> bytes:
+        return self._k("releases", "")
+
     def formation(self, app: str) -> bytes:
         return self._k("formation", app)
 

@@ -51,12 +51,19 @@ def _print_formation(app: str, entries: list[types_pb2.FormationEntry]) -> None:
 
 
 @cli.command("ps:scale")
-@click.argument("changes", nargs=-1, required=True, metavar="TYPE=N[:SIZE]...")
+@click.argument("changes", nargs=-1, metavar="[TYPE=N[:SIZE]]...")
 @app_option
 @json_option
 @with_client
 def ps_scale(client: Client, changes: tuple[str, ...], app: str, as_json: bool) -> None:
-    """Scale process types: web=3, worker+1, web=2:standard-2x."""
+    """Scale process types: web=3, worker+1, web=2:standard-2x; with none, show the formation."""
+    if not changes:
+        current = list(client.get_formation(app).formation)
+        if as_json:
+            emit_json(current)
+        else:
+            _print_formation(app, current)
+        return
     parsed = [parse_scale(c) for c in changes]
     formation = list(client.scale(app, parsed).formation)
     if as_json:

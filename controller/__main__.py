@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from controller.auth import Tokens
+from controller.api.auth import Tokens
 from controller.config import FILE_KEYS, ControllerConfig, split_list
 from controller.server import serve
 from slipway import conffile, errors

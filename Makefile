@@ -12,6 +12,7 @@ proto: setup
 
 check: setup
 	@$(PY) scripts/gen_proto.py --check
+	@$(PY) scripts/check_layers.py
 	@$(PY) -m ruff check .
 	@$(PY) -m ruff format --check .
 	@$(PY) -m mypy

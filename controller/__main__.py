@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import click
 
-from controller import backup as backups
-from controller.auth import Tokens
+from controller.api.auth import Tokens
 from controller.config import FILE_KEYS, ControllerConfig, split_list
 from controller.server import serve
+from controller.store import backup as backups
 from slipway import conffile, errors, objstore
 from slipway import log as slog
 from slipway.etcd import Etcd

@@ -11,26 +11,26 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from controller.api import PlatformAPI
-from controller.apilog import ApiLog
-from controller.auth import Tokens
-from controller.build_api import BuildServices
-from controller.build_records import BuildStore
-from controller.build_watcher import BuildWatcher
-from controller.buildbus import BuildBus
-from controller.builds import Builds
+from controller.api.auth import Tokens
+from controller.api.build_api import BuildServices
+from controller.api.builds import Builds
+from controller.api.nodes import NodeAPI
+from controller.api.platform import PlatformAPI
+from controller.api.run_api import RunService
+from controller.bus.apilog import ApiLog
+from controller.bus.buildbus import BuildBus
+from controller.bus.logs import LogHub
 from controller.config import ControllerConfig
-from controller.gc import Collector
-from controller.leader import Leadership
-from controller.logs import LogHub
-from controller.nodes import NodeAPI
-from controller.oneoff import OneOffs, Reaper
-from controller.placements import PlacementIndex
-from controller.reconciler import Reconciler
-from controller.release_phase import ReleasePhase
-from controller.run_api import RunService
-from controller.sizes import SizeTable
-from controller.state import State
+from controller.core.sizes import SizeTable
+from controller.loops.build_watcher import BuildWatcher
+from controller.loops.gc import Collector
+from controller.loops.leader import Leadership
+from controller.loops.oneoff import OneOffs, Reaper
+from controller.loops.reconciler import Reconciler
+from controller.loops.release_phase import ReleasePhase
+from controller.store.build_records import BuildStore
+from controller.store.placements import PlacementIndex
+from controller.store.state import State
 from slipway import log as slog
 from slipway import sdnotify
 from slipway.etcd import Etcd

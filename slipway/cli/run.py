@@ -1,6 +1,6 @@
 """run and run:detached: one-off dynos.
 
-`slipway run` holds one RunDyno stream (see controller/run_api.py):
+`slipway run` holds one RunDyno stream (see controller/api/run_api.py):
 
     stdin reader thread ──▶ bounded queue ──▶ request iterator ──▶ controller ──▶ dyno
     SIGWINCH handler   ──▶ (resize)                                              │

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.build_records import BuildRecord, BuildStore
+from controller.store.build_records import BuildRecord, BuildStore
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from controller.build_records import FAILED, RUNNING, SUCCEEDED, BuildRecord, BuildStore
-from controller.buildbus import BuildBus
-from controller.models import RELEASE_FAILED, RELEASE_PENDING, RELEASE_SUCCEEDED, SlugInfo
-from controller.release_phase import ReleasePhase
-from controller.sizes import SizeTable
-from controller.state import State
+from controller.bus.buildbus import BuildBus
+from controller.core.models import RELEASE_FAILED, RELEASE_PENDING, RELEASE_SUCCEEDED, SlugInfo
+from controller.core.sizes import SizeTable
+from controller.loops.release_phase import ReleasePhase
+from controller.store.build_records import FAILED, RUNNING, SUCCEEDED, BuildRecord, BuildStore
+from controller.store.state import State
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 

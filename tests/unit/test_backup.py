@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from controller import backup
+from controller.store import backup
 from slipway import errors
 from slipway.etcd import KV
 from slipway.keys import Keys

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from controller.build_records import FAILED, RUNNING, SUCCEEDED, BuildRecord
-from controller.gc import _mtime, plan_gc
-from controller.models import ReleaseRecord, SlugInfo
+from controller.core.models import ReleaseRecord, SlugInfo
+from controller.loops.gc import _mtime, plan_gc
+from controller.store.build_records import FAILED, RUNNING, SUCCEEDED, BuildRecord
 from slipway import objstore
 
 NOW = 10_000.0

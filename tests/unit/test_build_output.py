@@ -1,15 +1,15 @@
 """The pure parts of following a build's output: where the release dyno's lines go
-among the notes, and how they are framed (controller/build_output.py)."""
+among the notes, and how they are framed (controller/api/build_output.py)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.build_output import INDENT, Notes, ReleaseLines, running_note_end
-from controller.build_records import PENDING, SUCCEEDED, BuildRecord
-from controller.logs import Gap, LogFilter, LogReader, OpenLog, TailBuffer
-from controller.models import RELEASE_FAILED, RELEASE_PENDING, ReleaseRecord, SlugInfo
-from controller.release_phase import build_view
+from controller.api.build_output import INDENT, Notes, ReleaseLines, running_note_end
+from controller.bus.logs import Gap, LogFilter, LogReader, OpenLog, TailBuffer
+from controller.core.models import RELEASE_FAILED, RELEASE_PENDING, ReleaseRecord, SlugInfo
+from controller.loops.release_phase import build_view
+from controller.store.build_records import PENDING, SUCCEEDED, BuildRecord
 from slipway.logline import LogLine
 
 

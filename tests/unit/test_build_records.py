@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from controller.build_records import (
+from controller.api.builds import buildpack_list
+from controller.core.scheduler import NodeInfo, Placement, choose_node
+from controller.loops.build_watcher import consumer_name
+from controller.loops.release_phase import WAIT, judge
+from controller.store.build_records import (
     FAILED,
     PENDING,
     RUNNING,
@@ -14,10 +18,6 @@ from controller.build_records import (
     apply_status,
     timed_out,
 )
-from controller.build_watcher import consumer_name
-from controller.builds import buildpack_list
-from controller.release_phase import WAIT, judge
-from controller.scheduler import NodeInfo, Placement, choose_node
 from slipway import buildproto, errors
 from slipway.records import StatusRecord
 

@@ -13,10 +13,10 @@ import pytest
 from agent.convert import spec_from_pb, spec_to_pb
 from agent.model import DynoSpec
 from agent.sandbox import DynoPaths, write_dyno_bundle
-from controller.models import ReleaseRecord, SlugInfo
-from controller.nodes import NodeAPI
-from controller.scheduler import AppWant, Cluster, NodeInfo, Placement, ProcessWant, plan
-from controller.sizes import SizeTable
+from controller.api.nodes import NodeAPI
+from controller.core.models import ReleaseRecord, SlugInfo
+from controller.core.scheduler import AppWant, Cluster, NodeInfo, Placement, ProcessWant, plan
+from controller.core.sizes import SizeTable
 from slipway.oci import HostStack
 from slipway.v1 import node_pb2 as npb
 

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from controller.apilog import ApiLog, release_lines, restart_line, scale_line
-from controller.logs import (
+from controller.api.logs_api import responses
+from controller.bus.apilog import ApiLog, release_lines, restart_line, scale_line
+from controller.bus.logs import (
     DEFAULT_LINES,
     Gap,
     LogFilter,
@@ -16,8 +17,7 @@ from controller.logs import (
     TailBuffer,
     line_count,
 )
-from controller.logs_api import responses
-from controller.models import FormationItem, ReleaseRecord, SlugInfo
+from controller.core.models import FormationItem, ReleaseRecord, SlugInfo
 from slipway import errors, logline
 from slipway.cli.logs import capped, render
 from slipway.logline import LogLine

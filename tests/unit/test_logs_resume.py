@@ -12,8 +12,8 @@ import grpc
 import nats.js.api
 import pytest
 
-from controller.logs import Gap, LogFilter, LogReader, TailBuffer, consumer_config
-from controller.logs_api import entry
+from controller.api.logs_api import entry
+from controller.bus.logs import Gap, LogFilter, LogReader, TailBuffer, consumer_config
 from slipway import errors
 from slipway.client import Client
 from slipway.logline import LogLine

@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from controller import convert
-from controller.build_records import FAILED, PENDING, RUNNING, SUCCEEDED, BuildRecord
-from controller.models import (
+from controller.api import convert
+from controller.core.models import (
     RELEASE_FAILED,
     RELEASE_PENDING,
     RELEASE_SUCCEEDED,
@@ -18,7 +17,8 @@ from controller.models import (
     SlugInfo,
     initial_status,
 )
-from controller.release_phase import CHECK, PLACE, Outcome, build_view, next_step
+from controller.loops.release_phase import CHECK, PLACE, Outcome, build_view, next_step
+from controller.store.build_records import FAILED, PENDING, RUNNING, SUCCEEDED, BuildRecord
 from slipway.cli.releases import new_release_text
 from slipway.v1 import types_pb2
 

@@ -11,9 +11,9 @@ from agent import attachwire as wire
 from agent import convert
 from agent.model import DynoSpec
 from agent.sandbox import dyno_env
-from controller.oneoff import check_command, finished_runs, next_run_number
-from controller.run_api import run_request, to_agent, to_client
-from controller.scheduler import Placement
+from controller.api.run_api import run_request, to_agent, to_client
+from controller.core.scheduler import Placement
+from controller.loops.oneoff import check_command, finished_runs, next_run_number
 from slipway import errors
 from slipway.cli.run import command_line, exit_code
 from slipway.records import StatusRecord

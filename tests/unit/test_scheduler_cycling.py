@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from controller.config import ControllerConfig
-from controller.scheduler import CRASHED, UP, Cluster, Placement, cycle_deadline, plan
+from controller.core.scheduler import CRASHED, UP, Cluster, Placement, cycle_deadline, plan
 from slipway import errors
 from tests.unit.test_scheduler_plan import nodes, placed, want
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
-from controller.scheduler import (
+from controller.core.scheduler import (
     UP,
     AppWant,
     Cluster,

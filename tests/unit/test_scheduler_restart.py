@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from controller.scheduler import CRASHED, STARTING, UP, Cluster, Placement, plan
+from controller.core.scheduler import CRASHED, STARTING, UP, Cluster, Placement, plan
 from tests.unit.test_scheduler_plan import nodes, placed, want
 
 W1 = placed("web.1", "a")

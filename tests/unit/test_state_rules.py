@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 
-from controller.models import AppRecord, FormationItem, ReleaseRecord, SlugInfo
-from controller.state import describe_config_change, merge_formation, route_record
+from controller.core.models import AppRecord, FormationItem, ReleaseRecord, SlugInfo
+from controller.store.state import describe_config_change, merge_formation, route_record
 
 
 def test_release_descriptions_follow_heroku() -> None:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller import validation
-from controller.sizes import SizeTable
+from controller.core import validation
+from controller.core.sizes import SizeTable
 from slipway import errors
 
 

@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from controller import naming, validation
-from controller.models import (
+from controller.core import naming, validation
+from controller.core.models import (
     RELEASE_FAILED,
     RELEASE_PENDING,
     RELEASE_SUCCEEDED,
@@ -30,7 +30,7 @@ from controller.models import (
     encode_formation,
     initial_status,
 )
-from controller.sizes import DEFAULT_SIZE, SizeTable
+from controller.core.sizes import DEFAULT_SIZE, SizeTable
 from slipway import errors
 from slipway.etcd import Etcd
 from slipway.keys import Keys
@@ -420,7 +420,7 @@ class State:
         The slug, process types and release command come from ``copy_from``, else
         from the current release. With a release command the new release is
         ``pending``: listed in the app's ``pending_releases`` for the release phase
-        (controller/release_phase.py), not live yet; otherwise it is live at once.
+        (controller/loops/release_phase.py), not live yet; otherwise it is live at once.
         """
         self._checked_name(name)
         while True:

@@ -1,4 +1,4 @@
-"""PlatformService: the client-facing API, a thin layer over controller.state."""
+"""PlatformService: the client-facing API, a thin layer over controller.store.state."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from typing import TypeAlias
 
 import grpc
 
-from controller import convert
-from controller.apilog import ApiLog, release_lines, restart_line, scale_line
-from controller.auth import Tokens
-from controller.build_api import BuildRPCs, BuildServices
-from controller.dynos import Dynos
-from controller.endpoint import unary
-from controller.logs import LogHub
-from controller.logs_api import LogRPCs
-from controller.run_api import RunService
-from controller.state import ScaleChange, State
+from controller.api import convert
+from controller.api.auth import Tokens
+from controller.api.build_api import BuildRPCs, BuildServices
+from controller.api.endpoint import unary
+from controller.api.logs_api import LogRPCs
+from controller.api.run_api import RunService
+from controller.bus.apilog import ApiLog, release_lines, restart_line, scale_line
+from controller.bus.logs import LogHub
+from controller.store.dynos import Dynos
+from controller.store.state import ScaleChange, State
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc
 
@@ -38,9 +38,9 @@ class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer)
         self.tokens = tokens
         self.base_domain = base_domain
         self.dynos = Dynos(state)
-        # Build RPCs (controller/build_api.py); None when builds are not wired.
+        # Build RPCs (controller/api/build_api.py); None when builds are not wired.
         self.build_services = builds
-        # Logs (controller/logs_api.py) and the api lines changes leave in the app's log.
+        # Logs (controller/api/logs_api.py) and the api lines changes leave in the app's log.
         self.log_hub = log_hub
         self.api_log = api_log
 
@@ -226,7 +226,7 @@ class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer)
     ) -> pb.WhoAmIResponse:
         return pb.WhoAmIResponse(token_name=actor)
 
-    # one-off dynos (controller/run_api.py; set by the server)
+    # one-off dynos (controller/api/run_api.py; set by the server)
 
     run_service: RunService | None = None
 

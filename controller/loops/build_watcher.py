@@ -15,7 +15,7 @@ Two parts, both running only while this controller leads:
   has a release command shows that release's phase (mirrored from the release
   record); a build stuck past its time limit is marked failed. The same loop
   then drives the release phase of every pending release, whatever made it
-  (controller/release_phase.py).
+  (controller/loops/release_phase.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ import nats.errors
 import nats.js.api
 import nats.js.errors
 
-from controller.build_records import (
+from controller.bus.buildbus import BuildBus
+from controller.core.models import SlugInfo
+from controller.loops.leader import Leadership
+from controller.loops.release_phase import ReleasePhase
+from controller.store.build_records import (
     FAILED,
     PENDING,
     SUCCEEDED,
@@ -38,11 +42,7 @@ from controller.build_records import (
     apply_status,
     timed_out,
 )
-from controller.buildbus import BuildBus
-from controller.leader import Leadership
-from controller.models import SlugInfo
-from controller.release_phase import ReleasePhase
-from controller.state import State
+from controller.store.state import State
 from slipway import buildproto, errors
 from slipway import log as slog
 from slipway.aio import wait_set

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 
-from controller.auth import Tokens
+from controller.api.auth import Tokens
 from slipway import errors
 from slipway import log as slog
 

@@ -29,8 +29,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from controller.auth import Tokens
-from controller.oneoff import OneOffs, RunRequest, Started
+from controller.api.auth import Tokens
+from controller.loops.oneoff import OneOffs, RunRequest, Started
 from slipway import errors
 from slipway import log as slog
 from slipway.v1 import node_pb2 as npb

@@ -13,7 +13,7 @@ import time
 
 import grpc
 
-from controller.models import TokenRecord
+from controller.core.models import TokenRecord
 from slipway import errors
 from slipway.etcd import Etcd
 from slipway.keys import Keys

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from controller.scheduler import Placement
+from controller.core.scheduler import Placement
 from slipway import errors
 from slipway import log as slog
 from slipway.backoff import Backoff

@@ -2,7 +2,7 @@
 
 Every release whose slug has a release command -- made by a build, a config
 change, a rollback or the API -- is created ``pending`` (not current) and listed
-in its app's ``pending_releases`` (controller/state.py). On the leader,
+in its app's ``pending_releases`` (controller/store/state.py). On the leader,
 :meth:`ReleasePhase.sweep` (run by the build watcher's loop) takes each one a
 step further, reading everything from etcd every time:
 
@@ -34,19 +34,26 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 
-from controller import snapshot
-from controller.build_records import FAILED, RUNNING, SUCCEEDED, TERMINAL, BuildRecord, BuildStore
-from controller.buildbus import BuildBus
-from controller.models import (
+from controller.bus.buildbus import BuildBus
+from controller.core.models import (
     RELEASE_FAILED,
     RELEASE_PENDING,
     RELEASE_SUCCEEDED,
     AppRecord,
     ReleaseRecord,
 )
-from controller.scheduler import CRASHED, DOWN, Placement
-from controller.sizes import DEFAULT_SIZE, SizeTable
-from controller.state import State
+from controller.core.scheduler import CRASHED, DOWN, Placement
+from controller.core.sizes import DEFAULT_SIZE, SizeTable
+from controller.store import snapshot
+from controller.store.build_records import (
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    BuildRecord,
+    BuildStore,
+)
+from controller.store.state import State
 from slipway import errors
 from slipway import log as slog
 from slipway.records import StatusRecord

@@ -1,6 +1,6 @@
 """Desired-state records as stored in etcd (JSON), kept apart from protobuf.
 
-Protobuf types stay at the API edge (controller/api.py); everything inside the
+Protobuf types stay at the API edge (controller/api/platform.py); everything inside the
 controller speaks these dataclasses.
 """
 

@@ -1,6 +1,6 @@
-"""The StreamLogs RPC of PlatformService (mixed into controller.api.PlatformAPI).
+"""The StreamLogs RPC of PlatformService (mixed into controller.api.platform.PlatformAPI).
 
-The RPC goes through :func:`controller.endpoint.streaming`: authentication,
+The RPC goes through :func:`controller.api.endpoint.streaming`: authentication,
 one log line when the stream ends, and error translation.
 """
 
@@ -11,11 +11,11 @@ from typing import TypeAlias
 
 import grpc
 
-from controller.auth import Tokens
-from controller.convert import timestamp
-from controller.endpoint import streaming
-from controller.logs import LogFilter, LogHub, line_count
-from controller.state import State
+from controller.api.auth import Tokens
+from controller.api.convert import timestamp
+from controller.api.endpoint import streaming
+from controller.bus.logs import LogFilter, LogHub, line_count
+from controller.store.state import State
 from slipway import errors
 from slipway.logline import LogLine
 from slipway.v1 import platform_pb2 as pb

@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.build_records import FAILED, BuildRecord, BuildStore, new_build_id
-from controller.buildbus import BuildBus
-from controller.models import AppRecord
-from controller.state import State
+from controller.bus.buildbus import BuildBus
+from controller.core.models import AppRecord
+from controller.store.build_records import FAILED, BuildRecord, BuildStore, new_build_id
+from controller.store.state import State
 from slipway import archive, buildproto, errors, objstore
 from slipway import log as slog
 

@@ -14,9 +14,9 @@ import json
 import time
 from dataclasses import dataclass, replace
 
-from controller.scheduler import Placement
-from controller.snapshot import load_nodes, load_placements, load_statuses
-from controller.state import State
+from controller.core.scheduler import Placement
+from controller.store.snapshot import load_nodes, load_placements, load_statuses
+from controller.store.state import State
 from slipway import errors
 from slipway.records import StatusRecord
 

@@ -13,10 +13,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from controller import snapshot
-from controller.leader import Leadership
-from controller.scheduler import CRASHED, Placement, Plan, plan
-from controller.sizes import SizeTable
+from controller.core.scheduler import CRASHED, Placement, Plan, plan
+from controller.core.sizes import SizeTable
+from controller.loops.leader import Leadership
+from controller.store import snapshot
 from slipway import errors
 from slipway import log as slog
 from slipway.aio import wait_set
@@ -25,7 +25,7 @@ from slipway.etcd import Etcd
 from slipway.keys import Keys
 
 if TYPE_CHECKING:
-    from controller.apilog import ApiLog
+    from controller.bus.apilog import ApiLog
 
 log = slog.get("controller.reconciler")
 

@@ -15,8 +15,8 @@ import asyncio
 import time
 from collections.abc import Mapping
 
-from controller.logs import LogHub
-from controller.models import FormationItem, ReleaseRecord
+from controller.bus.logs import LogHub
+from controller.core.models import FormationItem, ReleaseRecord
 from slipway import log as slog
 from slipway.logline import LogLine, split_message, subject
 

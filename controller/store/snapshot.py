@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from controller.models import AppRecord, ReleaseRecord, decode_formation
-from controller.scheduler import (
+from controller.core.models import AppRecord, ReleaseRecord, decode_formation
+from controller.core.scheduler import (
     AppWant,
     Cluster,
     NodeInfo,
@@ -14,7 +14,7 @@ from controller.scheduler import (
     ProcessWant,
     choose_node,
 )
-from controller.sizes import SizeTable
+from controller.core.sizes import SizeTable
 from slipway import errors
 from slipway.etcd import Etcd
 from slipway.keys import Keys

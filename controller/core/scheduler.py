@@ -3,7 +3,7 @@
 Level-based: it is handed the whole desired state (each app's current release
 and formation) and the whole actual state (live nodes, placements, dyno
 states) and says which placements to add and remove. No I/O; the reconciler
-(controller/reconciler.py) loads the inputs from etcd and applies the plan.
+(controller/loops/reconciler.py) loads the inputs from etcd and applies the plan.
 
 Rules, in the order they apply:
 - a placement on a node that is gone (lease expired) is lost: removed, and a

@@ -33,9 +33,9 @@ import nats.errors
 import nats.js.api
 import nats.js.errors
 
-from controller.build_records import TERMINAL, BuildRecord, BuildStore
-from controller.buildbus import BuildBus
-from controller.logs import MAX_LINES, LogFilter, LogHub
+from controller.bus.buildbus import BuildBus
+from controller.bus.logs import MAX_LINES, LogFilter, LogHub
+from controller.store.build_records import TERMINAL, BuildRecord, BuildStore
 from slipway import buildproto, errors
 from slipway.logline import LogLine
 
@@ -47,7 +47,7 @@ GRACE = 3.0
 LIVE_BATCH = 500
 
 INDENT = " " * 7  # build output's own indentation under a "-----> " heading
-# The note controller/release_phase.py (build_view) adds once release.N is placed.
+# The note controller/loops/release_phase.py (build_view) adds once release.N is placed.
 RUNNING_NOTE = "-----> Running release command"
 # The agent's lines for the dyno (agent/dyno.py): the first of each run, and the
 # last ones of a run, published after all of its output.
@@ -102,7 +102,7 @@ class ReleaseLines:
     def feed(self, lines: Iterable[LogLine]) -> list[tuple[float, str]]:
         out: list[tuple[float, str]] = []
         for line in lines:
-            if line.source == "heroku" and line.process == "logs":  # a gap (controller.logs.Gap)
+            if line.source == "heroku" and line.process == "logs":  # a gap (bus/logs.py Gap)
                 out.append((line.ts, f" !     {line.message}"))
                 continue
             if line.process != self.dyno:

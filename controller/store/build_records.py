@@ -10,7 +10,7 @@ status of an older attempt never undoes a newer one, and ``attempts`` only
 grows, so the record shows retries.
 
 A succeeded build with a ``release_command`` makes a pending release; the
-release phase is driven on the release (controller/release_phase.py) and
+release phase is driven on the release (controller/loops/release_phase.py) and
 mirrored here (``release_phase``: pending -> running -> succeeded | failed,
 with notes and the error), because ``slipway deploy`` and ``builds`` show the
 build. The build is *finished* only when that phase has settled too.

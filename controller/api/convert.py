@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from controller.dynos import DynoView, NodeView
-from controller.models import (
+from controller.core.models import (
     RELEASE_FAILED,
     RELEASE_PENDING,
     RELEASE_SUCCEEDED,
@@ -14,7 +13,8 @@ from controller.models import (
     ReleaseRecord,
     SlugInfo,
 )
-from controller.sizes import DynoSize
+from controller.core.sizes import DynoSize
+from controller.store.dynos import DynoView, NodeView
 from slipway.v1 import platform_pb2, types_pb2
 
 _STATUS = {

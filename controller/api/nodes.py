@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from controller.auth import Tokens
-from controller.placements import PlacementIndex
-from controller.scheduler import Placement
-from controller.snapshot import ReleaseCache
-from controller.validation import NODE_NAME_RE
+from controller.api.auth import Tokens
+from controller.core.scheduler import Placement
+from controller.core.validation import NODE_NAME_RE
+from controller.store.placements import PlacementIndex
+from controller.store.snapshot import ReleaseCache
 from slipway import errors
 from slipway import log as slog
 from slipway.etcd import Etcd

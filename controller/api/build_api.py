@@ -1,10 +1,10 @@
-"""The build RPCs of PlatformService (mixed into controller.api.PlatformAPI).
+"""The build RPCs of PlatformService (mixed into controller.api.platform.PlatformAPI).
 
-Unary and client-streaming calls go through :func:`controller.endpoint.unary`,
-the server-streaming StreamBuildOutput through :func:`controller.endpoint.streaming`:
+Unary and client-streaming calls go through :func:`controller.api.endpoint.unary`,
+the server-streaming StreamBuildOutput through :func:`controller.api.endpoint.streaming`:
 both authenticate, log one line and translate :mod:`slipway.errors`. StreamBuildOutput
 also shows what the release phase's ``release.N`` dyno printed, read from the app's
-log (controller/build_output.py).
+log (controller/api/build_output.py).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from controller.build_output import Line, follow
-from controller.build_records import BuildRecord, BuildStore
-from controller.buildbus import BuildBus
-from controller.builds import Builds, UploadMeta
-from controller.convert import timestamp
-from controller.endpoint import streaming, unary
-from controller.gc import Collector
-from controller.logs import LogHub
+from controller.api.build_output import Line, follow
+from controller.api.builds import Builds, UploadMeta
+from controller.api.convert import timestamp
+from controller.api.endpoint import streaming, unary
+from controller.bus.buildbus import BuildBus
+from controller.bus.logs import LogHub
+from controller.loops.gc import Collector
+from controller.store.build_records import BuildRecord, BuildStore
 from slipway import errors
 from slipway import log as slog
 from slipway.v1 import platform_pb2 as pb

@@ -22,11 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from controller.build_records import BuildRecord, BuildStore
-from controller.buildbus import BuildBus
-from controller.leader import Leadership
-from controller.models import ReleaseRecord
-from controller.state import State
+from controller.bus.buildbus import BuildBus
+from controller.core.models import ReleaseRecord
+from controller.loops.leader import Leadership
+from controller.store.build_records import BuildRecord, BuildStore
+from controller.store.state import State
 from slipway import errors, objstore
 from slipway import log as slog
 from slipway.aio import wait_set

@@ -13,7 +13,7 @@
 The leader's ``Reaper`` removes detached run.N placements once their agent
 reports them down (they exited), and run counters of apps that are gone.
 Release-phase dynos (release.N) are the release phase's own business.
-The relay of an attached session lives in controller/run_api.py.
+The relay of an attached session lives in controller/api/run_api.py.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from controller.leader import Leadership
-from controller.scheduler import CRASHED, DOWN, Placement
-from controller.sizes import DEFAULT_SIZE, SizeTable
-from controller.snapshot import choose_one_off_node
-from controller.state import State
+from controller.core.scheduler import CRASHED, DOWN, Placement
+from controller.core.sizes import DEFAULT_SIZE, SizeTable
+from controller.loops.leader import Leadership
+from controller.store.snapshot import choose_one_off_node
+from controller.store.state import State
 from slipway import errors
 from slipway import log as slog
 from slipway.records import NodeRecord, StatusRecord

@@ -1,0 +1,1 @@
+"""The controller's gRPC boundary: servicers, auth, error translation, proto conversion."""

@@ -1,0 +1,1 @@
+"""Leader-only loops (and the leadership they run under)."""

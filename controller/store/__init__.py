@@ -1,0 +1,1 @@
+"""etcd-backed storage: desired state, build records, placements, cluster snapshots."""

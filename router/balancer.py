@@ -7,9 +7,9 @@ problem between one router and one dyno must not take the dyno out for all).
 
 Decision order for a request to a known app:
     maintenance -> H80; nothing released -> H81; crashed -> H10;
-    no up web dyno -> H14 (also while web > 0 but no dyno is up *yet*: the
-    client sees "no web dynos" until the first one reports up, which is what
-    Heroku shows during a boot as well);
+    no web dynos wanted (web=0) -> H14; web > 0 but none is up yet (booting):
+    the exchange holds the request until one is, up to ``boot_timeout``, then
+    H20 (as Heroku's router does during a boot);
     every dyno quarantined or already tried -> H99;
     every usable dyno at its in-flight limit -> wait in the app backlog, or
     H11 at once if the backlog already holds backlog_per_dyno x dynos.
@@ -55,9 +55,9 @@ class Balancer:
             return pages.H81
         if app.crashed:
             return pages.H10
-        if not dynos:
+        if not dynos and app.web <= 0:
             return pages.H14
-        return None
+        return None  # no dyno while web > 0: booting, the exchange holds the request
 
     # -- choosing -----------------------------------------------------------
     def is_quarantined(self, address: str) -> bool:

@@ -66,6 +66,9 @@ class Limits:
     # Body bytes buffered for a request whose dyno is not connected yet, or for
     # pipelined requests; past this the client socket stops being read.
     max_buffered_body: int = 256 * 1024
+    # A request to an app whose web dynos are all still starting is held this
+    # long for the first one to come up, then answered H20 (Heroku: 75 s).
+    boot_timeout: float = 75.0
     # How often deadlines are checked; each timeout fires at most this late.
     tick: float = 0.25
 

@@ -43,6 +43,7 @@ H18 = RouterError(
 H19 = RouterError(
     "H19", "Backend connection timeout", 503, "Service Unavailable", "Application error", 5
 )
+H20 = RouterError("H20", "App boot timeout", 503, "Service Unavailable", "Application error", 10)
 H21 = RouterError(
     "H21", "Backend connection refused", 503, "Service Unavailable", "Application error", 5
 )
@@ -80,6 +81,7 @@ _BODY_TEXT = {
     "H17": "The application sent a malformed answer.",
     "H18": "The application interrupted the request.",
     "H19": "The application could not be reached in time.",
+    "H20": "The application did not finish starting in time.",
     "H21": "The application refused the connection.",
     "H80": "This application is down for maintenance. Please check back soon.",
     "H81": "Nothing has been deployed to this application yet.",

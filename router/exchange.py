@@ -2,9 +2,13 @@
 
 States (``Exchange.state``)::
 
-    NEW -> ROUTING -> [BACKLOG] -> CONNECTING -> SENT -> (response relayed) -> DONE
-                                      |  ^                  \\-> TUNNEL (101)
-                       refused/timeout: quarantine, next dyno
+    NEW -> ROUTING -> [BOOTING] -> [BACKLOG] -> CONNECTING -> SENT -> (response relayed) -> DONE
+                                                  |  ^                  \\-> TUNNEL (101)
+                                   refused/timeout: quarantine, next dyno
+
+BOOTING: the app wants web dynos but none is up yet; the request waits for
+a route table change that brings one (``Shared.boot_waiters``), up to
+``boot_timeout``, then H20.
 
 The exchange is the callback object of the dyno connection's response parser
 (``on_status`` ... ``on_message_complete``) and is driven by the client
@@ -46,7 +50,7 @@ if TYPE_CHECKING:
 
 logger = log.get(__name__)
 
-NEW, ROUTING, BACKLOG, CONNECTING, SENT, TUNNEL, DONE = range(7)
+NEW, ROUTING, BOOTING, BACKLOG, CONNECTING, SENT, TUNNEL, DONE = range(8)
 # How the response body is framed towards the client.
 BODY_NONE, BODY_RAW, BODY_CHUNKED = range(3)
 
@@ -81,6 +85,16 @@ class Shared:
         self.proto = proto
         self.pages = ResponseCache()
         self.clients: set[ClientProtocol] = set()
+        # Requests held while their app's web dynos boot; woken by any table change.
+        self.boot_waiters: set[Exchange] = set()
+        table.listeners.append(self._table_changed)
+
+    def _table_changed(self) -> None:
+        if not self.boot_waiters:
+            return
+        waiting, self.boot_waiters = self.boot_waiters, set()
+        for exchange in waiting:
+            self.loop.call_soon(exchange.reroute)
 
 
 class Exchange:
@@ -230,8 +244,16 @@ class Exchange:
         shared = self.shared
         dynos = shared.table.dyno_list.get(app.name, ())
         if not dynos:
-            self.fail(pages.H14)
+            if self.state != BOOTING:
+                self.state = BOOTING
+                self.set_deadline(flow.BOOTING, shared.limits.boot_timeout)
+            shared.boot_waiters.add(self)
             return
+        if self.state == BOOTING:
+            # A dyno came up: the boot hold is over; connecting has its own clock.
+            self.state = ROUTING
+            self.client.deadline = float("inf")
+            self.client.deadline_kind = flow.NONE
         choice = shared.balancer.choose(app, dynos, self.tried or _EMPTY)
         if choice is None:
             # Every usable dyno is at its in-flight limit: wait in the backlog
@@ -255,6 +277,21 @@ class Exchange:
             self.send_head(conn)
         else:
             self.connect()
+
+    def reroute(self) -> None:
+        """The route table changed while held for a boot: look at the app again."""
+        if self.state != BOOTING:
+            return
+        app = self.shared.table.apps.get(self.app.name) if self.app is not None else None
+        if app is None:
+            self.fail(pages.NO_SUCH_APP)
+            return
+        self.app = app
+        error = self.shared.balancer.admission(app, self.shared.table.dyno_list.get(app.name, ()))
+        if error is not None:
+            self.fail(error)
+            return
+        self.route()
 
     def wake(self) -> None:
         """A dyno slot was freed: try routing again (soon, not re-entrantly)."""
@@ -632,6 +669,7 @@ class Exchange:
         if self.waiting and self.app is not None:
             self.waiting = False
             self.shared.balancer.cancel_wait(self.app.name, self.wake)
+        self.shared.boot_waiters.discard(self)
         conn = self.upstream
         self.upstream = None
         if conn is not None:

@@ -17,3 +17,4 @@ CLIENT_BODY = 3  # waiting for the client to send more of its body -> H28
 IDLE = 4  # response streaming -> H15 (or H28 when the client stopped reading)
 TUNNEL = 5  # an upgraded connection went quiet
 NONE = 6
+BOOTING = 7  # held while the app's web dynos are all starting -> H20

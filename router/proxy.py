@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 from router.flow import (
     BACKLOG,
+    BOOTING,
     CLIENT_BODY,
     FIRST_BYTE,
     IDLE,
@@ -353,6 +354,8 @@ class ClientProtocol(asyncio.Protocol):
             self.close()
         elif kind == BACKLOG or kind == FIRST_BYTE:
             exchange.fail(pages.H12)
+        elif kind == BOOTING:
+            exchange.fail(pages.H20)
         elif kind == CLIENT_BODY:
             exchange.fail(pages.H28)
         elif kind == IDLE:

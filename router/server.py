@@ -67,6 +67,9 @@ class Router:
         g["slipway_router_logs_published_total"] = lambda: self.shipper.published
         g["slipway_router_logs_dropped_total"] = lambda: self.shipper.dropped
         g["slipway_router_backlog"] = lambda: sum(len(q) for q in self.balancer.backlog.values())
+        g["slipway_router_held_booting"] = lambda: (
+            len(self.shared.boot_waiters) if self.shared else 0
+        )
 
     def stop(self) -> None:
         """Stop accepting, let requests in flight finish (bounded), then return."""

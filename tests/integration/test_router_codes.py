@@ -70,8 +70,6 @@ def assert_page(body: bytes, code: str) -> None:
         ({"released": False, "web": 0}, False, "H81", "Blank app", None),
         ({"crashed": True}, True, "H10", "App crashed", "10"),
         ({"web": 0}, False, "H14", "No web processes running", "10"),
-        # web > 0 but no dyno has reported up yet: also H14 (see balancer.py)
-        ({"web": 2}, False, "H14", "No web processes running", "10"),
     ],
 )
 async def test_app_state_codes(
@@ -88,6 +86,64 @@ async def test_app_state_codes(
         assert line.source == "heroku" and line.process == "router"
     for dyno in dynos:
         assert dyno.connections == 0
+
+
+async def test_h20_when_no_web_dyno_comes_up_within_the_boot_timeout(
+    etcd_endpoint, etcd_prefix, nats_url
+):
+    """web > 0 but no dyno up yet: held, not H14 at once; H20 when the hold runs out."""
+    async with scene(etcd_endpoint, etcd_prefix, nats_url, app={"web": 2}, boot_timeout=1.0) as (
+        rt,
+        tap,
+    ):
+        res = await request(rt.port, "/boot")
+        assert res.status == 503
+        assert_page(res.body, "H20")
+        line = await tap.wait_for("code=H20", 'path="/boot"')
+        assert 'desc="App boot timeout"' in line.message and "status=503" in line.message
+        assert rt.router.shared is not None and not rt.router.shared.boot_waiters
+
+
+async def held_request(rt: RunningRouter, path: str) -> asyncio.Task:  # type: ignore[type-arg]
+    """A request sent in the background, returned once the router holds it for a boot."""
+    held = asyncio.create_task(request(rt.port, path))
+    gauge = rt.router.metrics.gauges["slipway_router_held_booting"]
+    await eventually_async(lambda: _ready(gauge() == 1), timeout=10)
+    assert not held.done()
+    return held
+
+
+async def test_a_request_held_while_booting_is_served_by_the_first_dyno_up(
+    etcd_endpoint, etcd_prefix, nats_url
+):
+    dyno = await Dyno("web.1").start()
+    try:
+        async with routes(etcd_endpoint, etcd_prefix) as r:
+            await r.app("demo", web=1)
+            config = router_config(etcd_endpoint, etcd_prefix, nats_url, boot_timeout=60.0)
+            async with start_router(config) as rt:
+                held = await held_request(rt, "/first")
+                await r.dyno("demo", dyno)  # the dyno reports up: its route appears
+                res = await asyncio.wait_for(held, 10)
+                assert res.status == 200
+                assert rt.router.metrics.gauges["slipway_router_held_booting"]() == 0
+    finally:
+        await dyno.stop()
+
+
+async def test_a_held_request_gets_the_apps_new_state_when_it_changes(
+    etcd_endpoint, etcd_prefix, nats_url
+):
+    """Scaled to web=0 while a request waits for a boot: H14 then, not a 75 s wait."""
+    async with routes(etcd_endpoint, etcd_prefix) as r:
+        await r.app("demo", web=1)
+        config = router_config(etcd_endpoint, etcd_prefix, nats_url, boot_timeout=60.0)
+        async with start_router(config) as rt:
+            held = await held_request(rt, "/scaled")
+            await r.app("demo", web=0)
+            res = await asyncio.wait_for(held, 10)
+            assert res.status == 503
+            assert_page(res.body, "H14")
 
 
 async def test_success_log_line(etcd_endpoint, etcd_prefix, nats_url):

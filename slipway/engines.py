@@ -190,11 +190,19 @@ def nats(
     routes: list[str] | None = None,
     server_name: str = "slipway",
     cluster_name: str = "slipway",
+    max_store_bytes: int = 0,
 ) -> Engine:
+    """``max_store_bytes``: cap JetStream's file storage (0: the disk's size), as
+    a full disk would; nats-server takes the cap only from a config file."""
     port = port or free_port(host)
     store = data_dir / "jetstream"
-    argv = [
-        find_binary("nats-server"),
+    argv = [find_binary("nats-server")]
+    if max_store_bytes:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        limits = data_dir / "limits.conf"
+        limits.write_text(f"jetstream {{ max_file_store: {max_store_bytes} }}\n")
+        argv += ["--config", str(limits)]
+    argv += [
         "--addr",
         host,
         "--port",

@@ -20,11 +20,28 @@ from nats.js import JetStreamContext
 
 from slipway import errors, streams
 
+# JetStream's "insufficient resources": its storage (a disk, or its configured
+# cap) is full. Writes fail at once, never hang.
+STORAGE_FULL_CODES = frozenset({10023, 10047})
+
 SLUGS = "slugs"
 SOURCES = "sources"
 CACHES = "caches"
 BUCKETS = (SLUGS, SOURCES, CACHES)
 CHUNK_SIZE = 128 * 1024
+
+
+def storage_full(exc: BaseException) -> bool:
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in STORAGE_FULL_CODES
+
+
+def full_error(bucket: str, exc: BaseException) -> errors.ResourceExhausted:
+    return errors.ResourceExhausted(
+        f"the object store's storage is full (NATS JetStream refused to store into "
+        f"{bucket}: {getattr(exc, 'description', exc)}); free disk space on the NATS "
+        "servers or raise their JetStream max_file_store, then try again",
+        reason="storage_full",
+    )
 
 
 async def connect(servers: Sequence[str], *, name: str = "slipway", **options: object) -> NATS:
@@ -80,7 +97,13 @@ class ObjectStores:
             meta = nats.js.api.ObjectMeta(
                 name=name, options=nats.js.api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE)
             )
-            info = await store.put(name, fh, meta=meta)
+            try:
+                info = await store.put(name, fh, meta=meta)
+            except nats.js.errors.APIError as exc:
+                # nats-py purges the chunks of a failed put: nothing half-written stays.
+                if storage_full(exc):
+                    raise full_error(bucket, exc) from exc
+                raise
         return int(info.size or 0)
 
     async def get_file(self, bucket: str, name: str, path: Path) -> None:
@@ -111,6 +134,11 @@ class ObjectStores:
             await store.delete(name)
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError):
             return False
+        except nats.js.errors.APIError as exc:
+            # A delete writes a marker, which a full store refuses too.
+            if storage_full(exc):
+                raise full_error(bucket, exc) from exc
+            raise
         return True
 
     async def infos(self, bucket: str, *, timeout: float = 10.0) -> list[nats.js.api.ObjectInfo]:

@@ -70,6 +70,11 @@ class ControllerConfig:
     run_idle_seconds: float = 3600.0
     run_max_seconds: float = 86400.0
     run_lease_seconds: int = 10
+    # Log drains: a controller that dies hands its drains to the others after
+    # this long; drain_ca_file adds CAs trusted for syslog+tls and https drains
+    # (besides the system's), for receivers with a private CA.
+    drain_ttl_seconds: int = 5
+    drain_ca_file: str = ""
 
     @classmethod
     def build(

@@ -19,6 +19,7 @@ from controller.api.platform import PlatformAPI
 from controller.api.run_api import RunService
 from controller.bus.apilog import ApiLog
 from controller.bus.buildbus import BuildBus
+from controller.bus.drains import DrainPool
 from controller.bus.logs import LogHub
 from controller.config import ControllerConfig
 from controller.core.sizes import SizeTable
@@ -81,6 +82,15 @@ class Controller:
             tail_buffer=config.logs_tail_buffer,
         )
         self.api_log = ApiLog(self.log_hub)
+        # Log drains: every controller sends its share (controller/bus/drains.py).
+        self.drain_pool = DrainPool(
+            self.etcd,
+            self.keys,
+            self.log_hub,
+            identity,
+            ttl=config.drain_ttl_seconds,
+            ca_file=config.drain_ca_file,
+        )
         self.reconciler = Reconciler(
             self.etcd,
             self.keys,
@@ -183,6 +193,7 @@ class Controller:
                 tg.create_task(self.reaper.run())
                 tg.create_task(self.log_hub.run())
                 tg.create_task(self.api_log.run())
+                tg.create_task(self.drain_pool.run())
         finally:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace=3)

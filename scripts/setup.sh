@@ -11,6 +11,10 @@ command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || need_pkgs+=(runc)
 command -v git >/dev/null 2>&1 || need_pkgs+=(git)
 # The multi-host tests build network namespaces and veth pairs with iproute2.
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_pkgs+=(iproute2)
+# The log drain tests send to a real rsyslog, over plain TCP and TLS (gnutls).
+[ -x /usr/sbin/rsyslogd ] || need_pkgs+=(rsyslog)
+[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need_pkgs+=(rsyslog-gnutls)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 for extra in "$@"; do
     case "$extra" in
         --bench) for p in wrk nginx haproxy; do
@@ -28,7 +32,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
     # Debian starts the packaged daemons; Slipway runs its own copies on its own ports.
-    for svc in etcd nats-server nginx haproxy; do
+    for svc in etcd nats-server nginx haproxy rsyslog; do
         systemctl disable --now "$svc" >/dev/null 2>&1 || true
     done
 fi

@@ -163,6 +163,15 @@ class Client:
     def list_sizes(self) -> pb.ListSizesResponse:
         return self.platform("ListSizes", pb.ListSizesRequest())
 
+    def list_log_drains(self, app: str) -> pb.ListLogDrainsResponse:
+        return self.platform("ListLogDrains", pb.ListLogDrainsRequest(app=app))
+
+    def add_log_drain(self, app: str, url: str) -> pb.AddLogDrainResponse:
+        return self.platform("AddLogDrain", pb.AddLogDrainRequest(app=app, url=url))
+
+    def remove_log_drain(self, app: str, drain: str) -> pb.RemoveLogDrainResponse:
+        return self.platform("RemoveLogDrain", pb.RemoveLogDrainRequest(app=app, drain=drain))
+
     def list_dynos(self, app: str) -> pb.ListDynosResponse:
         return self.platform("ListDynos", pb.ListDynosRequest(app=app))
 

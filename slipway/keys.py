@@ -16,6 +16,9 @@
     {prefix}/leader                        controller leader election
     {prefix}/builds/{app}/{build_id}       Build record (JSON; the controller's builds module)
     {prefix}/runseq/{app}                  last one-off dyno number (run.N) of the app
+    {prefix}/logdrains/{app}/{id}          a log drain (JSON; controller/core/drains.py)
+    {prefix}/drainpool/{member}            a controller serving drains, under its lease
+    {prefix}/drainowners/{id}              which pool member sends drain {id}, its lease
 
 Route records (what routers read; written by the control plane):
     routes/apps/{app}:  {"app": str, "web": int (desired web quantity),
@@ -111,6 +114,25 @@ class Keys:
 
     def run_seq(self, app: str) -> bytes:
         return self._k("runseq", app)
+
+    # log drains
+    def log_drain(self, app: str, drain_id: str) -> bytes:
+        return self._k("logdrains", app, drain_id)
+
+    def log_drains(self, app: str | None = None) -> bytes:
+        return self._k("logdrains", app, "") if app else self._k("logdrains", "")
+
+    def drain_member(self, member: str) -> bytes:
+        return self._k("drainpool", member)
+
+    def drain_members(self) -> bytes:
+        return self._k("drainpool", "")
+
+    def drain_owner(self, drain_id: str) -> bytes:
+        return self._k("drainowners", drain_id)
+
+    def drain_owners(self) -> bytes:
+        return self._k("drainowners", "")
 
     # builds
     def build(self, app: str, build_id: str) -> bytes:

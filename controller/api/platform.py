@@ -10,11 +10,13 @@ import grpc
 from controller.api import convert
 from controller.api.auth import Tokens
 from controller.api.build_api import BuildRPCs, BuildServices
+from controller.api.drains_api import DrainRPCs
 from controller.api.endpoint import unary
 from controller.api.logs_api import LogRPCs
 from controller.api.run_api import RunService
 from controller.bus.apilog import ApiLog, release_lines, restart_line, scale_line
 from controller.bus.logs import LogHub
+from controller.store.drains import Drains
 from controller.store.dynos import Dynos
 from controller.store.state import ScaleChange, State
 from slipway.v1 import platform_pb2 as pb
@@ -23,7 +25,7 @@ from slipway.v1 import platform_pb2_grpc
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
-class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer):
+class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServiceServicer):
     def __init__(
         self,
         state: State,
@@ -38,6 +40,7 @@ class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer)
         self.tokens = tokens
         self.base_domain = base_domain
         self.dynos = Dynos(state)
+        self.drains = Drains(state)
         # Build RPCs (controller/api/build_api.py); None when builds are not wired.
         self.build_services = builds
         # Logs (controller/api/logs_api.py) and the api lines changes leave in the app's log.

@@ -299,7 +299,7 @@ class LogHub:
         """Connect and create LOGS (retrying), then hold the connection until cancelled."""
         await self.link.run()
 
-    async def _last_seq(self, app: str) -> int:
+    async def last_seq(self, app: str) -> int:
         try:
             msg = await self.nc.jetstream().get_last_msg(logline.STREAM, logline.subject(app))
         except nats.js.errors.NotFoundError:
@@ -314,7 +314,7 @@ class LogHub:
         matching lines (with ``after_seq``: all those after it), then with ``tail``
         live lines, each pulled when the caller wants them (see :class:`OpenLog`)."""
         js = self.nc.jetstream()
-        last_seq = await self._last_seq(app)
+        last_seq = await self.last_seq(app)
         buffer = TailBuffer(self.tail_buffer) if tail else None
         reader = LogReader(num, flt, last_seq, buffer, after_seq)
 

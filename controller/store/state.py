@@ -198,7 +198,7 @@ class State:
         ]
         # Placements go with the app; agents then stop the dynos and drop their
         # own statuses and routes (tied to their leases).
-        prefixes = [k.releases(name), k.dynos(name)]
+        prefixes = [k.releases(name), k.dynos(name), k.log_drains(name)]
         ok, _ = await self.etcd._call(
             self.etcd.raw.transaction(
                 compare=[tx.version(k.app(name)) > 0],

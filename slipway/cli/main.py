@@ -8,6 +8,7 @@ from slipway.cli import (  # noqa: F401
     auth,
     builds,
     config_vars,
+    drains,
     logs,
     nodes,
     ps,

@@ -665,3 +665,57 @@ class DrainNodeResponse(_message.Message):
     REMAINING_DYNOS_FIELD_NUMBER: _ClassVar[int]
     remaining_dynos: int
     def __init__(self, remaining_dynos: _Optional[int] = ...) -> None: ...
+
+class LogDrain(_message.Message):
+    __slots__ = ("id", "app", "url", "token", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    app: str
+    url: str
+    token: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., app: _Optional[str] = ..., url: _Optional[str] = ..., token: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListLogDrainsRequest(_message.Message):
+    __slots__ = ("app",)
+    APP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    def __init__(self, app: _Optional[str] = ...) -> None: ...
+
+class ListLogDrainsResponse(_message.Message):
+    __slots__ = ("drains",)
+    DRAINS_FIELD_NUMBER: _ClassVar[int]
+    drains: _containers.RepeatedCompositeFieldContainer[LogDrain]
+    def __init__(self, drains: _Optional[_Iterable[_Union[LogDrain, _Mapping]]] = ...) -> None: ...
+
+class AddLogDrainRequest(_message.Message):
+    __slots__ = ("app", "url")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    url: str
+    def __init__(self, app: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class AddLogDrainResponse(_message.Message):
+    __slots__ = ("drain",)
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    drain: LogDrain
+    def __init__(self, drain: _Optional[_Union[LogDrain, _Mapping]] = ...) -> None: ...
+
+class RemoveLogDrainRequest(_message.Message):
+    __slots__ = ("app", "drain")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    drain: str
+    def __init__(self, app: _Optional[str] = ..., drain: _Optional[str] = ...) -> None: ...
+
+class RemoveLogDrainResponse(_message.Message):
+    __slots__ = ("drain",)
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    drain: LogDrain
+    def __init__(self, drain: _Optional[_Union[LogDrain, _Mapping]] = ...) -> None: ...

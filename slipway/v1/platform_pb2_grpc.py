@@ -130,6 +130,21 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.ListLogDrains = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListLogDrains',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListLogDrainsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListLogDrainsResponse.FromString,
+                _registered_method=True)
+        self.AddLogDrain = channel.unary_unary(
+                '/slipway.v1.PlatformService/AddLogDrain',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.AddLogDrainRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AddLogDrainResponse.FromString,
+                _registered_method=True)
+        self.RemoveLogDrain = channel.unary_unary(
+                '/slipway.v1.PlatformService/RemoveLogDrain',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.FromString,
+                _registered_method=True)
         self.UploadSource = channel.stream_unary(
                 '/slipway.v1.PlatformService/UploadSource',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.UploadSourceRequest.SerializeToString,
@@ -309,6 +324,28 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLogDrains(self, request, context):
+        """Lists an app's log drains (URLs with any password hidden).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddLogDrain(self, request, context):
+        """Adds a log drain: syslog://, syslog+tls:// or https:// (see the README). It
+        gets every line the app logs from now on, at least once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveLogDrain(self, request, context):
+        """Removes a log drain, named by its URL, token or id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadSource(self, request_iterator, context):
         """Receives an app's source as a stream: the first message carries the app and
         the metadata (size, sha256, source_version), the next ones the tar.gz bytes
@@ -476,6 +513,21 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'ListLogDrains': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLogDrains,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListLogDrainsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListLogDrainsResponse.SerializeToString,
+            ),
+            'AddLogDrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddLogDrain,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.AddLogDrainRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AddLogDrainResponse.SerializeToString,
+            ),
+            'RemoveLogDrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveLogDrain,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.SerializeToString,
             ),
             'UploadSource': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadSource,
@@ -1031,6 +1083,87 @@ class PlatformService:
             '/slipway.v1.PlatformService/WhoAmI',
             slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLogDrains(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListLogDrains',
+            slipway_dot_v1_dot_platform__pb2.ListLogDrainsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListLogDrainsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddLogDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/AddLogDrain',
+            slipway_dot_v1_dot_platform__pb2.AddLogDrainRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AddLogDrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveLogDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RemoveLogDrain',
+            slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

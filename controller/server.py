@@ -147,6 +147,7 @@ class Controller:
             api_log=self.api_log,
         )
         api.run_service = self.run_service
+        api.reconcile_passes = lambda: self.reconciler.passes
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(api, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(self.node_api, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeAlias
 
 import grpc
@@ -43,6 +43,8 @@ class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer)
         # Logs (controller/api/logs_api.py) and the api lines changes leave in the app's log.
         self.log_hub = log_hub
         self.api_log = api_log
+        # The leader's reconcile pass count (set by the server), shown by ListNodes.
+        self.reconcile_passes: Callable[[], int] = lambda: 0
 
     def _log(self, app: str, *messages: str) -> None:
         if self.api_log is not None:
@@ -211,7 +213,10 @@ class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer)
     async def ListNodes(
         self, request: pb.ListNodesRequest, context: Ctx, actor: str
     ) -> pb.ListNodesResponse:
-        return pb.ListNodesResponse(nodes=[convert.node(v) for v in await self.dynos.nodes()])
+        return pb.ListNodesResponse(
+            nodes=[convert.node(v) for v in await self.dynos.nodes()],
+            reconcile_passes=self.reconcile_passes(),
+        )
 
     @unary
     async def DrainNode(

@@ -45,8 +45,6 @@ from controller.store.build_records import (
 from controller.store.state import State
 from slipway import buildproto, errors
 from slipway import log as slog
-from slipway.aio import wait_set
-from slipway.backoff import Backoff
 
 log = slog.get("controller.build_watcher")
 
@@ -92,62 +90,46 @@ class BuildWatcher:
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
-        while True:
-            await self.leadership.elected.wait()
-            await self.bus.connected.wait()
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    work = [tg.create_task(self._consume()), tg.create_task(self._sweep_loop())]
-                    # Leadership has no "lost" event to wait on; look at it often.
-                    while self.leadership.is_leader and not any(t.done() for t in work):
-                        await asyncio.wait(work, timeout=0.2)
-                    for t in work:
-                        t.cancel()
-            except* Exception as group:
-                # etcd or NATS trouble (or a bug): log it, start again with fresh reads.
-                log.warning("build watcher restarting", error=repr(group.exceptions[0]))
-                await asyncio.sleep(1.0)
+        lead = self.leadership.run_while_leading
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(lead("build statuses", self._consume, ready=self.bus.connected))
+            tg.create_task(
+                lead(
+                    "build sweep",
+                    self.sweep,
+                    wake=self.wake,
+                    every=self.sweep_seconds,
+                    ready=self.bus.connected,
+                )
+            )
 
     # -- statuses ---------------------------------------------------------
 
     async def _consume(self) -> None:
-        backoff = Backoff(initial=0.2, maximum=5.0)
-        durable = consumer_name(self.state.keys.prefix)
-        while True:
-            try:
-                sub = await self.bus.js.pull_subscribe(
-                    f"{buildproto.STATUS_PREFIX}.*",
-                    durable=durable,
-                    stream=buildproto.EVENTS_STREAM,
-                    config=nats.js.api.ConsumerConfig(
-                        ack_policy=nats.js.api.AckPolicy.EXPLICIT,
-                        ack_wait=30,
-                        deliver_policy=nats.js.api.DeliverPolicy.ALL,
-                    ),
-                )
-            except Exception as exc:  # nats-py: its own errors and timeouts
-                _raise_if_cancelling()
-                log.warning("status consumer unavailable", error=str(exc))
-                await asyncio.sleep(backoff.next())
-                continue
-            try:
-                while True:
-                    try:
-                        msgs = await sub.fetch(32, timeout=2.0)
-                    except (nats.errors.TimeoutError, TimeoutError):
-                        _raise_if_cancelling()
-                        continue
-                    for msg in msgs:
-                        await self._on_status(msg.data)
-                        await msg.ack()
-                    backoff.reset()
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                _raise_if_cancelling()
-                log.warning("status consumer broken", error=str(exc))
-                await asyncio.sleep(backoff.next())
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        """Apply statuses as they come; NATS trouble raises (the leader loop backs off)."""
+        sub = await self.bus.js.pull_subscribe(
+            f"{buildproto.STATUS_PREFIX}.*",
+            durable=consumer_name(self.state.keys.prefix),
+            stream=buildproto.EVENTS_STREAM,
+            config=nats.js.api.ConsumerConfig(
+                ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+                ack_wait=30,
+                deliver_policy=nats.js.api.DeliverPolicy.ALL,
+            ),
+        )
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(32, timeout=2.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    _raise_if_cancelling()
+                    continue
+                for msg in msgs:
+                    await self._on_status(msg.data)
+                    await msg.ack()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _on_status(self, data: bytes) -> None:
         try:
@@ -170,13 +152,6 @@ class BuildWatcher:
             await self.settle(updated)
 
     # -- the sweep --------------------------------------------------------
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            self.wake.clear()
-            await self.sweep()
-            with contextlib.suppress(TimeoutError):
-                await wait_set(self.wake, self.sweep_seconds)
 
     async def sweep(self) -> None:
         for record in await self.store.list():

@@ -27,9 +27,8 @@ from controller.core.models import ReleaseRecord
 from controller.loops.leader import Leadership
 from controller.store.build_records import BuildRecord, BuildStore
 from controller.store.state import State
-from slipway import errors, objstore
 from slipway import log as slog
-from slipway.aio import wait_set
+from slipway import objstore
 
 log = slog.get("controller.gc")
 
@@ -120,18 +119,9 @@ class Collector:
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            await self.leadership.elected.wait()
-            await self.bus.connected.wait()
-            self._wake.clear()
-            try:
-                await self.collect_once()
-            except errors.SlipwayError as exc:
-                log.warning("gc failed", error=str(exc))
-            except Exception as exc:  # NATS object-store errors come in many kinds
-                log.warning("gc failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await wait_set(self._wake, self.interval)
+        await self.leadership.run_while_leading(
+            "gc", self.collect_once, wake=self._wake, every=self.interval, ready=self.bus.connected
+        )
 
     async def _objects(self, bucket: str) -> dict[str, float]:
         return {i.name: _mtime(i.mtime) for i in await self.bus.stores.infos(bucket)}

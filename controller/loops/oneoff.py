@@ -206,13 +206,9 @@ class Reaper:
         self.interval = interval
 
     async def run(self) -> None:
-        while True:
-            await self.leadership.elected.wait()
-            try:
-                await self.reap_once()
-            except errors.SlipwayError as exc:
-                log.warning("one-off reaping failed", error=str(exc))
-            await asyncio.sleep(self.interval)
+        await self.leadership.run_while_leading(
+            "one-off reaper", self.reap_once, every=self.interval
+        )
 
     async def reap_once(self) -> list[Placement]:
         kvs, _ = await self.etcd.get_prefix(self.keys.dynos())

@@ -19,7 +19,6 @@ from controller.loops.leader import Leadership
 from controller.store import snapshot
 from slipway import errors
 from slipway import log as slog
-from slipway.aio import wait_set
 from slipway.backoff import Backoff
 from slipway.etcd import Etcd
 from slipway.keys import Keys
@@ -69,7 +68,16 @@ class Reconciler:
                 self.keys.drains(),
             ):
                 tg.create_task(self._watch(prefix))
-            tg.create_task(self._loop())
+            tg.create_task(
+                self.leadership.run_while_leading(
+                    "reconciler",
+                    self.reconcile_once,
+                    wake=self.wake,
+                    every=self.resync_seconds,
+                    # Collapse a burst of events (a deploy touches several keys) into one pass.
+                    settle=0.02,
+                )
+            )
 
     async def _watch(self, prefix: bytes) -> None:
         """Turn every change under ``prefix`` into a wake-up; re-list after a broken stream."""
@@ -84,25 +92,6 @@ class Reconciler:
                 log.debug("watch broken", prefix=prefix.decode(), error=str(exc))
             self.wake.set()
             await asyncio.sleep(backoff.next())
-
-    async def _loop(self) -> None:
-        backoff = Backoff(initial=0.2, maximum=5.0)
-        while True:
-            await self.leadership.elected.wait()
-            self.wake.clear()
-            try:
-                await self.reconcile_once()
-                backoff.reset()
-            except errors.SlipwayError as exc:
-                log.warning("reconcile failed", error=str(exc))
-                await asyncio.sleep(backoff.next())
-                continue
-            try:
-                await wait_set(self.wake, self.resync_seconds)
-            except TimeoutError:
-                pass
-            # Collapse a burst of events (a deploy touches several keys) into one pass.
-            await asyncio.sleep(0.02)
 
     async def reconcile_once(self) -> Plan:
         snap = await snapshot.load(self.etcd, self.keys, self.sizes, self.releases)

@@ -17,6 +17,7 @@ from controller.bus.apilog import ApiLog, release_lines, restart_line, scale_lin
 from controller.bus.logs import LogHub
 from controller.store.dynos import Dynos
 from controller.store.state import ScaleChange, State
+from slipway.clock import Clock, SystemClock
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc
 
@@ -33,7 +34,9 @@ class PlatformAPI(BuildRPCs, LogRPCs, platform_pb2_grpc.PlatformServiceServicer)
         builds: BuildServices | None = None,
         log_hub: LogHub | None = None,
         api_log: ApiLog | None = None,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.state = state
         self.tokens = tokens
         self.base_domain = base_domain

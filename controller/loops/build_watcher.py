@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 
 import nats.errors
 import nats.js.api
@@ -45,6 +44,7 @@ from controller.store.build_records import (
 from controller.store.state import State
 from slipway import buildproto, errors
 from slipway import log as slog
+from slipway.clock import Clock, SystemClock
 
 log = slog.get("controller.build_watcher")
 
@@ -77,7 +77,9 @@ class BuildWatcher:
         grace: float = 120.0,
         pending_timeout: float = 3600.0,
         sweep_seconds: float = 1.0,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.state = state
         self.store = store
         self.bus = bus
@@ -140,7 +142,9 @@ class BuildWatcher:
         record = await self.store.find(status.build_id, status.app)
         if record is None:
             return  # another installation's build, or one whose app is gone
-        updated = await self.store.update(record.app, record.id, lambda r: apply_status(r, status))
+        updated = await self.store.update(
+            record.app, record.id, lambda r: apply_status(r, status, now=self.clock.now())
+        )
         if updated is not None:
             log.info(
                 "build status",
@@ -172,13 +176,14 @@ class BuildWatcher:
         if record.status == SUCCEEDED and record.release_phase:
             await self.release_phase.sync_build(record)
             return
-        why = timed_out(record, time.time(), self.build_timeout + self.grace, self.pending_timeout)
+        now = self.clock.now()
+        why = timed_out(record, now, self.build_timeout + self.grace, self.pending_timeout)
         if why:
 
             def fail(r: BuildRecord) -> BuildRecord | None:
                 if r.status in (SUCCEEDED, FAILED):
                     return None
-                r.status, r.error, r.finished_at = FAILED, f"Build failed: {why}", time.time()
+                r.status, r.error, r.finished_at = FAILED, f"Build failed: {why}", now
                 return r
 
             if await self.store.update(record.app, record.id, fail):
@@ -204,7 +209,7 @@ class BuildWatcher:
             stack=str(record.slug.get("stack") or ""),
             source_version=record.source_version,
         )
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             release = await self.state.create_release(
                 record.app,
@@ -226,7 +231,7 @@ class BuildWatcher:
             app=record.app,
             build=record.id,
             release=release.version,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            duration_ms=round((self.clock.monotonic() - started) * 1000, 1),
         )
         phase = " (pending its release command)" if record.release_command else ""
         await self.bus.app_log(

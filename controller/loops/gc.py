@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +28,7 @@ from controller.store.build_records import BuildRecord, BuildStore
 from controller.store.state import State
 from slipway import log as slog
 from slipway import objstore
+from slipway.clock import Clock, SystemClock
 
 log = slog.get("controller.gc")
 
@@ -104,7 +104,9 @@ class Collector:
         keep_releases: int = 10,
         interval: float = 600.0,
         min_age: float = 3600.0,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.state = state
         self.store = store
         self.bus = bus
@@ -127,7 +129,7 @@ class Collector:
         return {i.name: _mtime(i.mtime) for i in await self.bus.stores.infos(bucket)}
 
     async def collect_once(self) -> GcPlan:
-        started = time.monotonic()
+        started = self.clock.monotonic()
         # Objects first, then references: an object stored after the listing is
         # not considered at all, and a reference made meanwhile is seen.
         objects = {b: await self._objects(b) for b in objstore.BUCKETS}
@@ -138,7 +140,7 @@ class Collector:
             releases,
             builds,
             objects,
-            time.time(),
+            self.clock.now(),
             keep_releases=self.keep_releases,
             min_age=self.min_age,
         )
@@ -161,7 +163,7 @@ class Collector:
                 sources=len(plan.sources),
                 caches=len(plan.caches),
                 builds=len(plan.builds),
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                duration_ms=round((self.clock.monotonic() - started) * 1000, 1),
             )
         return plan
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from controller.store import snapshot
 from slipway import errors
 from slipway import log as slog
 from slipway.backoff import Backoff
+from slipway.clock import Clock, SystemClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 
@@ -43,7 +43,9 @@ class Reconciler:
         resync_seconds: float = 5.0,
         cycle_seconds: float = 0.0,
         app_log: ApiLog | None = None,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.etcd = etcd
         self.keys = keys
         self.sizes = sizes
@@ -95,7 +97,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> Plan:
         snap = await snapshot.load(self.etcd, self.keys, self.sizes, self.releases)
-        result = plan(snap.wants, snap.cluster, time.time(), cycle_seconds=self.cycle_seconds)
+        result = plan(snap.wants, snap.cluster, self.clock.now(), cycle_seconds=self.cycle_seconds)
         if not self.leadership.is_leader:
             return result
         await self._apply(result)

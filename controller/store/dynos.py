@@ -9,7 +9,6 @@ fresh copy of a formation dyno; a one-off dyno simply ends).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass, replace
 
@@ -49,6 +48,7 @@ def _sort_key(p: Placement) -> tuple[str, int, float]:
 class Dynos:
     def __init__(self, state: State) -> None:
         self.state = state
+        self.clock = state.clock
         self.etcd = state.etcd
         self.keys = state.keys
 
@@ -99,7 +99,7 @@ class Dynos:
         tx = self.etcd.tx
         ops = []
         for p in chosen:
-            fresh = replace(p, instance_id=uuid.uuid4().hex[:12], created_at=time.time())
+            fresh = replace(p, instance_id=uuid.uuid4().hex[:12], created_at=self.clock.now())
             ops.append(tx.delete(self.keys.dyno(app, p.instance_id)))
             ops.append(tx.put(self.keys.dyno(app, fresh.instance_id), fresh.encode()))
         compares = [tx.version(self.keys.dyno(app, p.instance_id)) > 0 for p in chosen]
@@ -153,6 +153,8 @@ class Dynos:
         if undrain:
             await self.etcd.delete(self.keys.drain(node))
         else:
-            await self.etcd.put(self.keys.drain(node), json.dumps({"since": time.time()}).encode())
+            await self.etcd.put(
+                self.keys.drain(node), json.dumps({"since": self.clock.now()}).encode()
+            )
         placements = await load_placements(self.etcd, self.keys)
         return sum(1 for p in placements if p.node == node)

@@ -10,7 +10,6 @@ that affects it, so routers never see a half-applied change.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from controller.core.models import (
 )
 from controller.core.sizes import DEFAULT_SIZE, SizeTable
 from slipway import errors
+from slipway.clock import Clock, SystemClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 
@@ -104,7 +104,10 @@ def merge_formation(
 
 
 class State:
-    def __init__(self, etcd: Etcd, keys: Keys, sizes: SizeTable) -> None:
+    def __init__(
+        self, etcd: Etcd, keys: Keys, sizes: SizeTable, *, clock: Clock = SystemClock()
+    ) -> None:
+        self.clock = clock
         self.etcd = etcd
         self.keys = keys
         self.sizes = sizes
@@ -118,7 +121,7 @@ class State:
         else:
             candidates = [naming.generate() for _ in range(10)]
         for candidate in candidates:
-            now = time.time()
+            now = self.clock.now()
             record = AppRecord(
                 name=candidate,
                 id=str(uuid.uuid4()),
@@ -464,7 +467,7 @@ class State:
                 app=name,
                 version=version,
                 description=description,
-                created_at=time.time(),
+                created_at=self.clock.now(),
                 config=dict(config),
                 slug=base.slug if base else SlugInfo(),
                 process_types=dict(base.process_types) if base else {},

@@ -15,8 +15,9 @@ from controller.api.logs_api import LogRPCs
 from controller.api.run_api import RunService
 from controller.bus.apilog import ApiLog, release_lines, restart_line, scale_line
 from controller.bus.logs import LogHub
+from controller.core.transitions import ScaleChange
 from controller.store.dynos import Dynos
-from controller.store.state import ScaleChange, State
+from controller.store.state import State
 from slipway.clock import Clock, SystemClock
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc

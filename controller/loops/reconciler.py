@@ -146,16 +146,8 @@ class Reconciler:
 
     async def _commit(self, ops: Sequence[object]) -> None:
         # Guarded by the leader key: a controller that lost leadership writes nothing.
-        ok, _ = await self.etcd._call(
-            self.etcd.raw.transaction(
-                compare=[
-                    self.etcd.tx.value(self.keys.leader()) == self.leadership.identity.encode()
-                ],
-                success=list(ops),
-                failure=[],
-            )
-        )
-        if not ok:
+        leader = self.etcd.tx.value(self.keys.leader()) == self.leadership.identity.encode()
+        if not await self.etcd.txn(compare=[leader], success=ops):
             raise errors.FailedPrecondition("no longer the leader; placements not written")
 
     async def _update_crash_flags(self, snap: snapshot.Snapshot, result: Plan) -> None:
@@ -181,14 +173,8 @@ class Reconciler:
         if bool(record.get("crashed")) == crashed:
             return
         record["crashed"] = crashed
-        await self.etcd._call(
-            self.etcd.raw.transaction(
-                compare=[self.etcd.tx.mod(key) == kv.mod_revision],
-                success=[
-                    self.etcd.tx.put(
-                        key, json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
-                    )
-                ],
-                failure=[],
-            )
+        value = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+        await self.etcd.txn(
+            compare=[self.etcd.tx.mod(key) == kv.mod_revision],
+            success=[self.etcd.tx.put(key, value)],
         )

@@ -103,10 +103,7 @@ class Dynos:
             ops.append(tx.delete(self.keys.dyno(app, p.instance_id)))
             ops.append(tx.put(self.keys.dyno(app, fresh.instance_id), fresh.encode()))
         compares = [tx.version(self.keys.dyno(app, p.instance_id)) > 0 for p in chosen]
-        ok, _ = await self.etcd._call(
-            self.etcd.raw.transaction(compare=compares, success=ops, failure=[])
-        )
-        if not ok:
+        if not await self.etcd.txn(compare=compares, success=ops):
             raise errors.Conflict("the dynos changed meanwhile (a deploy or scale?); try again")
         return sorted({p.name for p in chosen})
 

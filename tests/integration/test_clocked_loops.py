@@ -8,17 +8,21 @@ would write.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import pytest
 
 from controller.bus.buildbus import BuildBus
 from controller.core.models import RELEASE_FAILED, RELEASE_PENDING, SlugInfo
 from controller.core.scheduler import UP, Placement, cycle_deadline
 from controller.core.sizes import SizeTable
+from controller.core.transitions import ScaleChange
 from controller.loops.leader import Leadership
 from controller.loops.reconciler import Reconciler
 from controller.loops.release_phase import ReleasePhase
 from controller.store.build_records import BuildStore
-from controller.store.state import ScaleChange, State
+from controller.store.state import State
 from slipway.clock import FakeClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
@@ -30,29 +34,34 @@ SLUG = SlugInfo(digest="ab" * 32, size_bytes=10, stack="host")
 NODE = NodeRecord(name="node-a", address="127.0.0.1", capacity_mb=4096)
 
 
-def release_phase(state: State, clock: FakeClock) -> ReleasePhase:
-    return ReleasePhase(
-        state,
-        BuildStore(state.etcd, state.keys),
-        BuildBus(["nats://127.0.0.1:1"]),  # never connected: its log lines are best effort
-        SizeTable(),
-        timeout=60.0,
-        place_timeout=30.0,
-        clock=clock,
-    )
+@contextlib.asynccontextmanager
+async def pending_release(
+    endpoint: str, prefix: str, app: str
+) -> AsyncIterator[tuple[Etcd, State, ReleasePhase, FakeClock]]:
+    """An app whose v2 waits for its release command, and a release phase on a fake clock."""
+    clock = FakeClock()
+    async with Etcd([endpoint]) as etcd:
+        state = State(etcd, Keys(prefix), SizeTable(), clock=clock)
+        phase = ReleasePhase(
+            state,
+            BuildStore(state.etcd, state.keys),
+            BuildBus(["nats://127.0.0.1:1"]),  # never connected: its log lines are best effort
+            SizeTable(),
+            timeout=60.0,
+            place_timeout=30.0,
+            clock=clock,
+        )
+        await state.create_app(app)
+        await state.create_release(app, SLUG, {"web": "w"}, "", "t", release_command="m")
+        yield etcd, state, phase, clock
 
 
 async def test_a_release_command_past_its_time_limit_fails_the_release(
     etcd_endpoint: str, etcd_prefix: str
 ) -> None:
-    clock = FakeClock()
-    async with Etcd([etcd_endpoint]) as etcd:
-        keys = Keys(etcd_prefix)
-        state = State(etcd, keys, SizeTable(), clock=clock)
-        phase = release_phase(state, clock)
+    async with pending_release(etcd_endpoint, etcd_prefix, "slow") as (etcd, state, phase, clock):
+        keys = state.keys
         await etcd.put(keys.node(NODE.name), NODE.encode())
-        await state.create_app("slow")
-        await state.create_release("slow", SLUG, {"web": "w"}, "", "t", release_command="m")
 
         await phase.step(await state.get_app("slow"), 2)  # places release.2
         placed = await state.get_release("slow", 2)
@@ -77,14 +86,7 @@ async def test_a_release_command_past_its_time_limit_fails_the_release(
 async def test_a_release_command_with_no_node_to_run_on_fails_after_the_place_limit(
     etcd_endpoint: str, etcd_prefix: str
 ) -> None:
-    clock = FakeClock()
-    async with Etcd([etcd_endpoint]) as etcd:
-        keys = Keys(etcd_prefix)
-        state = State(etcd, keys, SizeTable(), clock=clock)
-        phase = release_phase(state, clock)
-        await state.create_app("nowhere")
-        await state.create_release("nowhere", SLUG, {"web": "w"}, "", "t", release_command="m")
-
+    async with pending_release(etcd_endpoint, etcd_prefix, "nowhere") as (_, state, phase, clock):
         clock.advance(29)
         await phase.step(await state.get_app("nowhere"), 2)
         assert (await state.get_release("nowhere", 2)).status == RELEASE_PENDING

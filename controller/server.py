@@ -34,6 +34,7 @@ from controller.store.placements import PlacementIndex
 from controller.store.state import State
 from slipway import log as slog
 from slipway import sdnotify
+from slipway.clock import Clock, SystemClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 from slipway.v1 import node_pb2_grpc, platform_pb2_grpc
@@ -47,8 +48,11 @@ class Controller:
         self.keys = Keys(config.etcd_prefix)
         self.etcd = Etcd(config.etcd)
         self.sizes = SizeTable(config.sizes)
-        self.state = State(self.etcd, self.keys, self.sizes)
-        self.tokens = Tokens(self.etcd, self.keys)
+        # One clock for every component: the only place the controller reads real time.
+        self.clock: Clock = SystemClock()
+        clock = self.clock
+        self.state = State(self.etcd, self.keys, self.sizes, clock=clock)
+        self.tokens = Tokens(self.etcd, self.keys, clock=clock)
         self.health = HealthServicer()
         identity = (
             config.identity or f"{socket.gethostname()}:{config.listen}:{uuid.uuid4().hex[:6]}"
@@ -62,15 +66,19 @@ class Controller:
             self.placements,
             heartbeat_seconds=config.heartbeat_seconds,
             ttl_seconds=config.node_ttl_seconds,
+            clock=clock,
         )
         self._init_builds(config)
         # One-off dynos (slipway run): any controller relays; the leader reaps.
-        self.oneoffs = OneOffs(self.state, self.sizes, lease_seconds=config.run_lease_seconds)
+        self.oneoffs = OneOffs(
+            self.state, self.sizes, lease_seconds=config.run_lease_seconds, clock=clock
+        )
         self.run_service = RunService(
             self.oneoffs,
             self.tokens,
             idle_seconds=config.run_idle_seconds,
             max_seconds=config.run_max_seconds,
+            clock=clock,
         )
         self.reaper = Reaper(self.oneoffs, self.leadership, interval=config.resync_seconds)
         self.log_hub = LogHub(
@@ -80,8 +88,9 @@ class Controller:
             max_bytes=config.logs_max_bytes,
             max_age=config.logs_max_age_seconds,
             tail_buffer=config.logs_tail_buffer,
+            clock=clock,
         )
-        self.api_log = ApiLog(self.log_hub)
+        self.api_log = ApiLog(self.log_hub, clock=clock)
         # Log drains: every controller sends its share (controller/bus/drains.py).
         self.drain_pool = DrainPool(
             self.etcd,
@@ -99,6 +108,7 @@ class Controller:
             resync_seconds=config.resync_seconds,
             cycle_seconds=config.dyno_cycle_hours * 3600,
             app_log=self.api_log,
+            clock=clock,
         )
         self.bound_port = 0
         self._server: grpc.aio.Server | None = None
@@ -109,7 +119,11 @@ class Controller:
         self.bus = BuildBus(config.nats, replicas=config.nats_replicas)
         self.build_store = BuildStore(self.etcd, self.keys)
         builds = Builds(
-            self.state, self.build_store, self.bus, max_source_bytes=config.max_source_mb << 20
+            self.state,
+            self.build_store,
+            self.bus,
+            max_source_bytes=config.max_source_mb << 20,
+            clock=self.clock,
         )
         self.collector = Collector(
             self.state,
@@ -119,6 +133,7 @@ class Controller:
             keep_releases=config.gc_keep_releases,
             interval=config.gc_interval_seconds,
             min_age=config.gc_min_age_seconds,
+            clock=self.clock,
         )
         self.build_services = BuildServices(builds, self.build_store, self.bus, self.collector)
         self.build_watcher = BuildWatcher(
@@ -133,10 +148,12 @@ class Controller:
                 self.sizes,
                 timeout=config.release_timeout_seconds,
                 place_timeout=config.release_place_seconds,
+                clock=self.clock,
             ),
             build_timeout=config.build_timeout_seconds,
             grace=config.build_grace_seconds,
             pending_timeout=config.build_pending_seconds,
+            clock=self.clock,
         )
 
     async def _start_server(self) -> grpc.aio.Server:
@@ -155,8 +172,10 @@ class Controller:
             builds=self.build_services,
             log_hub=self.log_hub,
             api_log=self.api_log,
+            clock=self.clock,
         )
         api.run_service = self.run_service
+        api.reconcile_passes = lambda: self.reconciler.passes
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(api, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(self.node_api, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

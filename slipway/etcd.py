@@ -206,6 +206,23 @@ class Etcd:
         )
         return bool(ok)
 
+    async def txn(
+        self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
+    ) -> bool:
+        """One transaction: ``success`` when every ``compare`` holds, else ``failure``.
+
+        Comparisons and operations come from :attr:`tx` (``tx.mod(key) == rev``,
+        ``tx.value(key) == b"..."``, ``tx.put(key, value)``, ``tx.delete(key)``).
+        Returns whether the comparisons held. Not repeated after an error: only the
+        caller knows whether a second try is right.
+        """
+        ok, _ = await self._call(
+            self._client.transaction(
+                compare=list(compare), success=list(success), failure=list(failure)
+            )
+        )
+        return bool(ok)
+
     async def update(
         self,
         keys: Sequence[bytes],

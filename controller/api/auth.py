@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 
 import grpc
 
 from controller.core.models import TokenRecord
 from slipway import errors
+from slipway.clock import Clock, SystemClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 
@@ -30,7 +30,10 @@ def new_token() -> str:
 
 
 class Tokens:
-    def __init__(self, etcd: Etcd, keys: Keys, *, cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self, etcd: Etcd, keys: Keys, *, cache_seconds: float = 5.0, clock: Clock = SystemClock()
+    ) -> None:
+        self.clock = clock
         self.etcd = etcd
         self.keys = keys
         self.cache_seconds = cache_seconds
@@ -40,7 +43,7 @@ class Tokens:
         if not name or len(name) > 64:
             raise errors.InvalidArgument("a token needs a name of 1 to 64 characters")
         token = new_token()
-        record = TokenRecord(name=name, created_at=time.time())
+        record = TokenRecord(name=name, created_at=self.clock.now())
         await self.etcd.put(self.keys.token(digest(token)), record.encode())
         return token
 
@@ -60,7 +63,7 @@ class Tokens:
     async def verify(self, token: str) -> str:
         """The token's name; raises Unauthenticated when it is unknown."""
         key = digest(token)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         cached = self._cache.get(key)
         if cached and cached[1] > now:
             return cached[0]

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import shutil
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from controller.store.build_records import FAILED, BuildRecord, BuildStore, new_
 from controller.store.state import State
 from slipway import archive, buildproto, errors, objstore
 from slipway import log as slog
+from slipway.clock import Clock, SystemClock
 
 log = slog.get("controller.builds")
 
@@ -86,7 +86,9 @@ class Builds:
         *,
         max_source_bytes: int = archive.DEFAULT_MAX_BYTES,
         tmp_dir: Path | None = None,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.state = state
         self.store = store
         self.bus = bus
@@ -157,7 +159,7 @@ class Builds:
             source_size=size,
             source_version=meta.source_version or digest[:7],
             buildpacks=list(app.buildpacks),
-            created_at=time.time(),
+            created_at=self.clock.now(),
             created_by=actor,
         )
         config = await self.state.get_config(app.name)
@@ -174,7 +176,7 @@ class Builds:
             await buildproto.submit(self.bus.js, job, replicas=self.bus.replicas)
         except Exception as exc:
             why = f"not queued: {exc}"
-            await self.store.update(app.name, build_id, lambda r: _failed(r, why))
+            await self.store.update(app.name, build_id, lambda r: _failed(r, why, self.clock.now()))
             raise errors.Unavailable(f"cannot queue the build on NATS: {exc}") from exc
         log.info("build queued", app=app.name, build=build_id, size=size)
         await self.bus.app_log(app.name, f"Build {build_id} started by {actor}")
@@ -215,10 +217,10 @@ class Builds:
         return purged
 
 
-def _failed(record: BuildRecord, error: str) -> BuildRecord | None:
+def _failed(record: BuildRecord, error: str, now: float) -> BuildRecord | None:
     if record.status in (FAILED, "succeeded"):
         return None
     record.status = FAILED
     record.error = error
-    record.finished_at = time.time()
+    record.finished_at = now
     return record

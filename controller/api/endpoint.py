@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeAlias, TypeVar
 
@@ -20,6 +19,7 @@ import grpc
 from controller.api.auth import Tokens
 from slipway import errors
 from slipway import log as slog
+from slipway.clock import Clock
 
 log = slog.get("controller.api")
 
@@ -28,8 +28,11 @@ Resp = TypeVar("Resp")
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
-class HasTokens(Protocol):
+class Servicer(Protocol):
+    """What the wrappers need of the servicer whose methods they wrap."""
+
     tokens: Tokens
+    clock: Clock
 
 
 def _app_of(request: Any) -> str:
@@ -44,8 +47,8 @@ def unary(
     func: Callable[[Any, Req, grpc.aio.ServicerContext, str], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
     @functools.wraps(func)
-    async def wrapper(self: HasTokens, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        started = time.monotonic()
+    async def wrapper(self: Servicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        started = self.clock.monotonic()
         failure: errors.SlipwayError | None = None
         try:
             actor = await self.tokens.authenticate(context)
@@ -56,7 +59,7 @@ def unary(
             log.exception("api call failed", method=func.__name__, app=_app_of(request))
             failure = errors.SlipwayError("internal error in the controller; see its log")
             failure.code = grpc.StatusCode.INTERNAL
-        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        duration_ms = round((self.clock.monotonic() - started) * 1000, 1)
         if failure is None:
             log.info(
                 "api call",
@@ -86,8 +89,8 @@ def streaming(
     """Authenticate, log and translate errors for a server-streaming RPC."""
 
     @functools.wraps(func)
-    async def wrapper(self: Any, request: Req, context: Ctx) -> AsyncIterator[Resp]:
-        started = time.monotonic()
+    async def wrapper(self: Servicer, request: Req, context: Ctx) -> AsyncIterator[Resp]:
+        started = self.clock.monotonic()
         code = "OK"
         app = _app_of(request)
         try:
@@ -112,7 +115,7 @@ def streaming(
                 method=func.__name__,
                 app=app,
                 code=code,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                duration_ms=round((self.clock.monotonic() - started) * 1000, 1),
             )
 
     return wrapper

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -25,6 +24,7 @@ from controller.store.placements import PlacementIndex
 from controller.store.snapshot import ReleaseCache
 from slipway import errors
 from slipway import log as slog
+from slipway.clock import Clock, SystemClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 from slipway.v1 import node_pb2 as npb
@@ -51,7 +51,9 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
         heartbeat_seconds: int = 5,
         ttl_seconds: int = 15,
         resend_seconds: float = 30.0,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.etcd = etcd
         self.keys = keys
         self.tokens = tokens
@@ -152,7 +154,7 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
             while not reader.done():
                 version = await self.placements.changed(version, timeout=1.0)
                 desired = await self.desired_for(node)
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 if desired != sent or now - last_sent > self.resend_seconds:
                     yield npb.ControllerMessage(desired=desired)
                     sent, last_sent = desired, now
@@ -189,7 +191,7 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
     async def _store_metrics(self, node: str, hb: npb.Heartbeat) -> None:
         metrics = {
             "node": node,
-            "at": time.time(),
+            "at": self.clock.now(),
             "cpu_percent": hb.cpu_percent,
             "memory_total_bytes": hb.memory_total_bytes,
             "memory_used_bytes": hb.memory_used_bytes,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeAlias
 
 import grpc
@@ -16,9 +16,11 @@ from controller.api.logs_api import LogRPCs
 from controller.api.run_api import RunService
 from controller.bus.apilog import ApiLog, release_lines, restart_line, scale_line
 from controller.bus.logs import LogHub
+from controller.core.transitions import ScaleChange
 from controller.store.drains import Drains
 from controller.store.dynos import Dynos
-from controller.store.state import ScaleChange, State
+from controller.store.state import State
+from slipway.clock import Clock, SystemClock
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc
 
@@ -35,7 +37,9 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
         builds: BuildServices | None = None,
         log_hub: LogHub | None = None,
         api_log: ApiLog | None = None,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.state = state
         self.tokens = tokens
         self.base_domain = base_domain
@@ -46,6 +50,8 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
         # Logs (controller/api/logs_api.py) and the api lines changes leave in the app's log.
         self.log_hub = log_hub
         self.api_log = api_log
+        # The leader's reconcile pass count (set by the server), shown by ListNodes.
+        self.reconcile_passes: Callable[[], int] = lambda: 0
 
     def _log(self, app: str, *messages: str) -> None:
         if self.api_log is not None:
@@ -214,7 +220,10 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
     async def ListNodes(
         self, request: pb.ListNodesRequest, context: Ctx, actor: str
     ) -> pb.ListNodesResponse:
-        return pb.ListNodesResponse(nodes=[convert.node(v) for v in await self.dynos.nodes()])
+        return pb.ListNodesResponse(
+            nodes=[convert.node(v) for v in await self.dynos.nodes()],
+            reconcile_passes=self.reconcile_passes(),
+        )
 
     @unary
     async def DrainNode(

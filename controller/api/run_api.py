@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -33,6 +32,7 @@ from controller.api.auth import Tokens
 from controller.loops.oneoff import OneOffs, RunRequest, Started
 from slipway import errors
 from slipway import log as slog
+from slipway.clock import Clock, SystemClock
 from slipway.v1 import node_pb2 as npb
 from slipway.v1 import node_pb2_grpc
 from slipway.v1 import platform_pb2 as pb
@@ -91,11 +91,12 @@ def to_client(msg: npb.AttachOutput) -> pb.RunDynoResponse:
 class Activity:
     """When input or output last moved (monotonic seconds)."""
 
-    def __init__(self) -> None:
-        self.last = time.monotonic()
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.last = clock.monotonic()
 
     def touch(self) -> None:
-        self.last = time.monotonic()
+        self.last = self.clock.monotonic()
 
     def idle_for(self, now: float) -> float:
         return now - self.last
@@ -109,7 +110,9 @@ class RunService:
         *,
         idle_seconds: float = 3600.0,
         max_seconds: float = 86400.0,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.oneoffs = oneoffs
         self.tokens = tokens
         self.idle_seconds = idle_seconds
@@ -166,11 +169,11 @@ class _Session:
         self.started = started
         self.requests = requests
         self.out: asyncio.Queue[pb.RunDynoResponse | None] = asyncio.Queue(OUT_QUEUE)
-        self.activity = Activity()
+        self.activity = Activity(service.clock)
         self.tasks: list[asyncio.Task[None]] = []
         self.ended = False
         self.end_reason = ""
-        self.began = time.monotonic()
+        self.began = service.clock.monotonic()
         p = started.placement
         self.log = log.bind(app=p.app, dyno=p.name, node=p.node)
         target = host_port(started.node.address, started.node.attach_port)
@@ -243,7 +246,7 @@ class _Session:
         limit = self.service.idle_seconds
         while True:
             await asyncio.sleep(min(1.0, limit / 4))
-            if self.activity.idle_for(time.monotonic()) >= limit:
+            if self.activity.idle_for(self.service.clock.monotonic()) >= limit:
                 break
         notice = f"\r\nslipway: no input or output for {limit:g} s; ending the dyno\r\n"
         self.end_reason = "idle"
@@ -278,5 +281,5 @@ class _Session:
         self.log.info(
             "run session ended",
             reason=self.end_reason or "exit",
-            duration_ms=round((time.monotonic() - self.began) * 1000),
+            duration_ms=round((self.service.clock.monotonic() - self.began) * 1000),
         )

@@ -12,12 +12,12 @@ is never failed or slowed by the log.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 
 from controller.bus.logs import LogHub
 from controller.core.models import FormationItem, ReleaseRecord
 from slipway import log as slog
+from slipway.clock import Clock, SystemClock
 from slipway.logline import LogLine, split_message, subject
 
 log = slog.get("controller.apilog")
@@ -38,8 +38,9 @@ def restart_line(target: str, actor: str) -> str:
 
 
 class ApiLog:
-    def __init__(self, hub: LogHub, *, maxsize: int = 1000) -> None:
+    def __init__(self, hub: LogHub, *, maxsize: int = 1000, clock: Clock = SystemClock()) -> None:
         self._hub = hub
+        self.clock = clock
         self._queue: asyncio.Queue[LogLine] = asyncio.Queue(maxsize)
         self.dropped = 0
         self.published = 0
@@ -50,7 +51,7 @@ class ApiLog:
 
         The leader's dyno-manager events use it too: ``heroku[web.1]: Cycling``.
         """
-        now = time.time()
+        now = self.clock.now()
         for message in messages:
             for piece in split_message(message):
                 try:

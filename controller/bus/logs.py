@@ -28,10 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import nats.js.api
 import nats.js.errors
@@ -41,6 +40,7 @@ from nats.aio.msg import Msg
 from slipway import errors, logline
 from slipway import log as slog
 from slipway.aio import wait_set
+from slipway.clock import Clock, SystemClock
 from slipway.logline import LogLine
 from slipway.natslink import NatsLink
 
@@ -101,9 +101,9 @@ class Gap:
     # the lines it reports, so they are neither shown late nor counted twice.
     seq: int = 0
 
-    def line(self, app: str) -> LogLine:
+    def line(self, app: str, now: float) -> LogLine:
         text = f"{self.count} lines dropped (reader too slow)"
-        return LogLine(app, "heroku", "logs", text, time.time(), self.seq)
+        return LogLine(app, "heroku", "logs", text, now, self.seq)
 
 
 class TailBuffer:
@@ -234,6 +234,7 @@ class OpenLog:
     reader: LogReader
     sub: object  # the JetStream subscription feeding ``reader``
     buffer: TailBuffer | None
+    clock: Clock = field(default_factory=SystemClock)  # stamps the gap lines
 
     async def history(self) -> list[LogLine]:
         """The kept lines the read began with (once; later calls return [])."""
@@ -254,7 +255,10 @@ class OpenLog:
                 items = await self.buffer.take(most)
         except TimeoutError:
             return []
-        return [item.line(self.app) if isinstance(item, Gap) else item for item in items]
+        return [
+            item.line(self.app, self.clock.now()) if isinstance(item, Gap) else item
+            for item in items
+        ]
 
 
 class LogHub:
@@ -269,7 +273,9 @@ class LogHub:
         max_bytes: int = logline.STREAM_MAX_BYTES,
         max_age: float = logline.STREAM_MAX_AGE,
         tail_buffer: int = DEFAULT_TAIL_BUFFER,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.servers = list(servers)
         self.replicas = replicas
         self.max_per_app = max_per_app
@@ -334,7 +340,7 @@ class LogHub:
             cb=on_msg,
         )
         try:
-            yield OpenLog(app, reader, sub, buffer)
+            yield OpenLog(app, reader, sub, buffer, self.clock)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.unsubscribe(), 2.0)

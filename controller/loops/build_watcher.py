@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 
 import nats.errors
 import nats.js.api
@@ -45,8 +44,7 @@ from controller.store.build_records import (
 from controller.store.state import State
 from slipway import buildproto, errors
 from slipway import log as slog
-from slipway.aio import wait_set
-from slipway.backoff import Backoff
+from slipway.clock import Clock, SystemClock
 
 log = slog.get("controller.build_watcher")
 
@@ -79,7 +77,9 @@ class BuildWatcher:
         grace: float = 120.0,
         pending_timeout: float = 3600.0,
         sweep_seconds: float = 1.0,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.state = state
         self.store = store
         self.bus = bus
@@ -92,62 +92,46 @@ class BuildWatcher:
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
-        while True:
-            await self.leadership.elected.wait()
-            await self.bus.connected.wait()
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    work = [tg.create_task(self._consume()), tg.create_task(self._sweep_loop())]
-                    # Leadership has no "lost" event to wait on; look at it often.
-                    while self.leadership.is_leader and not any(t.done() for t in work):
-                        await asyncio.wait(work, timeout=0.2)
-                    for t in work:
-                        t.cancel()
-            except* Exception as group:
-                # etcd or NATS trouble (or a bug): log it, start again with fresh reads.
-                log.warning("build watcher restarting", error=repr(group.exceptions[0]))
-                await asyncio.sleep(1.0)
+        lead = self.leadership.run_while_leading
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(lead("build statuses", self._consume, ready=self.bus.connected))
+            tg.create_task(
+                lead(
+                    "build sweep",
+                    self.sweep,
+                    wake=self.wake,
+                    every=self.sweep_seconds,
+                    ready=self.bus.connected,
+                )
+            )
 
     # -- statuses ---------------------------------------------------------
 
     async def _consume(self) -> None:
-        backoff = Backoff(initial=0.2, maximum=5.0)
-        durable = consumer_name(self.state.keys.prefix)
-        while True:
-            try:
-                sub = await self.bus.js.pull_subscribe(
-                    f"{buildproto.STATUS_PREFIX}.*",
-                    durable=durable,
-                    stream=buildproto.EVENTS_STREAM,
-                    config=nats.js.api.ConsumerConfig(
-                        ack_policy=nats.js.api.AckPolicy.EXPLICIT,
-                        ack_wait=30,
-                        deliver_policy=nats.js.api.DeliverPolicy.ALL,
-                    ),
-                )
-            except Exception as exc:  # nats-py: its own errors and timeouts
-                _raise_if_cancelling()
-                log.warning("status consumer unavailable", error=str(exc))
-                await asyncio.sleep(backoff.next())
-                continue
-            try:
-                while True:
-                    try:
-                        msgs = await sub.fetch(32, timeout=2.0)
-                    except (nats.errors.TimeoutError, TimeoutError):
-                        _raise_if_cancelling()
-                        continue
-                    for msg in msgs:
-                        await self._on_status(msg.data)
-                        await msg.ack()
-                    backoff.reset()
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                _raise_if_cancelling()
-                log.warning("status consumer broken", error=str(exc))
-                await asyncio.sleep(backoff.next())
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        """Apply statuses as they come; NATS trouble raises (the leader loop backs off)."""
+        sub = await self.bus.js.pull_subscribe(
+            f"{buildproto.STATUS_PREFIX}.*",
+            durable=consumer_name(self.state.keys.prefix),
+            stream=buildproto.EVENTS_STREAM,
+            config=nats.js.api.ConsumerConfig(
+                ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+                ack_wait=30,
+                deliver_policy=nats.js.api.DeliverPolicy.ALL,
+            ),
+        )
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(32, timeout=2.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    _raise_if_cancelling()
+                    continue
+                for msg in msgs:
+                    await self._on_status(msg.data)
+                    await msg.ack()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _on_status(self, data: bytes) -> None:
         try:
@@ -158,7 +142,9 @@ class BuildWatcher:
         record = await self.store.find(status.build_id, status.app)
         if record is None:
             return  # another installation's build, or one whose app is gone
-        updated = await self.store.update(record.app, record.id, lambda r: apply_status(r, status))
+        updated = await self.store.update(
+            record.app, record.id, lambda r: apply_status(r, status, now=self.clock.now())
+        )
         if updated is not None:
             log.info(
                 "build status",
@@ -170,13 +156,6 @@ class BuildWatcher:
             await self.settle(updated)
 
     # -- the sweep --------------------------------------------------------
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            self.wake.clear()
-            await self.sweep()
-            with contextlib.suppress(TimeoutError):
-                await wait_set(self.wake, self.sweep_seconds)
 
     async def sweep(self) -> None:
         for record in await self.store.list():
@@ -197,13 +176,14 @@ class BuildWatcher:
         if record.status == SUCCEEDED and record.release_phase:
             await self.release_phase.sync_build(record)
             return
-        why = timed_out(record, time.time(), self.build_timeout + self.grace, self.pending_timeout)
+        now = self.clock.now()
+        why = timed_out(record, now, self.build_timeout + self.grace, self.pending_timeout)
         if why:
 
             def fail(r: BuildRecord) -> BuildRecord | None:
                 if r.status in (SUCCEEDED, FAILED):
                     return None
-                r.status, r.error, r.finished_at = FAILED, f"Build failed: {why}", time.time()
+                r.status, r.error, r.finished_at = FAILED, f"Build failed: {why}", now
                 return r
 
             if await self.store.update(record.app, record.id, fail):
@@ -229,7 +209,7 @@ class BuildWatcher:
             stack=str(record.slug.get("stack") or ""),
             source_version=record.source_version,
         )
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             release = await self.state.create_release(
                 record.app,
@@ -251,7 +231,7 @@ class BuildWatcher:
             app=record.app,
             build=record.id,
             release=release.version,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            duration_ms=round((self.clock.monotonic() - started) * 1000, 1),
         )
         phase = " (pending its release command)" if record.release_command else ""
         await self.bus.app_log(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,9 +26,9 @@ from controller.core.models import ReleaseRecord
 from controller.loops.leader import Leadership
 from controller.store.build_records import BuildRecord, BuildStore
 from controller.store.state import State
-from slipway import errors, objstore
 from slipway import log as slog
-from slipway.aio import wait_set
+from slipway import objstore
+from slipway.clock import Clock, SystemClock
 
 log = slog.get("controller.gc")
 
@@ -105,7 +104,9 @@ class Collector:
         keep_releases: int = 10,
         interval: float = 600.0,
         min_age: float = 3600.0,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.state = state
         self.store = store
         self.bus = bus
@@ -120,24 +121,15 @@ class Collector:
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            await self.leadership.elected.wait()
-            await self.bus.connected.wait()
-            self._wake.clear()
-            try:
-                await self.collect_once()
-            except errors.SlipwayError as exc:
-                log.warning("gc failed", error=str(exc))
-            except Exception as exc:  # NATS object-store errors come in many kinds
-                log.warning("gc failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await wait_set(self._wake, self.interval)
+        await self.leadership.run_while_leading(
+            "gc", self.collect_once, wake=self._wake, every=self.interval, ready=self.bus.connected
+        )
 
     async def _objects(self, bucket: str) -> dict[str, float]:
         return {i.name: _mtime(i.mtime) for i in await self.bus.stores.infos(bucket)}
 
     async def collect_once(self) -> GcPlan:
-        started = time.monotonic()
+        started = self.clock.monotonic()
         # Objects first, then references: an object stored after the listing is
         # not considered at all, and a reference made meanwhile is seen.
         objects = {b: await self._objects(b) for b in objstore.BUCKETS}
@@ -148,7 +140,7 @@ class Collector:
             releases,
             builds,
             objects,
-            time.time(),
+            self.clock.now(),
             keep_releases=self.keep_releases,
             min_age=self.min_age,
         )
@@ -171,7 +163,7 @@ class Collector:
                 sources=len(plan.sources),
                 caches=len(plan.caches),
                 builds=len(plan.builds),
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                duration_ms=round((self.clock.monotonic() - started) * 1000, 1),
             )
         return plan
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from controller.store.snapshot import choose_one_off_node
 from controller.store.state import State
 from slipway import errors
 from slipway import log as slog
+from slipway.clock import Clock, SystemClock
 from slipway.records import NodeRecord, StatusRecord
 
 log = slog.get("controller.oneoff")
@@ -90,7 +90,15 @@ def check_command(command: str) -> str:
 
 
 class OneOffs:
-    def __init__(self, state: State, sizes: SizeTable, *, lease_seconds: int = 10) -> None:
+    def __init__(
+        self,
+        state: State,
+        sizes: SizeTable,
+        *,
+        lease_seconds: int = 10,
+        clock: Clock = SystemClock(),
+    ) -> None:
+        self.clock = clock
         self.state = state
         self.etcd = state.etcd
         self.keys = state.keys
@@ -142,7 +150,7 @@ class OneOffs:
             max_processes=size.max_processes,
             cpu_shares=size.cpu_shares,
             size=size.name,
-            created_at=time.time(),
+            created_at=self.clock.now(),
             kind="attached" if req.attach else "oneoff",
             command=command,
             tty=req.attach and req.tty,
@@ -206,13 +214,9 @@ class Reaper:
         self.interval = interval
 
     async def run(self) -> None:
-        while True:
-            await self.leadership.elected.wait()
-            try:
-                await self.reap_once()
-            except errors.SlipwayError as exc:
-                log.warning("one-off reaping failed", error=str(exc))
-            await asyncio.sleep(self.interval)
+        await self.leadership.run_while_leading(
+            "one-off reaper", self.reap_once, every=self.interval
+        )
 
     async def reap_once(self) -> list[Placement]:
         kvs, _ = await self.etcd.get_prefix(self.keys.dynos())

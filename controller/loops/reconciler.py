@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -19,8 +18,8 @@ from controller.loops.leader import Leadership
 from controller.store import snapshot
 from slipway import errors
 from slipway import log as slog
-from slipway.aio import wait_set
 from slipway.backoff import Backoff
+from slipway.clock import Clock, SystemClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 
@@ -44,7 +43,9 @@ class Reconciler:
         resync_seconds: float = 5.0,
         cycle_seconds: float = 0.0,
         app_log: ApiLog | None = None,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.etcd = etcd
         self.keys = keys
         self.sizes = sizes
@@ -69,7 +70,16 @@ class Reconciler:
                 self.keys.drains(),
             ):
                 tg.create_task(self._watch(prefix))
-            tg.create_task(self._loop())
+            tg.create_task(
+                self.leadership.run_while_leading(
+                    "reconciler",
+                    self.reconcile_once,
+                    wake=self.wake,
+                    every=self.resync_seconds,
+                    # Collapse a burst of events (a deploy touches several keys) into one pass.
+                    settle=0.02,
+                )
+            )
 
     async def _watch(self, prefix: bytes) -> None:
         """Turn every change under ``prefix`` into a wake-up; re-list after a broken stream."""
@@ -85,28 +95,9 @@ class Reconciler:
             self.wake.set()
             await asyncio.sleep(backoff.next())
 
-    async def _loop(self) -> None:
-        backoff = Backoff(initial=0.2, maximum=5.0)
-        while True:
-            await self.leadership.elected.wait()
-            self.wake.clear()
-            try:
-                await self.reconcile_once()
-                backoff.reset()
-            except errors.SlipwayError as exc:
-                log.warning("reconcile failed", error=str(exc))
-                await asyncio.sleep(backoff.next())
-                continue
-            try:
-                await wait_set(self.wake, self.resync_seconds)
-            except TimeoutError:
-                pass
-            # Collapse a burst of events (a deploy touches several keys) into one pass.
-            await asyncio.sleep(0.02)
-
     async def reconcile_once(self) -> Plan:
         snap = await snapshot.load(self.etcd, self.keys, self.sizes, self.releases)
-        result = plan(snap.wants, snap.cluster, time.time(), cycle_seconds=self.cycle_seconds)
+        result = plan(snap.wants, snap.cluster, self.clock.now(), cycle_seconds=self.cycle_seconds)
         if not self.leadership.is_leader:
             return result
         await self._apply(result)
@@ -155,16 +146,8 @@ class Reconciler:
 
     async def _commit(self, ops: Sequence[object]) -> None:
         # Guarded by the leader key: a controller that lost leadership writes nothing.
-        ok, _ = await self.etcd._call(
-            self.etcd.raw.transaction(
-                compare=[
-                    self.etcd.tx.value(self.keys.leader()) == self.leadership.identity.encode()
-                ],
-                success=list(ops),
-                failure=[],
-            )
-        )
-        if not ok:
+        leader = self.etcd.tx.value(self.keys.leader()) == self.leadership.identity.encode()
+        if not await self.etcd.txn(compare=[leader], success=ops):
             raise errors.FailedPrecondition("no longer the leader; placements not written")
 
     async def _update_crash_flags(self, snap: snapshot.Snapshot, result: Plan) -> None:
@@ -190,14 +173,8 @@ class Reconciler:
         if bool(record.get("crashed")) == crashed:
             return
         record["crashed"] = crashed
-        await self.etcd._call(
-            self.etcd.raw.transaction(
-                compare=[self.etcd.tx.mod(key) == kv.mod_revision],
-                success=[
-                    self.etcd.tx.put(
-                        key, json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
-                    )
-                ],
-                failure=[],
-            )
+        value = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+        await self.etcd.txn(
+            compare=[self.etcd.tx.mod(key) == kv.mod_revision],
+            success=[self.etcd.tx.put(key, value)],
         )

@@ -30,7 +30,6 @@ does that from the release, so it too is level-based.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, replace
 
@@ -56,6 +55,7 @@ from controller.store.build_records import (
 from controller.store.state import State
 from slipway import errors
 from slipway import log as slog
+from slipway.clock import Clock, SystemClock
 from slipway.records import StatusRecord
 
 log = slog.get("controller.release_phase")
@@ -152,7 +152,9 @@ class ReleasePhase:
         *,
         timeout: float = 900.0,
         place_timeout: float = 120.0,
+        clock: Clock = SystemClock(),
     ) -> None:
+        self.clock = clock
         self.state = state
         self.store = store
         self.bus = bus
@@ -196,7 +198,7 @@ class ReleasePhase:
             self.state.etcd, self.keys, app, "release", size.memory_mb
         )
         if node is None:
-            if time.time() - release.created_at > self.place_timeout:
+            if self.clock.now() - release.created_at > self.place_timeout:
                 why = f"no node has {size.memory_mb} MB free for the release command"
                 await self._finish(release, Outcome(RELEASE_FAILED, why))
             return
@@ -211,7 +213,7 @@ class ReleasePhase:
             max_processes=size.max_processes,
             cpu_shares=size.cpu_shares,
             size=size.name,
-            created_at=time.time(),
+            created_at=self.clock.now(),
             kind="oneoff",
             command=release.release_command,
         )
@@ -250,7 +252,7 @@ class ReleasePhase:
             status,
             placement_exists=dyno_kv is not None,
             node_alive=node_alive,
-            elapsed=time.time() - release.phase_started_at,
+            elapsed=self.clock.now() - release.phase_started_at,
             timeout=self.timeout,
         )
         if outcome != WAIT:

@@ -19,7 +19,6 @@ build. The build is *finished* only when that phase has settled too.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -100,8 +99,13 @@ class BuildRecord:
         return str(self.slug.get("digest") or "")
 
 
-def apply_status(record: BuildRecord, status: buildproto.BuildStatus) -> BuildRecord | None:
-    """The record after a builder status, or None when the status changes nothing."""
+def apply_status(
+    record: BuildRecord, status: buildproto.BuildStatus, *, now: float
+) -> BuildRecord | None:
+    """The record after a builder status, or None when the status changes nothing.
+
+    ``now`` stands in for a status without its own time (``ts``).
+    """
     if record.status in TERMINAL:
         return None  # first terminal status wins; later ones are duplicates or stale
     if status.attempt < record.attempts and status.status != buildproto.SUCCEEDED:
@@ -111,7 +115,7 @@ def apply_status(record: BuildRecord, status: buildproto.BuildStatus) -> BuildRe
         new.builder = status.builder
     if status.status == buildproto.RUNNING:
         new.status = RUNNING
-        new.started_at = record.started_at or status.ts or time.time()
+        new.started_at = record.started_at or status.ts or now
     elif status.status == buildproto.SUCCEEDED:
         if not status.slug or not status.slug.get("digest"):
             new.status = FAILED
@@ -123,11 +127,11 @@ def apply_status(record: BuildRecord, status: buildproto.BuildStatus) -> BuildRe
             new.release_command = status.release_command or ""
             if status.buildpacks:
                 new.buildpacks = list(status.buildpacks)
-        new.finished_at = status.ts or time.time()
+        new.finished_at = status.ts or now
     elif status.status == buildproto.FAILED:
         new.status = FAILED
         new.error = status.error or "the build failed"
-        new.finished_at = status.ts or time.time()
+        new.finished_at = status.ts or now
     else:
         return None
     new.started_at = new.started_at or new.finished_at

@@ -11,7 +11,6 @@ one-off dyno simply ends).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, replace
 
 from controller.core.scheduler import Placement
@@ -50,6 +49,7 @@ def _sort_key(p: Placement) -> tuple[str, int, float]:
 class Dynos:
     def __init__(self, state: State) -> None:
         self.state = state
+        self.clock = state.clock
         self.etcd = state.etcd
         self.keys = state.keys
 
@@ -103,10 +103,7 @@ class Dynos:
             marked = replace(p, restart_requested=True)
             ops.append(tx.put(self.keys.dyno(app, p.instance_id), marked.encode()))
         compares = [tx.version(self.keys.dyno(app, p.instance_id)) > 0 for p in chosen]
-        ok, _ = await self.etcd._call(
-            self.etcd.raw.transaction(compare=compares, success=ops, failure=[])
-        )
-        if not ok:
+        if not await self.etcd.txn(compare=compares, success=ops):
             raise errors.Conflict("the dynos changed meanwhile (a deploy or scale?); try again")
         return sorted({p.name for p in chosen})
 
@@ -153,6 +150,8 @@ class Dynos:
         if undrain:
             await self.etcd.delete(self.keys.drain(node))
         else:
-            await self.etcd.put(self.keys.drain(node), json.dumps({"since": time.time()}).encode())
+            await self.etcd.put(
+                self.keys.drain(node), json.dumps({"since": self.clock.now()}).encode()
+            )
         placements = await load_placements(self.etcd, self.keys)
         return sum(1 for p in placements if p.node == node)

@@ -5,21 +5,23 @@ read (:meth:`slipway.etcd.Etcd.update`), so concurrent writers never lose an
 update and release versions stay contiguous. The routing record of an app
 (``routes/apps/{app}``) is rewritten in the same transaction as the change
 that affects it, so routers never see a half-applied change.
+
+Only I/O lives here: what a change does to the records (a new release, a
+settled release phase, a scale) is a pure function in
+``controller/core/transitions.py``; this module reads, applies it, commits and
+retries when it lost a race.
 """
 
 from __future__ import annotations
 
-import json
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import TypeVar
 
-from controller.core import naming, validation
+from controller.core import naming, transitions, validation
 from controller.core.models import (
     RELEASE_FAILED,
     RELEASE_PENDING,
-    RELEASE_SUCCEEDED,
     AppRecord,
     FormationItem,
     ReleaseRecord,
@@ -28,10 +30,11 @@ from controller.core.models import (
     decode_formation,
     encode_config,
     encode_formation,
-    initial_status,
 )
-from controller.core.sizes import DEFAULT_SIZE, SizeTable
+from controller.core.sizes import SizeTable
+from controller.core.transitions import ScaleChange, route_flags, route_record
 from slipway import errors
+from slipway.clock import Clock, SystemClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 
@@ -43,71 +46,61 @@ ConfigChange = Callable[[AppRecord, dict[str, str]], tuple[dict[str, str], str]]
 ReleaseHook = Callable[[dict[bytes, bytes | None], ReleaseRecord], Mapping[bytes, bytes | None]]
 
 
+Writes = dict[bytes, bytes | None]
+T = TypeVar("T")
+
+__all__ = ["ConfigChange", "ReleaseHook", "ScaleChange", "State"]
+
+
 class _StaleRead(Exception):
     """The app moved on between two reads; start the change again."""
 
 
-@dataclass(frozen=True)
-class ScaleChange:
-    type: str
-    quantity: int | None = None
-    delta: int | None = None
-    size: str = ""
-
-
-def describe_config_change(set_keys: list[str], unset_keys: list[str]) -> str:
-    parts = []
-    if set_keys:
-        parts.append(f"Set {', '.join(set_keys)} config vars")
-    if unset_keys:
-        parts.append(f"Unset {', '.join(unset_keys)} config vars")
-    return " and ".join(parts) if parts else "Config unchanged"
-
-
-def route_record(
-    app: AppRecord, formation: dict[str, FormationItem], *, crashed: bool, released: bool
-) -> bytes:
-    """What routers need of an app; ``released`` means the current release has a slug."""
-    web = formation.get("web")
-    return json.dumps(
-        {
-            "app": app.name,
-            "web": web.quantity if web else 0,
-            "released": released,
-            "maintenance": app.maintenance,
-            "crashed": crashed,
-            "balance": app.balance,
-        },
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode()
-
-
-def _crashed(route_value: bytes | None) -> bool:
-    return bool(route_value and json.loads(route_value).get("crashed"))
-
-
-def _released(route_value: bytes | None) -> bool:
-    return bool(route_value and json.loads(route_value).get("released"))
-
-
-def merge_formation(
-    formation: dict[str, FormationItem], process_types: Mapping[str, str]
-) -> dict[str, FormationItem]:
-    """Give every process type of a release an entry: web starts at 1, others at 0."""
-    merged = dict(formation)
-    for ptype in process_types:
-        if ptype == "release" or ptype in merged:
-            continue
-        merged[ptype] = FormationItem(1 if ptype == "web" else 0, DEFAULT_SIZE)
-    return merged
-
-
 class State:
-    def __init__(self, etcd: Etcd, keys: Keys, sizes: SizeTable) -> None:
+    def __init__(
+        self, etcd: Etcd, keys: Keys, sizes: SizeTable, *, clock: Clock = SystemClock()
+    ) -> None:
+        self.clock = clock
         self.etcd = etcd
         self.keys = keys
         self.sizes = sizes
+
+    async def _change(
+        self, keys: Sequence[bytes], step: Callable[[dict[bytes, bytes | None]], tuple[Writes, T]]
+    ) -> T:
+        """Read ``keys``, let ``step`` decide the writes and a result, commit them guarded
+        by the revisions read (repeated on a lost race); returns the committed step's result."""
+        results: list[T] = []
+
+        def mutate(cur: dict[bytes, bytes | None]) -> Writes:
+            writes, result = step(cur)
+            results.append(result)
+            return writes
+
+        await self.etcd.update(keys, mutate)
+        return results[-1]
+
+    def _formation_writes(
+        self,
+        app: AppRecord,
+        formation: dict[str, FormationItem],
+        cur: dict[bytes, bytes | None],
+        *,
+        released: bool | None = None,
+    ) -> Writes:
+        """The formation and the routing record that follows it (``released``: whether
+        the current release has a slug; None keeps what the record says)."""
+        k = self.keys
+        crashed, was_released = route_flags(cur[k.route_app(app.name)])
+        return {
+            k.formation(app.name): encode_formation(formation),
+            k.route_app(app.name): route_record(
+                app,
+                formation,
+                crashed=crashed,
+                released=was_released if released is None else released,
+            ),
+        }
 
     # -- apps ---------------------------------------------------------------
 
@@ -118,7 +111,7 @@ class State:
         else:
             candidates = [naming.generate() for _ in range(10)]
         for candidate in candidates:
-            now = time.time()
+            now = self.clock.now()
             record = AppRecord(
                 name=candidate,
                 id=str(uuid.uuid4()),
@@ -146,23 +139,20 @@ class State:
             slug=SlugInfo(),
             process_types={},
         )
-        ok, _ = await self.etcd._call(
-            self.etcd.raw.transaction(
-                compare=[self.etcd.tx.version(k.app(record.name)) == 0],
-                success=[
-                    self.etcd.tx.put(k.app(record.name), record.encode()),
-                    self.etcd.tx.put(k.release(record.name, 1), initial.encode()),
-                    self.etcd.tx.put(k.config(record.name), encode_config({})),
-                    self.etcd.tx.put(k.formation(record.name), encode_formation({})),
-                    self.etcd.tx.put(
-                        k.route_app(record.name),
-                        route_record(record, {}, crashed=False, released=False),
-                    ),
-                ],
-                failure=[],
-            )
+        tx = self.etcd.tx
+        return await self.etcd.txn(
+            compare=[tx.version(k.app(record.name)) == 0],
+            success=[
+                tx.put(k.app(record.name), record.encode()),
+                tx.put(k.release(record.name, 1), initial.encode()),
+                tx.put(k.config(record.name), encode_config({})),
+                tx.put(k.formation(record.name), encode_formation({})),
+                tx.put(
+                    k.route_app(record.name),
+                    route_record(record, {}, crashed=False, released=False),
+                ),
+            ],
         )
-        return bool(ok)
 
     async def list_apps(self) -> list[AppRecord]:
         kvs, _ = await self.etcd.get_prefix(self.keys.apps())
@@ -199,13 +189,10 @@ class State:
         # Placements go with the app; agents then stop the dynos and drop their
         # own statuses and routes (tied to their leases).
         prefixes = [k.releases(name), k.dynos(name), k.log_drains(name)]
-        ok, _ = await self.etcd._call(
-            self.etcd.raw.transaction(
-                compare=[tx.version(k.app(name)) > 0],
-                success=[tx.delete(key) for key in whole_keys]
-                + [tx.delete(p, range_end=_prefix_end(p)) for p in prefixes],
-                failure=[],
-            )
+        ok = await self.etcd.txn(
+            compare=[tx.version(k.app(name)) > 0],
+            success=[tx.delete(key) for key in whole_keys]
+            + [tx.delete(p, range_end=_prefix_end(p)) for p in prefixes],
         )
         if not ok:
             raise errors.NotFound(f"app {name!r} not found", reason="app_not_found")
@@ -229,14 +216,10 @@ class State:
             raise errors.InvalidArgument(
                 f"cannot set and unset {', '.join(sorted(overlap))} in one change"
             )
-        description = describe_config_change(sorted(set_vars), sorted(unset))
+        description = transitions.describe_config_change(sorted(set_vars), sorted(unset))
 
         def change(app: AppRecord, config: dict[str, str]) -> tuple[dict[str, str], str]:
-            new = dict(config)
-            new.update(set_vars)
-            for key in unset:
-                new.pop(key, None)
-            return validation.config_vars(new), description
+            return transitions.changed_config(config, set_vars, unset), description
 
         return await self._new_release(name, actor, change, copy_from=None)
 
@@ -333,54 +316,42 @@ class State:
         it is. Returns the release (None when it is gone) and whether it went live.
         """
         k = self.keys
-        result: list[tuple[ReleaseRecord | None, bool]] = []
 
-        def mutate(cur: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
+        def step(
+            cur: dict[bytes, bytes | None],
+        ) -> tuple[Writes, tuple[ReleaseRecord | None, bool]]:
             app_raw, rel_raw = cur[k.app(name)], cur[k.release(name, version)]
             if app_raw is None:
                 raise errors.NotFound(f"app {name!r} not found", reason="app_not_found")
-            app = AppRecord.decode(app_raw)
-            release = ReleaseRecord.decode(rel_raw) if rel_raw is not None else None
-            tracked = version in app.pending_releases
-            app.pending_releases = [v for v in app.pending_releases if v != version]
-            writes: dict[bytes, bytes | None] = {k.app(name): app.encode()} if tracked else {}
-            result.append((release, False))
-            if release is None or release.status != RELEASE_PENDING:
-                return writes
-            release.status, release.error = status, error
-            writes[k.release(name, version)] = release.encode()
-            if release.phase_instance:
-                writes[k.dyno(name, release.phase_instance)] = None
-            live = status == RELEASE_SUCCEEDED and version > app.current_release
-            if live:
-                app.current_release = version
-                writes.update(self._live_writes(app, release, cur))
-            writes[k.app(name)] = app.encode()
-            result[-1] = (release, live)
-            return writes
+            settled = transitions.settle_release(
+                AppRecord.decode(app_raw),
+                version,
+                ReleaseRecord.decode(rel_raw) if rel_raw is not None else None,
+                decode_formation(cur[k.formation(name)]),
+                status,
+                error,
+            )
+            writes: Writes = {}
+            if settled.release is not None and settled.release_changed:
+                writes[k.release(name, version)] = settled.release.encode()
+            if settled.remove_dyno:
+                writes[k.dyno(name, settled.remove_dyno)] = None
+            if settled.app is not None:
+                if settled.formation is not None and settled.release is not None:
+                    writes.update(
+                        self._formation_writes(
+                            settled.app,
+                            settled.formation,
+                            cur,
+                            released=bool(settled.release.slug.digest),
+                        )
+                    )
+                writes[k.app(name)] = settled.app.encode()
+            return writes, (settled.release, settled.live)
 
-        await self.etcd.update(
-            [k.app(name), k.release(name, version), k.formation(name), k.route_app(name)], mutate
+        return await self._change(
+            [k.app(name), k.release(name, version), k.formation(name), k.route_app(name)], step
         )
-        return result[-1]
-
-    def _live_writes(
-        self, app: AppRecord, release: ReleaseRecord, cur: dict[bytes, bytes | None]
-    ) -> dict[bytes, bytes | None]:
-        """The formation and routing record once ``release`` is the app's current one."""
-        k = self.keys
-        formation = merge_formation(
-            decode_formation(cur[k.formation(app.name)]), release.process_types
-        )
-        return {
-            k.formation(app.name): encode_formation(formation),
-            k.route_app(app.name): route_record(
-                app,
-                formation,
-                crashed=_crashed(cur[k.route_app(app.name)]),
-                released=bool(release.slug.digest),
-            ),
-        }
 
     async def adopt_release_phase(
         self, name: str, version: int, command: str, instance: str, started_at: float
@@ -439,7 +410,6 @@ class State:
     ) -> tuple[dict[str, str], ReleaseRecord] | None:
         """One attempt; None when the app's current release moved meanwhile."""
         k = self.keys
-        out: list[tuple[dict[str, str], ReleaseRecord]] = []
         app = await self.get_app(name)
         current_key = k.release(name, app.current_release) if app.current_release else None
         keys = [k.app(name), k.config(name), k.formation(name), k.route_app(name)]
@@ -447,7 +417,9 @@ class State:
             keys.append(current_key)
         keys.extend(k for k in hook_keys if k not in keys)
 
-        def mutate(cur: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
+        def step(
+            cur: dict[bytes, bytes | None],
+        ) -> tuple[Writes, tuple[dict[str, str], ReleaseRecord]]:
             raw = cur[k.app(name)]
             if raw is None:
                 raise errors.NotFound(f"app {name!r} not found", reason="app_not_found")
@@ -458,42 +430,35 @@ class State:
             base = copy_from
             if base is None and current_key and cur.get(current_key):
                 base = ReleaseRecord.decode(cur[current_key])  # type: ignore[arg-type]
-            version = fresh.release_seq + 1
-            command = base.release_command if base else ""
-            release = ReleaseRecord(
-                app=name,
-                version=version,
+            new = transitions.new_release(
+                fresh,
+                config,
+                decode_formation(cur[k.formation(name)]),
+                base,
                 description=description,
-                created_at=time.time(),
-                config=dict(config),
-                slug=base.slug if base else SlugInfo(),
-                process_types=dict(base.process_types) if base else {},
-                status=initial_status(command),
-                created_by=actor,
-                build_id=base.build_id if base else "",
-                release_command=command,
+                actor=actor,
+                now=self.clock.now(),
             )
-            fresh.release_seq = version
-            writes: dict[bytes, bytes | None] = {
-                k.release(name, version): release.encode(),
-                k.config(name): encode_config(config),
+            release = new.release
+            writes: Writes = {
+                k.release(name, release.version): release.encode(),
+                k.config(name): encode_config(new.config),
             }
-            if release.status == RELEASE_PENDING:
-                fresh.pending_releases.append(version)
-            else:
-                fresh.current_release = version
-                writes.update(self._live_writes(fresh, release, cur))
-            writes[k.app(name)] = fresh.encode()
+            if new.formation is not None:
+                writes.update(
+                    self._formation_writes(
+                        new.app, new.formation, cur, released=bool(release.slug.digest)
+                    )
+                )
+            writes[k.app(name)] = new.app.encode()
             if hook is not None:
                 writes.update(hook(cur, release))
-            out.append((dict(config), release))
-            return writes
+            return writes, (new.config, release)
 
         try:
-            await self.etcd.update(keys, mutate)
+            return await self._change(keys, step)
         except _StaleRead:
             return None
-        return out[-1]
 
     # -- formation ----------------------------------------------------------
 
@@ -508,23 +473,14 @@ class State:
         return formation, process_types
 
     async def scale(self, name: str, changes: list[ScaleChange]) -> dict[str, FormationItem]:
-        if not changes:
-            raise errors.InvalidArgument("nothing to scale: give TYPE=N, TYPE+N or TYPE=N:SIZE")
-        seen: set[str] = set()
-        for ch in changes:
-            validation.process_type(ch.type)
-            if ch.type in seen:
-                raise errors.InvalidArgument(f"process type {ch.type!r} given twice")
-            seen.add(ch.type)
-            if ch.size:
-                self.sizes.get(ch.size)
+        transitions.check_scale_request(changes, self.sizes)
         while True:
-            result = await self._try_scale(name, changes, seen)
+            result = await self._try_scale(name, changes)
             if result is not None:
                 return result
 
     async def _try_scale(
-        self, name: str, changes: list[ScaleChange], seen: set[str]
+        self, name: str, changes: list[ScaleChange]
     ) -> dict[str, FormationItem] | None:
         """One attempt; None when the app's current release moved meanwhile."""
         k = self.keys
@@ -532,55 +488,24 @@ class State:
         process_types: dict[str, str] = {}
         if app.current_release:
             process_types = (await self.get_release(name, app.current_release)).process_types
-        defined = sorted(t for t in process_types if t != "release")
-        if defined:
-            unknown = [ch.type for ch in changes if ch.type not in process_types]
-            if unknown:
-                raise errors.InvalidArgument(
-                    f"no process type {', '.join(unknown)} in release v{app.current_release}; "
-                    f"it defines: {', '.join(defined)}",
-                    reason="unknown_process_type",
-                )
-        if "release" in seen:
-            raise errors.InvalidArgument(
-                "the release process type runs once per release; it cannot be scaled"
-            )
-        result: list[dict[str, FormationItem]] = []
+        transitions.check_scale(changes, process_types, app.current_release)
 
-        def mutate(cur: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
+        def step(cur: dict[bytes, bytes | None]) -> tuple[Writes, dict[str, FormationItem]]:
             raw = cur[k.app(name)]
             if raw is None:
                 raise errors.NotFound(f"app {name!r} not found", reason="app_not_found")
             fresh = AppRecord.decode(raw)
             if fresh.current_release != app.current_release:
                 raise _StaleRead
-            formation = decode_formation(cur[k.formation(name)])
-            for ch in changes:
-                item = formation.get(ch.type, FormationItem(0, DEFAULT_SIZE))
-                if ch.quantity is not None:
-                    qty = ch.quantity
-                else:
-                    qty = item.quantity + (ch.delta or 0)
-                validation.quantity(ch.type, qty)
-                formation[ch.type] = FormationItem(
-                    qty, self.sizes.get(ch.size).name if ch.size else item.size
-                )
-            result.append(formation)
-            return {
-                k.formation(name): encode_formation(formation),
-                k.route_app(name): route_record(
-                    fresh,
-                    formation,
-                    crashed=_crashed(cur[k.route_app(name)]),
-                    released=_released(cur[k.route_app(name)]),
-                ),
-            }
+            formation = transitions.scale(
+                decode_formation(cur[k.formation(name)]), changes, self.sizes
+            )
+            return self._formation_writes(fresh, formation, cur), formation
 
         try:
-            await self.etcd.update([k.app(name), k.formation(name), k.route_app(name)], mutate)
+            return await self._change([k.app(name), k.formation(name), k.route_app(name)], step)
         except _StaleRead:
             return None
-        return result[-1]
 
 
 def _prefix_end(prefix: bytes) -> bytes:

@@ -384,10 +384,12 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListNodesResponse(_message.Message):
-    __slots__ = ("nodes",)
+    __slots__ = ("nodes", "reconcile_passes")
     NODES_FIELD_NUMBER: _ClassVar[int]
+    RECONCILE_PASSES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+    reconcile_passes: int
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., reconcile_passes: _Optional[int] = ...) -> None: ...
 
 class Build(_message.Message):
     __slots__ = ("id", "app", "status", "source_digest", "source_version", "buildpacks", "attempts", "created_at", "started_at", "finished_at", "release", "error", "slug_digest", "slug_size_bytes", "builder", "release_phase", "process_types", "source_size_bytes")

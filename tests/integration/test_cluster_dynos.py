@@ -60,6 +60,37 @@ def routes(cluster: LocalCluster, app: str) -> list[dict[str, object]]:
     return asyncio.run(read())
 
 
+def reconcile_passes(cluster: LocalCluster) -> int:
+    with cluster.client() as client:
+        return int(client.list_nodes().reconcile_passes)
+
+
+def wait_reconcile_passes(cluster: LocalCluster, more: int = 3) -> None:
+    """Until the leader has completed ``more`` full reconcile passes from now."""
+    target = reconcile_passes(cluster) + more
+    eventually(lambda: reconcile_passes(cluster) >= target, 60)
+
+
+def node_lease(cluster: LocalCluster, node: str) -> int:
+    """The etcd lease the node's presence key is under (0 when it has none)."""
+    keys = Keys(cluster.controller.prefix)
+
+    async def read() -> int:
+        async with Etcd([cluster.controller.etcd_endpoint]) as etcd:
+            kv = await etcd.get(keys.node(node))
+            return kv.lease if kv else 0
+
+    return asyncio.run(read())
+
+
+def lease_alive(cluster: LocalCluster, lease: int) -> bool:
+    async def read() -> bool:
+        async with Etcd([cluster.controller.etcd_endpoint]) as etcd:
+            return int((await etcd.raw.get_lease_info(lease, keys=False)).TTL) > 0
+
+    return asyncio.run(read())
+
+
 def http_get(address: str) -> dict[str, object]:
     with urllib.request.urlopen(f"http://{address}/", timeout=5) as resp:
         return dict(json.loads(resp.read()))
@@ -149,13 +180,18 @@ def test_agent_kill9_and_restart_adopts_the_same_containers(cluster: LocalCluste
     pids = {cid: runc_pids(agent, cid) for cid in before}
     assert all(pids.values())
     eventually(lambda: last_tick(cluster, "adopt") >= 0, 30)
+    old_lease = node_lease(cluster, "node-a")
+    assert old_lease
 
     agent.kill9()
     # Killing the agent touches no dyno: they keep serving meanwhile.
     for route in routes(cluster, "adopt"):
         http_get(str(route["address"]))
     agent.start()
-    time.sleep(PRESENCE_TTL)
+    # The killed agent's lease (presence, statuses, routes) expires; the leader
+    # sees that and the new agent's reports and still replaces nothing.
+    eventually(lambda: not lease_alive(cluster, old_lease), PRESENCE_TTL + 30)
+    wait_reconcile_passes(cluster)
     eventually(lambda: len([d for d in dynos(cluster, "adopt") if d["state"] == "up"]) == 3, 30)
     assert sorted(agent.containers()) == before, "same containers, none duplicated"
     assert {cid: runc_pids(agent, cid) for cid in before} == pids, "same processes, not restarted"
@@ -217,7 +253,7 @@ def test_controller_outage_changes_nothing(cluster: LocalCluster) -> None:
     assert served > 0
     cluster.controller.start()
 
-    time.sleep(3)  # several reconcile passes
+    wait_reconcile_passes(cluster)  # the new leader's first full passes
     after = {d["instance_id"]: d for d in dynos(cluster, "steady")}
     assert after.keys() == before.keys(), "nothing was replaced"
     assert all(d.get("restarts", 0) == before[i].get("restarts", 0) for i, d in after.items())

@@ -125,7 +125,7 @@ def test_missing_lines_are_said_in_one_line() -> None:
 
 def test_a_gap_of_a_slow_reader_is_shown_where_it_was() -> None:
     shown = ReleaseLines("release.3")
-    gap = Gap(7, seq=40).line("app")
+    gap = Gap(7, seq=40).line("app", 1.0)
     out = texts(shown.feed([app("release.3", "a"), gap, app("release.3", "b")]))
     assert out[1:] == [f"{INDENT}a", " !     7 lines dropped (reader too slow)", f"{INDENT}b"]
 

@@ -28,23 +28,36 @@ def status(kind: str, attempt: int = 1, **kw: object) -> buildproto.BuildStatus:
     return buildproto.BuildStatus("b-1", kind, attempt, f"builder-{attempt}", ts=100.0, **kw)  # type: ignore[arg-type]
 
 
+NOW = 500.0  # the clock's reading, for statuses that carry no time of their own
+
+
+def applied(record: BuildRecord, st: buildproto.BuildStatus) -> BuildRecord | None:
+    return apply_status(record, st, now=NOW)
+
+
 def rec(**kw: object) -> BuildRecord:
     return BuildRecord(id="b-1", app="app", created_at=50.0, **kw)  # type: ignore[arg-type]
 
 
 def test_running_then_retry_counts_attempts() -> None:
-    r1 = apply_status(rec(), status(buildproto.RUNNING))
+    r1 = applied(rec(), status(buildproto.RUNNING))
     assert r1 is not None and (r1.status, r1.attempts, r1.started_at) == (RUNNING, 1, 100.0)
-    r2 = apply_status(r1, status(buildproto.RUNNING, 2))
+    r2 = applied(r1, status(buildproto.RUNNING, 2))
     assert r2 is not None and (r2.attempts, r2.builder, r2.started_at) == (2, "builder-2", 100.0)
     # The same status again, or an older attempt speaking late, changes nothing.
-    assert apply_status(r2, status(buildproto.RUNNING, 2)) is None
-    assert apply_status(r2, status(buildproto.RUNNING, 1)) is None
-    assert apply_status(r2, status(buildproto.FAILED, 1, error="late")) is None
+    assert applied(r2, status(buildproto.RUNNING, 2)) is None
+    assert applied(r2, status(buildproto.RUNNING, 1)) is None
+    assert applied(r2, status(buildproto.FAILED, 1, error="late")) is None
+
+
+def test_a_status_without_its_own_time_takes_the_clocks() -> None:
+    untimed = buildproto.BuildStatus("b-1", buildproto.FAILED, 1, "builder-1", ts=0.0, error="x")
+    failed = applied(rec(), untimed)
+    assert failed is not None and (failed.started_at, failed.finished_at) == (NOW, NOW)
 
 
 def test_first_terminal_status_wins() -> None:
-    done = apply_status(
+    done = applied(
         rec(status=RUNNING, attempts=1),
         status(
             buildproto.SUCCEEDED,
@@ -58,15 +71,15 @@ def test_first_terminal_status_wins() -> None:
     assert done.process_types == {"web": "run"}  # release is a phase, not a process type
     assert done.release_command == "migrate" and done.buildpacks == ["python"]
     assert done.slug_digest == SLUG["digest"]
-    assert apply_status(done, status(buildproto.SUCCEEDED, slug=SLUG)) is None
-    assert apply_status(done, status(buildproto.FAILED, 2)) is None
+    assert applied(done, status(buildproto.SUCCEEDED, slug=SLUG)) is None
+    assert applied(done, status(buildproto.FAILED, 2)) is None
 
 
 def test_failure_and_success_without_slug() -> None:
-    failed = apply_status(rec(), status(buildproto.FAILED, error="No buildpack detected"))
+    failed = applied(rec(), status(buildproto.FAILED, error="No buildpack detected"))
     assert failed is not None and (failed.status, failed.error) == (FAILED, "No buildpack detected")
     assert failed.finished
-    odd = apply_status(rec(), status(buildproto.SUCCEEDED))
+    odd = applied(rec(), status(buildproto.SUCCEEDED))
     assert odd is not None and odd.status == FAILED and "without a slug" in odd.error
 
 

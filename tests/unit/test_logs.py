@@ -139,7 +139,7 @@ def test_tail_buffer_counts_drops_and_places_the_gap_where_they_were() -> None:
 
 
 def test_gap_line_is_a_heroku_logs_line() -> None:
-    rendered = Gap(7).line("a").render()
+    rendered = Gap(7).line("a", 1.0).render()
     assert rendered.endswith(" heroku[logs]: 7 lines dropped (reader too slow)")
 
 

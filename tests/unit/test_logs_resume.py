@@ -81,7 +81,7 @@ def test_a_dropped_lines_note_carries_the_last_dropped_sequence() -> None:
         buf.offer(LogLine("a", "app", "web.1", f"#{seq}", 1.0, seq))
     items = buf.take_nowait(10)
     assert items == [LogLine("a", "app", "web.1", "#5", 1.0, 5), Gap(2, 7)]
-    note = Gap(2, 7).line("a")
+    note = Gap(2, 7).line("a", 1.0)
     assert (note.process, note.seq) == ("logs", 7)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 from controller.core.models import AppRecord, FormationItem, ReleaseRecord, SlugInfo
-from controller.store.state import describe_config_change, merge_formation, route_record
+from controller.core.transitions import describe_config_change, merge_formation, route_record
 
 
 def test_release_descriptions_follow_heroku() -> None:

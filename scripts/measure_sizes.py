@@ -1,6 +1,6 @@
 """Print the largest modules and longest functions under a folder.
 
-    python scripts/measure_sizes.py controller [N]
+python scripts/measure_sizes.py controller [N]
 """
 
 from __future__ import annotations

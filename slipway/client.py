@@ -94,7 +94,7 @@ class Client:
                 if exc.code() in _FAILOVER:  # type: ignore[attr-defined]
                     last = exc
                     continue
-                raise errors.from_status(exc.code(), exc.details()) from exc  # type: ignore[attr-defined]
+                raise errors.from_rpc(exc) from exc
             self._current = index
             return result
         assert last is not None
@@ -274,7 +274,7 @@ class Client:
                 # controller: move on to the next one here. A few rounds cover a
                 # controller dying; more failures in a row are an outage.
                 if code not in _FAILOVER or backoff.attempts >= 3 * len(self.addresses):
-                    raise errors.from_status(code, exc.details()) from exc  # type: ignore[attr-defined]
+                    raise errors.from_rpc(exc) from exc
                 self._current = (self._current + 1) % len(self.addresses)
             time.sleep(backoff.next())
 
@@ -346,7 +346,7 @@ class Client:
                 # Once lines came, only a tail that knows where it stands may go on.
                 resumable = not received or (tail and last_seq > 0)
                 if code not in _FAILOVER or not resumable:
-                    raise errors.from_status(code, details) from exc
+                    raise errors.from_rpc(exc) from exc
                 failure, reason = exc, details or "unavailable"
             finally:
                 call.cancel()

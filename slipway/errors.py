@@ -12,8 +12,10 @@
     └── Unavailable              UNAVAILABLE: a store or peer is unreachable
 
 Daemons raise these; the gRPC layer turns them into statuses with the message
-unchanged; the API client turns statuses back into the same classes, so the
-CLI prints the server's sentence and never a traceback.
+unchanged and the reason in the trailing metadata (``slipway-reason``); the API
+client turns statuses back into the same classes with the same reason, so the
+CLI prints the server's sentence (with ``--json``: message, reason and code as
+JSON) and never a traceback.
 """
 
 from __future__ import annotations
@@ -96,8 +98,24 @@ _BY_CODE: dict[grpc.StatusCode, type[SlipwayError]] = {
 }
 
 
-def from_status(code: grpc.StatusCode, details: str | None) -> SlipwayError:
-    """The client-side twin of the server's translation."""
+# The trailing-metadata key that carries an error's reason from server to client.
+REASON_KEY = "slipway-reason"
+
+
+def trailers(exc: SlipwayError) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata a server sends with ``exc``'s status."""
+    return ((REASON_KEY, exc.reason),)
+
+
+def from_rpc(exc: grpc.RpcError) -> SlipwayError:
+    """:func:`from_status` for a failed call, with the reason its server sent."""
+    metadata = getattr(exc, "trailing_metadata", lambda: ())() or ()
+    reason = next((str(v) for k, v in metadata if k == REASON_KEY), "")
+    return from_status(exc.code(), exc.details(), reason)  # type: ignore[attr-defined]
+
+
+def from_status(code: grpc.StatusCode, details: str | None, reason: str = "") -> SlipwayError:
+    """The client-side twin of the server's translation (``reason``: the server's)."""
     cls = _BY_CODE.get(code, SlipwayError)
     message = details or code.name.lower().replace("_", " ")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -105,4 +123,7 @@ def from_status(code: grpc.StatusCode, details: str | None) -> SlipwayError:
         cls = Unavailable
     elif code is grpc.StatusCode.UNAVAILABLE and not details:
         message = "cannot reach the controller"
-    return cls(message)
+    error = cls(message, reason=reason or None)
+    if cls is SlipwayError:
+        error.code = code
+    return error

@@ -57,7 +57,9 @@ def unary(
             failure = exc
         except Exception:
             log.exception("api call failed", method=func.__name__, app=_app_of(request))
-            failure = errors.SlipwayError("internal error in the controller; see its log")
+            failure = errors.SlipwayError(
+                "internal error in the controller; see its log", reason="internal"
+            )
             failure.code = grpc.StatusCode.INTERNAL
         duration_ms = round((self.clock.monotonic() - started) * 1000, 1)
         if failure is None:
@@ -77,7 +79,7 @@ def unary(
             error=failure.message,
             duration_ms=duration_ms,
         )
-        await context.abort(failure.code, failure.message)
+        await context.abort(failure.code, failure.message, errors.trailers(failure))
         raise AssertionError("unreachable: abort raises")
 
     return wrapper  # type: ignore[return-value]
@@ -99,7 +101,7 @@ def streaming(
                 yield item
         except errors.SlipwayError as exc:
             code = exc.code.name
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, errors.trailers(exc))
         except (GeneratorExit, asyncio.CancelledError):
             code = "CANCELLED"  # the client went away (or the server is stopping)
             raise
@@ -107,7 +109,9 @@ def streaming(
             code = "INTERNAL"
             log.exception("api call failed", method=func.__name__, app=app)
             await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error in the controller; see its log"
+                grpc.StatusCode.INTERNAL,
+                "internal error in the controller; see its log",
+                ((errors.REASON_KEY, "internal"),),
             )
         finally:
             log.info(

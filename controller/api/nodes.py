@@ -69,7 +69,7 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
         try:
             await self.tokens.authenticate(context)
         except errors.SlipwayError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, errors.trailers(exc))
 
     async def Register(
         self, request: npb.RegisterRequest, context: grpc.aio.ServicerContext

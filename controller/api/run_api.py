@@ -134,11 +134,15 @@ class RunService:
             started = await self.oneoffs.start(run_request(first.start))
         except errors.SlipwayError as exc:
             log.info("run refused", error=exc.message, code=exc.code.name)
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, errors.trailers(exc))
             return
         except Exception:
             log.exception("run failed")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the controller")
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                "internal error in the controller",
+                ((errors.REASON_KEY, "internal"),),
+            )
             return
         p = started.placement
         yield pb.RunDynoResponse(

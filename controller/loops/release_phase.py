@@ -309,16 +309,6 @@ class ReleasePhase:
         if kv is None:
             return
         release = ReleaseRecord.decode(kv.value)
-        if release.status == RELEASE_PENDING and release.version not in app.pending_releases:
-            # Made before releases carried their own phase: the build record held it.
-            await self.state.adopt_release_phase(
-                app.name,
-                release.version,
-                record.release_command,
-                record.release_instance,
-                record.release_started_at,
-            )
-            return
         if build_view(record, release, app.current_release) is not None:
             await self.store.update(
                 record.app, record.id, lambda r: build_view(r, release, app.current_release)

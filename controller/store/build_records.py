@@ -63,10 +63,6 @@ class BuildRecord:
     # the release itself, so a build releases exactly once.
     release: int = 0
     release_phase: str = ""  # "" | pending | running | succeeded | failed
-    # Written only by controllers that drove the phase from the build record; read
-    # to adopt such a phase into its release (ReleasePhase.sync_build).
-    release_instance: str = ""
-    release_started_at: float = 0.0
     # Lines the controller adds after the builder's output (release phase).
     notes: list[str] = field(default_factory=list)
 

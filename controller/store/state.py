@@ -21,7 +21,6 @@ from typing import TypeVar
 from controller.core import naming, transitions, validation
 from controller.core.models import (
     RELEASE_FAILED,
-    RELEASE_PENDING,
     AppRecord,
     FormationItem,
     ReleaseRecord,
@@ -352,29 +351,6 @@ class State:
         return await self._change(
             [k.app(name), k.release(name, version), k.formation(name), k.route_app(name)], step
         )
-
-    async def adopt_release_phase(
-        self, name: str, version: int, command: str, instance: str, started_at: float
-    ) -> None:
-        """Track a pending release made before releases carried their own phase (its
-        build record held it): give it the command and dyno, and list it as pending."""
-        k = self.keys
-
-        def mutate(cur: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
-            app_raw, rel_raw = cur[k.app(name)], cur[k.release(name, version)]
-            if app_raw is None or rel_raw is None:
-                return {}
-            app = AppRecord.decode(app_raw)
-            release = ReleaseRecord.decode(rel_raw)
-            if release.status != RELEASE_PENDING or version in app.pending_releases:
-                return {}
-            release.release_command = release.release_command or command
-            if not release.phase_instance:
-                release.phase_instance, release.phase_started_at = instance, started_at
-            app.pending_releases.append(version)
-            return {k.app(name): app.encode(), k.release(name, version): release.encode()}
-
-        await self.etcd.update([k.app(name), k.release(name, version)], mutate)
 
     async def _new_release(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -12,14 +13,22 @@ from slipway import errors
 from slipway.cli import settings
 from slipway.client import Client
 
+# ctx.meta key (shared by a command's context and its group's): --json was given.
+JSON_META = "slipway.json"
+
 
 class SlipwayGroup(click.Group):
-    """Turns Slipway errors into one clean line on stderr and exit status 1."""
+    """Turns Slipway errors into one clean line on stderr and exit status 1; with
+    ``--json``, into one JSON object on stderr: ``{"error": {message, reason, code}}``."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except errors.SlipwayError as exc:
+            if ctx.meta.get(JSON_META):
+                error = {"message": exc.message, "reason": exc.reason, "code": exc.code.name}
+                click.echo(json.dumps({"error": error}), err=True)
+                ctx.exit(1)
             raise click.ClickException(str(exc)) from exc
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -67,8 +76,19 @@ def app_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta[JSON_META] = value
+    return value
+
+
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        callback=_remember_json,
+        help="Print JSON for scripts (errors too, on stderr).",
+    )(func)
 
 
 def with_client(func: Callable[..., Any]) -> Callable[..., Any]:

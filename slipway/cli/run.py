@@ -121,7 +121,7 @@ class AttachedRun:
             return 130
         except grpc.RpcError as exc:
             self._restore()
-            raise errors.from_status(exc.code(), exc.details()) from exc  # type: ignore[attr-defined]
+            raise errors.from_rpc(exc) from exc
         finally:
             self._restore()
             signal.signal(signal.SIGWINCH, previous)
@@ -240,7 +240,7 @@ def run_detached(client: Client, command: tuple[str, ...], app: str, size: str) 
                 click.echo(f"Run `slipway logs -a {app} --dyno {dyno}` to view the output.")
                 return
     except grpc.RpcError as exc:
-        raise errors.from_status(exc.code(), exc.details()) from exc  # type: ignore[attr-defined]
+        raise errors.from_rpc(exc) from exc
     finally:
         call.cancel()
     raise errors.Unavailable("the controller did not start the dyno")

@@ -142,6 +142,29 @@ def test_oversized_config_is_rejected_and_nothing_changes(controller: Controller
     cli("config:set", "-a", "big", "FITS=" + "y" * (32 * 1024 - 100), check=True)
 
 
+def test_json_errors_carry_the_servers_reason(controller: ControllerProcess) -> None:
+    """With --json an error is one JSON object on stderr: the message, the server's
+    stable reason, the status code; stdout stays empty for the script."""
+    cli = controller.cli
+    cli("apps:create", "taken", check=True)
+    cases = [
+        (("apps:info", "-a", "nope"), "app 'nope' not found", "app_not_found", "NOT_FOUND"),
+        (("apps:create", "taken"), "already exists", "app_exists", "ALREADY_EXISTS"),
+        (("apps:create", "Bad_Name"), "invalid app name", "invalid_app_name", "INVALID_ARGUMENT"),
+    ]
+    for args, message, reason, code in cases:
+        result = cli(*args, "--json")
+        assert result.returncode == 1 and result.stdout == "", (args, result.stdout)
+        error = json.loads(result.stderr)["error"]
+        assert message in error["message"], (args, error)
+        assert (error["reason"], error["code"]) == (reason, code), (args, error)
+    wrong = cli("apps", "--json", token="slw_not-a-real-token")
+    assert json.loads(wrong.stderr)["error"]["reason"] == "bad_token"
+    # Without --json the same error stays one plain line.
+    plain = cli("apps:info", "-a", "nope")
+    assert plain.returncode == 1 and plain.stderr.strip() == "Error: app 'nope' not found"
+
+
 def test_bad_or_missing_token_is_unauthenticated(controller: ControllerProcess) -> None:
     wrong = controller.cli("apps", token="slw_not-a-real-token")
     assert wrong.returncode == 1 and "invalid API token" in wrong.stderr

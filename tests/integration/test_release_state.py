@@ -9,7 +9,7 @@ from controller.bus.buildbus import BuildBus
 from controller.core.models import RELEASE_FAILED, RELEASE_PENDING, RELEASE_SUCCEEDED, SlugInfo
 from controller.core.sizes import SizeTable
 from controller.loops.release_phase import ReleasePhase
-from controller.store.build_records import FAILED, RUNNING, SUCCEEDED, BuildRecord, BuildStore
+from controller.store.build_records import FAILED, PENDING, SUCCEEDED, BuildRecord, BuildStore
 from controller.store.state import State
 from slipway.etcd import Etcd
 from slipway.keys import Keys
@@ -80,45 +80,31 @@ async def test_an_older_release_finishing_late_never_replaces_a_newer_one(
         assert await etcd.get(keys.dyno("racing", "i-2")) is None
 
 
-async def test_a_phase_started_on_the_build_record_is_adopted_and_mirrored_back(
+async def test_a_settled_release_phase_is_mirrored_onto_its_build_record(
     etcd_endpoint: str, etcd_prefix: str
 ) -> None:
-    """A release made pending by a controller that kept the phase on the build record
-    (before releases carried it) is taken over; the build record then follows it."""
     async with Etcd([etcd_endpoint]) as etcd:
         keys = Keys(etcd_prefix)
         state = State(etcd, keys, SizeTable())
         store = BuildStore(etcd, keys)
         phase = ReleasePhase(state, store, BuildBus(["nats://127.0.0.1:1"]), SizeTable())
-        await state.create_app("legacy")
-        await state.create_release("legacy", SLUG, {"web": "w"}, "", "t", release_command="m")
-        # What the older controller left: no command or dyno on the release, not listed.
-        old = await state.get_release("legacy", 2)
-        old.release_command = ""
-        await etcd.put(keys.release("legacy", 2), old.encode())
-        app = await state.get_app("legacy")
-        app.pending_releases = []
-        await etcd.put(keys.app("legacy"), app.encode())
+        await state.create_app("mirror")
+        await state.create_release(
+            "mirror", SLUG, {"web": "w"}, "", "t", build_id="b-1", release_command="m"
+        )
         build = BuildRecord(
             id="b-1",
-            app="legacy",
+            app="mirror",
             status=SUCCEEDED,
             release=2,
             release_command="m",
-            release_phase=RUNNING,
-            release_instance="i-old",
-            release_started_at=5.0,
+            release_phase=PENDING,
         )
         await store.create(build)
 
-        await phase.sync_build(build)
-        adopted = await state.get_release("legacy", 2)
-        assert (adopted.release_command, adopted.phase_instance) == ("m", "i-old")
-        assert (await state.get_app("legacy")).pending_releases == [2]
-
-        await state.set_release_status("legacy", 2, RELEASE_FAILED, error="boom")
-        await phase.sync_build(await store.get("legacy", "b-1"))
-        mirrored = await store.get("legacy", "b-1")
+        await state.set_release_status("mirror", 2, RELEASE_FAILED, error="boom")
+        await phase.sync_build(await store.get("mirror", "b-1"))
+        mirrored = await store.get("mirror", "b-1")
         assert mirrored.finished and mirrored.release_phase == FAILED
         assert mirrored.error == "Release v2 failed: boom"
         assert mirrored.notes == [" !     Release v2 failed: boom; dynos stay on v1"]

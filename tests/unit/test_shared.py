@@ -33,6 +33,17 @@ def test_status_translation_round_trip() -> None:
     assert isinstance(errors.from_status(grpc.StatusCode.DEADLINE_EXCEEDED, ""), errors.Unavailable)
 
 
+def test_the_reason_travels_in_the_trailing_metadata() -> None:
+    sent = errors.NotFound("app 'x' not found", reason="app_not_found")
+    (key, value), *_ = errors.trailers(sent)
+    back = errors.from_status(sent.code, sent.message, value)
+    assert (key, type(back), back.reason) == ("slipway-reason", errors.NotFound, "app_not_found")
+    # An older server (or a client-made status) sends none: the class's own reason.
+    assert errors.from_status(sent.code, sent.message).reason == "not_found"
+    internal = errors.from_status(grpc.StatusCode.INTERNAL, "boom", "internal")
+    assert (internal.code, internal.reason) == (grpc.StatusCode.INTERNAL, "internal")
+
+
 def test_backoff_grows_to_a_cap() -> None:
     b = Backoff(initial=1, maximum=8, jitter=False)
     assert [b.next() for _ in range(6)] == [1, 2, 4, 8, 8, 8]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Slipway needs on a Debian host: the real engines (etcd, nats-server,
-# runc) from Debian packages when missing, and the Python environment in .venv.
+# runc, CNI plugins, nftables) from Debian packages when missing, and the Python environment in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,10 @@ command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || need_pkgs+=(runc)
 command -v git >/dev/null 2>&1 || need_pkgs+=(git)
 # The multi-host tests build network namespaces and veth pairs with iproute2.
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_pkgs+=(iproute2)
+# Every dyno and build sandbox gets its own network namespace: the standard CNI plugins wire
+# it (bridge, host-local, portmap, loopback) and the agent's nftables table seals it off.
+[ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
 for extra in "$@"; do
     case "$extra" in
         --bench) for p in wrk nginx haproxy; do

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from slipway import engines
 from slipway.client import Client
+from slipway.cni.sandboxnet import destroy_sync
 from tests.harness.controller import ControllerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +141,7 @@ class AgentProcess:
                 except ProcessLookupError:
                     pass
             if not ids and not shims_left:
+                destroy_sync(self.data_dir / "net")  # the dynos' networks
                 return
             time.sleep(0.1)
 

@@ -52,6 +52,7 @@ class AgentProcess:
     container_prefix: str
     memory_mb: int = 4096
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def runc_root(self) -> Path:
@@ -94,6 +95,7 @@ class AgentProcess:
                     self.container_prefix,
                     "--timings",
                     json.dumps(AGENT_TIMINGS),
+                    *self.extra_args,
                 ],
                 cwd=ROOT,
                 env=env,
@@ -168,7 +170,9 @@ class LocalCluster:
     workdir: Path
     agents: dict[str, AgentProcess] = field(default_factory=dict)
 
-    def add_agent(self, node: str, memory_mb: int = 4096) -> AgentProcess:
+    def add_agent(
+        self, node: str, memory_mb: int = 4096, extra_args: tuple[str, ...] = ()
+    ) -> AgentProcess:
         tag = os.urandom(3).hex()
         agent = AgentProcess(
             node=node,
@@ -177,6 +181,7 @@ class LocalCluster:
             port_base=random.randrange(30000, 60000, 200),
             container_prefix=f"t{tag}{node[-1]}",
             memory_mb=memory_mb,
+            extra_args=extra_args,
         )
         agent.start()
         self.agents[node] = agent

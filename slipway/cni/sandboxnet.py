@@ -32,6 +32,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,9 @@ class SandboxNetwork:
             )
         except CniError as exc:
             logger.warning("CNI DEL failed", container=att.container_id, error=str(exc))
+            # The bridge plugin finds the address to un-masquerade in the netns; when
+            # the interface is gone its DEL leaves the rules it tagged with our id.
+            await sweep_iptables(att.container_id)
         with contextlib.suppress(CniError):
             await self.cni.delete(self.loopback(), Target(att.container_id, netns, "lo"), None)
         if att.netns_path.exists():
@@ -420,6 +424,33 @@ def _pick_free(state_dir: Path) -> ipaddress.IPv4Network:
             _claim_path(net).write_text(str(state_dir.resolve()))
             return net
     raise errors.ResourceExhausted(f"no free /24 left in {POOL} for sandboxes")
+
+
+async def sweep_iptables(container_id: str) -> int:
+    """Delete the iptables rules (and then-empty per-sandbox chains) a plugin tagged
+    with ``container_id`` in its comment; returns how many rules went."""
+    mark = f'id: "{container_id}"'
+    removed = 0
+    for table in ("nat", "filter"):
+        chains = set()
+        for line in (await tools.run("iptables-save", "-t", table)).splitlines():
+            if not line.startswith("-A "):
+                continue
+            words = shlex.split(line)
+            if not any(mark in w for w in words):
+                continue
+            chain = words[1]
+            with contextlib.suppress(errors.SlipwayError):
+                await tools.run("iptables", "-w", "-t", table, "-D", chain, *words[2:])
+                removed += 1
+            if "-j" in words:
+                chains.add(words[words.index("-j") + 1])
+        for chain in chains:
+            if chain.startswith("CNI-") and not chain.startswith(("CNI-HOSTPORT", "CNI-FORWARD")):
+                with contextlib.suppress(errors.SlipwayError):
+                    await tools.run("iptables", "-w", "-t", table, "-F", chain)
+                    await tools.run("iptables", "-w", "-t", table, "-X", chain)
+    return removed
 
 
 def destroy_sync(state_dir: Path) -> None:

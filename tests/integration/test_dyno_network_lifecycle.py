@@ -135,7 +135,7 @@ async def test_agent_restart_checks_adopted_dynos_and_restores_the_firewall(
             assert net is not None
             table = net.net.table
         # While the "agent" is away its table is lost (a flush, a reboot of the rules).
-        subprocess.run(["nft", "delete", "table", "inet", table], check=True, timeout=30)
+        await asyncio.to_thread(_out, "nft", "delete", "table", "inet", table)
         assert _out("nft", "list", "table", "inet", table) == ""
 
         async with running_node(config, nats_url, app_name) as second:
@@ -158,7 +158,8 @@ async def test_agent_restart_checks_adopted_dynos_and_restores_the_firewall(
         # The dyno's cable is cut while the agent is away: CHECK fails on adoption,
         # the dyno is restarted with a fresh network (DEL of the old one, whose
         # rules the bridge plugin cannot find without the interface: swept by id).
-        subprocess.run(["ip", "link", "del", veth[0]], check=True, timeout=30)
+        await asyncio.to_thread(_out, "ip", "link", "del", veth[0])
+        assert veth[0] not in await asyncio.to_thread(_out, "ip", "-o", "link")
         async with running_node(config, nats_url, app_name) as third:
             await third.wait_log("web.1", "Error R99 (Platform error)")
 

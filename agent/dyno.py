@@ -58,7 +58,7 @@ class Runtime:
     # The dynos' own networks; None: host networking (--dyno-network host).
     network: DynoNetwork | None = None
     use_overlay: bool = True
-    # Recent container start times (shim spawn -> runc pid file), for figures.
+    # Recent container start times (network set-up + shim spawn -> runc pid file).
     start_durations: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
@@ -203,6 +203,7 @@ class Dyno:
             gid=SANDBOX_GID,
         )
         netns = None
+        began = time.monotonic()  # the start time counts the network's set-up
         if self.rt.network is not None:
             # The record names the dyno's address: the firewall plan and adoption read it.
             netns = await self.rt.network.attach(self.record)
@@ -220,8 +221,8 @@ class Dyno:
             hard_factor=cfg.timings.memory_hard_factor,
         )
         self.save()
+        network_ms = round((time.monotonic() - began) * 1000)
         self.heroku(f"Starting process with command `{spec.command}`")
-        began = time.monotonic()
         argv = [
             sys.executable,
             "-m",
@@ -255,7 +256,9 @@ class Dyno:
         if self.paths.pid.exists():
             elapsed = time.monotonic() - began
             self.rt.start_durations.append(elapsed)
-            self._log.info("container started", duration_ms=round(elapsed * 1000))
+            self._log.info(
+                "container started", duration_ms=round(elapsed * 1000), network_ms=network_ms
+            )
 
     def _attach_args(self) -> list[str]:
         """Shim flags of an attached one-off: its stdio goes to attach.sock, not out.log."""

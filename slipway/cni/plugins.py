@@ -70,7 +70,7 @@ class Target:
     """Which sandbox an operation is about."""
 
     container_id: str
-    netns: Path
+    netns: str  # the namespace's path; "" when it is gone (DEL only)
     ifname: str
 
 
@@ -126,7 +126,7 @@ class Cni:
             "PATH": _TOOL_PATH,
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": target.container_id,
-            "CNI_NETNS": str(target.netns),
+            "CNI_NETNS": target.netns,
             "CNI_IFNAME": target.ifname,
             "CNI_PATH": str(self.plugin_dir),
         }

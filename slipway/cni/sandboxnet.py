@@ -242,9 +242,9 @@ class SandboxNetwork:
         self._save(att)  # intent first: a crash from here on is found and undone
         try:
             await _exec("ip", "netns", "add", att.netns)
-            target = Target(container_id, att.netns_path, "lo")
+            target = Target(container_id, str(att.netns_path), "lo")
             await self.cni.add(self.loopback(), target)
-            target = Target(container_id, att.netns_path, IFNAME)
+            target = Target(container_id, str(att.netns_path), IFNAME)
             att.result = await self.cni.add(self.network(port), target)
             for name in host_interfaces(att.result):
                 if name != self.bridge:
@@ -269,7 +269,9 @@ class SandboxNetwork:
         if not att.netns_path.exists():
             raise CniError(f"network namespace {att.netns} is gone")
         await self.cni.check(
-            self.network(att.port), Target(att.container_id, att.netns_path, IFNAME), att.result
+            self.network(att.port),
+            Target(att.container_id, str(att.netns_path), IFNAME),
+            att.result,
         )
         for name in host_interfaces(att.result):
             if name != self.bridge:
@@ -277,16 +279,21 @@ class SandboxNetwork:
 
     async def detach(self, att: Attachment) -> None:
         """DEL (always, also for a half-made attachment), then the netns and the record."""
-        netns = att.netns_path if att.netns_path.exists() else Path("")
+        # A namespace already gone (a reboot) is passed as "": plugins then release what
+        # lives outside it (leases, host rules) as the spec asks.
+        netns = str(att.netns_path) if att.netns_path.exists() else ""
         try:
             await self.cni.delete(
                 self.network(att.port), Target(att.container_id, netns, IFNAME), att.result
             )
         except CniError as exc:
             logger.warning("CNI DEL failed", container=att.container_id, error=str(exc))
-            # The bridge plugin finds the address to un-masquerade in the netns; when
-            # the interface is gone its DEL leaves the rules it tagged with our id.
-            await sweep_iptables(att.container_id)
+        # The bridge plugin finds the address to un-masquerade in the netns; when the
+        # interface or the namespace is gone (a reboot, a cut veth) its DEL leaves the
+        # rules it tagged with our id, sometimes without an error.
+        with contextlib.suppress(errors.SlipwayError):
+            if swept := await sweep_iptables(att.container_id):
+                logger.info("swept rules CNI DEL left", container=att.container_id, rules=swept)
         with contextlib.suppress(CniError):
             await self.cni.delete(self.loopback(), Target(att.container_id, netns, "lo"), None)
         if att.netns_path.exists():

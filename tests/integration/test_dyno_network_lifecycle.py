@@ -207,3 +207,20 @@ async def test_failed_add_is_undone_by_del(tmp_path: Path) -> None:
         }
     finally:
         await net.destroy()
+
+
+async def test_del_after_the_namespace_vanished_leaves_nothing(tmp_path: Path) -> None:
+    """After a reboot the netns is gone but leases (on disk) and the plugins' rules
+    (restored by the host's firewall service) are not: DEL with the stored result
+    releases the lease, and the rules the bridge plugin can no longer attribute
+    are swept by container id."""
+    net = SandboxNetwork(tmp_path / "net")
+    net.prepare()
+    try:
+        att = await net.attach("rebooted-dyno", port=0)
+        assert len(leftovers(net, "rebooted-dyno")["iptables"]) > 0  # type: ignore[arg-type]
+        await asyncio.to_thread(_out, "ip", "netns", "del", att.netns)
+        await net.detach(att)
+        assert leftovers(net, "rebooted-dyno") == NOTHING
+    finally:
+        await net.destroy()

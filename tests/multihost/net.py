@@ -112,7 +112,8 @@ def _remove_tag(tag: str) -> None:
             delete_runc_containers(root)
     if NETNS_DIR.exists():
         # The dynos' own namespaces (slipway.cni); bridges and rules die with the hosts'.
-        prefixes = tuple(SandboxNetwork(d).netns_prefix for d in Path(workdir).glob("*/**/net"))
+        nets = Path(workdir).glob("*/**/net") if workdir else iter(())
+        prefixes = tuple(SandboxNetwork(d).netns_prefix for d in nets)
         for entry in NETNS_DIR.iterdir():
             if entry.name.startswith(mark) or (workdir and entry.name.startswith(prefixes)):
                 _run("ip", "netns", "del", entry.name, check=False)

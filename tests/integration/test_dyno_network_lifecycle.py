@@ -131,6 +131,7 @@ async def test_agent_restart_checks_adopted_dynos_and_restores_the_firewall(
         async with running_node(config, nats_url, app_name) as first:
             await first.sup.set_desired([web])
             up = await first.wait_state("web.1", DynoState.UP)
+            pids = await first.sup.rt.runc.ps(up.container_id)
             net = first.sup.rt.network
             assert net is not None
             table = net.net.table
@@ -147,6 +148,9 @@ async def test_agent_restart_checks_adopted_dynos_and_restores_the_firewall(
             mine = second.sup.rt.network.net
             assert len(leftovers(mine, config.container_prefix)["web rules"]) == 1
             record = second.sup._dynos[web.key].record
+            await second.sup.rt.network.check(record)  # what adoption ran: it passes
+            assert await second.sup.rt.runc.ps(up.container_id) == pids  # not restarted
+            assert not any("R99" in m for m in second.messages("web.1", "heroku"))
             broken = mine.load(record.container_id)
             assert broken is not None and broken.result is not None
             veth = [

@@ -221,7 +221,7 @@ class Dyno:
             hard_factor=cfg.timings.memory_hard_factor,
         )
         self.save()
-        network_ms = round((time.monotonic() - began) * 1000)
+        network_ms = round((time.monotonic() - began) * 1000)  # network + bundle
         self.heroku(f"Starting process with command `{spec.command}`")
         argv = [
             sys.executable,

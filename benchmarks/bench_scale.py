@@ -96,7 +96,7 @@ def run(mode: str) -> tuple[float, float, int] | None:
             print(
                 f"container start ({mode} network: CNI ADD + runc invocation -> process "
                 f"running): median {median:.0f} ms, p90 {p90:.0f} ms, n={len(durations)}; "
-                f"of which network set-up median {statistics.median(network):.0f} ms"
+                f"of which network set-up and bundle median {statistics.median(network):.0f} ms"
             )
             return median, p90, len(durations)
 

@@ -313,6 +313,33 @@ async def _main(config: AgentConfig) -> None:
     help="Port of the AttachService (slipway run) on the advertise address; "
     "0: any free port (advertised to controllers); -1: off.",
 )
+@click.option(
+    "--dyno-network",
+    type=click.Choice(["isolated", "host"]),
+    default="isolated",
+    show_default=True,
+    help="isolated: a network namespace per dyno behind the agent's firewall; "
+    "host: dynos share the host's network (no isolation).",
+)
+@click.option(
+    "--dyno-subnet", default="", help="IPv4 subnet of this node's dynos (default: a free /24)."
+)
+@click.option(
+    "--router-ports",
+    default="",
+    help="Ports of the routers' public listeners on this host that dynos may call "
+    "(comma-separated).",
+)
+@click.option(
+    "--router-sources",
+    default="",
+    help="CIDRs of routers on other hosts allowed to reach web dynos, comma-separated.",
+)
+@click.option(
+    "--deny-cidrs",
+    default="",
+    help="Destinations dynos may never reach (e.g. the platform's network), comma-separated.",
+)
 @click.option("--timings", "timings_json", envvar="SLIPWAY_AGENT_TIMINGS", help="JSON overrides.")
 @click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="info")
 def main(
@@ -334,6 +361,11 @@ def main(
     container_prefix: str,
     health_port: int,
     attach_port: int,
+    dyno_network: str,
+    dyno_subnet: str,
+    router_ports: str,
+    router_sources: str,
+    deny_cidrs: str,
     timings_json: str | None,
     log_level: str,
 ) -> None:
@@ -364,6 +396,11 @@ def main(
         presence_ttl=presence_ttl,
         token=token,
         stop_dynos_on_exit=stop_dynos_on_exit,
+        dyno_network=dyno_network,
+        dyno_subnet=dyno_subnet,
+        router_ports=tuple(int(p) for p in _split(router_ports)),
+        router_sources=_split(router_sources),
+        deny_cidrs=_split(deny_cidrs),
     )
     asyncio.run(_main(config))
 

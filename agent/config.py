@@ -99,6 +99,17 @@ class AgentConfig:
     # AttachService (slipway run) on advertise_address:attach_port; 0 = any free
     # port (the bound one is advertised in the node record). None = not served.
     attach_port: int | None = 0
+    # Dyno networking (agent/network.py): "isolated" gives every dyno a network
+    # namespace of its own behind the agent's firewall; "host" is the old way
+    # (dynos share the host's network and can reach everything on it).
+    dyno_network: str = "isolated"
+    dyno_subnet: str = ""  # "": a free /24 chosen on first start and kept
+    # The routers' public listeners on this host that dynos may call (HTTP/HTTPS).
+    router_ports: tuple[int, ...] = ()
+    # Besides this host: the addresses (CIDRs) of routers that may reach web dynos.
+    router_sources: tuple[str, ...] = ()
+    # Destinations no dyno may reach, besides this host and link-local (CIDRs).
+    deny_cidrs: tuple[str, ...] = ()
 
     @property
     def state_root(self) -> Path:

@@ -31,6 +31,7 @@ from agent import metrics, policy, records, sandbox
 from agent.config import AgentConfig
 from agent.logs import LogSink, LogTailer
 from agent.model import DynoState, DynoStatus
+from agent.network import DynoNetwork
 from agent.plan import Actual
 from agent.records import DynoRecord
 from agent.slugcache import SlugCache
@@ -54,8 +55,10 @@ class Runtime:
     slugs: SlugCache
     sink: LogSink
     clock: Clock
+    # The dynos' own networks; None: host networking (--dyno-network host).
+    network: DynoNetwork | None = None
     use_overlay: bool = True
-    # Recent container start times (shim spawn -> runc pid file), for figures.
+    # Recent container start times (network set-up + shim spawn -> runc pid file).
     start_durations: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
@@ -199,7 +202,14 @@ class Dyno:
             uid=SANDBOX_UID,
             gid=SANDBOX_GID,
         )
+        netns = None
+        began = time.monotonic()  # the start time counts the network's set-up
+        if self.rt.network is not None:
+            # The record names the dyno's address: the firewall plan and adoption read it.
+            netns = await self.rt.network.attach(self.record)
+            self.save()
         sandbox.write_dyno_bundle(
+            netns=netns,
             spec=spec,
             stack=self.rt.stack,
             paths=self.paths,
@@ -211,8 +221,8 @@ class Dyno:
             hard_factor=cfg.timings.memory_hard_factor,
         )
         self.save()
+        network_ms = round((time.monotonic() - began) * 1000)  # network + bundle
         self.heroku(f"Starting process with command `{spec.command}`")
-        began = time.monotonic()
         argv = [
             sys.executable,
             "-m",
@@ -246,7 +256,9 @@ class Dyno:
         if self.paths.pid.exists():
             elapsed = time.monotonic() - began
             self.rt.start_durations.append(elapsed)
-            self._log.info("container started", duration_ms=round(elapsed * 1000))
+            self._log.info(
+                "container started", duration_ms=round(elapsed * 1000), network_ms=network_ms
+            )
 
     def _attach_args(self) -> list[str]:
         """Shim flags of an attached one-off: its stdio goes to attach.sock, not out.log."""
@@ -319,6 +331,9 @@ class Dyno:
             await asyncio.sleep(POLL_INTERVAL)
 
     async def _probe(self) -> bool:
+        # advertise-address:$PORT, as routers see it: with its own network the
+        # dyno is reached through the host port mapping (portmap), so this also
+        # proves the mapping and the firewall's allow rule.
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.rt.config.advertise_address, self.record.port), 1.0
@@ -373,6 +388,7 @@ class Dyno:
             self.heroku(f"Process exited with status {exit_status}")
         with contextlib.suppress(errors.SlipwayError):
             await self.rt.runc.delete(self.record.container_id, force=True, missing_ok=True)
+        await self.release_network()
         await asyncio.to_thread(self._discard_layer)
         self.memory_bytes = 0
         r = self.record
@@ -395,6 +411,27 @@ class Dyno:
             r.restart_at = decision.restart_at
             self.set_state(DynoState.CRASHED)
         self.exited.set()
+
+    async def release_network(self) -> None:
+        """CNI DEL of the run's network (idempotent; a failure is logged, not raised)."""
+        if self.rt.network is None:
+            return
+        try:
+            await self.rt.network.detach(self.record)
+        except Exception as exc:
+            self._log.error("dyno network not released", error=str(exc))
+        self.save()
+
+    async def check_network(self) -> bool:
+        """CHECK of an adopted dyno's network; False when it is broken."""
+        if self.rt.network is None:
+            return True
+        try:
+            await self.rt.network.check(self.record)
+        except Exception as exc:
+            self._log.error("dyno network check failed", error=str(exc))
+            return False
+        return True
 
     def _discard_layer(self) -> None:
         # Heroku's ephemeral filesystem: the run's changes vanish with it.

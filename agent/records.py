@@ -33,6 +33,10 @@ class DynoRecord:
     exit_status: int | None = None
     stopping: bool = False  # a stop was under way
     held: bool = False  # stopped on request; stays down
+    # The dyno's own network (agent/network.py): its address and netns name while
+    # attached; empty when it has none (host networking, or not running).
+    address: str = ""
+    netns: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

@@ -175,6 +175,7 @@ def prepare_app_dir(
 
 def write_dyno_bundle(
     *,
+    netns: str | None = None,
     spec: DynoSpec,
     stack: Stack,
     paths: DynoPaths,
@@ -210,4 +211,7 @@ def write_dyno_bundle(
     # An attached dyno with a terminal: runc makes the container's own pty its
     # stdio and controlling terminal (the shim feeds runc a host pty).
     config["process"]["terminal"] = spec.tty
+    if netns:
+        # The network namespace the agent prepared with CNI (agent/network.py).
+        config["linux"]["namespaces"].append({"type": "network", "path": netns})
     write_bundle(paths.bundle, config)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Coroutine
@@ -32,6 +33,7 @@ from typing import Any
 from agent import records, sandbox
 from agent.dyno import Dyno, Runtime, dyno_dir, shim_pid_alive
 from agent.model import DynoSpec, DynoState, DynoStatus
+from agent.network import HEAL_INTERVAL
 from agent.plan import Plan, plan
 from agent.records import DynoRecord
 from slipway import errors, log
@@ -101,16 +103,27 @@ class DynoSupervisor:
     async def run(self) -> None:
         self.rt.stack.prepare()
         self.rt.use_overlay = await overlay_works(self.config.data_dir)
+        net = self.rt.network
+        if net is not None:
+            await asyncio.to_thread(net.prepare)
+            net.records = lambda: [d.record for d in self._dynos.values()]
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             await self._adopt()
             self.ready.set()
-            last_gc = self.rt.clock.now()
+            last_gc = last_heal = self.rt.clock.now()
             while True:
                 now = self.rt.clock.now()
                 desired = self._desired if self._desired is not None else self._kept()
                 p = plan(desired, {k: d.actual() for k, d in self._dynos.items()}, now)
                 self._apply(p)
+                if net is not None:
+                    heal = now - last_heal > HEAL_INTERVAL
+                    last_heal = now if heal else last_heal
+                    try:
+                        await net.sync(force=heal)
+                    except errors.SlipwayError as exc:
+                        logger.error("firewall not applied", error=str(exc))
                 if now - last_gc > SLUG_GC_INTERVAL:
                     last_gc = now
                     in_use = {d.record.spec.slug_digest for d in self._dynos.values()}
@@ -193,6 +206,7 @@ class DynoSupervisor:
 
     async def _stop_and_forget(self, dyno: Dyno) -> None:
         await dyno.stop()
+        await dyno.release_network()  # also when it was already down (adopted, stopping)
         await dyno.tailer.drain(final=True)
         self._dynos.pop(dyno.key, None)
         for task in list(self._tasks.pop(dyno.key, set())):
@@ -236,6 +250,8 @@ class DynoSupervisor:
                 dyno.active = True
                 dyno.exited.clear()
                 self._spawn(dyno.key, dyno.run(adopted=True))
+                if running and not exited:
+                    self._spawn(dyno.key, self._check_adopted(dyno))
                 if record.stopping:
                     self._spawn(dyno.key, self._stop_and_forget(dyno))
             elif record.stopping:
@@ -245,6 +261,19 @@ class DynoSupervisor:
                 log.info("dyno lost while agent was away")
                 self._spawn(dyno.key, self._finish_lost(dyno))
         await self._remove_orphans(known)
+        if self.rt.network is not None:
+            # Networks of containers that have no record (a crash mid-start), then
+            # every rule restored from the records.
+            await self.rt.network.remove_orphans(known)
+            await self.rt.network.sync(force=True)
+
+    async def _check_adopted(self, dyno: Dyno) -> None:
+        """CNI CHECK of an adopted dyno; a broken network ends the run (it restarts
+        with a fresh one, like any crash)."""
+        if await dyno.check_network():
+            return
+        dyno.heroku("Error R99 (Platform error) -> the dyno's network is broken; restarting")
+        await dyno._kill(signal.SIGKILL)
 
     async def _finish_lost(self, dyno: Dyno) -> None:
         dyno.active = True

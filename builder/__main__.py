@@ -20,6 +20,8 @@ from builder.build import BuildRunner, Limits
 from builder.jobs import BuildQueue, QueueSettings
 from builder.sandbox import DEFAULT_MEMORY_MB, DEFAULT_PIDS, RuncSandbox
 from slipway import archive, conffile, log, objstore, oci, sdnotify
+from slipway.cni import SandboxNetwork
+from slipway.cni.sandboxnet import resolv_conf_text, resolvers
 
 _log = log.get("builder")
 
@@ -35,10 +37,18 @@ async def serve(
     memory_mb: int,
     pids: int,
     drain_timeout: float,
+    build_network: str = "isolated",
 ) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
+    network = SandboxNetwork(data_dir / "net") if build_network == "isolated" else None
+    # Inside its own netns a step cannot use a resolver on the host's loopback.
+    resolv = resolv_conf_text(resolvers()) if network is not None else None
     sandbox = RuncSandbox(
-        data_dir / "sandbox", oci.HostStack(data_dir), memory_mb=memory_mb, pids=pids
+        data_dir / "sandbox",
+        oci.HostStack(data_dir, resolv_conf=resolv),
+        memory_mb=memory_mb,
+        pids=pids,
+        network=network,
     )
     await sandbox.prepare()
     nc = await objstore.connect(servers, name=f"slipway-builder-{name}")
@@ -180,6 +190,14 @@ async def _drain_watch(queue: BuildQueue, stop: asyncio.Event, drain_timeout: fl
     show_default=True,
     help="On SIGTERM, how long builds in hand may run before being handed back.",
 )
+@click.option(
+    "--build-network",
+    type=click.Choice(["isolated", "host"]),
+    default="isolated",
+    show_default=True,
+    help="isolated: every build step in a network namespace of its own (egress only); "
+    "host: steps share the host's network.",
+)
 @click.option("--log-level", default=None)
 def main(
     nats_servers: str,
@@ -196,6 +214,7 @@ def main(
     ack_wait: float,
     max_deliver: int,
     drain_timeout: float,
+    build_network: str,
     log_level: str | None,
 ) -> None:
     """Take build jobs from NATS JetStream and turn sources into slugs."""
@@ -218,6 +237,7 @@ def main(
             memory_mb=memory_mb,
             pids=pids,
             drain_timeout=drain_timeout,
+            build_network=build_network,
         )
     )
 

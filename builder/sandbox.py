@@ -10,7 +10,11 @@ read-only. Mounts inside the container:
                          tmp/env (ENV_DIR, root-owned so read-only to the build)
                          and tmp/buildpacks/N-name (copies, so `export` can be written)
 
-No network namespace: pip and npm need to reach their registries.
+Network: with a ``SandboxNetwork`` (the daemon's default) every step gets a
+network namespace of its own, wired by the CNI plugins like a dyno's: egress
+through NAT (pip and npm reach their registries), nothing of the host (no NATS,
+no etcd, no SSH), no other sandbox, no link-local/metadata range. Without one
+(``--build-network host``) steps share the builder host's network.
 
 The runner is behind the small ``Sandbox`` protocol so the job code does not
 care how containers are made; ``RuncSandbox`` builds its bundles with
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 from slipway import errors, log, logline, oci
+from slipway.cni import SandboxNetwork
 
 OnLine = Callable[[str], Awaitable[None]]
 
@@ -99,8 +104,10 @@ class RuncSandbox:
         gid: int = oci.SANDBOX_GID,
         memory_mb: int = DEFAULT_MEMORY_MB,
         pids: int = DEFAULT_PIDS,
+        network: SandboxNetwork | None = None,
     ) -> None:
         self._stack = stack
+        self.network = network
         self.stack_name = stack.name
         self.uid = uid
         self.gid = gid
@@ -119,6 +126,11 @@ class RuncSandbox:
             await self._destroy(state.id)
         shutil.rmtree(self._bundles, ignore_errors=True)
         self._bundles.mkdir(parents=True, exist_ok=True)
+        if self.network is not None:
+            await asyncio.to_thread(self.network.prepare)
+            await self.network.detach_all_except(set())  # steps of a previous run
+            # Static rules: no step is reachable from anywhere; the same denials as dynos.
+            await self.network.apply_firewall(self.network.firewall_spec(), force=True)
 
     def spec(
         self, cid: str, argv: Sequence[str], app_dir: Path, tmp_dir: Path, env: Mapping[str, str]
@@ -151,10 +163,28 @@ class RuncSandbox:
     ) -> RunResult:
         cid = f"build-{uuid.uuid4().hex[:16]}"
         bundle = self._bundles / cid
+        config = oci.build_config(self.spec(cid, argv, app_dir, tmp_dir, env), self._stack)
+        if self.network is None:
+            return await self._run(cid, bundle, config, on_line, on_stderr, timeout)
+        att = await self.network.attach(cid)
+        try:
+            config["linux"]["namespaces"].append({"type": "network", "path": str(att.netns_path)})
+            return await self._run(cid, bundle, config, on_line, on_stderr, timeout)
+        finally:
+            # DEL always, also when the step was cancelled or runc failed.
+            await asyncio.shield(self.network.detach(att))
+
+    async def _run(
+        self,
+        cid: str,
+        bundle: Path,
+        config: dict[str, object],
+        on_line: OnLine,
+        on_stderr: OnLine | None,
+        timeout: float,
+    ) -> RunResult:
         pid_file = bundle / "pid"
-        oci.write_bundle(
-            bundle, oci.build_config(self.spec(cid, argv, app_dir, tmp_dir, env), self._stack)
-        )
+        oci.write_bundle(bundle, config)
         proc = await asyncio.create_subprocess_exec(
             *self._runc.run_argv(cid, bundle, pid_file=pid_file, keep=False),
             stdin=asyncio.subprocess.DEVNULL,

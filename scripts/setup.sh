@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Slipway needs on a Debian host: the real engines (etcd, nats-server,
-# runc) from Debian packages when missing, and the Python environment in .venv.
+# runc, CNI plugins, nftables) from Debian packages when missing, and the Python environment in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,10 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_
 [ -x /usr/sbin/rsyslogd ] || need_pkgs+=(rsyslog)
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need_pkgs+=(rsyslog-gnutls)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+# Every dyno and build sandbox gets its own network namespace: the standard CNI plugins wire
+# it (bridge, host-local, portmap, loopback) and the agent's nftables table seals it off.
+[ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
 for extra in "$@"; do
     case "$extra" in
         --bench) for p in wrk nginx haproxy; do

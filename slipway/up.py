@@ -202,6 +202,9 @@ def components(cfg: UpConfig, token: str) -> list[Component]:
                 "--etcd",
                 cfg.etcd_endpoint,
                 "--stop-dynos-on-exit",
+                # Dynos may call the router's public listener (apps call each other by URL).
+                "--router-ports",
+                str(cfg.router_port),
             ),
             logs / "agent.log",
             None,

@@ -5,8 +5,9 @@ it next to nothing else, because the rootfs comes from the stack and is
 referenced by absolute path.
 
 What every sandbox gets, and why:
-- pid, mount, ipc and uts namespaces; *no* network namespace, so a dyno binds
-  the node's address directly and routers reach it at node-address:PORT;
+- pid, mount, ipc and uts namespaces; the network namespace is the caller's
+  to add (``{"type": "network", "path": ...}``, prepared with CNI by
+  ``slipway.cni``); without one the sandbox shares the host's network;
 - a non-root uid/gid, no capabilities, ``noNewPrivileges``;
 - a read-only root from the stack, a writable tmpfs /tmp, a fresh /proc with
   the usual masked and read-only paths, a minimal tmpfs /dev;

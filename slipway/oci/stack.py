@@ -101,9 +101,14 @@ class HostStack:
 
     name = "host"
 
-    def __init__(self, state_dir: Path, *, host_root: Path = Path("/")) -> None:
+    def __init__(
+        self, state_dir: Path, *, host_root: Path = Path("/"), resolv_conf: bytes | None = None
+    ) -> None:
         self._dir = state_dir / "stacks" / self.name
         self._host = host_root
+        # Sandboxes in a network namespace of their own get this resolv.conf
+        # (the host's may name a resolver on its loopback).
+        self._resolv_conf = resolv_conf
 
     def rootfs(self) -> Path:
         return self._dir / "rootfs"
@@ -170,6 +175,8 @@ class HostStack:
             f"root:x:0:\nnogroup:x:65534:\n{SANDBOX_USER}:x:{SANDBOX_GID}:\n".encode(),
         )
         _write_file(etc / "hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n")
+        if self._resolv_conf:
+            _write_file(etc / "resolv.conf", self._resolv_conf)
 
     def mounts(self) -> list[Mount]:
         result = [ro_bind(self._host / "usr", "/usr")]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from slipway import engines
 from slipway.client import Client
+from slipway.cni.sandboxnet import destroy_sync
 from tests.harness.controller import ControllerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,7 @@ class AgentProcess:
     container_prefix: str
     memory_mb: int = 4096
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def runc_root(self) -> Path:
@@ -93,6 +95,7 @@ class AgentProcess:
                     self.container_prefix,
                     "--timings",
                     json.dumps(AGENT_TIMINGS),
+                    *self.extra_args,
                 ],
                 cwd=ROOT,
                 env=env,
@@ -140,6 +143,7 @@ class AgentProcess:
                 except ProcessLookupError:
                     pass
             if not ids and not shims_left:
+                destroy_sync(self.data_dir / "net")  # the dynos' networks
                 return
             time.sleep(0.1)
 
@@ -166,7 +170,9 @@ class LocalCluster:
     workdir: Path
     agents: dict[str, AgentProcess] = field(default_factory=dict)
 
-    def add_agent(self, node: str, memory_mb: int = 4096) -> AgentProcess:
+    def add_agent(
+        self, node: str, memory_mb: int = 4096, extra_args: tuple[str, ...] = ()
+    ) -> AgentProcess:
         tag = os.urandom(3).hex()
         agent = AgentProcess(
             node=node,
@@ -175,6 +181,7 @@ class LocalCluster:
             port_base=random.randrange(30000, 60000, 200),
             container_prefix=f"t{tag}{node[-1]}",
             memory_mb=memory_mb,
+            extra_args=extra_args,
         )
         agent.start()
         self.agents[node] = agent

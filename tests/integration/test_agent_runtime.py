@@ -23,6 +23,7 @@ from agent.model import DynoSpec, DynoState, DynoStatus
 from agent.policy import cooloff
 from agent.supervisor import DynoSupervisor
 from slipway import objstore
+from slipway.cni import SandboxNetwork
 from slipway.logline import LogLine, subject
 from tests.harness.cluster import shims
 from tests.harness.slugs import Slug, upload_slug
@@ -83,6 +84,8 @@ async def cleanup_containers(runc_root: Path, data_dir: Path) -> None:
         for cid in ids:
             await _runc(runc_root, "delete", "-f", cid)
         if not ids and not shims(data_dir):
+            # The dynos' networks too (CNI DEL, netns, bridge, nft table).
+            await SandboxNetwork(data_dir / "net").destroy()
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"containers or shims left behind in {data_dir}")

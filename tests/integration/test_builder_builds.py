@@ -27,6 +27,7 @@ from builder.jobs import BuildQueue, QueueSettings
 from builder.sandbox import RuncSandbox
 from slipway import archive, engines, objstore, oci
 from slipway import buildproto as protocol
+from slipway.cni import SandboxNetwork
 from tests.harness.wait import eventually_async
 
 pytestmark = pytest.mark.integration
@@ -130,7 +131,9 @@ async def client(builder_nats_url: str, tmp_path: Path, limits: Limits) -> Async
     stores = objstore.ObjectStores(nc.jetstream())
     await stores.ensure_buckets()
     state = tmp_path / "builder"
-    sandbox = RuncSandbox(state / "sandbox", oci.HostStack(state))
+    # As the daemon runs it: every step in a network namespace of its own.
+    network = SandboxNetwork(state / "net")
+    sandbox = RuncSandbox(state / "sandbox", oci.HostStack(state), network=network)
     await sandbox.prepare()
     runner = BuildRunner(stores, sandbox, state / "builds", limits)
     queue = BuildQueue(nc, runner, name="test-builder", settings=QueueSettings())
@@ -142,6 +145,7 @@ async def client(builder_nats_url: str, tmp_path: Path, limits: Limits) -> Async
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await nc.close()
+        await network.destroy()
 
 
 async def slug_names(c: Client, status: protocol.BuildStatus) -> list[str]:
@@ -158,7 +162,10 @@ async def slug_names(c: Client, status: protocol.BuildStatus) -> list[str]:
 async def serve_slug(c: Client, status: protocol.BuildStatus, process: str) -> str:
     """Run a process type of the slug on the stack, as a dyno would; return GET / body."""
     assert status.slug is not None and c.sandbox is not None
-    sandbox = c.sandbox
+    # A sandbox on the host's network: this test reaches the "dyno" at 127.0.0.1:PORT
+    # (build steps themselves have networks of their own, without port mappings).
+    sandbox = RuncSandbox(c.tmp / "serve", oci.HostStack(c.tmp / "serve"))
+    await sandbox.prepare()
     tgz = c.tmp / "dyno-slug.tgz"
     await c.stores.get_file(objstore.SLUGS, status.slug["digest"], tgz)
     app_dir, tmp_dir = c.tmp / "dyno-app", c.tmp / "dyno-tmp"

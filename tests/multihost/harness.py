@@ -293,6 +293,9 @@ class MultiHostCluster:
                 f"mh{self.net.tag}{name[-1]}",
                 "--timings",
                 json.dumps(AGENT_TIMINGS),
+                # Routers on the other hosts reach web dynos through the host port mapping.
+                "--router-sources",
+                f"{self.net.subnet}.0/24",
                 *replicas_flag([sys.executable, "-m", "agent"]),
             ],
             self.workdir / f"{name}.log",

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slipway.cni import SandboxNetwork
+
 PREFIX = "swmh"
 STATE_DIR = Path("/run/slipway-multihost")
 NETNS_DIR = Path("/run/netns")
@@ -109,8 +111,11 @@ def _remove_tag(tag: str) -> None:
         for root in Path(workdir).glob("*/**/runc"):
             delete_runc_containers(root)
     if NETNS_DIR.exists():
+        # The dynos' own namespaces (slipway.cni); bridges and rules die with the hosts'.
+        nets = Path(workdir).glob("*/**/net") if workdir else iter(())
+        prefixes = tuple(SandboxNetwork(d).netns_prefix for d in nets)
         for entry in NETNS_DIR.iterdir():
-            if entry.name.startswith(mark):
+            if entry.name.startswith(mark) or (workdir and entry.name.startswith(prefixes)):
                 _run("ip", "netns", "del", entry.name, check=False)
     links = _run("ip", "-o", "link", "show", check=False).stdout
     for name in re.findall(r"^\d+: ([^:@]+)", links, flags=re.M):

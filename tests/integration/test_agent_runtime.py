@@ -171,6 +171,8 @@ async def running_node(
         n.lines.append(LogLine.decode(msg.data))  # type: ignore[attr-defined]
 
     await nc.subscribe(subject(app_name), cb=collect)
+
+    await nc.flush()  # subscribed at the server before any dyno starts
     tasks = [asyncio.create_task(sup.run()), asyncio.create_task(rt.sink.run())]
     await asyncio.wait_for(sup.ready.wait(), 30)
     try:
@@ -356,6 +358,15 @@ async def test_stop_sends_sigterm_then_sigkill_after_grace(node: Node, slug: Slu
         return node.sup.snapshot() == []
 
     await eventually_async(gone, timeout=30)
+
+    async def last_lines_logged() -> bool:
+        # A dyno leaves the snapshot as it exits; its last lines are published after.
+        return all(
+            "State changed from up to down" in node.messages(name, "heroku")
+            for name in ("web.1", "web.2")
+        )
+
+    await eventually_async(last_lines_logged, timeout=10)
     polite_log = node.messages("web.1", "heroku")
     assert "Stopping all processes with SIGTERM" in polite_log
     assert "Process exited with status 143" in polite_log

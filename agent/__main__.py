@@ -28,9 +28,10 @@ from agent.link import ControllerLink
 from agent.main_runtime import build_runtime
 from agent.model import DynoState
 from agent.supervisor import DynoSupervisor
-from slipway import conffile, log, sdnotify
+from slipway import conffile, log, sdnotify, tls
 from slipway.aio import wait_set
 from slipway.backoff import Backoff
+from slipway.pki import Bundle
 
 logger = log.get("agent")
 
@@ -341,6 +342,7 @@ async def _main(config: AgentConfig) -> None:
     help="Destinations dynos may never reach (e.g. the platform's network), comma-separated.",
 )
 @click.option("--timings", "timings_json", envvar="SLIPWAY_AGENT_TIMINGS", help="JSON overrides.")
+@tls.credentials_options
 @click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="info")
 def main(
     controllers: str,
@@ -367,6 +369,8 @@ def main(
     router_sources: str,
     deny_cidrs: str,
     timings_json: str | None,
+    credentials: Bundle | None,
+    insecure: bool,
     log_level: str,
 ) -> None:
     """Run dynos on this host for the Slipway controller."""
@@ -401,6 +405,7 @@ def main(
         router_ports=tuple(int(p) for p in _split(router_ports)),
         router_sources=_split(router_sources),
         deny_cidrs=_split(deny_cidrs),
+        credentials=credentials,
     )
     asyncio.run(_main(config))
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 
+from slipway.pki import Bundle
+
 AGENT_VERSION = "0.1.0"
 DEFAULT_RESERVE_MB = 512
 
@@ -110,6 +112,9 @@ class AgentConfig:
     router_sources: tuple[str, ...] = ()
     # Destinations no dyno may reach, besides this host and link-local (CIDRs).
     deny_cidrs: tuple[str, ...] = ()
+    # The node's certificate bundle (slipway.pki, from `slipway-agent join`): its
+    # identity towards etcd and NATS and the certificate of its own ports.
+    credentials: Bundle | None = None
 
     @property
     def state_root(self) -> Path:

@@ -19,9 +19,10 @@ import click
 from builder.build import BuildRunner, Limits
 from builder.jobs import BuildQueue, QueueSettings
 from builder.sandbox import DEFAULT_MEMORY_MB, DEFAULT_PIDS, RuncSandbox
-from slipway import archive, conffile, log, objstore, oci, sdnotify
+from slipway import archive, conffile, log, objstore, oci, sdnotify, tls
 from slipway.cni import SandboxNetwork
 from slipway.cni.sandboxnet import resolv_conf_text, resolvers
+from slipway.pki import Bundle
 
 _log = log.get("builder")
 
@@ -38,6 +39,7 @@ async def serve(
     pids: int,
     drain_timeout: float,
     build_network: str = "isolated",
+    credentials: Bundle | None = None,
 ) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     network = SandboxNetwork(data_dir / "net") if build_network == "isolated" else None
@@ -198,6 +200,7 @@ async def _drain_watch(queue: BuildQueue, stop: asyncio.Event, drain_timeout: fl
     help="isolated: every build step in a network namespace of its own (egress only); "
     "host: steps share the host's network.",
 )
+@tls.credentials_options
 @click.option("--log-level", default=None)
 def main(
     nats_servers: str,
@@ -215,6 +218,8 @@ def main(
     max_deliver: int,
     drain_timeout: float,
     build_network: str,
+    credentials: Bundle | None,
+    insecure: bool,
     log_level: str | None,
 ) -> None:
     """Take build jobs from NATS JetStream and turn sources into slugs."""
@@ -238,6 +243,7 @@ def main(
             pids=pids,
             drain_timeout=drain_timeout,
             build_network=build_network,
+            credentials=credentials,
         )
     )
 

@@ -16,10 +16,11 @@ from controller.api.auth import Tokens
 from controller.config import FILE_KEYS, ControllerConfig, split_list
 from controller.server import serve
 from controller.store import backup as backups
-from slipway import conffile, errors, objstore
+from slipway import conffile, errors, objstore, tls
 from slipway import log as slog
 from slipway.etcd import Etcd
 from slipway.keys import Keys
+from slipway.pki import Bundle
 
 T = TypeVar("T")
 
@@ -40,9 +41,23 @@ prefix_option = click.option(
 )
 
 
-def _load(**flags: Any) -> ControllerConfig:
+def etcd_access(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a command that opens etcd as an operator: the config file,
+    the endpoints and prefix, and the credentials (a ``root`` bundle)."""
+    for option in (tls.credentials_options, prefix_option, etcd_option, config_option):
+        f = option(f)
+    return f
+
+
+def _load(credentials: Bundle | None, insecure: bool, **flags: Any) -> ControllerConfig:
     try:
-        return ControllerConfig.build(conffile.file_only_settings(), conffile.source(), **flags)
+        return ControllerConfig.build(
+            conffile.file_only_settings(),
+            conffile.source(),
+            credentials=credentials,
+            insecure=insecure,
+            **flags,
+        )
     except errors.SlipwayError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -91,6 +106,7 @@ def cli() -> None:
     envvar="SLIPWAY_BASE_DOMAIN",
     help="Apps answer at APP.BASE_DOMAIN on the routers.  [default: localhost]",
 )
+@tls.credentials_options
 @click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="info", show_default=True)
 def serve_cmd(
     listen: str | None,
@@ -99,11 +115,15 @@ def serve_cmd(
     nats: str | None,
     nats_replicas: int | None,
     base_domain: str | None,
+    credentials: Bundle | None,
+    insecure: bool,
     log_level: str,
 ) -> None:
     """Serve the PlatformService API until SIGTERM."""
     slog.configure("controller", log_level)
     config = _load(
+        credentials,
+        insecure,
         listen=listen,
         etcd=split_list(etcd),
         etcd_prefix=etcd_prefix,
@@ -120,11 +140,15 @@ def tokens() -> None:
 
 
 def _with_tokens(
-    etcd: str | None,
-    etcd_prefix: str | None,
+    engine: dict[str, Any],
     action: Callable[[Tokens], Awaitable[T]],
 ) -> T:
-    config = _load(etcd=split_list(etcd), etcd_prefix=etcd_prefix)
+    config = _load(
+        engine["credentials"],
+        engine["insecure"],
+        etcd=split_list(engine["etcd"]),
+        etcd_prefix=engine["etcd_prefix"],
+    )
 
     async def go() -> T:
         async with Etcd(config.etcd) as client:
@@ -135,13 +159,11 @@ def _with_tokens(
 
 @tokens.command("create")
 @click.option("--name", required=True, help="Who or what the token is for (shown in logs).")
-@config_option
-@etcd_option
-@prefix_option
+@etcd_access
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def tokens_create(name: str, etcd: str | None, etcd_prefix: str | None, as_json: bool) -> None:
+def tokens_create(name: str, as_json: bool, **engine: Any) -> None:
     """Create a token and print it once (only its digest is stored)."""
-    token = _with_tokens(etcd, etcd_prefix, lambda t: t.create(name))
+    token = _with_tokens(engine, lambda t: t.create(name))
     if as_json:
         click.echo(json.dumps({"name": name, "token": token}))
     else:
@@ -153,13 +175,11 @@ def tokens_create(name: str, etcd: str | None, etcd_prefix: str | None, as_json:
 
 
 @tokens.command("list")
-@config_option
-@etcd_option
-@prefix_option
+@etcd_access
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def tokens_list(etcd: str | None, etcd_prefix: str | None, as_json: bool) -> None:
+def tokens_list(as_json: bool, **engine: Any) -> None:
     """List token names (never the tokens)."""
-    rows = _with_tokens(etcd, etcd_prefix, lambda t: t.list())
+    rows = _with_tokens(engine, lambda t: t.list())
     if as_json:
         click.echo(json.dumps([{"name": r.name, "created_at": r.created_at} for _, r in rows]))
         return
@@ -169,12 +189,10 @@ def tokens_list(etcd: str | None, etcd_prefix: str | None, as_json: bool) -> Non
 
 @tokens.command("revoke")
 @click.argument("name")
-@config_option
-@etcd_option
-@prefix_option
-def tokens_revoke(name: str, etcd: str | None, etcd_prefix: str | None) -> None:
+@etcd_access
+def tokens_revoke(name: str, **engine: Any) -> None:
     """Revoke every token with NAME."""
-    count = _with_tokens(etcd, etcd_prefix, lambda t: t.revoke(name))
+    count = _with_tokens(engine, lambda t: t.revoke(name))
     if not count:
         raise click.ClickException(f"no token named {name!r}")
     click.echo(f"Revoked {count} token(s) named {name!r}")
@@ -189,12 +207,16 @@ nats_option = click.option(
 
 
 def _with_state(
-    etcd: str | None,
-    etcd_prefix: str | None,
-    nats: str | None,
+    engine: dict[str, Any],
     action: Callable[[Etcd, Keys, objstore.ObjectStores], Awaitable[T]],
 ) -> T:
-    config = _load(etcd=split_list(etcd), etcd_prefix=etcd_prefix, nats=split_list(nats))
+    config = _load(
+        engine["credentials"],
+        engine["insecure"],
+        etcd=split_list(engine["etcd"]),
+        etcd_prefix=engine["etcd_prefix"],
+        nats=split_list(engine["nats"]),
+    )
 
     async def go() -> T:
         nc = await objstore.connect(config.nats, name="slipway-backup")
@@ -230,19 +252,10 @@ def _print_report(report: backups.Report, as_json: bool, done: str) -> None:
 @click.option(
     "--with-slugs", is_flag=True, help="Also store every released slug (the file grows by them)."
 )
-@config_option
-@etcd_option
-@prefix_option
+@etcd_access
 @nats_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def backup_cmd(
-    out: Path,
-    with_slugs: bool,
-    etcd: str | None,
-    etcd_prefix: str | None,
-    nats: str | None,
-    as_json: bool,
-) -> None:
+def backup_cmd(out: Path, with_slugs: bool, as_json: bool, **engine: Any) -> None:
     """Write a consistent backup of the platform state to OUT (a .tar.gz).
 
     It holds every app, release, config var, formation and token as read at one
@@ -251,9 +264,7 @@ def backup_cmd(
     Bring it back with `slipway-controller restore OUT`.
     """
     report = _with_state(
-        etcd,
-        etcd_prefix,
-        nats,
+        engine,
         lambda client, keys, stores: backups.backup(
             client, keys, stores, out, with_slugs=with_slugs
         ),
@@ -263,14 +274,10 @@ def backup_cmd(
 
 @cli.command("restore")
 @click.argument("backup", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@config_option
-@etcd_option
-@prefix_option
+@etcd_access
 @nats_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def restore_cmd(
-    backup: Path, etcd: str | None, etcd_prefix: str | None, nats: str | None, as_json: bool
-) -> None:
+def restore_cmd(backup: Path, as_json: bool, **engine: Any) -> None:
     """Bring a new (empty) etcd back to the state in BACKUP.
 
     Apps, releases, config vars, formations and tokens come back; the leader
@@ -284,9 +291,7 @@ def restore_cmd(
         raise click.ClickException(str(exc)) from exc
     with opened.tar:
         report = _with_state(
-            etcd,
-            etcd_prefix,
-            nats,
+            engine,
             lambda client, keys, stores: backups.restore(client, keys, stores, opened),
         )
     _print_report(report, as_json, f"-----> Restored {len(report.apps)} apps from {backup}")

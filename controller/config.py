@@ -12,6 +12,7 @@ from typing import Any
 
 from slipway import conffile, errors
 from slipway.keys import DEFAULT_PREFIX
+from slipway.pki import Bundle
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
 
@@ -75,6 +76,10 @@ class ControllerConfig:
     # (besides the system's), for receivers with a private CA.
     drain_ttl_seconds: int = 5
     drain_ca_file: str = ""
+    # This controller's certificate bundle (slipway.pki): its identity towards
+    # etcd and NATS and the API's server certificate. None only with insecure.
+    credentials: Bundle | None = None
+    insecure: bool = False
 
     @classmethod
     def build(

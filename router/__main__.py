@@ -19,8 +19,9 @@ from collections.abc import Callable
 import click
 
 from router.config import Limits, Listen, LogConfig, RouterConfig
-from slipway import conffile, log, sdnotify
+from slipway import conffile, log, sdnotify, tls
 from slipway.aio import wait_set
+from slipway.pki import Bundle
 
 logger = log.get(__name__)
 _READY_TABLE_WAIT = 10.0  # seconds systemd readiness waits for the first route table
@@ -107,6 +108,7 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     default=Limits.idle_timeout,
     help="Rolling idle window once a response started (H15/H28).",
 )
+@tls.credentials_options
 @click.option(
     "--log-level", default="info", envvar="SLIPWAY_LOG_LEVEL", help="debug, info, warning or error."
 )
@@ -122,6 +124,8 @@ def main(
     connect_timeout: float,
     request_timeout: float,
     idle_timeout: float,
+    credentials: Bundle | None,
+    insecure: bool,
     log_level: str,
 ) -> None:
     """Slipway's HTTP router: routes APP.BASE_DOMAIN (and custom domains) to the
@@ -145,6 +149,7 @@ def main(
             idle_timeout=idle_timeout,
         ),
         logs=LogConfig(servers=_split((nats_servers,))),
+        credentials=credentials,
     )
     log.configure("router", log_level)
     if workers == 1:

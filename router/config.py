@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from slipway.pki import Bundle
+
 
 @dataclass(frozen=True)
 class Listen:
@@ -101,6 +103,9 @@ class RouterConfig:
     etcd_backoff_max: float = 5.0
     # A full re-list this often heals anything a watch might have missed.
     resync_interval: float = 300.0
+    # The router's certificate bundle (slipway.pki): read-only on routes in etcd,
+    # publish-only for router log lines on NATS. None only with --insecure.
+    credentials: Bundle | None = None
 
     def with_limits(self, **changes: float | int) -> RouterConfig:
         return replace(self, limits=replace(self.limits, **changes))  # type: ignore[arg-type]

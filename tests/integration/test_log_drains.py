@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
 
 from slipway import engines, logline
@@ -207,12 +208,15 @@ async def publish(nats_url: str, app: str, numbers: range) -> None:
         await nc.close()
 
 
-async def undelivered(nats_url: str, consumer: str) -> int:
-    """Lines of the drain's consumer not yet read by its worker."""
+async def undelivered(nats_url: str, consumer: str) -> int | None:
+    """Lines of the drain's consumer not yet read by its worker; None before the
+    pool has started the drain (it makes the consumer on its next pass)."""
     nc = await nats.connect(nats_url)
     try:
         info = await nc.jetstream().consumer_info(logline.STREAM, consumer)
         return int(info.num_pending or 0)
+    except nats.js.errors.NotFoundError:
+        return None
     finally:
         await nc.close()
 
@@ -318,7 +322,7 @@ def test_https_drain_gets_every_line_with_logplex_framing_across_receiver_restar
         added = await asyncio.to_thread(ctl.cli, "drains:add", url, "-a", "posted", check=True)
         assert "s3cret" not in added.stdout and "user:*****@" in added.stdout
         await publish(nats_url, "posted", range(0, 4000))
-        await wait_async(lambda: len(set(numbers_in(receiver.messages()))) >= 4000, 60)
+        await wait_async(lambda: len(set(numbers_in(receiver.messages()))) >= 4000, 120)
         await receiver.stop()
         await publish(nats_url, "posted", range(4000, 5000))  # within what a drain holds
         await receiver.start()  # same port

@@ -221,6 +221,14 @@ async def undelivered(nats_url: str, consumer: str) -> int | None:
         await nc.close()
 
 
+def wait_for_drain(ctl: ControllerProcess, nats_url: str, app: str) -> None:
+    """Until the pool has started the app's drain: lines published before then
+    may pass the stream's per-app limit (1500) before the drain reads them."""
+    drains = json.loads(ctl.cli("drains", "-a", app, "--json", check=True).stdout)
+    consumer = "drain-" + drains[0]["id"]
+    eventually(lambda: asyncio.run(undelivered(nats_url, consumer)) is not None, 60, 0.2)
+
+
 def numbers_in(texts: list[str]) -> list[int]:
     return [int(m.group(1)) for t in texts if (m := NUMBERED.search(t))]
 
@@ -277,6 +285,7 @@ def test_syslog_drain_gets_every_line_across_receiver_restart_and_sender_kill(
         assert token, added.stdout
         listed = ctl.cli("drains", "-a", app, check=True).stdout
         assert f"{scheme}://127.0.0.1:{port}" in listed and token.group(1) in listed
+        wait_for_drain(ctl, nats_url, app)
 
         asyncio.run(publish(nats_url, app, range(0, 3000)))
         eventually(lambda: len(set(numbers_in(receiver.lines()))) >= 3000, 60, 0.2)
@@ -321,6 +330,7 @@ def test_https_drain_gets_every_line_with_logplex_framing_across_receiver_restar
         url = f"https://user:s3cret@127.0.0.1:{receiver.port}/logs"
         added = await asyncio.to_thread(ctl.cli, "drains:add", url, "-a", "posted", check=True)
         assert "s3cret" not in added.stdout and "user:*****@" in added.stdout
+        await asyncio.to_thread(wait_for_drain, ctl, nats_url, "posted")
         await publish(nats_url, "posted", range(0, 4000))
         await wait_async(lambda: len(set(numbers_in(receiver.messages()))) >= 4000, 120)
         await receiver.stop()

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import fields, replace
@@ -24,11 +25,12 @@ import click
 from agent.attach import AttachServer, host_port
 from agent.config import AGENT_VERSION, DEFAULT_RESERVE_MB, AgentConfig, RestartSchedule, Timings
 from agent.config import default_memory_mb as _default_memory_mb
+from agent.join import join_cmd, read_node_token
 from agent.link import ControllerLink
 from agent.main_runtime import build_runtime
 from agent.model import DynoState
 from agent.supervisor import DynoSupervisor
-from slipway import conffile, log, sdnotify, tls
+from slipway import conffile, errors, log, sdnotify, tls
 from slipway.aio import wait_set
 from slipway.backoff import Backoff
 from slipway.pki import Bundle
@@ -183,7 +185,11 @@ async def _run_presence(
     )
     backoff = Backoff(initial=0.5, maximum=10.0)
     while True:
-        etcd = Etcd(config.etcd_endpoints, timeout=config.timings.rpc_timeout)
+        etcd = Etcd(
+            config.etcd_endpoints,
+            credentials=config.credentials,
+            timeout=config.timings.rpc_timeout,
+        )
         try:
             await etcd.connect()
             presence = Presence(
@@ -207,7 +213,9 @@ async def _serve_health(config: AgentConfig) -> None:
     server = grpc.aio.server()
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    server.add_insecure_port(host_port(config.advertise_address, config.health_port))
+    tls.add_port(
+        server, host_port(config.advertise_address, config.health_port), config.credentials
+    )
     await server.start()
     await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     try:
@@ -250,7 +258,11 @@ async def _main(config: AgentConfig) -> None:
     show_default=True,
     help="Controller gRPC addresses, comma-separated.",
 )
-@click.option("--node", envvar="SLIPWAY_NODE", default=socket.gethostname, help="Node name.")
+@click.option(
+    "--node",
+    envvar="SLIPWAY_NODE",
+    help="Node name.  [default: the name in --credentials' node certificate, else the hostname]",
+)
 @click.option(
     "--advertise-address",
     envvar="SLIPWAY_ADVERTISE_ADDRESS",
@@ -294,7 +306,8 @@ async def _main(config: AgentConfig) -> None:
     "--token",
     envvar="SLIPWAY_TOKEN",
     default="",
-    help="API token for the controller (slipway-controller tokens create).",
+    help="The node's token for the controller.  [default: DIR/node-token with "
+    "--credentials DIR, from `slipway-agent join`]",
 )
 @click.option(
     "--stop-dynos-on-exit",
@@ -346,7 +359,7 @@ async def _main(config: AgentConfig) -> None:
 @click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="info")
 def main(
     controllers: str,
-    node: str,
+    node: str | None,
     advertise_address: str,
     port_range: str,
     data_dir: Path,
@@ -373,8 +386,12 @@ def main(
     insecure: bool,
     log_level: str,
 ) -> None:
-    """Run dynos on this host for the Slipway controller."""
+    """Run dynos on this host for the Slipway controller.
+
+    `slipway-agent join --help`: admit this host with a join token first.
+    """
     log.configure("agent", log_level)
+    node, token = _identity(node, token, credentials)
     parsed_labels = {}
     for item in labels:
         key, sep, value = item.partition("=")
@@ -410,5 +427,30 @@ def main(
     asyncio.run(_main(config))
 
 
+def _identity(node: str | None, token: str, credentials: Bundle | None) -> tuple[str, str]:
+    """The node name and token: flags first, then what `join` left in the bundle."""
+    if credentials is not None:
+        try:
+            named = credentials.identity().node
+        except errors.SlipwayError as exc:
+            raise click.BadParameter(str(exc), param_hint="--credentials") from exc
+        if node and named and node != named:
+            raise click.BadParameter(
+                f"the certificate in {credentials.path} is node {named!r}'s, not {node!r}",
+                param_hint="--node",
+            )
+        node = node or named
+        token = token or read_node_token(credentials.path)
+    return node or socket.gethostname(), token
+
+
+def entry() -> None:
+    """``slipway-agent [OPTIONS]`` runs the agent; ``slipway-agent join ...`` admits the host."""
+    if sys.argv[1:2] == ["join"]:
+        join_cmd(args=sys.argv[2:], prog_name="slipway-agent join")
+    else:
+        main(prog_name="slipway-agent")
+
+
 if __name__ == "__main__":
-    main()
+    entry()

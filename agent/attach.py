@@ -8,6 +8,9 @@
 The server listens on the node's advertise address and ``attach_port`` (0: any
 free port; the bound one goes into the node record, where controllers read it).
 
+With credentials the port is TLS with the node's certificate and takes only
+callers presenting a controller's certificate from the cluster CA.
+
 Authentication: each attached placement carries a random token (written by
 the controller beside the placement, delivered to this agent in its desired
 set over the authenticated NodeService stream). A call must present exactly
@@ -35,7 +38,8 @@ from agent import attachwire as wire
 from agent.config import AgentConfig
 from agent.dyno import Dyno
 from agent.supervisor import DynoSupervisor
-from slipway import log
+from slipway import log, tls
+from slipway.pki import Role
 from slipway.v1 import node_pb2 as pb
 from slipway.v1 import node_pb2_grpc
 
@@ -70,6 +74,12 @@ class AttachServicer(node_pb2_grpc.AttachServiceServicer):
     ) -> AsyncIterator[pb.AttachOutput]:
         if self.sessions >= MAX_SESSIONS:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many attach sessions")
+        if self.config.credentials is not None:
+            peer = tls.peer_identity(context)
+            if peer is None or peer.role is not Role.CONTROLLER:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, "only controllers may attach to dynos"
+                )
         try:
             first = await asyncio.wait_for(anext(aiter(request_iterator), None), START_TIMEOUT)
         except TimeoutError:
@@ -223,7 +233,9 @@ class AttachServer:
         )
         node_pb2_grpc.add_AttachServiceServicer_to_server(self.servicer, server)
         address = host_port(self.config.advertise_address, self.config.attach_port or 0)
-        self.bound_port = server.add_insecure_port(address)
+        # With a bundle: TLS, and only controllers (their certificates) may call.
+        creds = self.config.credentials
+        self.bound_port = tls.add_port(server, address, creds, require_client_cert=bool(creds))
         if not self.bound_port:
             raise OSError(f"cannot listen on {address} for attach")
         await server.start()

@@ -24,7 +24,7 @@ import grpc
 from agent import convert, metrics
 from agent.config import AGENT_VERSION, AgentConfig
 from agent.supervisor import DynoSupervisor
-from slipway import errors, log
+from slipway import errors, log, tls
 from slipway.backoff import Backoff
 from slipway.v1 import node_pb2 as pb
 from slipway.v1 import node_pb2_grpc
@@ -78,9 +78,18 @@ class ControllerLink:
                 backoff.reset()  # a session that lasted was a success
             await asyncio.sleep(backoff.next())
 
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """TLS with the node's bundle (the controller's certificate is checked
+        against the cluster CA); plaintext without credentials."""
+        bundle = self.config.credentials
+        if bundle is None:
+            return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        creds = tls.grpc_channel_credentials(bundle)
+        return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+
     def _register_request(self) -> pb.RegisterRequest:
         cfg = self.config
-        return pb.RegisterRequest(
+        request = pb.RegisterRequest(
             node=cfg.node,
             advertise_address=cfg.advertise_address,
             memory_mb=cfg.memory_mb,
@@ -91,6 +100,10 @@ class ControllerLink:
             dynos=[convert.status_to_pb(s) for s in self.sup.snapshot()],
             attach_port=self.attach_port,
         )
+        if cfg.credentials is not None:
+            # Read each time: a re-issued certificate shows without a restart.
+            request.certificate_not_after.FromDatetime(cfg.credentials.identity().not_after)
+        return request
 
     def _heartbeat(self) -> pb.Heartbeat:
         return convert.heartbeat(
@@ -103,7 +116,7 @@ class ControllerLink:
 
     async def _session(self, address: str) -> None:
         timings = self.config.timings
-        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        async with self.channel(address) as channel:
             stub = node_pb2_grpc.NodeServiceStub(channel)
             metadata = (
                 (("authorization", f"Bearer {self.config.token}"),) if self.config.token else ()

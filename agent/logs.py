@@ -32,7 +32,8 @@ from pathlib import Path
 
 from slipway import log, objstore
 from slipway.backoff import Backoff
-from slipway.logline import MAX_LINE_BYTES, LogLine, split_message, subject
+from slipway.logline import MAX_LINE_BYTES, LogLine, Origin, split_message, subject
+from slipway.pki import Bundle
 
 logger = log.get("agent.logs")
 
@@ -60,8 +61,11 @@ _MIN_GAP = 0.003
 class LogSink:
     """A bounded queue of log lines and the task that publishes them."""
 
-    def __init__(self, servers: Sequence[str], *, maxsize: int = 10_000) -> None:
+    def __init__(
+        self, servers: Sequence[str], *, maxsize: int = 10_000, credentials: Bundle | None = None
+    ) -> None:
         self._servers = list(servers)
+        self._credentials = credentials
         self._queue: asyncio.Queue[LogLine] = asyncio.Queue(maxsize)
         self.dropped = 0
         self.published = 0
@@ -84,7 +88,10 @@ class LogSink:
         while True:
             try:
                 nc = await objstore.connect(
-                    self._servers, name="slipway-agent-logs", error_cb=nats_error
+                    self._servers,
+                    name="slipway-agent-logs",
+                    credentials=self._credentials,
+                    error_cb=nats_error,
                 )
             except Exception as exc:
                 logger.warning("nats unreachable", error=str(exc))
@@ -103,7 +110,7 @@ class LogSink:
             try:
                 # While disconnected nats-py buffers up to its pending limit and
                 # then raises: count the loss, never wait for the bus.
-                await nc.publish(subject(line.app), line.encode())  # type: ignore[attr-defined]
+                await nc.publish(subject(line.app, Origin.NODE), line.encode())  # type: ignore[attr-defined]
                 self.published += 1
             except Exception:
                 self.dropped += 1

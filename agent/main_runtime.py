@@ -27,7 +27,7 @@ def build_network(config: AgentConfig) -> DynoNetwork | None:
 
 def build_runtime(config: AgentConfig) -> tuple[Runtime, ObjectStoreFetch]:
     """The runtime plus the slug fetcher (whose connection the caller closes)."""
-    fetch = ObjectStoreFetch(config.nats_servers)
+    fetch = ObjectStoreFetch(config.nats_servers, credentials=config.credentials)
     network = build_network(config)
     # Inside its own netns a dyno cannot use a resolver on the host's loopback.
     resolv = resolv_conf_text(resolvers()) if network is not None else None
@@ -37,7 +37,9 @@ def build_runtime(config: AgentConfig) -> tuple[Runtime, ObjectStoreFetch]:
         stack=HostStack(config.data_dir, resolv_conf=resolv),
         network=network,
         slugs=SlugCache(config.data_dir, fetch),
-        sink=LogSink(config.nats_servers, maxsize=config.log_queue_size),
+        sink=LogSink(
+            config.nats_servers, maxsize=config.log_queue_size, credentials=config.credentials
+        ),
         clock=SystemClock(),
     )
     return rt, fetch

@@ -25,6 +25,7 @@ from pathlib import Path
 from agent.logs import nats_error
 from slipway import errors, log, objstore
 from slipway.oci.stack import SANDBOX_GID, SANDBOX_UID
+from slipway.pki import Bundle
 
 logger = log.get("agent.slugs")
 
@@ -194,8 +195,11 @@ class SlugCache:
 class ObjectStoreFetch:
     """Fetches slugs from the JetStream object store over one lazy connection."""
 
-    def __init__(self, servers: list[str] | tuple[str, ...]) -> None:
+    def __init__(
+        self, servers: list[str] | tuple[str, ...], *, credentials: Bundle | None = None
+    ) -> None:
         self._servers = list(servers)
+        self._credentials = credentials
         self._nc: object | None = None
         self._stores: objstore.ObjectStores | None = None
         self._lock = asyncio.Lock()
@@ -204,10 +208,16 @@ class ObjectStoreFetch:
         async with self._lock:
             if self._stores is None:
                 nc = await objstore.connect(
-                    self._servers, name="slipway-agent-slugs", error_cb=nats_error
+                    self._servers,
+                    name="slipway-agent-slugs",
+                    credentials=self._credentials,
+                    error_cb=nats_error,
                 )
                 self._nc = nc
-                self._stores = objstore.ObjectStores(nc.jetstream())
+                # With credentials a node may not create the bucket (the controller does).
+                self._stores = objstore.ObjectStores(
+                    nc.jetstream(), create=self._credentials is None
+                )
             return self._stores
 
     async def __call__(self, digest: str, dest: Path) -> None:

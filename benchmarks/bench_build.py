@@ -29,9 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from slipway import archive, engines  # noqa: E402
+from slipway import archive, pki  # noqa: E402
 from slipway.client import Client  # noqa: E402
 from slipway.v1 import platform_pb2 as pb  # noqa: E402
+from tests.harness import secure  # noqa: E402
 from tests.harness.controller import ControllerProcess  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "python-app"
@@ -59,10 +60,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="slipway-bench-build-") as tmp_name:
         tmp = Path(tmp_name)
-        etcd = engines.etcd(tmp / "etcd")
-        nats = engines.nats(tmp / "nats")
+        etcd = secure.etcd_engine(tmp / "etcd")
+        nats = secure.nats_engine(tmp / "nats")
         etcd.start()
         nats.start()
+        secure.seal([f"{etcd.host}:{etcd.port}"], "/bench")
         nats_url = f"nats://{nats.host}:{nats.port}"
         controller = ControllerProcess(
             f"{etcd.host}:{etcd.port}", "/bench", tmp / "controller", nats_url
@@ -82,13 +84,14 @@ def main() -> None:
                         str(tmp / "builder"),
                         "--name",
                         "bench-builder",
+                        *secure.flags(pki.Role.BUILDER),
                     ],
                     cwd=ROOT,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-            client = Client(controller.address, controller.token, timeout=30)
+            client = controller.client(timeout=30)
             client.create_app("bench-py")
             src = tmp / "python-app"
             shutil.copytree(FIXTURE, src)

@@ -37,9 +37,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from slipway import engines  # noqa: E402
-from slipway.etcd import Etcd  # noqa: E402
+from slipway import engines, pki  # noqa: E402
 from slipway.keys import Keys  # noqa: E402
+from tests.harness import secure  # noqa: E402
 
 BODY = "hello from the benchmark backend\n"
 APP = "bench"
@@ -179,7 +179,8 @@ def wrk(
 
 async def write_route(endpoint: str, prefix: str, backend: int) -> None:
     keys = Keys(prefix)
-    async with Etcd([endpoint]) as etcd:
+    await secure.seal_async([endpoint], prefix)
+    async with secure.root_etcd([endpoint]) as etcd:
         await etcd.put(
             keys.route_app(APP),
             json.dumps(
@@ -245,9 +246,10 @@ def main() -> None:
             )
             engines.wait_for_port("127.0.0.1", backend, 10, procs[-1])
 
-            etcd = engines.etcd(tmp / "etcd")
+            # Sealed as in production: the router reads routes over TLS as `router`.
+            etcd = secure.etcd_engine(tmp / "etcd")
             etcd.start()
-            nats = engines.nats(tmp / "nats")
+            nats = secure.nats_engine(tmp / "nats")
             nats.start()
             prefix = "/bench"
             asyncio.run(write_route(f"127.0.0.1:{etcd.port}", prefix, backend))
@@ -272,6 +274,7 @@ def main() -> None:
                     "" if args.logs_off else f"nats://127.0.0.1:{nats.port}",
                     "--metrics-listen",
                     f"127.0.0.1:{metrics_port}",
+                    *secure.flags(pki.Role.ROUTER),
                     "--log-level",
                     "warning",
                 ],

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import socket
 from pathlib import Path
 
 import click
+from nats.aio.client import Client as NATS
 
 from builder.build import BuildRunner, Limits
 from builder.jobs import BuildQueue, QueueSettings
 from builder.sandbox import DEFAULT_MEMORY_MB, DEFAULT_PIDS, RuncSandbox
-from slipway import archive, conffile, log, objstore, oci, sdnotify, tls
+from slipway import archive, buildproto, conffile, errors, log, objstore, oci, sdnotify, tls
+from slipway.backoff import Backoff
 from slipway.cni import SandboxNetwork
 from slipway.cni.sandboxnet import resolv_conf_text, resolvers
 from slipway.pki import Bundle
@@ -53,9 +56,12 @@ async def serve(
         network=network,
     )
     await sandbox.prepare()
-    nc = await objstore.connect(servers, name=f"slipway-builder-{name}")
-    stores = objstore.ObjectStores(nc.jetstream(), replicas=settings.replicas)
-    await stores.ensure_buckets()
+    nc = await objstore.connect(servers, name=f"slipway-builder-{name}", credentials=credentials)
+    # With credentials the controller creates streams and buckets: wait for them.
+    create = credentials is None
+    settings = dataclasses.replace(settings, create_streams=create)
+    stores = objstore.ObjectStores(nc.jetstream(), replicas=settings.replicas, create=create)
+    await _wait_for_streams(stores, nc, settings)
     runner = BuildRunner(stores, sandbox, data_dir / "builds", limits)
     queue = BuildQueue(nc, runner, name=name, slots=slots, settings=settings)
 
@@ -91,6 +97,24 @@ async def serve(
             async with asyncio.timeout(5):
                 await nc.drain()
         _log.info("builder stopped", node=name)
+
+
+async def _wait_for_streams(
+    stores: objstore.ObjectStores, nc: NATS, settings: QueueSettings
+) -> None:
+    """Buckets and build streams: made here (plaintext), or waited for until the
+    controller made them (TLS: a builder may not create streams)."""
+    backoff = Backoff(initial=0.5, maximum=10.0)
+    while True:
+        try:
+            await stores.ensure_buckets()
+            await buildproto.ensure_streams(
+                nc.jetstream(), replicas=settings.replicas, create=settings.create_streams
+            )
+            return
+        except errors.Unavailable as exc:
+            _log.warning("waiting for the object store", error=str(exc))
+            await asyncio.sleep(backoff.next())
 
 
 async def _notify_ready(queue: BuildQueue, name: str) -> None:

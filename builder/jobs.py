@@ -52,10 +52,12 @@ class QueueSettings:
     retry_delay: float = 5.0
     # Copies of BUILDS and BUILD_EVENTS if this builder is the one creating them.
     replicas: int = 1
+    # False with TLS: the controller creates the streams, the builder only its consumer.
+    create_streams: bool = True
 
 
 async def ensure_consumer(js: JetStreamContext, settings: QueueSettings) -> None:
-    await protocol.ensure_streams(js, replicas=settings.replicas)
+    await protocol.ensure_streams(js, replicas=settings.replicas, create=settings.create_streams)
     config = nats.js.api.ConsumerConfig(
         durable_name=protocol.CONSUMER,
         ack_policy=nats.js.api.AckPolicy.EXPLICIT,
@@ -239,7 +241,8 @@ class BuildQueue:
         """One line in the app's log stream (`slipway logs`), like Heroku's api lines."""
         with contextlib.suppress(Exception):  # the log stream is best effort here
             await self._nc.publish(
-                logline.subject(app), logline.LogLine(app, "api", "build", message).encode()
+                logline.subject(app, logline.Origin.BUILDER),
+                logline.LogLine(app, "api", "build", message).encode(),
             )
 
     async def _handle(self, msg: Msg) -> None:

@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 
 import click
 
-from controller.api.auth import Tokens
+from controller.api.auth import Tokens, node_token_name
+from controller.api.join import JoinTokens
 from controller.config import FILE_KEYS, ControllerConfig, split_list
+from controller.pki_cli import ca, certs, check_name, parse_duration
 from controller.server import serve
 from controller.store import backup as backups
-from slipway import conffile, errors, objstore, tls
+from slipway import conffile, errors, etcdauth, objstore, pki, tls
 from slipway import log as slog
 from slipway.etcd import Etcd
 from slipway.keys import Keys
@@ -106,6 +108,13 @@ def cli() -> None:
     envvar="SLIPWAY_BASE_DOMAIN",
     help="Apps answer at APP.BASE_DOMAIN on the routers.  [default: localhost]",
 )
+@click.option(
+    "--ca-dir",
+    envvar="SLIPWAY_CA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The cluster CA's directory (ca.crt and ca.key, from `slipway-controller ca init`): "
+    "with it this controller admits nodes that `slipway-agent join` with a join token.",
+)
 @tls.credentials_options
 @click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="info", show_default=True)
 def serve_cmd(
@@ -115,12 +124,19 @@ def serve_cmd(
     nats: str | None,
     nats_replicas: int | None,
     base_domain: str | None,
+    ca_dir: Path | None,
     credentials: Bundle | None,
     insecure: bool,
     log_level: str,
 ) -> None:
-    """Serve the PlatformService API until SIGTERM."""
+    """Serve the PlatformService API until SIGTERM.
+
+    With --credentials (a controller bundle whose certificate names the listen
+    host) the API is served over TLS; without, in plaintext.
+    """
     slog.configure("controller", log_level)
+    if ca_dir is not None:
+        _run(lambda: _check_ca(ca_dir))
     config = _load(
         credentials,
         insecure,
@@ -130,8 +146,13 @@ def serve_cmd(
         nats=split_list(nats),
         nats_replicas=nats_replicas,
         base_domain=base_domain,
+        ca_dir=str(ca_dir) if ca_dir else None,
     )
     _run(lambda: serve(config))
+
+
+async def _check_ca(ca_dir: Path) -> None:
+    pki.load_ca(ca_dir)  # fail now, not at the first join
 
 
 @cli.group()
@@ -151,21 +172,34 @@ def _with_tokens(
     )
 
     async def go() -> T:
-        async with Etcd(config.etcd) as client:
+        async with Etcd(config.etcd, credentials=config.credentials) as client:
             return await action(Tokens(client, Keys(config.etcd_prefix)))
 
     return _run(go)
 
 
 @tokens.command("create")
-@click.option("--name", required=True, help="Who or what the token is for (shown in logs).")
+@click.option("--name", help="Who or what the token is for (shown in logs).")
+@click.option(
+    "--node",
+    metavar="NAME",
+    help="Make a node token instead: it opens NodeService as node NAME only, "
+    "and replaces that node's earlier token (agents get theirs from `slipway-agent join`).",
+)
 @etcd_access
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def tokens_create(name: str, as_json: bool, **engine: Any) -> None:
+def tokens_create(name: str | None, node: str | None, as_json: bool, **engine: Any) -> None:
     """Create a token and print it once (only its digest is stored)."""
-    token = _with_tokens(engine, lambda t: t.create(name))
+    if node:
+        check_name(node)
+        token = _with_tokens(engine, lambda t: t.create_node_token(node))
+        name = node_token_name(node)
+    elif name:
+        token = _with_tokens(engine, lambda t: t.create(name))
+    else:
+        raise click.UsageError("give --name NAME (an API token) or --node NAME (a node token)")
     if as_json:
-        click.echo(json.dumps({"name": name, "token": token}))
+        click.echo(json.dumps({"name": name, "token": token, "node": node or ""}))
     else:
         click.echo(token)
         if sys.stdout.isatty():
@@ -181,10 +215,14 @@ def tokens_list(as_json: bool, **engine: Any) -> None:
     """List token names (never the tokens)."""
     rows = _with_tokens(engine, lambda t: t.list())
     if as_json:
-        click.echo(json.dumps([{"name": r.name, "created_at": r.created_at} for _, r in rows]))
+        click.echo(
+            json.dumps(
+                [{"name": r.name, "created_at": r.created_at, "node": r.node} for _, r in rows]
+            )
+        )
         return
     for _, record in sorted(rows, key=lambda r: r[1].name):
-        click.echo(record.name)
+        click.echo(f"{record.name}  (node {record.node})" if record.node else record.name)
 
 
 @tokens.command("revoke")
@@ -196,6 +234,66 @@ def tokens_revoke(name: str, **engine: Any) -> None:
     if not count:
         raise click.ClickException(f"no token named {name!r}")
     click.echo(f"Revoked {count} token(s) named {name!r}")
+
+
+@cli.group()
+def nodes() -> None:
+    """Admit nodes (one-time join tokens for `slipway-agent join`) and remove them."""
+
+
+@nodes.command("join-token")
+@click.argument("name", callback=lambda ctx, param, value: check_name(value))
+@click.option(
+    "--ttl",
+    default="1h",
+    show_default=True,
+    help="How long the token may be used: 90s, 30m, 1h, 7d (it works once).",
+)
+@etcd_access
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def nodes_join_token(name: str, ttl: str, as_json: bool, **engine: Any) -> None:
+    """Create a one-time token that admits node NAME, and print it once.
+
+    On the new host: `slipway-agent join --controller ADDR --ca-file ca.crt
+    --token TOKEN --credentials DIR`. The controller it calls needs --ca-dir.
+    """
+    seconds = parse_duration(ttl)
+    token, record = _with_tokens(engine, lambda t: JoinTokens(t.etcd, t.keys).create(name, seconds))
+    if as_json:
+        click.echo(json.dumps({"node": name, "token": token, "expires_at": record.expires_at}))
+        return
+    click.echo(token)
+    if sys.stdout.isatty():
+        click.echo(
+            f"Join token for node {name!r}, valid once for {ttl}. On the node run:\n"
+            f"  slipway-agent join --controller HOST:PORT --ca-file ca.crt --token <token> "
+            "--credentials /etc/slipway/node",
+            err=True,
+        )
+
+
+@nodes.command("remove")
+@click.argument("name", callback=lambda ctx, param, value: check_name(value))
+@etcd_access
+def nodes_remove(name: str, **engine: Any) -> None:
+    """Shut node NAME out: revoke its node token and delete its etcd user and role.
+
+    Its certificate then opens nothing in etcd and its agent can no longer
+    call the controller. Drain the node first (`slipway nodes:drain NAME`)
+    so its dynos move; a new join token admits the host again.
+    """
+
+    async def remove(t: Tokens) -> int:
+        count = await t.revoke(node_token_name(name))
+        await etcdauth.remove_node(t.etcd, name, say=click.echo)
+        return count
+
+    count = _with_tokens(engine, remove)
+    click.echo(f"Node {name!r} removed ({count} token(s) revoked)")
+
+
+cli.add_command(ca)
+cli.add_command(certs)
 
 
 nats_option = click.option(
@@ -219,10 +317,12 @@ def _with_state(
     )
 
     async def go() -> T:
-        nc = await objstore.connect(config.nats, name="slipway-backup")
+        nc = await objstore.connect(
+            config.nats, name="slipway-backup", credentials=config.credentials
+        )
         try:
             stores = objstore.ObjectStores(nc.jetstream(), replicas=config.nats_replicas)
-            async with Etcd(config.etcd) as client:
+            async with Etcd(config.etcd, credentials=config.credentials) as client:
                 return await action(client, Keys(config.etcd_prefix), stores)
         finally:
             await nc.close()
@@ -295,6 +395,41 @@ def restore_cmd(backup: Path, as_json: bool, **engine: Any) -> None:
             lambda client, keys, stores: backups.restore(client, keys, stores, opened),
         )
     _print_report(report, as_json, f"-----> Restored {len(report.apps)} apps from {backup}")
+
+
+@cli.group("etcd")
+def etcd_group() -> None:
+    """etcd's users and roles: who may read and write what."""
+
+
+@etcd_group.command("seal")
+@etcd_access
+def etcd_seal(**engine: Any) -> None:
+    """Create etcd's users and roles and turn its authentication on.
+
+    Give the credentials of a `root` bundle. Each certificate's CN is then its
+    etcd user: root and controller may do everything, routers read routes/,
+    each node writes its own presence and its dynos' records, builders get
+    nothing. Run it once on a new cluster; running it again only repairs.
+    """
+    from slipway import etcdauth, pki
+
+    credentials: Bundle | None = engine["credentials"]
+    if credentials is None or credentials.identity().role is not pki.Role.ROOT:
+        raise click.UsageError("etcd seal needs --credentials DIR of a root bundle")
+    config = _load(
+        credentials,
+        False,
+        etcd=split_list(engine["etcd"]),
+        etcd_prefix=engine["etcd_prefix"],
+    )
+
+    async def go() -> None:
+        async with Etcd(config.etcd, credentials=credentials) as client:
+            await etcdauth.seal(client, config.etcd_prefix, say=click.echo)
+
+    _run(go)
+    click.echo(f"-----> etcd at {', '.join(config.etcd)} is sealed")
 
 
 def main() -> None:

@@ -80,6 +80,9 @@ class ControllerConfig:
     # etcd and NATS and the API's server certificate. None only with insecure.
     credentials: Bundle | None = None
     insecure: bool = False
+    # The cluster CA's directory (ca.crt, ca.key): with it this controller admits
+    # nodes (JoinService signs their certificates); without it Join is refused.
+    ca_dir: str = ""
 
     @classmethod
     def build(

@@ -6,14 +6,16 @@ import asyncio
 import signal
 import socket
 import uuid
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from controller.api.auth import Tokens
+from controller.api.auth import Policy, Tokens
 from controller.api.build_api import BuildServices
 from controller.api.builds import Builds
+from controller.api.join import AdmitHook, JoinAPI, JoinTokens, admit_nothing
 from controller.api.nodes import NodeAPI
 from controller.api.platform import PlatformAPI
 from controller.api.run_api import RunService
@@ -32,27 +34,36 @@ from controller.loops.release_phase import ReleasePhase
 from controller.store.build_records import BuildStore
 from controller.store.placements import PlacementIndex
 from controller.store.state import State
+from slipway import etcdauth, pki, sdnotify, tls
 from slipway import log as slog
-from slipway import sdnotify
 from slipway.clock import Clock, SystemClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
-from slipway.v1 import node_pb2_grpc, platform_pb2_grpc
+from slipway.v1 import join_pb2_grpc, node_pb2_grpc, platform_pb2_grpc
 
 log = slog.get("controller")
 
+SERVICES = ("slipway.v1.PlatformService", "slipway.v1.NodeService", "slipway.v1.JoinService")
+
 
 class Controller:
-    def __init__(self, config: ControllerConfig) -> None:
+    def __init__(
+        self, config: ControllerConfig, *, on_node_admitted: AdmitHook | None = None
+    ) -> None:
         self.config = config
         self.keys = Keys(config.etcd_prefix)
-        self.etcd = Etcd(config.etcd)
+        self.etcd = Etcd(config.etcd, credentials=config.credentials)
         self.sizes = SizeTable(config.sizes)
         # One clock for every component: the only place the controller reads real time.
         self.clock: Clock = SystemClock()
         clock = self.clock
         self.state = State(self.etcd, self.keys, self.sizes, clock=clock)
-        self.tokens = Tokens(self.etcd, self.keys, clock=clock)
+        # Without credentials (plaintext) agents may still present an API token.
+        policy = Policy(legacy_node_api_tokens=config.credentials is None)
+        self.tokens = Tokens(self.etcd, self.keys, clock=clock, policy=policy)
+        self.join_tokens = JoinTokens(self.etcd, self.keys, clock=clock)
+        # Set before run(): called with a node's name when it joins (etcd RBAC).
+        self.on_node_admitted: AdmitHook | None = on_node_admitted
         self.health = HealthServicer()
         identity = (
             config.identity or f"{socket.gethostname()}:{config.listen}:{uuid.uuid4().hex[:6]}"
@@ -79,6 +90,7 @@ class Controller:
             idle_seconds=config.run_idle_seconds,
             max_seconds=config.run_max_seconds,
             clock=clock,
+            credentials=config.credentials,
         )
         self.reaper = Reaper(self.oneoffs, self.leadership, interval=config.resync_seconds)
         self.log_hub = LogHub(
@@ -89,6 +101,7 @@ class Controller:
             max_age=config.logs_max_age_seconds,
             tail_buffer=config.logs_tail_buffer,
             clock=clock,
+            credentials=config.credentials,
         )
         self.api_log = ApiLog(self.log_hub, clock=clock)
         # Log drains: every controller sends its share (controller/bus/drains.py).
@@ -116,7 +129,9 @@ class Controller:
 
     def _init_builds(self, config: ControllerConfig) -> None:
         """Builds: NATS link, upload handling, the leader's status watcher and GC."""
-        self.bus = BuildBus(config.nats, replicas=config.nats_replicas)
+        self.bus = BuildBus(
+            config.nats, replicas=config.nats_replicas, credentials=config.credentials
+        )
         self.build_store = BuildStore(self.etcd, self.keys)
         builds = Builds(
             self.state,
@@ -178,15 +193,37 @@ class Controller:
         api.reconcile_passes = lambda: self.reconciler.passes
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(api, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(self.node_api, server)
+        join_pb2_grpc.add_JoinServiceServicer_to_server(self._join_api(), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.bound_port = server.add_insecure_port(self.config.listen)
+        # Server-side TLS only: API callers prove themselves with tokens (see tls.py).
+        self.bound_port = tls.add_port(server, self.config.listen, self.config.credentials)
         if not self.bound_port:
             raise OSError(f"cannot listen on {self.config.listen}")
         await server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for service in ("slipway.v1.PlatformService", "slipway.v1.NodeService"):
+        for service in SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return server
+
+    def _join_api(self) -> JoinAPI:
+        ca = pki.load_ca(Path(self.config.ca_dir)) if self.config.ca_dir else None
+        return JoinAPI(
+            self.join_tokens,
+            self.tokens,
+            ca,
+            on_node_admitted=self.on_node_admitted or self._default_admission(),
+        )
+
+    def _default_admission(self) -> AdmitHook:
+        """On a sealed etcd a joining node gets its own user and role (it may
+        write only its own presence and its dynos' records)."""
+        if self.config.credentials is None:
+            return admit_nothing
+
+        async def admit(node: str) -> None:
+            await etcdauth.ensure_node(self.etcd, self.config.etcd_prefix, node)
+
+        return admit
 
     async def run(self) -> None:
         await self.etcd.connect()
@@ -195,6 +232,8 @@ class Controller:
             "controller listening",
             listen=self.config.listen,
             port=self.bound_port,
+            tls=self.config.credentials is not None,
+            admits_nodes=bool(self.config.ca_dir),
             etcd=",".join(self.config.etcd),
             prefix=self.config.etcd_prefix,
         )
@@ -220,9 +259,9 @@ class Controller:
             log.info("controller stopped")
 
 
-async def serve(config: ControllerConfig) -> None:
+async def serve(config: ControllerConfig, *, on_node_admitted: AdmitHook | None = None) -> None:
     """Run until SIGTERM/SIGINT; a second signal forces exit."""
-    controller = Controller(config)
+    controller = Controller(config, on_node_admitted=on_node_admitted)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     stopping = False

@@ -17,9 +17,10 @@ from collections import deque
 from typing import Any
 
 from router.config import LogConfig
-from slipway import log
+from slipway import log, objstore
 from slipway.backoff import Backoff
-from slipway.logline import subject
+from slipway.logline import Origin, subject
+from slipway.pki import Bundle
 
 logger = log.get(__name__)
 
@@ -59,8 +60,11 @@ def format_line(
 
 
 class LogShipper:
-    def __init__(self, config: LogConfig) -> None:
+    """``credentials``: the router's bundle, for NATS over TLS (None: plaintext)."""
+
+    def __init__(self, config: LogConfig, *, credentials: Bundle | None = None) -> None:
         self.config = config
+        self.credentials = credentials
         self._queue: deque[tuple[str, str, float]] = deque()
         self._limit = config.queue_size
         self.dropped = 0
@@ -125,6 +129,7 @@ class LogShipper:
                     connect_timeout=2,
                     error_cb=quiet,
                     name="slipway-router",
+                    **objstore.tls_options(self.credentials),  # type: ignore[arg-type]
                 )
                 logger.info("nats connected")
             except Exception as exc:
@@ -148,7 +153,7 @@ class LogShipper:
                 f'"message":{_json_str(message)},"app":{_json_str(app)}}}'
             ).encode()
             try:
-                await nc.publish(subject(app), payload)
+                await nc.publish(subject(app, Origin.ROUTER), payload)
             except Exception:
                 self.dropped += 1
                 continue

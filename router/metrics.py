@@ -52,8 +52,13 @@ class Metrics:
             lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
         for name, read in sorted(self.gauges.items()):
             kind = "counter" if name.endswith("_total") else "gauge"
-            lines += [f"# TYPE {name} {kind}", f"{name} {read():g}"]
+            lines += [f"# TYPE {name} {kind}", f"{name} {_number(read())}"]
         return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    """Whole numbers in full (a timestamp must not become 1.8e+09), others as Python prints them."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 class MetricsServer:

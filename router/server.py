@@ -39,12 +39,13 @@ class Router:
             backoff_initial=config.etcd_backoff_initial,
             backoff_max=config.etcd_backoff_max,
             resync_interval=config.resync_interval,
+            credentials=config.credentials,
         )
         self.balancer = Balancer(config.limits)
         self.pool = UpstreamPool(
             config.limits.upstream_idle_timeout, config.limits.upstream_pool_size
         )
-        self.shipper = LogShipper(config.logs)
+        self.shipper = LogShipper(config.logs, credentials=config.credentials)
         self.metrics = Metrics()
         self.addresses: list[tuple[str, int]] = []
         self.listening = asyncio.Event()
@@ -70,6 +71,10 @@ class Router:
         g["slipway_router_held_booting"] = lambda: (
             len(self.shared.boot_waiters) if self.shared else 0
         )
+        if self.config.credentials is not None:
+            # Read once: a new certificate takes a restart, like every daemon's.
+            expires = int(self.config.credentials.identity().not_after.timestamp())
+            g["slipway_router_certificate_expiry_timestamp_seconds"] = lambda: expires
 
     def stop(self) -> None:
         """Stop accepting, let requests in flight finish (bounded), then return."""

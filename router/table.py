@@ -21,6 +21,7 @@ from slipway import errors, log
 from slipway.backoff import Backoff
 from slipway.etcd import KV, Etcd
 from slipway.keys import Keys
+from slipway.pki import Bundle
 
 logger = log.get(__name__)
 
@@ -205,8 +206,10 @@ class TableWatcher:
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
         resync_interval: float = 300.0,
+        credentials: Bundle | None = None,
     ) -> None:
         self.endpoints = list(endpoints)
+        self.credentials = credentials
         self.keys = keys
         self.table = table
         self.backoff = Backoff(initial=backoff_initial, maximum=backoff_max)
@@ -246,7 +249,7 @@ class TableWatcher:
     # -- in the watcher thread ------------------------------------------------
     async def _watch(self, main: asyncio.AbstractEventLoop) -> None:
         prefix = self.keys.routes()
-        etcd = Etcd(self.endpoints)
+        etcd = Etcd(self.endpoints, credentials=self.credentials)
         try:
             while True:
                 try:

@@ -149,9 +149,9 @@ class BuildStatus:
         )
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+async def ensure_streams(js: JetStreamContext, *, replicas: int = 1, create: bool = True) -> None:
     """Create BUILDS and BUILD_EVENTS when missing, or raise their replicas to ``replicas``
-    (idempotent; any party may call it)."""
+    (idempotent; any party may call it). ``create=False``: check they exist."""
     wanted = [
         nats.js.api.StreamConfig(
             name=STREAM,
@@ -170,7 +170,7 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
         ),
     ]
     for cfg in wanted:
-        await streams.ensure(js, cfg)
+        await streams.ensure(js, cfg, create=create)
 
 
 async def submit(js: JetStreamContext, job: BuildJob, *, replicas: int = 1) -> None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from slipway import errors
+from slipway import errors, tls
 from slipway.backoff import Backoff
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc
@@ -36,12 +36,24 @@ def split_addresses(api: str | Sequence[str]) -> list[str]:
 
 
 class Client:
+    """``ca_file``: speak TLS and check the controller's certificate against this
+    cluster CA; None: plaintext."""
+
     def __init__(
-        self, api: str | Sequence[str], token: str, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        api: str | Sequence[str],
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca_file: Path | None = None,
     ) -> None:
         self.addresses = split_addresses(api)
         self.token = token
         self.timeout = timeout
+        self.ca_file = ca_file
+        self._credentials = (
+            tls.grpc_channel_credentials(None, ca_file=ca_file) if ca_file is not None else None
+        )
         self._current = 0
         self._channels: dict[str, grpc.Channel] = {}
 
@@ -59,13 +71,14 @@ class Client:
     def channel(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.insecure_channel(
-                address,
-                options=[
-                    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-                    ("grpc.max_send_message_length", 8 * 1024 * 1024),
-                ],
-            )
+            options = [
+                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                ("grpc.max_send_message_length", 8 * 1024 * 1024),
+            ]
+            if self._credentials is None:
+                channel = grpc.insecure_channel(address, options=options)
+            else:
+                channel = grpc.secure_channel(address, self._credentials, options=options)
             self._channels[address] = channel
         return channel
 
@@ -94,18 +107,23 @@ class Client:
                 if exc.code() in _FAILOVER:  # type: ignore[attr-defined]
                     last = exc
                     continue
-                raise errors.from_rpc(exc) from exc
+                raise self.error(exc) from exc
             self._current = index
             return result
         assert last is not None
         raise self.unreachable(last.details() or "unavailable") from last  # type: ignore[attr-defined]
 
+    def error(self, exc: grpc.RpcError) -> errors.SlipwayError:
+        """A failed call as a Slipway error; a TLS failure says what is wrong."""
+        details = exc.details() or ""  # type: ignore[attr-defined]
+        if self.ca_file is not None and tls.tls_failure(details, self.ca_file):
+            return self.unreachable(details)
+        return errors.from_rpc(exc)
+
     def unreachable(self, reason: str = "") -> errors.Unavailable:
         """The error for "no controller in the list answered" (``reason``: the last one's)."""
         where = ", ".join(self.addresses)
-        return errors.Unavailable(
-            f"cannot reach the controller at {where}" + (f": {reason}" if reason else "")
-        )
+        return tls.unreachable(where, reason, self.ca_file)
 
     def platform(self, method: str, request: Any, **kw: Any) -> Any:
         return self.call(platform_pb2_grpc.PlatformServiceStub, method, request, **kw)
@@ -274,7 +292,7 @@ class Client:
                 # controller: move on to the next one here. A few rounds cover a
                 # controller dying; more failures in a row are an outage.
                 if code not in _FAILOVER or backoff.attempts >= 3 * len(self.addresses):
-                    raise errors.from_rpc(exc) from exc
+                    raise self.error(exc) from exc
                 self._current = (self._current + 1) % len(self.addresses)
             time.sleep(backoff.next())
 
@@ -346,7 +364,7 @@ class Client:
                 # Once lines came, only a tail that knows where it stands may go on.
                 resumable = not received or (tail and last_seq > 0)
                 if code not in _FAILOVER or not resumable:
-                    raise errors.from_rpc(exc) from exc
+                    raise self.error(exc) from exc
                 failure, reason = exc, details or "unavailable"
             finally:
                 call.cancel()

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slipway import errors
+from slipway import errors, natsauth, pki
+from slipway.pki import Bundle
 
 
 def dying_with_parent(argv: list[str]) -> list[str]:
@@ -139,10 +140,20 @@ def etcd(
     name: str = "slipway",
     initial_cluster: str | None = None,
     cluster_state: str = "new",
+    tls: pki.Bundle | None = None,
 ) -> Engine:
+    """One etcd member. ``tls``: an ENGINE bundle whose certificate names ``host``;
+    clients and peers then speak TLS and must present a certificate of the same
+    CA (a client's CN is its etcd user). ``initial_cluster`` lists the members as
+    ``name=http://host:port,...``; with ``tls`` its URLs are made https."""
     client_port = client_port or free_port(host)
     peer_port = peer_port or free_port(host)
-    peer_url = f"http://{host}:{peer_port}"
+    scheme = "https" if tls else "http"
+    peer_url = f"{scheme}://{host}:{peer_port}"
+    client_url = f"{scheme}://{host}:{client_port}"
+    cluster = initial_cluster or f"{name}={peer_url}"
+    if tls:
+        cluster = cluster.replace("=http://", "=https://")
     argv = [
         find_binary("etcd"),
         "--name",
@@ -150,15 +161,15 @@ def etcd(
         "--data-dir",
         str(data_dir / "etcd-data"),
         "--listen-client-urls",
-        f"http://{host}:{client_port}",
+        client_url,
         "--advertise-client-urls",
-        f"http://{host}:{client_port}",
+        client_url,
         "--listen-peer-urls",
         peer_url,
         "--initial-advertise-peer-urls",
         peer_url,
         "--initial-cluster",
-        initial_cluster or f"{name}={peer_url}",
+        cluster,
         "--initial-cluster-state",
         cluster_state,
         "--initial-cluster-token",
@@ -178,7 +189,43 @@ def etcd(
         "--log-level",
         "warn",
     ]
+    if tls:
+        argv += etcd_tls_flags(tls, members=cluster.count("="))
     return Engine("etcd", argv, data_dir, host, client_port)
+
+
+def etcd_tls_flags(bundle: pki.Bundle, *, members: int = 1) -> list[str]:
+    """etcd's flags for TLS with client certificates, towards clients and peers.
+
+    A member of several must also be named :data:`slipway.etcd.CLUSTER_NAME`
+    by its certificate: clients of the cluster check every member against it.
+    """
+    from slipway.etcd import CLUSTER_NAME
+
+    bundle.check()
+    if members > 1 and CLUSTER_NAME not in pki.dns_names(bundle.certificate()):
+        raise errors.FailedPrecondition(
+            f"the certificate in {bundle.path} does not name {CLUSTER_NAME}: each member of "
+            f"an etcd cluster needs it (issue it with hosts=(ADDRESS, {CLUSTER_NAME!r}))",
+            reason="bad_certificate",
+        )
+    ca, cert, key = str(bundle.ca_file), str(bundle.cert_file), str(bundle.key_file)
+    return [
+        "--client-cert-auth",
+        "--trusted-ca-file",
+        ca,
+        "--cert-file",
+        cert,
+        "--key-file",
+        key,
+        "--peer-client-cert-auth",
+        "--peer-trusted-ca-file",
+        ca,
+        "--peer-cert-file",
+        cert,
+        "--peer-key-file",
+        key,
+    ]
 
 
 def nats(
@@ -191,17 +238,27 @@ def nats(
     server_name: str = "slipway",
     cluster_name: str = "slipway",
     max_store_bytes: int = 0,
+    tls: Bundle | None = None,
 ) -> Engine:
     """``max_store_bytes``: cap JetStream's file storage (0: the disk's size), as
-    a full disk would; nats-server takes the cap only from a config file."""
+    a full disk would; nats-server takes the cap only from a config file.
+
+    ``tls`` (an ENGINE bundle): clients must present a certificate of the bundle's
+    CA, which names their NATS user (:mod:`slipway.natsauth`: one per role, no
+    anonymous access), and routes between servers are on TLS too. The config
+    goes to ``DATA/nats.conf``. No monitoring port is opened either way."""
     port = port or free_port(host)
     store = data_dir / "jetstream"
     argv = [find_binary("nats-server")]
-    if max_store_bytes:
+    cluster = None
+    if tls is not None and cluster_port:
+        cluster = natsauth.Cluster(cluster_name, host, cluster_port, tuple(routes or ()))
+    text = natsauth.server_config(tls=tls, cluster=cluster, max_store_bytes=max_store_bytes)
+    if text:
         data_dir.mkdir(parents=True, exist_ok=True)
-        limits = data_dir / "limits.conf"
-        limits.write_text(f"jetstream {{ max_file_store: {max_store_bytes} }}\n")
-        argv += ["--config", str(limits)]
+        config = data_dir / "nats.conf"
+        config.write_text(text)
+        argv += ["--config", str(config)]
     argv += [
         "--addr",
         host,
@@ -213,7 +270,7 @@ def nats(
         "--server_name",
         server_name,
     ]
-    if cluster_port:
+    if cluster_port and cluster is None:
         argv += ["--cluster", f"nats://{host}:{cluster_port}", "--cluster_name", cluster_name]
         if routes:
             argv += ["--routes", ",".join(routes)]

@@ -21,7 +21,7 @@ import aetcd.exceptions
 import grpc
 from aetcd import rpc
 
-from slipway import errors
+from slipway import errors, pki, tls
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,20 @@ Mutation = Callable[[dict[bytes, bytes | None]], Mapping[bytes, bytes | None]]
 
 
 class _Client(aetcd.Client):
-    """aetcd's client, given a gRPC target that may list several members."""
+    """aetcd's client, given a gRPC target that may list several members, over
+    TLS when given channel credentials (aetcd itself only dials plaintext)."""
 
-    def __init__(self, target: str, timeout: float) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
+    ) -> None:
         super().__init__(host="unused", port=0, timeout=timeout)  # type: ignore[arg-type]
         self._target = target
+        self._credentials = credentials
+        self._server_name = server_name
 
     async def connect(self) -> None:
         if self._connected.is_set():
@@ -64,7 +73,15 @@ class _Client(aetcd.Client):
             "grpc.initial_reconnect_backoff_ms": 200,
             "grpc.max_reconnect_backoff_ms": 2_000,
         }
-        self.channel = rpc.insecure_channel(self._target, options=list(options.items()))
+        if self._credentials is None:
+            self.channel = rpc.insecure_channel(self._target, options=list(options.items()))
+        else:
+            if self._server_name:
+                options["grpc.ssl_target_name_override"] = self._server_name
+            self.channel = rpc.secure_channel(
+                self._target, self._credentials, options=list(options.items())
+            )
+        self.auth_stub = rpc.AuthStub(self.channel)
         self.kvstub = rpc.KVStub(self.channel)
         self.clusterstub = rpc.ClusterStub(self.channel)
         self.leasestub = rpc.LeaseStub(self.channel)
@@ -92,6 +109,20 @@ def grpc_target(endpoints: Sequence[str]) -> str:
     return "ipv4:" + ",".join(hosts)
 
 
+# The name every member's certificate carries besides its address, for clients
+# of several members (see server_name).
+CLUSTER_NAME = "etcd.slipway"
+
+
+def server_name(endpoints: Sequence[str]) -> str | None:
+    """The name TLS checks the members' certificates against, when not the host
+    dialled: a target of several addresses (``ipv4:a,b``) names no single host,
+    and gRPC checks every member against one name, so each member's certificate
+    must name :data:`CLUSTER_NAME` too (:func:`slipway.engines.etcd` checks).
+    None for one endpoint: its certificate must name its host, as usual."""
+    return CLUSTER_NAME if grpc_target(endpoints).startswith("ipv4:") else None
+
+
 # How long a read keeps trying through a member's death or a leader election
 # (etcd's election timeout is 1 s by default).
 READ_RETRY_SECONDS = 5.0
@@ -105,18 +136,93 @@ def _unavailable(exc: BaseException) -> bool:
     return callable(code) and code() == grpc.StatusCode.UNAVAILABLE
 
 
-def _translate(exc: BaseException) -> errors.SlipwayError:
+def _status(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
+    """The gRPC status behind ``exc``: aetcd wraps it as the cause of its own errors."""
+    for err in (exc, exc.__cause__):
+        code = getattr(err, "code", None)
+        details = getattr(err, "details", None)
+        if callable(code) and callable(details):
+            return code(), str(details() or "")
+    return None, str(exc)
+
+
+# A TLS handshake that failed on a certificate: etcd's not of our CA or not
+# naming the host dialled, or ours refused by etcd (with TLS 1.3 its alert comes
+# after the handshake, as "Unwrap failed"). Repeating it cannot help.
+_HANDSHAKE = (
+    "handshake failed",
+    "certificate_verify_failed",
+    "hostname verification",
+    "unwrap failed",
+)
+
+
+def _refused_tls(exc: BaseException) -> bool:
+    code, details = _status(exc)
+    return code is grpc.StatusCode.UNAVAILABLE and any(m in details.lower() for m in _HANDSHAKE)
+
+
+def _translate(exc: BaseException, *, tls: bool = True) -> errors.SlipwayError:
     if isinstance(exc, aetcd.exceptions.RevisionCompactedError):
         return errors.Conflict(f"etcd revision compacted: {exc}", reason="compacted")
+    code, details = _status(exc)
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return errors.PermissionDenied(
+            f"etcd denied the request ({details}): the etcd user of this certificate "
+            "(its CN) lacks the permission; see `slipway-controller etcd seal`",
+            reason="etcd_permission_denied",
+        )
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return errors.Unauthenticated(
+            f"etcd did not accept our credentials: {details}", reason="etcd_unauthenticated"
+        )
+    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+        if "already exists" in details:
+            return errors.AlreadyExists(f"etcd: {details}", reason="etcd_exists")
+        if "not found" in details:
+            return errors.NotFound(f"etcd: {details}", reason="etcd_not_found")
+        return errors.FailedPrecondition(f"etcd refused the request: {details}")
+    if _refused_tls(exc):
+        return errors.Unauthenticated(
+            f"TLS with etcd failed ({details}): etcd and this process need "
+            "certificates of the same cluster CA, and etcd's must name the host dialled",
+            reason="etcd_tls",
+        )
+    if not tls and "socket closed" in details.lower():
+        return errors.Unavailable(
+            f"etcd is unavailable: {details} (if etcd speaks TLS, give --credentials DIR)",
+            reason="etcd_unavailable",
+        )
     return errors.Unavailable(f"etcd is unavailable: {exc}", reason="etcd_unavailable")
 
 
 class Etcd:
     """A connection to an etcd cluster."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        credentials: pki.Bundle | None = None,
+        timeout: float = 5.0,
+    ) -> None:
         self.endpoints = list(endpoints)
-        self._client = _Client(grpc_target(endpoints), timeout=timeout)
+        self.credentials = credentials
+        self.timeout = timeout
+        channel_credentials = None
+        if credentials is not None:
+            channel_credentials = tls.grpc_channel_credentials(credentials)
+        elif any(ep.strip().startswith("https://") for ep in endpoints):
+            raise errors.FailedPrecondition(
+                f"etcd at {', '.join(endpoints)} speaks TLS: give --credentials DIR",
+                reason="no_credentials",
+            )
+        self._client = _Client(
+            grpc_target(endpoints),
+            timeout=timeout,
+            credentials=channel_credentials,
+            server_name=server_name(endpoints) if credentials else None,
+        )
         self.tx = self._client.transactions
         # Reads repeated because etcd was briefly unavailable (see _read).
         self.read_retries = 0
@@ -138,11 +244,14 @@ class Etcd:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _translate(self, exc: BaseException) -> errors.SlipwayError:
+        return _translate(exc, tls=self.credentials is not None)
+
     async def _call(self, coro: Awaitable[Any]) -> Any:
         try:
             return await coro
         except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
-            raise _translate(exc) from exc
+            raise self._translate(exc) from exc
 
     async def _read(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run a read, repeating it while etcd is briefly unavailable.
@@ -161,11 +270,18 @@ class Etcd:
             try:
                 return await call()
             except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
-                if not _unavailable(exc) or loop.time() + delay > deadline:
-                    raise _translate(exc) from exc
+                if not _unavailable(exc) or _refused_tls(exc) or loop.time() + delay > deadline:
+                    raise self._translate(exc) from exc
             self.read_retries += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    async def auth(self, method: str, request: Any) -> Any:
+        """One call of etcd's Auth API (``"UserAdd"``, ``"AuthEnable"``...: see
+        :mod:`slipway.etcdauth`) on this connection."""
+        await self.connect()
+        call = getattr(self._client.auth_stub, method)
+        return await self._call(call(request, timeout=self.timeout))
 
     async def get(self, key: bytes) -> KV | None:
         got = await self._read(lambda: self._client.get(key))
@@ -302,13 +418,13 @@ class Etcd:
         try:
             watch = await self._client.watch_prefix(prefix, start_revision=start_revision)
         except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
-            raise _translate(exc) from exc
+            raise self._translate(exc) from exc
         try:
             async for event in watch:
                 kind = "delete" if event.kind == aetcd.rtypes.EventKind.DELETE else "put"
                 yield WatchEvent(kind, event.kv.key, event.kv.value, event.kv.mod_revision)
         except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
-            raise _translate(exc) from exc
+            raise self._translate(exc) from exc
         finally:
             try:
                 await asyncio.wait_for(watch.cancel(), 1.0)

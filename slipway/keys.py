@@ -4,7 +4,10 @@
     {prefix}/config/{app}                  config vars (JSON object)
     {prefix}/releases/{app}/{version:010d} Release (JSON)
     {prefix}/formation/{app}               {type: {quantity, size}} (JSON)
-    {prefix}/tokens/{sha256 hex}           API token record (JSON), never the token itself
+    {prefix}/tokens/{sha256 hex}           API token record (JSON), never the token itself;
+                                           a node's token says {"node": NAME}
+    {prefix}/jointokens/{sha256 hex}       one-time join token (JSON {node, expires_at}),
+                                           under a lease of its TTL; deleted when used
     {prefix}/nodes/{node}                  node presence (JSON), by the agent under its own lease
     {prefix}/drains/{node}                 the node is draining (nodes:drain); its dynos move away
     {prefix}/nodemetrics/{node}            last heartbeat figures (JSON), written by the controller
@@ -74,6 +77,12 @@ class Keys:
 
     def tokens(self) -> bytes:
         return self._k("tokens", "")
+
+    def join_token(self, digest: str) -> bytes:
+        return self._k("jointokens", digest)
+
+    def join_tokens(self) -> bytes:
+        return self._k("jointokens", "")
 
     # cluster
     def node(self, node: str) -> bytes:

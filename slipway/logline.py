@@ -2,8 +2,15 @@
 
 Every producer (agents for dyno output and dyno-manager events, routers for
 request lines, the controller for api events, builders for build events)
-publishes one JSON message per line on ``logs.{app}``. A JetStream stream
-(``LOGS``, bounded per subject) keeps each app's recent history.
+publishes one JSON message per line on ``logs.{app}.{origin}``, the origin
+being the kind of component that published it (``router``, ``node``, ``builder``,
+``controller``). A JetStream stream (``LOGS``, bounded per subject: per app and
+origin) keeps each app's recent history; readers take ``logs.{app}.>``.
+
+With TLS each kind of component may publish on its own origin only (see
+:mod:`slipway.natsauth`), and readers drop a line whose origin could not have
+written it (:func:`trusted`): a builder cannot forge a router line, nor a node
+an api line.
 
 Text form: ``2026-11-21T12:00:00.123456+00:00 app[web.1]: message``.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 import nats.js.api
 import nats.js.errors
@@ -31,8 +39,54 @@ STREAM_MAX_BYTES = 1024 * 1024 * 1024
 STREAM_MAX_AGE = 7 * 24 * 3600.0
 
 
-def subject(app: str) -> str:
-    return f"{SUBJECT_PREFIX}.{app}"
+class Origin(StrEnum):
+    """Who published a line: the last token of its subject."""
+
+    CONTROLLER = "controller"
+    NODE = "node"
+    ROUTER = "router"
+    BUILDER = "builder"
+
+
+def subject(app: str, origin: Origin) -> str:
+    """Where ``origin`` publishes ``app``'s lines."""
+    return f"{SUBJECT_PREFIX}.{app}.{origin.value}"
+
+
+def app_filter(app: str) -> str:
+    """Every line of ``app``, whoever published it (consumers' filter)."""
+    return f"{SUBJECT_PREFIX}.{app}.>"
+
+
+def publish_filter(origin: Origin) -> str:
+    """The subjects ``origin`` may publish on, for every app (a NATS permission)."""
+    return f"{SUBJECT_PREFIX}.*.{origin.value}"
+
+
+def origin_of(subject_: str) -> Origin | None:
+    """The origin of a message's subject, or None for a subject no origin names."""
+    parts = subject_.split(".")
+    if len(parts) != 3 or parts[0] != SUBJECT_PREFIX:
+        return None
+    try:
+        return Origin(parts[2])
+    except ValueError:
+        return None
+
+
+def trusted(origin: Origin | None, source: str, process: str) -> bool:
+    """Could ``origin`` have written a ``source[process]`` line? The controller writes
+    anything (api lines, drains' errors); the router only ``heroku[router]``; a builder
+    only ``api[build]``; a node its dynos' output and their dyno-manager lines."""
+    if origin is Origin.CONTROLLER:
+        return True
+    if origin is Origin.ROUTER:
+        return source == "heroku" and process == "router"
+    if origin is Origin.BUILDER:
+        return source == "api" and process == "build"
+    if origin is Origin.NODE:
+        return source in ("app", "heroku") and process not in ("router", "api", "build")
+    return False
 
 
 @dataclass(frozen=True)
@@ -59,15 +113,20 @@ class LogLine:
         ).encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> LogLine:
+    def decode(cls, data: bytes, subject: str | None = None) -> LogLine:
+        """With ``subject`` (the message's), a line its origin could not have
+        written raises ValueError, like a malformed one."""
         obj = json.loads(data)
-        return cls(
+        line = cls(
             app=str(obj.get("app", "")),
             source=str(obj["source"]),
             process=str(obj["process"]),
             message=str(obj["message"]),
             ts=float(obj["ts"]),
         )
+        if subject is not None and not trusted(origin_of(subject), line.source, line.process):
+            raise ValueError(f"a {line.source}[{line.process}] line cannot come from {subject}")
+        return line
 
     def render(self) -> str:
         from datetime import UTC, datetime

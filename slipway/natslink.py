@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from slipway import errors, objstore
 from slipway import log as slog
 from slipway.backoff import Backoff
+from slipway.pki import Bundle
 
 log = slog.get("natslink")
 
@@ -29,8 +30,10 @@ class NatsLink:
         name: str,
         purpose: str,
         setup: Callable[[NATS], Awaitable[None]] | None = None,
+        credentials: Bundle | None = None,
     ) -> None:
         self.servers = list(servers)
+        self.credentials = credentials
         self.name = name
         self.purpose = purpose
         self._setup = setup
@@ -56,7 +59,9 @@ class NatsLink:
         backoff = Backoff(initial=0.2, maximum=5.0)
         while self._nc is None:
             try:
-                nc = await objstore.connect(self.servers, name=self.name)
+                nc = await objstore.connect(
+                    self.servers, name=self.name, credentials=self.credentials
+                )
                 try:
                     if self._setup is not None:
                         await self._setup(nc)

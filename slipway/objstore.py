@@ -18,7 +18,8 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from slipway import errors, streams
+from slipway import errors, streams, tls
+from slipway.pki import Bundle, Role
 
 # JetStream's "insufficient resources": its storage (a disk, or its configured
 # cap) is full. Writes fail at once, never hang.
@@ -44,8 +45,32 @@ def full_error(bucket: str, exc: BaseException) -> errors.ResourceExhausted:
     )
 
 
-async def connect(servers: Sequence[str], *, name: str = "slipway", **options: object) -> NATS:
-    """Connect to a NATS cluster; reconnects forever once connected."""
+def inbox_prefix(role: Role) -> str:
+    """Where a role's replies arrive: only that role may subscribe there
+    (:mod:`slipway.natsauth`)."""
+    return f"_INBOX.{role.value}"
+
+
+def tls_options(credentials: Bundle | None) -> dict[str, object]:
+    """nats-py options for ``credentials``: TLS with the bundle's certificate (whose
+    email SAN is our NATS user) and the role's own reply prefix; none: plaintext."""
+    if credentials is None:
+        return {}
+    return {
+        "tls": tls.client_context(credentials),
+        "inbox_prefix": inbox_prefix(credentials.identity().role),
+    }
+
+
+async def connect(
+    servers: Sequence[str],
+    *,
+    name: str = "slipway",
+    credentials: Bundle | None = None,
+    **options: object,
+) -> NATS:
+    """Connect to a NATS cluster; reconnects forever once connected. With
+    ``credentials``: over TLS (``servers`` may say ``nats://``; nats-py upgrades)."""
     try:
         return await nats.connect(
             servers=list(servers),
@@ -53,6 +78,7 @@ async def connect(servers: Sequence[str], *, name: str = "slipway", **options: o
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
+            **tls_options(credentials),
             **options,  # type: ignore[arg-type]
         )
     except Exception as exc:  # nats-py raises a mix of its own and OS errors
@@ -60,11 +86,16 @@ async def connect(servers: Sequence[str], *, name: str = "slipway", **options: o
 
 
 class ObjectStores:
-    """The three buckets; a bucket is made on first use with ``replicas`` copies."""
+    """The three buckets; a bucket is made on first use with ``replicas`` copies.
 
-    def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
+    ``create=False`` (a party that may not create streams, see
+    :mod:`slipway.natsauth`): a missing bucket is :class:`errors.Unavailable`, and
+    replicas are left as they are."""
+
+    def __init__(self, js: JetStreamContext, *, replicas: int = 1, create: bool = True) -> None:
         self._js = js
         self._replicas = replicas
+        self._create = create
         self._stores: dict[str, object] = {}
 
     async def _store(self, bucket: str):  # type: ignore[no-untyped-def]
@@ -74,8 +105,11 @@ class ObjectStores:
                 store = await self._js.object_store(bucket)
                 # Made earlier, maybe with fewer copies (by an agent, or before
                 # the cluster grew): raise it to ours, or warn.
-                await streams.ensure_replicas(self._js, f"OBJ_{bucket}", self._replicas)
-            except nats.js.errors.BucketNotFoundError:
+                if self._create:
+                    await streams.ensure_replicas(self._js, f"OBJ_{bucket}", self._replicas)
+            except nats.js.errors.BucketNotFoundError as exc:
+                if not self._create:
+                    raise streams.missing(f"OBJ_{bucket}") from exc
                 config = nats.js.api.ObjectStoreConfig(
                     bucket=bucket, replicas=self._replicas, storage=nats.js.api.StorageType.FILE
                 )

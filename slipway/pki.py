@@ -358,3 +358,12 @@ def write_bundle(out: Path, *, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -
 
 def days_left(not_after: datetime.datetime, now: datetime.datetime | None = None) -> float:
     return (not_after - (now or _now())).total_seconds() / 86400.0
+
+
+def dns_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names a certificate's subject alternative names hold."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(name) for name in sans.get_values_for_type(x509.DNSName)]

@@ -11,6 +11,10 @@ the stream is left working with what it has: logs and builds on fewer copies
 beat no logs and no builds. (A standalone nats-server accepts any count and
 keeps its one copy.)
 
+With TLS only the controller may create or change streams (see
+:mod:`slipway.natsauth`); the others call with ``create=False``, which only
+checks that the stream is there and says who makes it when it is not.
+
 Replicas are never lowered here: a component started with a smaller setting
 must not undo a larger one.
 
@@ -79,11 +83,17 @@ async def ensure(
     wanted: nats.js.api.StreamConfig,
     *,
     outdated: Callable[[nats.js.api.StreamConfig], bool] | None = None,
+    create: bool = True,
 ) -> None:
     """Create ``wanted``; if it exists, apply it when ``outdated(existing)`` says so,
-    and raise its replicas to ``wanted.num_replicas`` when it has fewer."""
+    and raise its replicas to ``wanted.num_replicas`` when it has fewer.
+
+    ``create=False``: only check that it exists (:func:`require`)."""
     name = wanted.name
     assert name is not None
+    if not create:
+        await require(js, name)
+        return
     try:
         info = await js.stream_info(name)
     except nats.js.errors.NotFoundError:
@@ -105,6 +115,22 @@ async def ensure(
         # Keep the replica count the stream has; raising it is the step below.
         await js.update_stream(dataclasses.replace(wanted, num_replicas=_replicas(have)))
     await raise_replicas(js, have, _replicas(wanted))
+
+
+def missing(name: str) -> errors.Unavailable:
+    return errors.Unavailable(
+        f"NATS stream {name} does not exist yet; the controller creates it when it "
+        "connects to NATS",
+        reason="stream_missing",
+    )
+
+
+async def require(js: JetStreamContext, name: str) -> None:
+    """Check that stream ``name`` exists, for a party that may not create it."""
+    try:
+        await js.stream_info(name)
+    except nats.js.errors.NotFoundError as exc:
+        raise missing(name) from exc
 
 
 async def raise_replicas(

@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 import click
 import grpc
+from cryptography import x509
 
 from slipway import errors
-from slipway.pki import Bundle
+from slipway.pki import Bundle, Identity, identity_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,6 +83,65 @@ def grpc_server_credentials(
         root_certificates=bundle.ca_pem() if require_client_cert else None,
         require_client_auth=require_client_cert,
     )
+
+
+def tls_failure(detail: str, ca_file: Path | None, where: str = "the controller") -> str:
+    """One sentence for a TLS failure in a gRPC error's details ("" when it is none)."""
+    low = detail.lower()
+    if "certificate_verify_failed" in low:
+        return f"{where}'s certificate is not signed by the cluster CA in {ca_file}"
+    if "wrong_version_number" in low:
+        return (
+            f"{where} does not speak TLS, so its certificate is not signed by the cluster CA "
+            f"in {ca_file} (a controller started without --credentials?)"
+        )
+    if "hostname verification" in low or "peer name" in low:
+        return (
+            f"{where}'s certificate does not name the address dialled; re-issue it with "
+            "`slipway-controller certs issue --host HOST`"
+        )
+    if "handshake failed" in low:
+        return f"TLS with {where} failed (cluster CA {ca_file}): {detail}"
+    return ""
+
+
+def unreachable(where: str, reason: str, ca_file: Path | None) -> errors.Unavailable:
+    """The error for "no controller at ``where`` answered" (``reason``: the last one's)."""
+    sentence = tls_failure(reason, ca_file, f"the controller at {where}") if ca_file else ""
+    if sentence:
+        return errors.Unavailable(sentence, reason="tls")
+    message = f"cannot reach the controller at {where}" + (f": {reason}" if reason else "")
+    if ca_file is None and "socket closed" in reason.lower():
+        message += (
+            " (if it serves TLS, give its cluster CA: `slipway login --ca-file ca.crt` "
+            "or SLIPWAY_CA_FILE)"
+        )
+    return errors.Unavailable(message)
+
+
+def add_port(
+    server: grpc.aio.Server,
+    address: str,
+    bundle: Bundle | None,
+    *,
+    require_client_cert: bool = False,
+) -> int:
+    """Listen on ``address``: TLS with the bundle, plaintext without; the bound port."""
+    if bundle is None:
+        return server.add_insecure_port(address)
+    creds = grpc_server_credentials(bundle, require_client_cert=require_client_cert)
+    return server.add_secure_port(address, creds)
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> Identity | None:
+    """The caller's certificate identity on a port that requires one (else None)."""
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if not pems:
+        return None
+    try:
+        return identity_of(x509.load_pem_x509_certificate(pems[0]))
+    except (ValueError, errors.SlipwayError):
+        return None
 
 
 def credentials_options(f: F) -> F:

@@ -5,6 +5,12 @@ Slipway data directory), then a controller, an agent, a router and a builder.
 A component that exits is reported and restarted with a growing delay. SIGTERM
 or Ctrl-C stops everything in reverse order. All state lives in the data
 directory, so running ``slipway up`` again keeps apps, releases and config.
+
+Sealed from the first start: a cluster CA is made in ``DATA/pki`` and every
+engine and daemon gets a certificate of its own (``DATA/pki/ROLE``). etcd
+requires client certificates and has RBAC on, NATS requires them and maps each
+to a user with narrow permissions, the API is on TLS, and the agent joins with
+a one-time token as an agent on another host would.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slipway import engines, errors
+from slipway import engines, errors, etcdauth, pki
 from slipway.backoff import Backoff
+from slipway.etcd import Etcd
+from slipway.keys import DEFAULT_PREFIX
 
 PACKAGES = {"etcd": "etcd-server", "nats-server": "nats-server", "runc": "runc"}
 
@@ -53,6 +61,42 @@ class UpConfig:
     @property
     def router_port(self) -> int:
         return int(self.router_listen.rpartition(":")[2])
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+    def bundle(self, role: pki.Role) -> pki.Bundle:
+        return pki.Bundle(self.pki_dir / role.value)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki_dir / "ca" / "ca.crt"
+
+
+def ensure_pki(cfg: UpConfig, say: Callable[[str], None]) -> None:
+    """The cluster CA and the bundles of every component but the node (which
+    joins), made on the first start and kept."""
+    ca_dir = cfg.pki_dir / "ca"
+    if (ca_dir / "ca.key").exists():
+        ca = pki.load_ca(ca_dir)
+    else:
+        say(f"-----> Creating the cluster CA in {ca_dir}")
+        ca = pki.init_ca(ca_dir)
+    for role in (
+        pki.Role.ENGINE,
+        pki.Role.CONTROLLER,
+        pki.Role.ROUTER,
+        pki.Role.BUILDER,
+        pki.Role.ROOT,
+    ):
+        if not cfg.bundle(role).exists():
+            pki.issue(ca, cfg.bundle(role).path, role, hosts=[cfg.host])
+
+
+async def seal_etcd(cfg: UpConfig) -> None:
+    async with Etcd([cfg.etcd_endpoint], credentials=cfg.bundle(pki.Role.ROOT)) as etcd:
+        await etcdauth.seal(etcd, DEFAULT_PREFIX)
 
 
 def missing_packages() -> list[str]:
@@ -153,17 +197,26 @@ def _py(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def components(cfg: UpConfig, token: str) -> list[Component]:
+def _creds(cfg: UpConfig, role: pki.Role) -> list[str]:
+    return ["--credentials", str(cfg.bundle(role).path)]
+
+
+def components(cfg: UpConfig) -> list[Component]:
     data = cfg.data_dir
     logs = data / "logs"
+    engine = cfg.bundle(pki.Role.ENGINE)
     etcd = engines.etcd(
-        data / "etcd", host=cfg.host, client_port=cfg.etcd_port, peer_port=cfg.etcd_peer_port
+        data / "etcd",
+        host=cfg.host,
+        client_port=cfg.etcd_port,
+        peer_port=cfg.etcd_peer_port,
+        tls=engine,
     )
-    nats = engines.nats(data / "nats", host=cfg.host, port=cfg.nats_port)
-    env = dict(os.environ, SLIPWAY_LOG_LEVEL=os.environ.get("SLIPWAY_LOG_LEVEL", "info"))
+    nats = engines.nats(data / "nats", host=cfg.host, port=cfg.nats_port, tls=engine)
+    env = {k: v for k, v in os.environ.items() if k not in ("SLIPWAY_CREDENTIALS", "SLIPWAY_TOKEN")}
+    env["SLIPWAY_LOG_LEVEL"] = os.environ.get("SLIPWAY_LOG_LEVEL", "info")
     router_host = cfg.router_listen.rpartition(":")[0]
     router_probe = cfg.host if router_host in ("0.0.0.0", "") else router_host
-    agent_env = dict(env, SLIPWAY_TOKEN=token)
     return [
         Component("etcd", etcd.argv, logs / "etcd.log", (cfg.host, cfg.etcd_port)),
         Component("nats", nats.argv, logs / "nats.log", (cfg.host, cfg.nats_port)),
@@ -180,6 +233,9 @@ def components(cfg: UpConfig, token: str) -> list[Component]:
                 cfg.nats_url,
                 "--base-domain",
                 cfg.base_domain,
+                *_creds(cfg, pki.Role.CONTROLLER),
+                "--ca-dir",
+                str(cfg.pki_dir / "ca"),
             ),
             logs / "controller.log",
             (cfg.host, cfg.api_port),
@@ -205,10 +261,12 @@ def components(cfg: UpConfig, token: str) -> list[Component]:
                 # Dynos may call the router's public listener (apps call each other by URL).
                 "--router-ports",
                 str(cfg.router_port),
+                "--credentials",
+                str(cfg.pki_dir / "node"),
             ),
             logs / "agent.log",
             None,
-            agent_env,
+            env,
         ),
         Component(
             "builder",
@@ -220,6 +278,7 @@ def components(cfg: UpConfig, token: str) -> list[Component]:
                 str(data / "builder"),
                 "--name",
                 f"{cfg.node}-builder",
+                *_creds(cfg, pki.Role.BUILDER),
             ),
             logs / "builder.log",
             None,
@@ -237,6 +296,7 @@ def components(cfg: UpConfig, token: str) -> list[Component]:
                 cfg.nats_url,
                 "--base-domain",
                 cfg.base_domain,
+                *_creds(cfg, pki.Role.ROUTER),
             ),
             logs / "router.log",
             (router_probe, cfg.router_port),
@@ -245,25 +305,41 @@ def components(cfg: UpConfig, token: str) -> list[Component]:
     ]
 
 
+def _run(argv: list[str], failure: str) -> str:
+    """Run one of Slipway's own commands to completion; its output, or Unavailable."""
+    out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    if out.returncode != 0:
+        raise errors.Unavailable(f"{failure}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def _admin(cfg: UpConfig, *args: str) -> str:
+    """Run an operator command of ``slipway-controller`` as root; its output."""
+    argv = _py("controller", *args, "--etcd", cfg.etcd_endpoint, *_creds(cfg, pki.Role.ROOT))
+    return _run(argv, f"slipway-controller {args[0]} failed")
+
+
 def ensure_token(cfg: UpConfig) -> str:
     """The platform's admin token, made once and kept (0600) in the data dir."""
     path = cfg.data_dir / "admin-token"
     if path.exists():
         return path.read_text().strip()
-    out = subprocess.run(
-        _py("controller", "tokens", "create", "--name", "admin", "--etcd", cfg.etcd_endpoint),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    if out.returncode != 0:
-        raise errors.Unavailable(f"cannot create the admin token: {out.stderr.strip()}")
-    token = out.stdout.strip()
+    token = _admin(cfg, "tokens", "create", "--name", "admin")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     return token
+
+
+def ensure_node(cfg: UpConfig) -> None:
+    """This host's agent joins as any other host's would: a one-time token."""
+    node_dir = cfg.pki_dir / "node"
+    if pki.Bundle(node_dir).exists() and (node_dir / "node-token").exists():
+        return
+    join_token = _admin(cfg, "nodes", "join-token", cfg.node)
+    argv = _py("agent", "join", "--controller", cfg.api, "--ca-file", str(cfg.ca_file))
+    argv += ["--token", join_token, "--credentials", str(node_dir)]
+    _run([*argv, "--advertise-address", cfg.host], "the agent could not join")
 
 
 class Platform:
@@ -283,17 +359,18 @@ class Platform:
             (cfg.router_port, "router"),
         ):
             _check_free(cfg.host if what != "router" else "0.0.0.0", port, what)
-        token_path = cfg.data_dir / "admin-token"
-        # The token is made with etcd up; the agent needs it, so start in two steps.
-        self.components = components(
-            cfg, token_path.read_text().strip() if token_path.exists() else ""
-        )
+        await asyncio.to_thread(ensure_pki, cfg, self.say)
+        self.components = components(cfg)
         try:
-            for comp in self.components[:3]:
-                await self._start(comp)
+            etcd, nats, controller, *rest = self.components
+            await self._start(etcd)
+            await seal_etcd(cfg)
+            await self._start(nats)
+            await self._start(controller)
             token = await asyncio.to_thread(ensure_token, cfg)
-            self.components = self.components[:3] + [c for c in components(cfg, token)[3:]]
-            for comp in self.components[3:]:
+            # The agent joins through the controller, so it starts after it.
+            await asyncio.to_thread(ensure_node, cfg)
+            for comp in rest:
                 await self._start(comp)
             on_ready(token)
             async with asyncio.TaskGroup() as tg:

@@ -1,7 +1,9 @@
 """Shared fixtures: real etcd and nats-server (JetStream) on free ports in temp dirs.
 
-One etcd and one nats-server serve the whole session; each test gets its own
-etcd key prefix (``etcd_prefix``) so tests never see each other's state.
+One etcd and one nats-server serve the whole session, both on TLS with
+certificates of the session's cluster CA (``tests/harness/secure.py``) and etcd
+sealed (RBAC on); each test gets its own etcd key prefix (``etcd_prefix``),
+sealed for it, so tests never see each other's state.
 """
 
 from __future__ import annotations
@@ -13,12 +15,22 @@ from pathlib import Path
 import pytest
 
 from slipway import engines
+from tests.harness import secure
+from tests.harness.pki import ClusterPKI
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cluster_pki(tmp_path_factory: pytest.TempPathFactory) -> ClusterPKI:
+    return secure.install(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[engines.Engine]:
-    server = engines.etcd(tmp_path_factory.mktemp("etcd"))
+    server = secure.etcd_engine(tmp_path_factory.mktemp("etcd"))
     server.start()
+    # Auth on from the first test, so a test run alone meets etcd as it is in a
+    # whole run: a prefix nobody sealed gives routers and nodes nothing.
+    secure.seal([f"{server.host}:{server.port}"], "/slipway-test-session")
     yield server
     server.stop()
 
@@ -30,7 +42,7 @@ def etcd_endpoint(etcd_server: engines.Engine) -> str:
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[engines.Engine]:
-    server = engines.nats(tmp_path_factory.mktemp("nats"))
+    server = secure.nats_engine(tmp_path_factory.mktemp("nats"))
     server.start()
     yield server
     server.stop()
@@ -42,8 +54,10 @@ def nats_url(nats_server: engines.Engine) -> str:
 
 
 @pytest.fixture
-def etcd_prefix() -> str:
-    return f"/slipway-test-{uuid.uuid4().hex[:10]}"
+def etcd_prefix(etcd_endpoint: str) -> str:
+    prefix = f"/slipway-test-{uuid.uuid4().hex[:10]}"
+    secure.seal([etcd_endpoint], prefix)
+    return prefix
 
 
 @pytest.fixture

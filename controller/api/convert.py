@@ -140,4 +140,6 @@ def node(view: NodeView) -> platform_pb2.Node:
     )
     if m.get("at"):
         msg.last_heartbeat.CopyFrom(timestamp(float(m["at"])))
+    if m.get("cert_not_after"):
+        msg.certificate_not_after.CopyFrom(timestamp(float(m["cert_not_after"])))
     return msg

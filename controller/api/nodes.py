@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from controller.api.auth import Tokens
+from controller.api.auth import Caller, Tokens
 from controller.core.scheduler import Placement
 from controller.core.validation import NODE_NAME_RE
 from controller.store.placements import PlacementIndex
@@ -63,18 +63,31 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
         self.ttl_seconds = ttl_seconds
         self.resend_seconds = resend_seconds
         self._sessions: dict[str, str] = {}
+        self._cert_expiry: dict[str, int] = {}  # node -> its certificate's not_after (s)
         self.connected: dict[str, str] = {}  # node -> session
 
-    async def _auth(self, context: grpc.aio.ServicerContext) -> None:
+    async def _auth(
+        self,
+        context: grpc.aio.ServicerContext,
+        node: str | None = None,
+        caller: Caller | None = None,
+    ) -> Caller:
+        """The caller (identified once), checked as ``node`` when given
+        (:func:`controller.api.auth.authorize` decides); a refusal aborts the call."""
         try:
-            await self.tokens.authenticate(context)
+            caller = caller or await self.tokens.identify(context)
+            if node is not None:
+                self.tokens.authorize_node(caller, node)
+            return caller
         except errors.SlipwayError as exc:
+            log.warning("node call refused", node=node or "", error=exc.message)
             await context.abort(exc.code, exc.message, errors.trailers(exc))
+            raise AssertionError("unreachable: abort raises") from exc
 
     async def Register(
         self, request: npb.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> npb.RegisterResponse:
-        await self._auth(context)
+        await self._auth(context, request.node)
         if not NODE_NAME_RE.match(request.node):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -84,6 +97,10 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
         self._sessions[session] = request.node
         if len(self._sessions) > 10_000:
             self._sessions = {session: request.node}
+        if request.HasField("certificate_not_after"):
+            self._cert_expiry[request.node] = request.certificate_not_after.ToSeconds()
+        else:
+            self._cert_expiry.pop(request.node, None)
         log.info(
             "node registered",
             node=request.node,
@@ -134,7 +151,7 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
         request_iterator: AsyncIterator[npb.AgentMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[npb.ControllerMessage]:
-        await self._auth(context)
+        caller = await self._auth(context)
         first = await anext(aiter(request_iterator), None)
         node = self._sessions.get(first.session_id) if first else None
         if first is None or node is None:
@@ -142,6 +159,8 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION, "unknown session; register again"
             )
             return
+        # A session id is no credential: the token must be the session's node's.
+        await self._auth(context, node, caller)
         self.connected[node] = first.session_id
         log.info("node connected", node=node)
         await self._handle(node, first)
@@ -204,6 +223,8 @@ class NodeAPI(node_pb2_grpc.NodeServiceServicer):
             "dyno_memory": {d.instance_id: d.memory_bytes for d in hb.dynos},
             "dyno_restarts": {d.instance_id: d.restarts for d in hb.dynos},
         }
+        if node in self._cert_expiry:
+            metrics["cert_not_after"] = self._cert_expiry[node]
         try:
             await self.etcd.put(
                 self.keys.node_metrics(node), json.dumps(metrics, separators=(",", ":")).encode()

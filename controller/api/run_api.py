@@ -30,9 +30,10 @@ import grpc
 
 from controller.api.auth import Tokens
 from controller.loops.oneoff import OneOffs, RunRequest, Started
-from slipway import errors
+from slipway import errors, tls
 from slipway import log as slog
 from slipway.clock import Clock, SystemClock
+from slipway.pki import Bundle
 from slipway.v1 import node_pb2 as npb
 from slipway.v1 import node_pb2_grpc
 from slipway.v1 import platform_pb2 as pb
@@ -52,6 +53,14 @@ CHANNEL_OPTIONS = [
 
 def host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def attach_channel(target: str, credentials: Bundle | None) -> grpc.aio.Channel:
+    """A channel to a node's AttachService: TLS with our bundle, plaintext without."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    creds = tls.grpc_channel_credentials(credentials)
+    return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
 
 
 def run_request(start: pb.RunDynoStart) -> RunRequest:
@@ -111,9 +120,13 @@ class RunService:
         idle_seconds: float = 3600.0,
         max_seconds: float = 86400.0,
         clock: Clock = SystemClock(),
+        credentials: Bundle | None = None,
     ) -> None:
         self.clock = clock
         self.oneoffs = oneoffs
+        # With a bundle, the agent's AttachService is reached over TLS: its
+        # certificate must be the cluster CA's and name the node's address.
+        self.credentials = credentials
         self.tokens = tokens
         self.idle_seconds = idle_seconds
         self.max_seconds = max_seconds
@@ -181,7 +194,7 @@ class _Session:
         p = started.placement
         self.log = log.bind(app=p.app, dyno=p.name, node=p.node)
         target = host_port(started.node.address, started.node.attach_port)
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = attach_channel(target, service.credentials)
         self.call = node_pb2_grpc.AttachServiceStub(self.channel).Attach(
             metadata=(("authorization", f"Bearer {p.attach_token}"),),
             timeout=service.max_seconds,

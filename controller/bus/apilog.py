@@ -18,7 +18,7 @@ from controller.bus.logs import LogHub
 from controller.core.models import FormationItem, ReleaseRecord
 from slipway import log as slog
 from slipway.clock import Clock, SystemClock
-from slipway.logline import LogLine, split_message, subject
+from slipway.logline import LogLine, Origin, split_message, subject
 
 log = slog.get("controller.apilog")
 
@@ -69,7 +69,7 @@ class ApiLog:
             try:
                 # Core NATS publish only buffers; while reconnecting nats-py raises once
                 # its pending buffer is full: count the loss, never wait for the bus.
-                await self._hub.nc.publish(subject(line.app), line.encode())
+                await self._hub.nc.publish(subject(line.app, Origin.CONTROLLER), line.encode())
                 self.published += 1
             except Exception:
                 self.dropped += 1

@@ -16,17 +16,24 @@ from nats.js import JetStreamContext
 from slipway import buildproto, logline, objstore
 from slipway import log as slog
 from slipway.natslink import NatsLink
+from slipway.pki import Bundle
 
 log = slog.get("controller.buildbus")
 
 
 class BuildBus:
-    def __init__(self, servers: Sequence[str], *, replicas: int = 1) -> None:
+    def __init__(
+        self, servers: Sequence[str], *, replicas: int = 1, credentials: Bundle | None = None
+    ) -> None:
         self.servers = list(servers)
         self.replicas = replicas  # copies of every stream and bucket made here
         self._stores: objstore.ObjectStores | None = None
         self.link = NatsLink(
-            servers, name="slipway-controller", purpose="builds", setup=self._setup
+            servers,
+            name="slipway-controller",
+            purpose="builds",
+            setup=self._setup,
+            credentials=credentials,
         )
         self.connected = self.link.connected
 
@@ -62,5 +69,6 @@ class BuildBus:
             return
         with contextlib.suppress(Exception):
             await nc.publish(
-                logline.subject(app), logline.LogLine(app, "api", "api", message).encode()
+                logline.subject(app, logline.Origin.CONTROLLER),
+                logline.LogLine(app, "api", "api", message).encode(),
             )

@@ -95,7 +95,7 @@ class DrainWorker:
         start = await self._consumer_start()
         config = nats.js.api.ConsumerConfig(
             durable_name=self.record.consumer,
-            filter_subject=logline.subject(self.record.app),
+            filter_subject=logline.app_filter(self.record.app),
             deliver_policy=nats.js.api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
             ack_policy=nats.js.api.AckPolicy.ALL,
@@ -154,7 +154,7 @@ class DrainWorker:
             self.highest = seq
             self._msgs[seq] = msg
             try:
-                line = LogLine.decode(msg.data)
+                line = LogLine.decode(msg.data, msg.subject)
             except (ValueError, KeyError, TypeError):
                 line = LogLine(self.record.app, "heroku", "logplex", "(unreadable line)", 0.0)
             self.buffer.append((seq, line))
@@ -199,7 +199,9 @@ class DrainWorker:
 
     async def _report_dropped(self) -> None:
         line = l10_line(self.record.app, self.dropped, self.dropped_since)
-        await self.js.publish(logline.subject(self.record.app), line.encode())
+        await self.js.publish(
+            logline.subject(self.record.app, logline.Origin.CONTROLLER), line.encode()
+        )
         log.warning(
             "drain dropped lines",
             app=self.record.app,

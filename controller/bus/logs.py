@@ -43,6 +43,7 @@ from slipway.aio import wait_set
 from slipway.clock import Clock, SystemClock
 from slipway.logline import LogLine
 from slipway.natslink import NatsLink
+from slipway.pki import Bundle
 
 log = slog.get("controller.logs")
 
@@ -274,6 +275,7 @@ class LogHub:
         max_age: float = logline.STREAM_MAX_AGE,
         tail_buffer: int = DEFAULT_TAIL_BUFFER,
         clock: Clock = SystemClock(),
+        credentials: Bundle | None = None,
     ) -> None:
         self.clock = clock
         self.servers = list(servers)
@@ -283,7 +285,11 @@ class LogHub:
         self.max_age = max_age
         self.tail_buffer = tail_buffer
         self.link = NatsLink(
-            servers, name="slipway-controller-logs", purpose="logs", setup=self._setup
+            servers,
+            name="slipway-controller-logs",
+            purpose="logs",
+            setup=self._setup,
+            credentials=credentials,
         )
         self.connected = self.link.connected
 
@@ -307,7 +313,7 @@ class LogHub:
 
     async def last_seq(self, app: str) -> int:
         try:
-            msg = await self.nc.jetstream().get_last_msg(logline.STREAM, logline.subject(app))
+            msg = await self.nc.jetstream().get_last_msg(logline.STREAM, logline.app_filter(app))
         except nats.js.errors.NotFoundError:
             return 0
         return int(msg.seq or 0)
@@ -327,13 +333,13 @@ class LogHub:
         async def on_msg(msg: Msg) -> None:
             # Runs in the subscription's task: must stay quick and never wait.
             try:
-                line: LogLine | None = LogLine.decode(msg.data)
+                line: LogLine | None = LogLine.decode(msg.data, msg.subject)
             except (ValueError, KeyError, TypeError):
                 line = None
             reader.on_line(int(msg.metadata.sequence.stream), line)
 
         sub = await js.subscribe(
-            logline.subject(app),
+            logline.app_filter(app),
             stream=logline.STREAM,
             ordered_consumer=True,
             config=consumer_config(after_seq),

@@ -118,10 +118,31 @@ def decode_config(data: bytes | None) -> dict[str, str]:
 class TokenRecord:
     name: str
     created_at: float
+    # A node's token (from `slipway-agent join`): opens NodeService for this
+    # node only, and nothing else. Empty: an operator's API token.
+    node: str = ""
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))
 
     @classmethod
     def decode(cls, data: bytes) -> TokenRecord:
-        return cls(**json.loads(data))
+        obj = json.loads(data)
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class JoinTokenRecord:
+    """A one-time join token's record; the token itself is never stored."""
+
+    node: str
+    created_at: float
+    expires_at: float
+
+    def encode(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> JoinTokenRecord:
+        obj = json.loads(data)
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})

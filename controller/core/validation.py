@@ -78,3 +78,14 @@ def quantity(type_name: str, value: int) -> int:
 
 
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+# A host a certificate names: a DNS name or an IPv4/IPv6 address, nothing else.
+HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$")
+
+
+def host(value: str) -> str:
+    if not HOST_RE.match(value) or ".." in value:
+        raise errors.InvalidArgument(
+            f"invalid host {value!r}: give a DNS name or an IP address", reason="invalid_host"
+        )
+    return value

@@ -46,7 +46,7 @@ class State:
     def client(self) -> Client:
         if self._client is None:
             resolved = settings.resolve(self.api_flag, self.token_flag)
-            self._client = Client(resolved.api, resolved.token)
+            self._client = Client(resolved.api, resolved.token, ca_file=resolved.ca_file)
         return self._client
 
 

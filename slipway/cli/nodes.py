@@ -7,7 +7,7 @@ import time
 import click
 
 from slipway.cli.base import cli, json_option, with_client
-from slipway.cli.output import age, emit_json, heading, table
+from slipway.cli.output import age, emit_json, expiry, heading, table
 from slipway.client import Client
 
 
@@ -15,7 +15,7 @@ from slipway.client import Client
 @json_option
 @with_client
 def nodes_list(client: Client, as_json: bool) -> None:
-    """List nodes with capacity, usage and last heartbeat."""
+    """List nodes with capacity, usage, last heartbeat and certificate expiry."""
     nodes = list(client.list_nodes().nodes)
     if as_json:
         emit_json(nodes)
@@ -35,6 +35,7 @@ def nodes_list(client: Client, as_json: bool) -> None:
             "CPU",
             "LOAD",
             "HEARTBEAT",
+            "CERT EXPIRES",
         ],
         [
             [
@@ -49,6 +50,7 @@ def nodes_list(client: Client, as_json: bool) -> None:
                 f"{n.cpu_percent:.0f}%",
                 f"{n.load1:.2f}",
                 f"{age(n.last_heartbeat)} ago" if n.last_heartbeat.seconds else "-",
+                expiry(n.certificate_not_after),
             ]
             for n in nodes
         ],

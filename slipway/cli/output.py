@@ -51,5 +51,16 @@ def age(ts: Timestamp) -> str:
     return f"{seconds}s"
 
 
+def expiry(ts: Timestamp) -> str:
+    """A certificate's expiry: its date and how far off (``-`` when unset)."""
+    if not ts.seconds:
+        return "-"
+    left = ts.seconds - time.time()
+    date = datetime.fromtimestamp(ts.seconds).strftime("%Y-%m-%d")
+    if left <= 0:
+        return f"{date} (EXPIRED)"
+    return f"{date} ({int(left // 86400)}d)"
+
+
 def heading(text: str) -> None:
     click.echo(f"=== {text}")

@@ -1,8 +1,12 @@
-"""Where the CLI finds the controller and its token.
+"""Where the CLI finds the controller, its token and the cluster CA.
 
-Order: flags (--api, --token), then environment (SLIPWAY_API, SLIPWAY_TOKEN),
-then the file ``slipway login`` writes (~/.config/slipway/config.json, or
-$SLIPWAY_CONFIG).
+Order: flags (--api, --token), then environment (SLIPWAY_API, SLIPWAY_TOKEN,
+SLIPWAY_CA_FILE), then the file ``slipway login`` writes
+(~/.config/slipway/config.json, or $SLIPWAY_CONFIG) with the keys ``api``,
+``token`` and ``ca_file``.
+
+With a CA file the CLI speaks TLS and checks the controller's certificate
+against it; without one, plaintext (a controller started without credentials).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def config_path() -> Path:
 class Settings:
     api: str
     token: str
+    ca_file: Path | None = None
 
 
 def read_file() -> dict[str, str]:
@@ -44,13 +49,17 @@ def read_file() -> dict[str, str]:
     return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def write_file(api: str, token: str) -> Path:
+def write_file(api: str, token: str, *, ca_file: Path | None = None) -> Path:
+    """Save the login; ``ca_file`` is stored as an absolute path (none: plaintext)."""
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    data = {"api": api, "token": token}
+    if ca_file is not None:
+        data["ca_file"] = str(ca_file.resolve())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"api": api, "token": token}, fh, indent=2)
+        json.dump(data, fh, indent=2)
     tmp.replace(path)
     return path
 
@@ -63,4 +72,11 @@ def resolve(api_flag: str | None, token_flag: str | None) -> Settings:
         raise errors.Unauthenticated(
             "not logged in: run `slipway login --api HOST:PORT --token TOKEN` or set SLIPWAY_TOKEN"
         )
-    return Settings(api=api, token=token)
+    return Settings(api=api, token=token, ca_file=resolve_ca_file(stored))
+
+
+def resolve_ca_file(stored: dict[str, str] | None = None) -> Path | None:
+    """SLIPWAY_CA_FILE, else the saved ``ca_file``; None: plaintext."""
+    stored = read_file() if stored is None else stored
+    value = os.environ.get("SLIPWAY_CA_FILE") or stored.get("ca_file") or ""
+    return Path(value) if value else None

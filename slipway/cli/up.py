@@ -87,7 +87,7 @@ def up(
         platform.install(missing, say)
 
     def on_ready(token: str) -> None:
-        settings.write_file(cfg.api, token)
+        settings.write_file(cfg.api, token, ca_file=cfg.ca_file)
         port = cfg.router_port
         suffix = "" if port == 80 else f":{port}"
         click.echo("")

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15slipway/v1/node.proto\x12\nslipway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x02\n\x0fRegisterRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x19\n\x11\x61\x64vertise_address\x18\x02 \x01(\t\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x37\n\x06labels\x18\x04 \x03(\x0b\x32\'.slipway.v1.RegisterRequest.LabelsEntry\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x18\n\x10port_range_start\x18\x06 \x01(\x05\x12\x16\n\x0eport_range_end\x18\x07 \x01(\x05\x12%\n\x05\x64ynos\x18\x08 \x03(\x0b\x32\x16.slipway.v1.DynoStatus\x12\x13\n\x0b\x61ttach_port\x18\t \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"_\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x05\"\xf6\x02\n\nDynoStatus\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x14\n\x0cprocess_type\x18\x04 \x01(\t\x12\x0f\n\x07release\x18\x05 \x01(\x03\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.slipway.v1.DynoState\x12\x13\n\x0b\x65xit_status\x18\x07 \x01(\x05\x12\x10\n\x08restarts\x18\x08 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x03\x12\x1a\n\x12memory_limit_bytes\x18\n \x01(\x03\x12\x0c\n\x04port\x18\x0b \x01(\x05\x12\x14\n\x0c\x63ontainer_id\x18\x0c \x01(\t\x12.\n\nchanged_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0f \x01(\t\"\xc4\x02\n\tHeartbeat\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x1a\n\x12memory_total_bytes\x18\x02 \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x03 \x01(\x03\x12\x18\n\x10\x64isk_total_bytes\x18\x04 \x01(\x03\x12\x17\n\x0f\x64isk_used_bytes\x18\x05 \x01(\x03\x12\r\n\x05load1\x18\x06 \x01(\x01\x12\r\n\x05load5\x18\x07 \x01(\x01\x12\x0e\n\x06load15\x18\x08 \x01(\x01\x12\x1a\n\x12\x63\x61pacity_memory_mb\x18\t \x01(\x03\x12\x1a\n\x12reserved_memory_mb\x18\n \x01(\x03\x12%\n\x05\x64ynos\x18\x0b \x03(\x0b\x32\x16.slipway.v1.DynoStatus\x12+\n\x07sent_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\tDynoEvent\x12$\n\x04\x64yno\x18\x01 \x01(\x0b\x32\x16.slipway.v1.DynoStatus\"~\n\x0c\x41gentMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.slipway.v1.HeartbeatH\x00\x12&\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x15.slipway.v1.DynoEventH\x00\x42\x06\n\x04\x62ody\"\xfc\x02\n\x0e\x44ynoAssignment\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cprocess_type\x18\x03 \x01(\t\x12\x0f\n\x07release\x18\x04 \x01(\x03\x12\x0f\n\x07\x63ommand\x18\x05 \x01(\t\x12\x30\n\x03\x65nv\x18\x06 \x03(\x0b\x32#.slipway.v1.DynoAssignment.EnvEntry\x12\x13\n\x0bslug_digest\x18\x07 \x01(\t\x12\x17\n\x0fslug_size_bytes\x18\x08 \x01(\x03\x12\x11\n\tmemory_mb\x18\t \x01(\x03\x12\x15\n\rmax_processes\x18\n \x01(\x05\x12\x13\n\x0binstance_id\x18\x0b \x01(\t\x12\x10\n\x08\x61ttached\x18\x0c \x01(\x08\x12&\n\x06\x61ttach\x18\r \x01(\x0b\x32\x16.slipway.v1.AttachSpec\x12\x12\n\ncpu_shares\x18\x0e \x01(\x03\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\nAttachSpec\x12\x0b\n\x03tty\x18\x01 \x01(\x08\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x0c\n\x04\x63ols\x18\x03 \x01(\r\x12\r\n\x05token\x18\x04 \x01(\t\"9\n\x0c\x44\x65siredDynos\x12)\n\x05\x64ynos\x18\x01 \x03(\x0b\x32\x1a.slipway.v1.DynoAssignment\"=\n\x0bRestartDyno\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\":\n\x08StopDyno\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\"\x9a\x01\n\x11\x43ontrollerMessage\x12+\n\x07\x64\x65sired\x18\x01 \x01(\x0b\x32\x18.slipway.v1.DesiredDynosH\x00\x12*\n\x07restart\x18\x02 \x01(\x0b\x32\x17.slipway.v1.RestartDynoH\x00\x12$\n\x04stop\x18\x03 \x01(\x0b\x32\x14.slipway.v1.StopDynoH\x00\x42\x06\n\x04\x62ody\"\"\n\x0b\x41ttachStart\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\".\n\x10\x41ttachWindowSize\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\"\x95\x01\n\x0b\x41ttachInput\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.slipway.v1.AttachStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x13\n\tstdin_eof\x18\x03 \x01(\x08H\x00\x12.\n\x06resize\x18\x04 \x01(\x0b\x32\x1c.slipway.v1.AttachWindowSizeH\x00\x42\x06\n\x04\x62ody\"Q\n\x0c\x41ttachOutput\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x65xit_status\x18\x03 \x01(\x05H\x00\x42\x06\n\x04\x62ody*\x80\x01\n\tDynoState\x12\x1a\n\x16\x44YNO_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44YNO_STATE_STARTING\x10\x01\x12\x11\n\rDYNO_STATE_UP\x10\x02\x12\x16\n\x12\x44YNO_STATE_CRASHED\x10\x03\x12\x13\n\x0f\x44YNO_STATE_DOWN\x10\x04\x32\x9c\x01\n\x0bNodeService\x12\x45\n\x08Register\x12\x1b.slipway.v1.RegisterRequest\x1a\x1c.slipway.v1.RegisterResponse\x12\x46\n\x07\x43onnect\x12\x18.slipway.v1.AgentMessage\x1a\x1d.slipway.v1.ControllerMessage(\x01\x30\x01\x32P\n\rAttachService\x12?\n\x06\x41ttach\x12\x17.slipway.v1.AttachInput\x1a\x18.slipway.v1.AttachOutput(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15slipway/v1/node.proto\x12\nslipway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x02\n\x0fRegisterRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x19\n\x11\x61\x64vertise_address\x18\x02 \x01(\t\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x37\n\x06labels\x18\x04 \x03(\x0b\x32\'.slipway.v1.RegisterRequest.LabelsEntry\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x18\n\x10port_range_start\x18\x06 \x01(\x05\x12\x16\n\x0eport_range_end\x18\x07 \x01(\x05\x12%\n\x05\x64ynos\x18\x08 \x03(\x0b\x32\x16.slipway.v1.DynoStatus\x12\x13\n\x0b\x61ttach_port\x18\t \x01(\x05\x12\x39\n\x15\x63\x65rtificate_not_after\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"_\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x05\"\xf6\x02\n\nDynoStatus\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x14\n\x0cprocess_type\x18\x04 \x01(\t\x12\x0f\n\x07release\x18\x05 \x01(\x03\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.slipway.v1.DynoState\x12\x13\n\x0b\x65xit_status\x18\x07 \x01(\x05\x12\x10\n\x08restarts\x18\x08 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x03\x12\x1a\n\x12memory_limit_bytes\x18\n \x01(\x03\x12\x0c\n\x04port\x18\x0b \x01(\x05\x12\x14\n\x0c\x63ontainer_id\x18\x0c \x01(\t\x12.\n\nchanged_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0f \x01(\t\"\xc4\x02\n\tHeartbeat\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x1a\n\x12memory_total_bytes\x18\x02 \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x03 \x01(\x03\x12\x18\n\x10\x64isk_total_bytes\x18\x04 \x01(\x03\x12\x17\n\x0f\x64isk_used_bytes\x18\x05 \x01(\x03\x12\r\n\x05load1\x18\x06 \x01(\x01\x12\r\n\x05load5\x18\x07 \x01(\x01\x12\x0e\n\x06load15\x18\x08 \x01(\x01\x12\x1a\n\x12\x63\x61pacity_memory_mb\x18\t \x01(\x03\x12\x1a\n\x12reserved_memory_mb\x18\n \x01(\x03\x12%\n\x05\x64ynos\x18\x0b \x03(\x0b\x32\x16.slipway.v1.DynoStatus\x12+\n\x07sent_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\tDynoEvent\x12$\n\x04\x64yno\x18\x01 \x01(\x0b\x32\x16.slipway.v1.DynoStatus\"~\n\x0c\x41gentMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.slipway.v1.HeartbeatH\x00\x12&\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x15.slipway.v1.DynoEventH\x00\x42\x06\n\x04\x62ody\"\xfc\x02\n\x0e\x44ynoAssignment\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cprocess_type\x18\x03 \x01(\t\x12\x0f\n\x07release\x18\x04 \x01(\x03\x12\x0f\n\x07\x63ommand\x18\x05 \x01(\t\x12\x30\n\x03\x65nv\x18\x06 \x03(\x0b\x32#.slipway.v1.DynoAssignment.EnvEntry\x12\x13\n\x0bslug_digest\x18\x07 \x01(\t\x12\x17\n\x0fslug_size_bytes\x18\x08 \x01(\x03\x12\x11\n\tmemory_mb\x18\t \x01(\x03\x12\x15\n\rmax_processes\x18\n \x01(\x05\x12\x13\n\x0binstance_id\x18\x0b \x01(\t\x12\x10\n\x08\x61ttached\x18\x0c \x01(\x08\x12&\n\x06\x61ttach\x18\r \x01(\x0b\x32\x16.slipway.v1.AttachSpec\x12\x12\n\ncpu_shares\x18\x0e \x01(\x03\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\nAttachSpec\x12\x0b\n\x03tty\x18\x01 \x01(\x08\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x0c\n\x04\x63ols\x18\x03 \x01(\r\x12\r\n\x05token\x18\x04 \x01(\t\"9\n\x0c\x44\x65siredDynos\x12)\n\x05\x64ynos\x18\x01 \x03(\x0b\x32\x1a.slipway.v1.DynoAssignment\"=\n\x0bRestartDyno\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\":\n\x08StopDyno\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\"\x9a\x01\n\x11\x43ontrollerMessage\x12+\n\x07\x64\x65sired\x18\x01 \x01(\x0b\x32\x18.slipway.v1.DesiredDynosH\x00\x12*\n\x07restart\x18\x02 \x01(\x0b\x32\x17.slipway.v1.RestartDynoH\x00\x12$\n\x04stop\x18\x03 \x01(\x0b\x32\x14.slipway.v1.StopDynoH\x00\x42\x06\n\x04\x62ody\"\"\n\x0b\x41ttachStart\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\".\n\x10\x41ttachWindowSize\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\"\x95\x01\n\x0b\x41ttachInput\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.slipway.v1.AttachStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x13\n\tstdin_eof\x18\x03 \x01(\x08H\x00\x12.\n\x06resize\x18\x04 \x01(\x0b\x32\x1c.slipway.v1.AttachWindowSizeH\x00\x42\x06\n\x04\x62ody\"Q\n\x0c\x41ttachOutput\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x65xit_status\x18\x03 \x01(\x05H\x00\x42\x06\n\x04\x62ody*\x80\x01\n\tDynoState\x12\x1a\n\x16\x44YNO_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44YNO_STATE_STARTING\x10\x01\x12\x11\n\rDYNO_STATE_UP\x10\x02\x12\x16\n\x12\x44YNO_STATE_CRASHED\x10\x03\x12\x13\n\x0f\x44YNO_STATE_DOWN\x10\x04\x32\x9c\x01\n\x0bNodeService\x12\x45\n\x08Register\x12\x1b.slipway.v1.RegisterRequest\x1a\x1c.slipway.v1.RegisterResponse\x12\x46\n\x07\x43onnect\x12\x18.slipway.v1.AgentMessage\x1a\x1d.slipway.v1.ControllerMessage(\x01\x30\x01\x32P\n\rAttachService\x12?\n\x06\x41ttach\x12\x17.slipway.v1.AttachInput\x1a\x18.slipway.v1.AttachOutput(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,46 +37,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DYNOASSIGNMENT_ENVENTRY']._loaded_options = None
   _globals['_DYNOASSIGNMENT_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_DYNOSTATE']._serialized_start=2479
-  _globals['_DYNOSTATE']._serialized_end=2607
+  _globals['_DYNOSTATE']._serialized_start=2538
+  _globals['_DYNOSTATE']._serialized_end=2666
   _globals['_REGISTERREQUEST']._serialized_start=71
-  _globals['_REGISTERREQUEST']._serialized_end=385
-  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=340
-  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=385
-  _globals['_REGISTERRESPONSE']._serialized_start=387
-  _globals['_REGISTERRESPONSE']._serialized_end=482
-  _globals['_DYNOSTATUS']._serialized_start=485
-  _globals['_DYNOSTATUS']._serialized_end=859
-  _globals['_HEARTBEAT']._serialized_start=862
-  _globals['_HEARTBEAT']._serialized_end=1186
-  _globals['_DYNOEVENT']._serialized_start=1188
-  _globals['_DYNOEVENT']._serialized_end=1237
-  _globals['_AGENTMESSAGE']._serialized_start=1239
-  _globals['_AGENTMESSAGE']._serialized_end=1365
-  _globals['_DYNOASSIGNMENT']._serialized_start=1368
-  _globals['_DYNOASSIGNMENT']._serialized_end=1748
-  _globals['_DYNOASSIGNMENT_ENVENTRY']._serialized_start=1706
-  _globals['_DYNOASSIGNMENT_ENVENTRY']._serialized_end=1748
-  _globals['_ATTACHSPEC']._serialized_start=1750
-  _globals['_ATTACHSPEC']._serialized_end=1818
-  _globals['_DESIREDDYNOS']._serialized_start=1820
-  _globals['_DESIREDDYNOS']._serialized_end=1877
-  _globals['_RESTARTDYNO']._serialized_start=1879
-  _globals['_RESTARTDYNO']._serialized_end=1940
-  _globals['_STOPDYNO']._serialized_start=1942
-  _globals['_STOPDYNO']._serialized_end=2000
-  _globals['_CONTROLLERMESSAGE']._serialized_start=2003
-  _globals['_CONTROLLERMESSAGE']._serialized_end=2157
-  _globals['_ATTACHSTART']._serialized_start=2159
-  _globals['_ATTACHSTART']._serialized_end=2193
-  _globals['_ATTACHWINDOWSIZE']._serialized_start=2195
-  _globals['_ATTACHWINDOWSIZE']._serialized_end=2241
-  _globals['_ATTACHINPUT']._serialized_start=2244
-  _globals['_ATTACHINPUT']._serialized_end=2393
-  _globals['_ATTACHOUTPUT']._serialized_start=2395
-  _globals['_ATTACHOUTPUT']._serialized_end=2476
-  _globals['_NODESERVICE']._serialized_start=2610
-  _globals['_NODESERVICE']._serialized_end=2766
-  _globals['_ATTACHSERVICE']._serialized_start=2768
-  _globals['_ATTACHSERVICE']._serialized_end=2848
+  _globals['_REGISTERREQUEST']._serialized_end=444
+  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=399
+  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=444
+  _globals['_REGISTERRESPONSE']._serialized_start=446
+  _globals['_REGISTERRESPONSE']._serialized_end=541
+  _globals['_DYNOSTATUS']._serialized_start=544
+  _globals['_DYNOSTATUS']._serialized_end=918
+  _globals['_HEARTBEAT']._serialized_start=921
+  _globals['_HEARTBEAT']._serialized_end=1245
+  _globals['_DYNOEVENT']._serialized_start=1247
+  _globals['_DYNOEVENT']._serialized_end=1296
+  _globals['_AGENTMESSAGE']._serialized_start=1298
+  _globals['_AGENTMESSAGE']._serialized_end=1424
+  _globals['_DYNOASSIGNMENT']._serialized_start=1427
+  _globals['_DYNOASSIGNMENT']._serialized_end=1807
+  _globals['_DYNOASSIGNMENT_ENVENTRY']._serialized_start=1765
+  _globals['_DYNOASSIGNMENT_ENVENTRY']._serialized_end=1807
+  _globals['_ATTACHSPEC']._serialized_start=1809
+  _globals['_ATTACHSPEC']._serialized_end=1877
+  _globals['_DESIREDDYNOS']._serialized_start=1879
+  _globals['_DESIREDDYNOS']._serialized_end=1936
+  _globals['_RESTARTDYNO']._serialized_start=1938
+  _globals['_RESTARTDYNO']._serialized_end=1999
+  _globals['_STOPDYNO']._serialized_start=2001
+  _globals['_STOPDYNO']._serialized_end=2059
+  _globals['_CONTROLLERMESSAGE']._serialized_start=2062
+  _globals['_CONTROLLERMESSAGE']._serialized_end=2216
+  _globals['_ATTACHSTART']._serialized_start=2218
+  _globals['_ATTACHSTART']._serialized_end=2252
+  _globals['_ATTACHWINDOWSIZE']._serialized_start=2254
+  _globals['_ATTACHWINDOWSIZE']._serialized_end=2300
+  _globals['_ATTACHINPUT']._serialized_start=2303
+  _globals['_ATTACHINPUT']._serialized_end=2452
+  _globals['_ATTACHOUTPUT']._serialized_start=2454
+  _globals['_ATTACHOUTPUT']._serialized_end=2535
+  _globals['_NODESERVICE']._serialized_start=2669
+  _globals['_NODESERVICE']._serialized_end=2825
+  _globals['_ATTACHSERVICE']._serialized_start=2827
+  _globals['_ATTACHSERVICE']._serialized_end=2907
 # @@protoc_insertion_point(module_scope)

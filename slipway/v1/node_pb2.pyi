@@ -25,7 +25,7 @@ DYNO_STATE_CRASHED: DynoState
 DYNO_STATE_DOWN: DynoState
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node", "advertise_address", "memory_mb", "labels", "agent_version", "port_range_start", "port_range_end", "dynos", "attach_port")
+    __slots__ = ("node", "advertise_address", "memory_mb", "labels", "agent_version", "port_range_start", "port_range_end", "dynos", "attach_port", "certificate_not_after")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class RegisterRequest(_message.Message):
     PORT_RANGE_END_FIELD_NUMBER: _ClassVar[int]
     DYNOS_FIELD_NUMBER: _ClassVar[int]
     ATTACH_PORT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     node: str
     advertise_address: str
     memory_mb: int
@@ -51,7 +52,8 @@ class RegisterRequest(_message.Message):
     port_range_end: int
     dynos: _containers.RepeatedCompositeFieldContainer[DynoStatus]
     attach_port: int
-    def __init__(self, node: _Optional[str] = ..., advertise_address: _Optional[str] = ..., memory_mb: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., port_range_start: _Optional[int] = ..., port_range_end: _Optional[int] = ..., dynos: _Optional[_Iterable[_Union[DynoStatus, _Mapping]]] = ..., attach_port: _Optional[int] = ...) -> None: ...
+    certificate_not_after: _timestamp_pb2.Timestamp
+    def __init__(self, node: _Optional[str] = ..., advertise_address: _Optional[str] = ..., memory_mb: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., port_range_start: _Optional[int] = ..., port_range_end: _Optional[int] = ..., dynos: _Optional[_Iterable[_Union[DynoStatus, _Mapping]]] = ..., attach_port: _Optional[int] = ..., certificate_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("session_id", "heartbeat_interval_seconds", "ttl_seconds")

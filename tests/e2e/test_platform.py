@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from slipway import engines, objstore
+from slipway import engines, objstore, pki
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 from tests.harness.wait import eventually
@@ -129,9 +129,14 @@ class Platform:
         )
         return out.stdout.split()
 
+    @property
+    def root(self) -> pki.Bundle:
+        """`slipway up` made its own CA: an operator on this host uses its root bundle."""
+        return pki.Bundle(self.data_dir / "pki" / "root")
+
     def etcd_keys(self, prefix: bytes) -> list[bytes]:
         async def read() -> list[bytes]:
-            async with Etcd([f"127.0.0.1:{self.etcd_port}"]) as etcd:
+            async with Etcd([f"127.0.0.1:{self.etcd_port}"], credentials=self.root) as etcd:
                 kvs, _ = await etcd.get_prefix(prefix)
                 return [kv.key for kv in kvs]
 
@@ -139,7 +144,9 @@ class Platform:
 
     def objects(self) -> dict[str, list[str]]:
         async def read() -> dict[str, list[str]]:
-            nc = await objstore.connect([f"nats://127.0.0.1:{self.nats_port}"])
+            nc = await objstore.connect(
+                [f"nats://127.0.0.1:{self.nats_port}"], name="e2e", credentials=self.root
+            )
             try:
                 stores = objstore.ObjectStores(nc.jetstream())
                 return {b: await stores.names(b) for b in objstore.BUCKETS}

@@ -25,6 +25,7 @@ from pathlib import Path
 from slipway import engines
 from slipway.client import Client
 from slipway.cni.sandboxnet import destroy_sync
+from tests.harness import secure
 from tests.harness.controller import ControllerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,10 +63,18 @@ class AgentProcess:
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.node}.log"
 
+    @property
+    def credentials(self) -> Path:
+        return self.data_dir.parent / "credentials"
+
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        own_credentials = "--credentials" not in self.extra_args
+        # A second join re-issues the node's token, which would void one the test joined with.
+        if own_credentials and not (self.credentials / "tls.crt").exists():
+            self.controller.join(self.node, self.credentials)
         env = self.controller.env()
-        env["SLIPWAY_TOKEN"] = self.controller.token
+        env.pop("SLIPWAY_CREDENTIALS")
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
@@ -95,6 +104,7 @@ class AgentProcess:
                     self.container_prefix,
                     "--timings",
                     json.dumps(AGENT_TIMINGS),
+                    *(("--credentials", str(self.credentials)) if own_credentials else ()),
                     *self.extra_args,
                 ],
                 cwd=ROOT,
@@ -188,7 +198,7 @@ class LocalCluster:
         return agent
 
     def client(self) -> Client:
-        return Client(self.controller.address, self.controller.token)
+        return self.controller.client()
 
     def close(self) -> None:
         for agent in self.agents.values():
@@ -212,15 +222,17 @@ def controller_config(path: Path) -> Path:
 @contextlib.contextmanager
 def standalone(root: Path) -> Iterator[LocalCluster]:
     """etcd, nats-server and a controller of its own, for benchmarks outside pytest."""
-    etcd = engines.etcd(root / "etcd")
-    nats = engines.nats(root / "nats")
+    etcd = secure.etcd_engine(root / "etcd")
+    nats = secure.nats_engine(root / "nats")
     etcd.start()
     nats.start()
     local: LocalCluster | None = None
     try:
+        prefix = f"/bench-{uuid.uuid4().hex[:8]}"
+        secure.seal([f"127.0.0.1:{etcd.port}"], prefix)
         controller = ControllerProcess(
             f"127.0.0.1:{etcd.port}",
-            f"/bench-{uuid.uuid4().hex[:8]}",
+            prefix,
             root / "controller",
             f"nats://127.0.0.1:{nats.port}",
             extra_args=["--config", str(controller_config(root / "controller.toml"))],

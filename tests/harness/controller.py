@@ -8,7 +8,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slipway import engines
+from slipway import engines, pki
+from slipway.client import Client
+from tests.harness import secure
 
 BIN = Path(sys.executable).parent
 
@@ -23,6 +25,8 @@ class ControllerProcess:
     proc: subprocess.Popen[bytes] | None = None
     token: str = ""
     extra_args: list[str] = field(default_factory=list)
+    # --ca-dir: this controller admits joining nodes (it holds the CA key).
+    admit_nodes: bool = True
 
     @property
     def address(self) -> str:
@@ -39,6 +43,10 @@ class ControllerProcess:
             SLIPWAY_ETCD_PREFIX=self.prefix,
             SLIPWAY_CONFIG=str(self.workdir / "cli.json"),
             SLIPWAY_LOG_LEVEL="info",
+            # Operator commands (tokens, join tokens, backup) act as root; the
+            # CLI checks the controller's certificate against the cluster CA.
+            SLIPWAY_CREDENTIALS=str(secure.root().path),
+            SLIPWAY_CA_FILE=str(secure.ca_file()),
         )
         if self.nats_url:
             env["SLIPWAY_NATS"] = self.nats_url
@@ -58,6 +66,9 @@ class ControllerProcess:
                     "serve",
                     "--listen",
                     self.address,
+                    "--credentials",
+                    str(secure.bundle(pki.Role.CONTROLLER).path),
+                    *(["--ca-dir", str(secure.session().ca_dir)] if self.admit_nodes else []),
                     *self.extra_args,
                 ],
                 env=self.env(),
@@ -81,6 +92,30 @@ class ControllerProcess:
             timeout=30,
         )
         return out.stdout.strip()
+
+    def join(self, node: str, out: Path, advertise: str = "127.0.0.1") -> Path:
+        """Admit ``node`` as an operator and a new host do: a one-time join token,
+        then ``slipway-agent join``; returns the node's credentials directory."""
+        token = subprocess.run(
+            [str(BIN / "slipway-controller"), "nodes", "join-token", node],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        env = self.env()
+        env.pop("SLIPWAY_CREDENTIALS")
+        return secure.agent_join(self.address, token, out, advertise, env)
+
+    def client(self, token: str | None = None, timeout: float = 10.0) -> Client:
+        """The typed API client, trusting the cluster CA as the CLI does."""
+        return Client(
+            self.address,
+            self.token if token is None else token,
+            timeout=timeout,
+            ca_file=secure.ca_file(),
+        )
 
     def stop(self) -> None:
         engines.terminate(self.proc, 10)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from slipway.v1 import types_pb2
+from tests.harness import secure
 from tests.harness.cluster import LocalCluster, controller_config
 from tests.harness.controller import BIN, ControllerProcess
 from tests.harness.slugs import upload_slug
@@ -19,6 +20,9 @@ def start_cluster(
     workdir: Path, etcd_endpoint: str, prefix: str, nats_url: str, extra_config: str = ""
 ) -> LocalCluster:
     workdir.mkdir(parents=True, exist_ok=True)
+    # The router's and the nodes' etcd roles must cover this prefix, as the
+    # etcd_prefix fixture's do (auth is on once any test has sealed the etcd).
+    secure.seal([etcd_endpoint], prefix)
     config = controller_config(workdir / "controller.toml")
     config.write_text(config.read_text() + extra_config)
     proc = ControllerProcess(

@@ -187,10 +187,11 @@ async def upload_slug(
     from pathlib import Path
 
     from slipway import objstore
+    from tests.harness import secure
 
     blob, types = build_slug(extra_files, process_types=process_types, app_prefix=app_prefix)
     digest = hashlib.sha256(blob).hexdigest()
-    nc = await objstore.connect([nats_url], name="test-slugs")
+    nc = await secure.nats_connect([nats_url], name="test-slugs")
     try:
         stores = objstore.ObjectStores(nc.jetstream())
         if not await stores.exists(objstore.SLUGS, digest):

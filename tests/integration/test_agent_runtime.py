@@ -22,9 +22,10 @@ from agent.main_runtime import build_runtime
 from agent.model import DynoSpec, DynoState, DynoStatus
 from agent.policy import cooloff
 from agent.supervisor import DynoSupervisor
-from slipway import objstore
+from slipway import pki
 from slipway.cni import SandboxNetwork
-from slipway.logline import LogLine, subject
+from slipway.logline import LogLine, app_filter
+from tests.harness import secure
 from tests.harness.cluster import shims
 from tests.harness.slugs import Slug, upload_slug
 from tests.harness.wait import eventually_async
@@ -53,6 +54,7 @@ def fast_config(data_dir: Path, nats_url: str, **overrides: object) -> AgentConf
         "nats_servers": (nats_url,),
         "timings": FAST,
         "container_prefix": f"t{uuid.uuid4().hex[:8]}",
+        "credentials": secure.bundle(pki.Role.NODE, "test-node"),
     }
     values.update(overrides)
     return AgentConfig(**values)  # type: ignore[arg-type]
@@ -165,12 +167,12 @@ async def running_node(
     rt, fetch = build_runtime(config)
     sup = DynoSupervisor(rt)
     n = Node(sup=sup, config=config, lines=lines if lines is not None else [])
-    nc = await objstore.connect([nats_url], name="test-logs")
+    nc = await secure.nats_connect([nats_url], name="test-logs")
 
     async def collect(msg: object) -> None:
-        n.lines.append(LogLine.decode(msg.data))  # type: ignore[attr-defined]
+        n.lines.append(LogLine.decode(msg.data, msg.subject))  # type: ignore[attr-defined]
 
-    await nc.subscribe(subject(app_name), cb=collect)
+    await nc.subscribe(app_filter(app_name), cb=collect)
 
     await nc.flush()  # subscribed at the server before any dyno starts
     tasks = [asyncio.create_task(sup.run()), asyncio.create_task(rt.sink.run())]

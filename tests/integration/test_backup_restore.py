@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from slipway import engines
-from slipway.client import Client
 from slipway.v1 import types_pb2
+from tests.harness import secure
 from tests.harness.controller import BIN, ControllerProcess
 from tests.harness.slugs import upload_slug
 
@@ -56,10 +56,17 @@ def seen_state(ctl: ControllerProcess) -> dict[str, object]:
 def test_etcd_and_object_store_destroyed_and_restored_from_a_backup(
     tmp_path: Path, etcd_prefix: str
 ) -> None:
-    first, first_nats = engines.etcd(tmp_path / "etcd-1"), engines.nats(tmp_path / "nats-1")
-    second, second_nats = engines.etcd(tmp_path / "etcd-2"), engines.nats(tmp_path / "nats-2")
+    first, first_nats = (
+        secure.etcd_engine(tmp_path / "etcd-1"),
+        secure.nats_engine(tmp_path / "nats-1"),
+    )
+    second, second_nats = (
+        secure.etcd_engine(tmp_path / "etcd-2"),
+        secure.nats_engine(tmp_path / "nats-2"),
+    )
     first.start()
     first_nats.start()
+    secure.seal([f"{first.host}:{first.port}"], etcd_prefix)
     ctl = ControllerProcess(
         f"{first.host}:{first.port}", etcd_prefix, tmp_path / "controller", url(first_nats)
     )
@@ -69,7 +76,7 @@ def test_etcd_and_object_store_destroyed_and_restored_from_a_backup(
         for app in APPS:
             ctl.cli("apps:create", app, check=True)
             ctl.cli("config:set", "-a", app, f"SECRET={app}-s3cret", "MODE=prod", check=True)
-            with Client(ctl.address, ctl.token) as client:
+            with ctl.client() as client:
                 client.create_release(
                     app,
                     types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
@@ -94,6 +101,7 @@ def test_etcd_and_object_store_destroyed_and_restored_from_a_backup(
             shutil.rmtree(engine.data_dir)
         second.start()
         second_nats.start()
+        secure.seal([f"{second.host}:{second.port}"], etcd_prefix)
         ctl.etcd_endpoint, ctl.nats_url = f"{second.host}:{second.port}", url(second_nats)
 
         restored = admin(ctl, "restore", str(archive))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from controller.store.build_records import BuildRecord, BuildStore
-from slipway.etcd import Etcd
 from slipway.keys import Keys
+from tests.harness import secure
 
 pytestmark = pytest.mark.integration
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 async def test_find_reads_directly_with_the_app_and_searches_without(
     etcd_endpoint: str, etcd_prefix: str
 ) -> None:
-    async with Etcd([etcd_endpoint]) as etcd:
+    async with secure.root_etcd([etcd_endpoint]) as etcd:
         store = BuildStore(etcd, Keys(etcd_prefix))
         for app, build_id in (("alpha", "b-1"), ("beta", "b-2")):
             await store.create(BuildRecord(id=build_id, app=app, created_at=1.0))

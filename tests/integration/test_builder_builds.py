@@ -28,6 +28,7 @@ from builder.sandbox import RuncSandbox
 from slipway import archive, engines, objstore, oci
 from slipway import buildproto as protocol
 from slipway.cni import SandboxNetwork
+from tests.harness import secure
 from tests.harness.wait import eventually_async
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 @pytest.fixture(scope="module")
 def builder_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = engines.nats(tmp_path_factory.mktemp("builder-nats"))
+    server = secure.nats_engine(tmp_path_factory.mktemp("builder-nats"))
     server.start()
     yield f"nats://{server.host}:{server.port}"
     server.stop()
@@ -127,7 +128,7 @@ def limits() -> Limits:
 
 @pytest.fixture
 async def client(builder_nats_url: str, tmp_path: Path, limits: Limits) -> AsyncIterator[Client]:
-    nc = await objstore.connect([builder_nats_url], name="builder-test")
+    nc = await secure.nats_connect([builder_nats_url], name="builder-test")
     stores = objstore.ObjectStores(nc.jetstream())
     await stores.ensure_buckets()
     state = tmp_path / "builder"

@@ -17,16 +17,16 @@ import pytest
 
 from builder import jobs
 from slipway import buildproto as protocol
-from slipway import engines, objstore
+from tests.harness import secure
 from tests.harness.wait import eventually_async
 
 pytestmark = pytest.mark.integration
 
 
 async def test_exhausted_job_reported_failed(tmp_path: Path) -> None:
-    server = engines.nats(tmp_path / "nats")
+    server = secure.nats_engine(tmp_path / "nats")
     server.start()
-    nc = await objstore.connect([f"nats://{server.host}:{server.port}"], name="exhausted-test")
+    nc = await secure.nats_connect([f"nats://{server.host}:{server.port}"], name="exhausted-test")
     watcher: asyncio.Task[None] | None = None
     try:
         js = nc.jetstream()

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from slipway import buildproto as protocol
-from slipway import engines, objstore, oci
+from slipway import objstore, oci, pki
+from tests.harness import secure
 from tests.harness.wait import eventually_async
 from tests.integration.test_builder_builds import FIXTURES, Client, Watch
 
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def failover_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = engines.nats(tmp_path_factory.mktemp("failover-nats"))
+    server = secure.nats_engine(tmp_path_factory.mktemp("failover-nats"))
     server.start()
     yield f"nats://{server.host}:{server.port}"
     server.stop()
@@ -55,6 +56,7 @@ class BuilderProcess:
             str(ack_wait),
             "--build-timeout",
             "120",
+            *secure.flags(pki.Role.BUILDER),
         ]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -87,7 +89,7 @@ class BuilderProcess:
 async def test_killed_builder_job_completes_elsewhere_once(
     failover_nats_url: str, tmp_path: Path
 ) -> None:
-    nc = await objstore.connect([failover_nats_url], name="failover-test")
+    nc = await secure.nats_connect([failover_nats_url], name="failover-test")
     stores = objstore.ObjectStores(nc.jetstream())
     await stores.ensure_buckets()
     client = Client(nc, stores, tmp_path)
@@ -155,7 +157,7 @@ async def start_slow_build(client: Client) -> tuple[str, object]:
 async def test_sigterm_drains_then_second_sigterm_hands_back(
     failover_nats_url: str, tmp_path: Path
 ) -> None:
-    nc = await objstore.connect([failover_nats_url], name="drain-test")
+    nc = await secure.nats_connect([failover_nats_url], name="drain-test")
     stores = objstore.ObjectStores(nc.jetstream())
     client = Client(nc, stores, tmp_path)
     # ack_wait far longer than the test: only a nak can move the job quickly.

@@ -27,6 +27,7 @@ from slipway.clock import FakeClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 from slipway.records import NodeRecord, StatusRecord
+from tests.harness import secure
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ async def pending_release(
 ) -> AsyncIterator[tuple[Etcd, State, ReleasePhase, FakeClock]]:
     """An app whose v2 waits for its release command, and a release phase on a fake clock."""
     clock = FakeClock()
-    async with Etcd([endpoint]) as etcd:
+    async with secure.root_etcd([endpoint]) as etcd:
         state = State(etcd, Keys(prefix), SizeTable(), clock=clock)
         phase = ReleasePhase(
             state,
@@ -114,7 +115,7 @@ async def test_a_dyno_is_cycled_when_the_clock_passes_its_deadline(
 ) -> None:
     clock = FakeClock()
     period = 24 * 3600.0
-    async with Etcd([etcd_endpoint]) as etcd:
+    async with secure.root_etcd([etcd_endpoint]) as etcd:
         keys = Keys(etcd_prefix)
         state = State(etcd, keys, SizeTable(), clock=clock)
         leadership = Leadership(etcd, keys, "me")

@@ -18,9 +18,9 @@ from collections import Counter
 
 import pytest
 
-from slipway.etcd import Etcd
 from slipway.keys import Keys
 from slipway.v1 import types_pb2
+from tests.harness import secure
 from tests.harness.cluster import PRESENCE_TTL, AgentProcess, LocalCluster
 from tests.harness.slugs import upload_slug
 from tests.harness.wait import eventually
@@ -53,7 +53,7 @@ def routes(cluster: LocalCluster, app: str) -> list[dict[str, object]]:
     keys = Keys(cluster.controller.prefix)
 
     async def read() -> list[dict[str, object]]:
-        async with Etcd([cluster.controller.etcd_endpoint]) as etcd:
+        async with secure.root_etcd([cluster.controller.etcd_endpoint]) as etcd:
             kvs, _ = await etcd.get_prefix(keys.route_dynos(app))
             return [json.loads(kv.value) for kv in kvs]
 
@@ -76,7 +76,7 @@ def node_lease(cluster: LocalCluster, node: str) -> int:
     keys = Keys(cluster.controller.prefix)
 
     async def read() -> int:
-        async with Etcd([cluster.controller.etcd_endpoint]) as etcd:
+        async with secure.root_etcd([cluster.controller.etcd_endpoint]) as etcd:
             kv = await etcd.get(keys.node(node))
             return kv.lease if kv else 0
 
@@ -85,7 +85,7 @@ def node_lease(cluster: LocalCluster, node: str) -> int:
 
 def lease_alive(cluster: LocalCluster, lease: int) -> bool:
     async def read() -> bool:
-        async with Etcd([cluster.controller.etcd_endpoint]) as etcd:
+        async with secure.root_etcd([cluster.controller.etcd_endpoint]) as etcd:
             return int((await etcd.raw.get_lease_info(lease, keys=False)).TTL) > 0
 
     return asyncio.run(read())

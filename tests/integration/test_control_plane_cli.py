@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from slipway.client import Client
 from slipway.v1 import types_pb2
+from tests.harness import secure
 from tests.harness.controller import ControllerProcess
 
 
@@ -96,7 +96,12 @@ def test_login_saves_the_token(controller: ControllerProcess) -> None:
     )
     assert "as test" in out.stdout
     saved = json.loads((controller.workdir / "cli.json").read_text())
-    assert saved == {"api": controller.address, "token": env_token}
+    # The cluster CA the CLI checked the controller against is kept with the login.
+    assert saved == {
+        "api": controller.address,
+        "token": env_token,
+        "ca_file": str(secure.ca_file()),
+    }
 
 
 def test_errors_are_clear_and_exit_non_zero(controller: ControllerProcess) -> None:
@@ -170,7 +175,7 @@ def test_bad_or_missing_token_is_unauthenticated(controller: ControllerProcess) 
     assert wrong.returncode == 1 and "invalid API token" in wrong.stderr
     missing = controller.cli("apps", token="")
     assert missing.returncode == 1 and "not logged in" in missing.stderr
-    with Client(controller.address, "") as client:
+    with controller.client(token="") as client:
         try:
             client.list_apps()
         except Exception as exc:
@@ -193,14 +198,14 @@ def test_fifty_concurrent_config_sets_lose_nothing(controller: ControllerProcess
     controller.cli("apps:create", "busy", check=True)
 
     def set_one(i: int) -> int:
-        with Client(controller.address, controller.token) as client:
+        with controller.client() as client:
             return int(client.update_config("busy", {f"KEY_{i}": str(i)}).release.version)
 
     with ThreadPoolExecutor(max_workers=50) as pool:
         versions = list(pool.map(set_one, range(50)))
 
     assert sorted(versions) == list(range(2, 52)), "each change got its own version"
-    with Client(controller.address, controller.token) as client:
+    with controller.client() as client:
         config = dict(client.get_config("busy").config)
         releases = list(client.list_releases("busy").releases)
     assert config == {f"KEY_{i}": str(i) for i in range(50)}
@@ -211,7 +216,7 @@ def test_fifty_concurrent_config_sets_lose_nothing(controller: ControllerProcess
 
 
 def test_scaling_checks_the_release_process_types(controller: ControllerProcess) -> None:
-    with Client(controller.address, controller.token) as client:
+    with controller.client() as client:
         client.create_app("typed")
         release = client.create_release(
             "typed",

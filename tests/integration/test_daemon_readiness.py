@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from slipway import engines
+from slipway import engines, pki
+from tests.harness import secure
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +110,7 @@ def test_controller_ready_once_listening(
         f'nats = ["{nats_url}"]\n'
         "nats_replicas = 1\n"
         "resync_seconds = 1.0\n"
+        f'credentials = "{secure.bundle(pki.Role.CONTROLLER).path}"\n'
     )
     log = tmp_path / "controller.log"
     binary = str(Path(sys.executable).parent / "slipway-controller")
@@ -133,6 +135,7 @@ def test_router_ready_once_listening(
         f'etcd = "{etcd_endpoint}"\n'
         f'etcd_prefix = "{etcd_prefix}"\n'
         'base_domain = "apps.test"\n'
+        f'credentials = "{secure.bundle(pki.Role.ROUTER).path}"\n'
     )
     log = tmp_path / "router.log"
     proc = start([sys.executable, "-m", "router", "--config", str(config)], notify, log)
@@ -157,6 +160,7 @@ def test_builder_ready_once_consumer_bound(
         f'data_dir = "{tmp_path / "builder"}"\n'
         'name = "ready-test"\n'
         "slots = 1\n"
+        f'credentials = "{secure.bundle(pki.Role.BUILDER).path}"\n'
     )
     log = tmp_path / "builder.log"
     proc = start([sys.executable, "-m", "builder", "--config", str(config)], notify, log)
@@ -184,7 +188,9 @@ def test_agent_ready_once_registered(
         "memory_mb = 1024\n"
         f'container_prefix = "rdy{uuid.uuid4().hex[:6]}"\n'
         "timings = { ready_wait = 20 }\n"
+        f'credentials = "{secure.bundle(pki.Role.NODE, "ready-node").path}"\n'
     )
+    secure.admit_node([etcd_endpoint], etcd_prefix, "ready-node")
     log = tmp_path / "agent.log"
     proc = start([sys.executable, "-m", "agent", "--config", str(config)], notify, log)
     try:

@@ -19,10 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from slipway import archive, buildproto, engines, objstore
+from slipway import archive, buildproto, objstore
 from slipway.client import Client
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc
+from tests.harness import secure
 from tests.harness.controller import ControllerProcess
 from tests.harness.wait import eventually
 from tests.integration.test_builder_failover import BuilderProcess
@@ -33,7 +34,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 @pytest.fixture(scope="module")
 def deploy_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = engines.nats(tmp_path_factory.mktemp("deploy-nats"))
+    server = secure.nats_engine(tmp_path_factory.mktemp("deploy-nats"))
     server.start()
     yield f"nats://{server.host}:{server.port}"
     server.stop()
@@ -71,7 +72,7 @@ def ctl(
 
 
 def client_of(ctl: ControllerProcess) -> Client:
-    return Client(ctl.address, ctl.token)
+    return ctl.client()
 
 
 def show(title: str, result: object) -> None:
@@ -111,7 +112,7 @@ def test_deploy_python_app_twice_uses_cache(
     assert build.attempts == 1
 
     async def slug_stored() -> bool:
-        nc = await objstore.connect([deploy_nats])
+        nc = await secure.nats_connect([deploy_nats])
         try:
             return await objstore.ObjectStores(nc.jetstream()).exists(
                 objstore.SLUGS, release.slug.digest
@@ -185,7 +186,7 @@ def _upload_raw(ctl: ControllerProcess, app: str, data: bytes) -> grpc.RpcError:
     """Upload bytes through the API (no CLI packing); return the error it must raise."""
     import hashlib
 
-    channel = grpc.insecure_channel(ctl.address)
+    channel = grpc.secure_channel(ctl.address, secure.channel_credentials())
     stub = platform_pb2_grpc.PlatformServiceStub(channel)
     meta = pb.UploadSourceMetadata(app=app, size=len(data), sha256=hashlib.sha256(data).hexdigest())
     chunks = [data[i : i + 512 * 1024] for i in range(0, len(data), 512 * 1024)]
@@ -213,7 +214,7 @@ def test_dotdot_tarball_refused_before_anything(ctl: ControllerProcess, deploy_n
         tar.addfile(info, io.BytesIO(payload))
 
     async def jobs_before() -> int:
-        nc = await objstore.connect([deploy_nats])
+        nc = await secure.nats_connect([deploy_nats])
         try:
             js = nc.jetstream()
             await buildproto.ensure_streams(js)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from slipway import archive, buildproto, engines, objstore
-from slipway.client import Client
+from slipway import archive, buildproto
 from slipway.v1 import platform_pb2 as pb
+from tests.harness import secure
 from tests.harness.controller import BIN
 from tests.harness.wait import eventually
 from tests.integration.test_builder_failover import BuilderProcess
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def failover_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = engines.nats(tmp_path_factory.mktemp("deploy-failover-nats"))
+    server = secure.nats_engine(tmp_path_factory.mktemp("deploy-failover-nats"))
     server.start()
     yield f"nats://{server.host}:{server.port}"
     server.stop()
@@ -55,7 +55,7 @@ def test_builder_killed_mid_compile_one_release(
             stderr=subprocess.PIPE,
             text=True,
         )
-        client = Client(ctl.address, ctl.token)
+        client = ctl.client()
 
         def compiling() -> pb.Build | None:
             builds = list(client.list_builds("slowapp").builds)
@@ -102,7 +102,7 @@ def test_controller_restart_mid_build_still_releases_once(
     try:
         ctl.cli("apps:create", "restartapp", check=True)
         ctl.cli("buildpacks:set", str(FIXTURES / "slow-buildpack"), "-a", "restartapp", check=True)
-        client = Client(ctl.address, ctl.token)
+        client = ctl.client()
         packed = asyncio.run(archive.pack_source(FIXTURES / "hello-app", tmp_path / "source.tgz"))
         build = client.upload_source("restartapp", packed.path, sha256=packed.digest).build
 
@@ -113,7 +113,7 @@ def test_controller_restart_mid_build_still_releases_once(
         ctl.stop()
 
         async def last_status() -> str:
-            nc = await objstore.connect([failover_nats])
+            nc = await secure.nats_connect([failover_nats])
             try:
                 msg = await nc.jetstream().get_last_msg(
                     buildproto.EVENTS_STREAM, buildproto.status_subject(build.id)
@@ -125,7 +125,7 @@ def test_controller_restart_mid_build_still_releases_once(
         # The build finishes while no controller runs: its status waits in the stream.
         eventually(lambda: asyncio.run(last_status()) == buildproto.SUCCEEDED, timeout=60)
         ctl.start()
-        client = Client(ctl.address, ctl.token)
+        client = ctl.client()
 
         def released() -> pb.Build | None:
             got = client.get_build("restartapp", build.id).build

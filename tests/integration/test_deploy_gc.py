@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from slipway import engines, objstore
-from slipway.client import Client
+from slipway import objstore
 from slipway.v1 import types_pb2
+from tests.harness import secure
 from tests.harness.wait import eventually
 from tests.integration.test_deploy_builds import start_controller
 
@@ -26,14 +26,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def gc_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = engines.nats(tmp_path_factory.mktemp("gc-nats"))
+    server = secure.nats_engine(tmp_path_factory.mktemp("gc-nats"))
     server.start()
     yield f"nats://{server.host}:{server.port}"
     server.stop()
 
 
 async def _put(nats_url: str, tmp: Path, bucket: str, name: str) -> None:
-    nc = await objstore.connect([nats_url])
+    nc = await secure.nats_connect([nats_url])
     try:
         stores = objstore.ObjectStores(nc.jetstream())
         path = tmp / f"{bucket}-{name[:12]}"
@@ -44,7 +44,7 @@ async def _put(nats_url: str, tmp: Path, bucket: str, name: str) -> None:
 
 
 async def _names(nats_url: str, bucket: str) -> set[str]:
-    nc = await objstore.connect([nats_url])
+    nc = await secure.nats_connect([nats_url])
     try:
         return set(await objstore.ObjectStores(nc.jetstream()).names(bucket))
     finally:
@@ -69,7 +69,7 @@ def test_gc_deletes_unreferenced_slugs_and_a_destroyed_apps_objects(
     )
     try:
         old, new, orphan = (hashlib.sha256(n.encode()).hexdigest() for n in ("a", "b", "c"))
-        client = Client(ctl.address, ctl.token)
+        client = ctl.client()
         client.create_app("gcapp")
         # References before objects: with min_age 0 a collection that ran between
         # an upload and the release naming it would rightly delete the slug.

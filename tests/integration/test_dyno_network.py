@@ -31,13 +31,13 @@ from typing import Any
 
 import pytest
 
-from slipway import engines
+from slipway import engines, pki
 from slipway.cni import SandboxNetwork
 from slipway.cni.sandboxnet import resolvers
-from slipway.etcd import Etcd
 from slipway.keys import Keys
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import types_pb2
+from tests.harness import secure
 from tests.harness.cluster import ROOT, LocalCluster
 from tests.harness.oneoff import run_cli, start_cluster
 from tests.harness.slugs import upload_slug
@@ -256,6 +256,7 @@ def platform(
             prefix,
             "--base-domain",
             "localhost",
+            *secure.flags(pki.Role.ROUTER),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -282,7 +283,7 @@ def platform(
 
 def attach_port(p: Platform) -> int:
     async def read() -> int:
-        async with Etcd([p.cluster.controller.etcd_endpoint]) as etcd:
+        async with secure.root_etcd([p.cluster.controller.etcd_endpoint]) as etcd:
             kv = await etcd.get(Keys(p.cluster.controller.prefix).node("node-a"))
             assert kv is not None
             return int(json.loads(kv.value)["attach_port"])

@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 
 from slipway import engines, errors
-from slipway.etcd import Etcd
+from tests.harness import secure
 from tests.harness.wait import eventually_async
 
 pytestmark = pytest.mark.integration
 
 
 async def test_read_waits_for_etcd_to_come_back_and_write_does_not(tmp_path: Path) -> None:
-    server = engines.etcd(tmp_path / "etcd")
+    server = secure.etcd_engine(tmp_path / "etcd")
     server.start()
     again = engines.Engine(server.name, server.argv, server.data_dir, server.host, server.port)
     try:
-        async with Etcd([f"{server.host}:{server.port}"]) as etcd:
+        async with secure.root_etcd([f"{server.host}:{server.port}"]) as etcd:
             await etcd.put(b"/outage/k", b"v")
             server.kill()
 

@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats
 import nats.js.errors
 import pytest
 
 from slipway import engines, logline
 from slipway.logline import LogLine
+from tests.harness import secure
 from tests.harness.controller import ControllerProcess
 from tests.harness.wait import eventually
 
@@ -198,12 +198,12 @@ def controller(
 
 
 async def publish(nats_url: str, app: str, numbers: range) -> None:
-    nc = await nats.connect(nats_url)
+    nc = await secure.nats_connect(nats_url)
     js = nc.jetstream()
     try:
         for n in numbers:
             line = LogLine(app, "app", "web.1", f"line-{n:05d} from the app")
-            await js.publish(logline.subject(app), line.encode())
+            await js.publish(logline.subject(app, logline.Origin.NODE), line.encode())
     finally:
         await nc.close()
 
@@ -211,7 +211,7 @@ async def publish(nats_url: str, app: str, numbers: range) -> None:
 async def undelivered(nats_url: str, consumer: str) -> int | None:
     """Lines of the drain's consumer not yet read by its worker; None before the
     pool has started the drain (it makes the consumer on its next pass)."""
-    nc = await nats.connect(nats_url)
+    nc = await secure.nats_connect(nats_url)
     try:
         info = await nc.jetstream().consumer_info(logline.STREAM, consumer)
         return int(info.num_pending or 0)

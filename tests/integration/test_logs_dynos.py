@@ -13,9 +13,10 @@ import pytest
 
 from router.config import LogConfig
 from router.logs import LogShipper, format_line
-from slipway import logline
+from slipway import logline, pki
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import types_pb2
+from tests.harness import secure
 from tests.harness.cluster import LocalCluster
 from tests.harness.controller import BIN
 from tests.harness.slugs import upload_slug
@@ -41,7 +42,10 @@ def ship_router_line(nats_url: str, app: str) -> None:
     """One heroku[router] line through the router's own shipper, as a router would."""
 
     async def go() -> None:
-        shipper = LogShipper(LogConfig(servers=(nats_url,), flush_interval=0.01))
+        shipper = LogShipper(
+            LogConfig(servers=(nats_url,), flush_interval=0.01),
+            credentials=secure.bundle(pki.Role.ROUTER),
+        )
         task = asyncio.create_task(shipper.run())
         shipper.emit(
             app,

@@ -22,6 +22,7 @@ from slipway.client import Client
 from slipway.logline import LogLine
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc
+from tests.harness import secure
 from tests.harness.controller import ControllerProcess
 from tests.harness.wait import eventually
 from tests.integration.test_logs_stream import app_lines, new_app, publish, subject_count
@@ -33,7 +34,7 @@ def read(
     controller: ControllerProcess, app: str, *, after_seq: int, num: int = 1, dyno: str = ""
 ) -> list[pb.LogEntry]:
     """History after ``after_seq`` straight from StreamLogs (the CLI has no flag for it)."""
-    with grpc.insecure_channel(controller.address) as channel:
+    with grpc.secure_channel(controller.address, secure.channel_credentials()) as channel:
         stub = platform_pb2_grpc.PlatformServiceStub(channel)
         request = pb.StreamLogsRequest(app=app, num=num, dyno=dyno, after_seq=after_seq)
         metadata = [("authorization", f"Bearer {controller.token}")]
@@ -41,7 +42,7 @@ def read(
 
 
 def history(controller: ControllerProcess, app: str, num: int) -> list[pb.LogEntry]:
-    with Client(controller.address, controller.token) as client:
+    with controller.client() as client:
         return list(client.stream_logs(app, num=num))
 
 
@@ -151,7 +152,9 @@ def test_tail_follows_across_a_kill9_of_its_controller_without_loss_or_repeats(
     total = 300
     numbered = app_lines(app, [f"n {i}" for i in range(total)])
     # The first address is tried first: the tail starts on `serving`.
-    with Client([serving.address, spare.address], serving.token) as client:
+    with Client(
+        [serving.address, spare.address], serving.token, ca_file=secure.ca_file()
+    ) as client:
         tail = Tail(client, app, want=total + 5)
         eventually(lambda: tail.has(5), 30)
         assert tail.notes == []

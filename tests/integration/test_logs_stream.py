@@ -18,14 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import nats
 import pytest
 
 from slipway import logline
-from slipway.client import Client
 from slipway.logline import LogLine
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc, types_pb2
+from tests.harness import secure
 from tests.harness.controller import BIN, ControllerProcess
 from tests.harness.wait import eventually
 
@@ -59,12 +58,19 @@ def new_app(controller: ControllerProcess) -> str:
     return name
 
 
+def origin(line: LogLine) -> logline.Origin:
+    """Who publishes ``line``: the router its lines, the controller api ones, a node the rest."""
+    if line.process == "router":
+        return logline.Origin.ROUTER
+    return logline.Origin.CONTROLLER if line.source == "api" else logline.Origin.NODE
+
+
 def publish(nats_url: str, lines: list[LogLine]) -> None:
     async def go() -> None:
-        nc = await nats.connect(nats_url)
+        nc = await secure.nats_connect(nats_url)
         try:
             for line in lines:
-                await nc.publish(logline.subject(line.app), line.encode())
+                await nc.publish(logline.subject(line.app, origin(line)), line.encode())
             await nc.flush()
         finally:
             await nc.close()
@@ -83,12 +89,12 @@ def messages(out: str) -> list[str]:
 
 def subject_count(nats_url: str, app: str) -> int:
     async def go() -> int:
-        nc = await nats.connect(nats_url)
+        nc = await secure.nats_connect(nats_url)
         try:
             info = await nc.jetstream().stream_info(
-                logline.STREAM, subjects_filter=logline.subject(app)
+                logline.STREAM, subjects_filter=logline.app_filter(app)
             )
-            return int((info.state.subjects or {}).get(logline.subject(app), 0))
+            return sum((info.state.subjects or {}).values())
         finally:
             await nc.close()
 
@@ -212,7 +218,7 @@ def test_tail_receives_new_lines_and_ctrl_c_ends_it(controller: ControllerProces
 def test_api_changes_leave_api_lines(controller: ControllerProcess) -> None:
     app = new_app(controller)
     controller.cli("config:set", "-a", app, "B=2", "A=1", check=True)
-    with Client(controller.address, controller.token) as client:
+    with controller.client() as client:
         client.create_release(
             app, types_pb2.SlugRef(digest="0" * 64, size_bytes=1, stack="host"), {"web": "x"}
         )
@@ -242,7 +248,7 @@ def test_slow_reader_is_told_of_dropped_lines_and_fast_one_is_not(
     controller = logs_controller
     app = new_app(controller)
     publish(controller.nats_url, app_lines(app, ["ready"]))
-    channel = grpc.insecure_channel(controller.address)
+    channel = grpc.secure_channel(controller.address, secure.channel_credentials())
     stub = platform_pb2_grpc.PlatformServiceStub(channel)
     metadata = [("authorization", f"Bearer {controller.token}")]
     request = pb.StreamLogsRequest(app=app, num=1, tail=True)

@@ -16,6 +16,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from slipway import buildproto, engines, logline, objstore
+from tests.harness import secure
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]
     cluster_ports = [engines.free_port() for _ in range(3)]
     routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports]
     servers = [
-        engines.nats(
+        secure.nats_engine(
             tmp_path_factory.mktemp(f"nats-{i}"),
             cluster_port=cluster_ports[i],
             routes=[r for j, r in enumerate(routes) if j != i],
@@ -54,7 +55,7 @@ async def connect_when_jetstream_ready(servers: list[str]) -> NATS:
     """A clustered JetStream answers once its meta leader is elected, but can place
     three copies only once every server has joined: wait for both, by placing a
     throwaway three-copy stream."""
-    nc = await nats.connect(servers=servers)
+    nc = await secure.nats_connect(servers)
     js = nc.jetstream()
     probe = nats.js.api.StreamConfig(name="READY_PROBE", subjects=["ready.probe"], num_replicas=3)
     for _ in range(300):
@@ -118,15 +119,15 @@ async def test_logs_limits_update_keeps_replicas(cluster_nc: NATS) -> None:
 
 async def test_standalone_server_keeps_working_when_asked_for_three(tmp_path: Path) -> None:
     """A standalone server accepts the setting (it keeps the one copy it can); nothing fails."""
-    server = engines.nats(tmp_path / "solo")
+    server = secure.nats_engine(tmp_path / "solo")
     server.start()
     try:
-        nc = await nats.connect(f"nats://{server.host}:{server.port}")
+        nc = await secure.nats_connect(f"nats://{server.host}:{server.port}")
         try:
             await ensure_everything(nc, 1)
             await ensure_everything(nc, 3)
             js = nc.jetstream()
-            ack = await js.publish(logline.subject("demo"), b"{}")
+            ack = await js.publish(logline.subject("demo", logline.Origin.NODE), b"{}")
             assert ack.stream == logline.STREAM
         finally:
             await nc.close()

@@ -11,8 +11,8 @@ from controller.core.sizes import SizeTable
 from controller.loops.release_phase import ReleasePhase
 from controller.store.build_records import FAILED, PENDING, SUCCEEDED, BuildRecord, BuildStore
 from controller.store.state import State
-from slipway.etcd import Etcd
 from slipway.keys import Keys
+from tests.harness import secure
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ SLUG = SlugInfo(digest="ab" * 32, size_bytes=10, stack="host")
 async def test_config_change_and_rollback_wait_for_the_release_command(
     etcd_endpoint: str, etcd_prefix: str
 ) -> None:
-    async with Etcd([etcd_endpoint]) as etcd:
+    async with secure.root_etcd([etcd_endpoint]) as etcd:
         state = State(etcd, Keys(etcd_prefix), SizeTable())
         await state.create_app("phased")
         v2 = await state.create_release(
@@ -59,7 +59,7 @@ async def test_config_change_and_rollback_wait_for_the_release_command(
 async def test_an_older_release_finishing_late_never_replaces_a_newer_one(
     etcd_endpoint: str, etcd_prefix: str
 ) -> None:
-    async with Etcd([etcd_endpoint]) as etcd:
+    async with secure.root_etcd([etcd_endpoint]) as etcd:
         keys = Keys(etcd_prefix)
         state = State(etcd, keys, SizeTable())
         await state.create_app("racing")
@@ -83,7 +83,7 @@ async def test_an_older_release_finishing_late_never_replaces_a_newer_one(
 async def test_a_settled_release_phase_is_mirrored_onto_its_build_record(
     etcd_endpoint: str, etcd_prefix: str
 ) -> None:
-    async with Etcd([etcd_endpoint]) as etcd:
+    async with secure.root_etcd([etcd_endpoint]) as etcd:
         keys = Keys(etcd_prefix)
         state = State(etcd, keys, SizeTable())
         store = BuildStore(etcd, keys)

@@ -26,9 +26,11 @@ import uvloop
 
 from router.config import Limits, Listen, LogConfig, RouterConfig
 from router.server import Router
+from slipway import pki
 from slipway.etcd import Etcd
 from slipway.keys import Keys
-from slipway.logline import LogLine, subject
+from slipway.logline import LogLine, app_filter
+from tests.harness import secure
 from tests.harness.wait import eventually_async
 
 BASE = "example.test"
@@ -216,7 +218,7 @@ class Routes:
 
 @contextlib.asynccontextmanager
 async def routes(endpoint: str, prefix: str) -> AsyncIterator[Routes]:
-    etcd = Etcd([endpoint])
+    etcd = secure.root_etcd([endpoint])
     await etcd.connect()
     try:
         yield Routes(etcd, Keys(prefix))
@@ -247,6 +249,7 @@ def router_config(
         logs=LogConfig(servers=(nats_url,) if nats_url else (), flush_interval=0.02),
         etcd_backoff_initial=0.1,
         etcd_backoff_max=0.5,
+        credentials=secure.bundle(pki.Role.ROUTER),
     )
 
 
@@ -367,12 +370,12 @@ class LogTap:
         self._nc: nats.aio.client.Client | None = None
 
     async def start(self, nats_url: str, app: str) -> LogTap:
-        self._nc = await nats.connect(nats_url)
+        self._nc = await secure.nats_connect(nats_url)
 
         async def on_msg(msg: nats.aio.msg.Msg) -> None:
-            self.lines.append(LogLine.decode(msg.data))
+            self.lines.append(LogLine.decode(msg.data, msg.subject))
 
-        await self._nc.subscribe(subject(app), cb=on_msg)
+        await self._nc.subscribe(app_filter(app), cb=on_msg)
         await self._nc.flush()
         return self
 

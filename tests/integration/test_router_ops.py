@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from router.config import Listen, LogConfig
-from slipway import engines
+from slipway import engines, pki
+from tests.harness import secure
 from tests.harness.wait import eventually_async
 from tests.integration.test_router_harness import (
     BASE,
@@ -61,6 +62,10 @@ async def test_metrics_endpoint_counts_requests_and_codes(etcd_endpoint, etcd_pr
             assert "slipway_router_route_apps 2" in text
             assert "slipway_router_quarantines_total 0" in text
             assert "slipway_router_connections_active" in text
+            # When the router's own certificate runs out (a year from the test CA's issue).
+            assert config.credentials is not None
+            expiry = int(config.credentials.identity().not_after.timestamp())
+            assert f"slipway_router_certificate_expiry_timestamp_seconds {expiry}\n" in text
     await dyno.stop()
 
 
@@ -121,6 +126,7 @@ def two_workers(etcd_endpoint: str, etcd_prefix: str, tmp_path: Path):  # type: 
             BASE,
             "--metrics-listen",
             f"127.0.0.1:{metrics}",
+            *secure.flags(pki.Role.ROUTER),
             "--log-level",
             "warning",
         ],

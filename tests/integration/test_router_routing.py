@@ -10,8 +10,9 @@ from collections import Counter
 
 import pytest
 
-from slipway import engines, errors
+from slipway import errors
 from slipway.engines import free_port
+from tests.harness import secure
 from tests.harness.wait import eventually_async
 from tests.integration.test_router_harness import (
     Dyno,
@@ -130,10 +131,11 @@ async def test_least_loaded_avoids_the_slow_dyno(etcd_endpoint, etcd_prefix):
 
 
 async def test_etcd_outage_keeps_last_table_and_catches_up(tmp_path, nats_url):
-    etcd = engines.etcd(tmp_path)
+    etcd = secure.etcd_engine(tmp_path)
     etcd.start()
     endpoint = f"{etcd.host}:{etcd.port}"
     prefix = "/slipway-outage"
+    await secure.seal_async([endpoint], prefix)
     one, two = await Dyno("web.1").start(), await Dyno("web.2").start()
     try:
         async with routes(endpoint, prefix) as r:

@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from slipway import engines
+from slipway import engines, pki
+from tests.harness import secure
 from tests.harness.wait import eventually_async
 from tests.integration.test_router_harness import (
     BASE,
@@ -102,6 +103,7 @@ def router_process(etcd_endpoint: str, etcd_prefix: str, tmp_path: Path):  # typ
             etcd_prefix,
             "--base-domain",
             BASE,
+            *secure.flags(pki.Role.ROUTER),
             "--log-level",
             "warning",
         ],

@@ -24,6 +24,7 @@ import nats.js.errors
 import pytest
 
 from slipway import engines, errors, objstore
+from tests.harness import secure
 from tests.harness.controller import ControllerProcess
 from tests.integration.test_builder_failover import BuilderProcess
 from tests.integration.test_deploy_builds import FIXTURES, show, start_controller
@@ -36,7 +37,7 @@ FILLER = 1024 * 1024
 
 @pytest.fixture
 def small_nats(tmp_path: Path) -> Iterator[engines.Engine]:
-    server = engines.nats(tmp_path / "nats", max_store_bytes=CAP)
+    server = secure.nats_engine(tmp_path / "nats", max_store_bytes=CAP)
     server.start()
     yield server
     server.stop()
@@ -49,7 +50,7 @@ def url(server: engines.Engine) -> str:
 async def fill(nats_url: str, scratch: Path) -> int:
     """Objects of 1 MB in the caches bucket until JetStream refuses the next one;
     that refusal must be the platform's own error, naming the cause."""
-    nc = await objstore.connect([nats_url], name="filler")
+    nc = await secure.nats_connect([nats_url], name="filler")
     stores = objstore.ObjectStores(nc.jetstream())
     blob = scratch / "filler"
     blob.write_bytes(os.urandom(FILLER))
@@ -89,7 +90,7 @@ def test_deploy_fails_clearly_on_full_storage_and_works_once_space_returns(
 
         # Space returns: the operator grows the store; NATS restarts in place.
         small_nats.stop()
-        (small_nats.data_dir / "limits.conf").write_text(
+        (small_nats.data_dir / "nats.conf").write_text(
             f"jetstream {{ max_file_store: {4 * CAP} }}\n"
         )
         grown = engines.Engine(

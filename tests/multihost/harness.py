@@ -26,10 +26,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slipway import engines
+from slipway import engines, pki
 from slipway.client import Client
-from slipway.etcd import Etcd
 from slipway.keys import Keys
+from tests.harness import secure
 from tests.harness.cluster import AGENT_TIMINGS, PRESENCE_TTL
 from tests.harness.wait import eventually
 from tests.multihost.net import Host, Network
@@ -159,7 +159,7 @@ class MultiHostCluster:
         return ",".join(f"{self.hosts[n].address}:{API_PORT}" for n in self.controllers)
 
     def client(self) -> Client:
-        return Client(self.api, self.token, timeout=10)
+        return Client(self.api, self.token, timeout=10, ca_file=secure.ca_file())
 
     def cli_env(self, first: str = "") -> dict[str, str]:
         """The CLI's environment; ``first`` names the controller it tries first."""
@@ -171,6 +171,7 @@ class MultiHostCluster:
             SLIPWAY_API=",".join(api),
             SLIPWAY_TOKEN=self.token,
             SLIPWAY_CONFIG=str(self.workdir / "cli.json"),
+            SLIPWAY_CA_FILE=str(secure.ca_file()),
         )
         return env
 
@@ -194,6 +195,7 @@ class MultiHostCluster:
         self.net.create(HOSTS)
         self.etcd = EtcdCluster([self.hosts[f"etcd-{i}"] for i in (1, 2, 3)], self.workdir)
         self.etcd.start()
+        secure.seal(self.etcd_endpoints.split(","), PREFIX)
         self.nats = NatsCluster([self.hosts[f"nats-{i}"] for i in (1, 2, 3)], self.workdir)
         self.nats.start()
         self.token = self._create_token()
@@ -208,18 +210,17 @@ class MultiHostCluster:
         with self.client() as client:
             eventually(lambda: len(client.list_nodes().nodes) == 3, 60, 0.2)
 
-    def _create_token(self) -> str:
+    def _operator(self, *args: str) -> str:
+        """``slipway-controller ARGS`` as an operator (root) on the test's host."""
         out = subprocess.run(
             [
                 str(BIN / "slipway-controller"),
-                "tokens",
-                "create",
-                "--name",
-                "multihost",
+                *args,
                 "--etcd",
                 self.etcd_endpoints,
                 "--etcd-prefix",
                 PREFIX,
+                *secure.flags(pki.Role.ROOT),
             ],
             env=clean_env(),
             capture_output=True,
@@ -228,6 +229,18 @@ class MultiHostCluster:
             timeout=60,
         )
         return out.stdout.strip()
+
+    def _create_token(self) -> str:
+        return self._operator("tokens", "create", "--name", "multihost")
+
+    def _join(self, name: str, host: Host) -> Path:
+        """A new host joins: a one-time token from the operator, then `slipway-agent join`."""
+        out = self.workdir / f"{name}-credentials"
+        token = self._operator("nodes", "join-token", name)
+        return secure.agent_join(self.api.split(",")[0], token, out, host.address, clean_env())
+
+    def _creds(self, role: pki.Role, host: Host) -> list[str]:
+        return ["--credentials", str(secure.bundle(role, hosts=(host.address,)).path)]
 
     def start_controller(self, name: str) -> Daemon:
         config = self.workdir / f"{name}.toml"
@@ -253,6 +266,9 @@ class MultiHostCluster:
                 "--base-domain",
                 BASE_DOMAIN,
                 *replicas_flag([str(BIN / "slipway-controller"), "serve"]),
+                *self._creds(pki.Role.CONTROLLER, host),
+                "--ca-dir",
+                str(secure.session().ca_dir),
             ],
             self.workdir / f"{name}.log",
             port=API_PORT,
@@ -264,6 +280,9 @@ class MultiHostCluster:
     def start_agent(self, name: str) -> Daemon:
         host = self.hosts[name]
         data = self.workdir / name
+        credentials = self.workdir / f"{name}-credentials"
+        if not (credentials / "tls.crt").exists():
+            self._join(name, host)
         daemon = Daemon(
             name,
             host,
@@ -280,8 +299,8 @@ class MultiHostCluster:
                 "--data-dir",
                 str(data),
                 *self.state_flags,
-                "--token",
-                self.token,
+                "--credentials",
+                str(credentials),
                 "--presence-ttl",
                 str(PRESENCE_TTL),
                 "--port-range",
@@ -319,6 +338,7 @@ class MultiHostCluster:
                 "--base-domain",
                 BASE_DOMAIN,
                 *replicas_flag([sys.executable, "-m", "router"]),
+                *self._creds(pki.Role.ROUTER, host),
             ],
             self.workdir / f"{name}.log",
             port=ROUTER_PORT,
@@ -347,6 +367,7 @@ class MultiHostCluster:
                 "--build-timeout",
                 "120",
                 *replicas_flag([sys.executable, "-m", "builder"]),
+                *self._creds(pki.Role.BUILDER, self.hosts[name]),
             ],
             self.workdir / f"{name}.log",
         )
@@ -359,7 +380,7 @@ class MultiHostCluster:
         """The controller identity in the etcd leader key ("" while there is none)."""
 
         async def read() -> str:
-            async with Etcd(self.etcd_endpoints.split(",")) as etcd:
+            async with secure.root_etcd(self.etcd_endpoints.split(",")) as etcd:
                 kv = await etcd.get(Keys(PREFIX).leader())
                 return kv.value.decode() if kv else ""
 

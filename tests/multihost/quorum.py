@@ -11,14 +11,16 @@ JetStream stream, are all stream copies current.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slipway import buildproto, engines, logline, objstore
+import grpc
+from aetcd import rpc
+
+from slipway import buildproto, engines, logline, objstore, tls
+from tests.harness import secure
 from tests.harness.wait import eventually
 from tests.multihost.net import Host
 
@@ -56,11 +58,11 @@ class EtcdCluster:
         return ",".join(f"{h.address}:{ETCD_PORT}" for h in self.hosts)
 
     def start(self) -> None:
-        initial = ",".join(f"{h.name}=http://{h.address}:{ETCD_PEER_PORT}" for h in self.hosts)
+        initial = ",".join(f"{h.name}=https://{h.address}:{ETCD_PEER_PORT}" for h in self.hosts)
         for host in self.hosts:
-            engine = engines.etcd(
+            engine = secure.etcd_engine(
                 self.workdir / host.name,
-                host=host.address,
+                host.address,
                 client_port=ETCD_PORT,
                 peer_port=ETCD_PEER_PORT,
                 name=host.name,
@@ -83,17 +85,19 @@ class EtcdCluster:
         eventually(lambda: (self.member_status(name) or {}).get("leader"), 30, 0.2)
 
     def member_status(self, name: str) -> dict[str, Any] | None:
-        """One member's own status (from its gRPC gateway); None when it does not answer."""
+        """One member's own status (Maintenance.Status over gRPC, with the root
+        certificate); None when it does not answer. Not the HTTP gateway: with
+        client-certificate auth on, etcd refuses certificates sent to it."""
         if not self.members[name].running:
             return None
         address = next(h.address for h in self.hosts if h.name == name)
-        url = f"http://{address}:{ETCD_PORT}/v3/maintenance/status"
-        req = urllib.request.Request(url, data=b"{}", method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                return dict(json.loads(resp.read()))
-        except OSError:
-            return None
+        credentials = tls.grpc_channel_credentials(secure.root())
+        with grpc.secure_channel(f"{address}:{ETCD_PORT}", credentials) as channel:
+            try:
+                got = rpc.MaintenanceStub(channel).Status(rpc.StatusRequest(), timeout=5)
+            except grpc.RpcError:
+                return None
+        return {"leader": got.leader, "header": {"member_id": got.header.member_id}}
 
     def status(self) -> dict[str, Any] | None:
         """The status of the first member that answers and knows a leader."""
@@ -105,8 +109,9 @@ class EtcdCluster:
 
     def leader(self) -> str:
         """Name of the running member that leads the raft group."""
-        status = self.status()
-        assert status is not None, "no etcd member answers"
+        # Right after a fault (or on a loaded machine, where a TLS handshake can
+        # take a while) no member may know a leader for a moment: wait for one.
+        status = eventually(self.status, 30, 0.2)
         for name in self.members:
             own = self.member_status(name)
             if own is not None and own["header"]["member_id"] == status["leader"]:
@@ -127,9 +132,9 @@ class NatsCluster:
     def start(self) -> None:
         routes = {h.name: f"nats://{h.address}:{NATS_CLUSTER_PORT}" for h in self.hosts}
         for host in self.hosts:
-            engine = engines.nats(
+            engine = secure.nats_engine(
                 self.workdir / host.name,
-                host=host.address,
+                host.address,
                 port=NATS_PORT,
                 cluster_port=NATS_CLUSTER_PORT,
                 routes=[url for name, url in routes.items() if name != host.name],
@@ -157,7 +162,7 @@ class NatsCluster:
         setting (1 unless told otherwise); on this cluster each stream must be
         kept 3 ways to survive a server.
         """
-        nc = await objstore.connect(self.urls.split(","), name="mh-bootstrap")
+        nc = await secure.nats_connect(self.urls.split(","), name="mh-bootstrap")
         try:
             js = nc.jetstream(timeout=10)
             deadline = time.monotonic() + 60
@@ -185,7 +190,7 @@ class NatsCluster:
             raise AssertionError(f"JetStream not settled: {exc!r}") from exc
 
     async def _replicated(self, member: str) -> bool:
-        nc = await objstore.connect(self.urls.split(","), name="mh-probe")
+        nc = await secure.nats_connect(self.urls.split(","), name="mh-probe")
         try:
             js = nc.jetstream(timeout=5)
             for stream in STREAMS:
@@ -205,7 +210,7 @@ class NatsCluster:
         """The server leading ``stream``'s raft group."""
 
         async def read() -> str:
-            nc = await objstore.connect(self.urls.split(","), name="mh-probe")
+            nc = await secure.nats_connect(self.urls.split(","), name="mh-probe")
             try:
                 info = await nc.jetstream(timeout=5).stream_info(stream)
                 assert info.cluster is not None and info.cluster.leader

@@ -89,7 +89,7 @@ async def test_emit_is_bounded_and_counts_drops() -> None:
     shipper._nc = fake
     await shipper._publish_batch()
     assert shipper.published == 3
-    assert [s for s, _ in fake.sent] == ["logs.demo"] * 3
+    assert [s for s, _ in fake.sent] == ["logs.demo.router"] * 3
     line = LogLine.decode(fake.sent[0][1])
     assert (line.app, line.source, line.process, line.message) == (
         "demo",

@@ -15,9 +15,11 @@ import click
 from controller.api.auth import Tokens, node_token_name
 from controller.api.join import JoinTokens
 from controller.config import FILE_KEYS, ControllerConfig, split_list
+from controller.core.models import UserRecord
 from controller.pki_cli import ca, certs, check_name, parse_duration
 from controller.server import serve
 from controller.store import backup as backups
+from controller.store.accounts import Accounts
 from slipway import conffile, errors, etcdauth, objstore, pki, tls
 from slipway import log as slog
 from slipway.etcd import Etcd
@@ -195,7 +197,12 @@ def tokens_create(name: str | None, node: str | None, as_json: bool, **engine: A
         token = _with_tokens(engine, lambda t: t.create_node_token(node))
         name = node_token_name(node)
     elif name:
-        token = _with_tokens(engine, lambda t: t.create(name))
+
+        async def create(t: Tokens) -> str:
+            token, _ = await t.create(name)
+            return token
+
+        token = _with_tokens(engine, create)
     else:
         raise click.UsageError("give --name NAME (an API token) or --node NAME (a node token)")
     if as_json:
@@ -234,6 +241,42 @@ def tokens_revoke(name: str, **engine: Any) -> None:
     if not count:
         raise click.ClickException(f"no token named {name!r}")
     click.echo(f"Revoked {count} token(s) named {name!r}")
+
+
+@cli.group()
+def users() -> None:
+    """People's accounts (the first admin, before anyone can log in)."""
+
+
+@users.command("create")
+@click.argument("email")
+@click.option("--admin", is_flag=True, help="A platform admin: every app, users and nodes.")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from stdin (first line). Without it the account has none "
+    "and its owner logs in with a token an admin creates.",
+)
+@etcd_access
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def users_create(
+    email: str, admin: bool, password_stdin: bool, as_json: bool, **engine: Any
+) -> None:
+    """Create the account EMAIL (then: `slipway login --email EMAIL`)."""
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+
+    async def create(t: Tokens) -> UserRecord:
+        return await Accounts(t.etcd, t.keys).create_user(email, password, admin=admin)
+
+    try:
+        record = _with_tokens(engine, create)
+    except errors.SlipwayError as exc:
+        raise click.ClickException(exc.message) from None
+    if as_json:
+        click.echo(json.dumps({"email": record.email, "admin": record.admin}))
+    else:
+        kind = "admin" if record.admin else "user"
+        click.echo(f"Created {kind} {record.email}")
 
 
 @cli.group()

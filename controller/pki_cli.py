@@ -7,24 +7,20 @@ what to do, never a traceback.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import click
 
 from controller.core import validation
-from slipway import errors, pki
-
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+from slipway import duration, errors, pki
 
 
 def parse_duration(value: str) -> int:
     """Seconds in ``90``, ``90s``, ``30m``, ``1h`` or ``7d``."""
-    match = _DURATION.match(value.strip().lower())
-    if not match:
-        raise click.BadParameter(f"{value!r} is not a duration like 90s, 30m, 1h or 7d")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return duration.seconds(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def check_name(value: str) -> str:

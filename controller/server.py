@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from controller.api.auth import Policy, Tokens
+from controller.api.auth import Access, Policy, Tokens
 from controller.api.build_api import BuildServices
 from controller.api.builds import Builds
 from controller.api.join import AdmitHook, JoinAPI, JoinTokens, admit_nothing
@@ -31,6 +31,7 @@ from controller.loops.leader import Leadership
 from controller.loops.oneoff import OneOffs, Reaper
 from controller.loops.reconciler import Reconciler
 from controller.loops.release_phase import ReleasePhase
+from controller.store.accounts import Accounts
 from controller.store.build_records import BuildStore
 from controller.store.placements import PlacementIndex
 from controller.store.state import State
@@ -62,6 +63,8 @@ class Controller:
         policy = Policy(legacy_node_api_tokens=config.credentials is None)
         self.tokens = Tokens(self.etcd, self.keys, clock=clock, policy=policy)
         self.join_tokens = JoinTokens(self.etcd, self.keys, clock=clock)
+        self.accounts = Accounts(self.etcd, self.keys, clock=clock)
+        self.access = Access(self.tokens, self.accounts, clock)
         # Set before run(): called with a node's name when it joins (etcd RBAC).
         self.on_node_admitted: AdmitHook | None = on_node_admitted
         self.health = HealthServicer()
@@ -86,7 +89,7 @@ class Controller:
         )
         self.run_service = RunService(
             self.oneoffs,
-            self.tokens,
+            self.access,
             idle_seconds=config.run_idle_seconds,
             max_seconds=config.run_max_seconds,
             clock=clock,
@@ -182,7 +185,7 @@ class Controller:
         )
         api = PlatformAPI(
             self.state,
-            self.tokens,
+            self.access,
             base_domain=self.config.base_domain,
             builds=self.build_services,
             log_hub=self.log_hub,

@@ -208,6 +208,53 @@ class Client:
     def whoami(self) -> pb.WhoAmIResponse:
         return self.platform("WhoAmI", pb.WhoAmIRequest())
 
+    # Accounts and access.
+
+    def login(self, email: str, password: str) -> pb.LoginResponse:
+        return self.platform("Login", pb.LoginRequest(email=email, password=password))
+
+    def list_authorizations(self) -> pb.ListAuthorizationsResponse:
+        return self.platform("ListAuthorizations", pb.ListAuthorizationsRequest())
+
+    def create_authorization(
+        self, description: str, scope: str = "global", expires_in_seconds: int = 0
+    ) -> pb.CreateAuthorizationResponse:
+        request = pb.CreateAuthorizationRequest(
+            description=description, scope=scope, expires_in_seconds=expires_in_seconds
+        )
+        return self.platform("CreateAuthorization", request)
+
+    def revoke_authorization(self, token_id: str) -> pb.RevokeAuthorizationResponse:
+        return self.platform("RevokeAuthorization", pb.RevokeAuthorizationRequest(id=token_id))
+
+    def list_users(self) -> pb.ListUsersResponse:
+        return self.platform("ListUsers", pb.ListUsersRequest())
+
+    def create_user(self, email: str, password: str = "", admin: bool = False) -> pb.User:
+        request = pb.CreateUserRequest(email=email, password=password, admin=admin)
+        reply: pb.CreateUserResponse = self.platform("CreateUser", request)
+        return reply.user
+
+    def remove_user(self, email: str) -> pb.RemoveUserResponse:
+        return self.platform("RemoveUser", pb.RemoveUserRequest(email=email))
+
+    def list_collaborators(self, app: str) -> pb.ListCollaboratorsResponse:
+        return self.platform("ListCollaborators", pb.ListCollaboratorsRequest(app=app))
+
+    def add_collaborator(self, app: str, email: str, permissions: list[str]) -> pb.Collaborator:
+        request = pb.AddCollaboratorRequest(app=app, email=email, permissions=permissions)
+        reply: pb.AddCollaboratorResponse = self.platform("AddCollaborator", request)
+        return reply.collaborator
+
+    def update_collaborator(self, app: str, email: str, permissions: list[str]) -> pb.Collaborator:
+        request = pb.UpdateCollaboratorRequest(app=app, email=email, permissions=permissions)
+        reply: pb.UpdateCollaboratorResponse = self.platform("UpdateCollaborator", request)
+        return reply.collaborator
+
+    def remove_collaborator(self, app: str, email: str) -> pb.RemoveCollaboratorResponse:
+        request = pb.RemoveCollaboratorRequest(app=app, email=email)
+        return self.platform("RemoveCollaborator", request)
+
     # Builds.
 
     def upload_source(

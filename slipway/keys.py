@@ -6,6 +6,8 @@
     {prefix}/formation/{app}               {type: {quantity, size}} (JSON)
     {prefix}/tokens/{sha256 hex}           API token record (JSON), never the token itself;
                                            a node's token says {"node": NAME}
+    {prefix}/users/{email}                 account (JSON; password as a scrypt digest)
+    {prefix}/access/{app}/{email}          a collaborator's permissions on the app (JSON)
     {prefix}/jointokens/{sha256 hex}       one-time join token (JSON {node, expires_at}),
                                            under a lease of its TTL; deleted when used
     {prefix}/nodes/{node}                  node presence (JSON), by the agent under its own lease
@@ -77,6 +79,18 @@ class Keys:
 
     def tokens(self) -> bytes:
         return self._k("tokens", "")
+
+    def user(self, email: str) -> bytes:
+        return self._k("users", email)
+
+    def users(self) -> bytes:
+        return self._k("users", "")
+
+    def collaborator(self, app: str, email: str) -> bytes:
+        return self._k("access", app, email)
+
+    def collaborators(self, app: str | None = None) -> bytes:
+        return self._k("access", app, "") if app else self._k("access", "")
 
     def join_token(self, digest: str) -> bytes:
         return self._k("jointokens", digest)

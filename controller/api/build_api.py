@@ -21,6 +21,7 @@ from controller.api.convert import timestamp
 from controller.api.endpoint import streaming, unary
 from controller.bus.buildbus import BuildBus
 from controller.bus.logs import LogHub
+from controller.core.access import Identity
 from controller.loops.gc import Collector
 from controller.store.build_records import BuildRecord, BuildStore
 from slipway import errors
@@ -94,7 +95,7 @@ class BuildRPCs:
 
     @unary
     async def UploadSource(
-        self, request: AsyncIterator[pb.UploadSourceRequest], context: Ctx, actor: str
+        self, request: AsyncIterator[pb.UploadSourceRequest], context: Ctx, who: Identity
     ) -> pb.UploadSourceResponse:
         services = self._builds
         messages = aiter(request)
@@ -113,12 +114,12 @@ class BuildRPCs:
                     raise errors.InvalidArgument("metadata may only come first")
                 yield msg.chunk
 
-        record = await services.builds.upload(meta, chunks(), actor)
+        record = await services.builds.upload(meta, chunks(), who.actor)
         return pb.UploadSourceResponse(build=build_message(record))
 
     @unary
     async def ListBuilds(
-        self, request: pb.ListBuildsRequest, context: Ctx, actor: str
+        self, request: pb.ListBuildsRequest, context: Ctx, who: Identity
     ) -> pb.ListBuildsResponse:
         services = self._builds
         await services.builds.state.get_app(request.app)
@@ -129,7 +130,7 @@ class BuildRPCs:
 
     @unary
     async def GetBuild(
-        self, request: pb.GetBuildRequest, context: Ctx, actor: str
+        self, request: pb.GetBuildRequest, context: Ctx, who: Identity
     ) -> pb.GetBuildResponse:
         services = self._builds
         await services.builds.state.get_app(request.app)
@@ -137,7 +138,7 @@ class BuildRPCs:
 
     @streaming
     async def StreamBuildOutput(
-        self, request: pb.StreamBuildOutputRequest, context: Ctx, actor: str
+        self, request: pb.StreamBuildOutputRequest, context: Ctx, who: Identity
     ) -> AsyncIterator[pb.StreamBuildOutputResponse]:
         services = self._builds
         await services.builds.state.get_app(request.app)
@@ -155,7 +156,7 @@ class BuildRPCs:
 
     @unary
     async def SetBuildpacks(
-        self, request: pb.SetBuildpacksRequest, context: Ctx, actor: str
+        self, request: pb.SetBuildpacksRequest, context: Ctx, who: Identity
     ) -> pb.SetBuildpacksResponse:
         action = _ACTIONS.get(request.action)
         if action is None:
@@ -167,7 +168,7 @@ class BuildRPCs:
 
     @unary
     async def PurgeBuildCache(
-        self, request: pb.PurgeBuildCacheRequest, context: Ctx, actor: str
+        self, request: pb.PurgeBuildCacheRequest, context: Ctx, who: Identity
     ) -> pb.PurgeBuildCacheResponse:
         purged = await self._builds.builds.purge_cache(request.app, request.confirm)
         return pb.PurgeBuildCacheResponse(purged=purged)

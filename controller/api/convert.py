@@ -38,6 +38,7 @@ def app(record: AppRecord, base_domain: str = "") -> types_pb2.App:
         buildpacks=record.buildpacks,
         stack=record.stack,
         web_url=f"http://{record.name}.{base_domain}/" if base_domain else "",
+        owner=record.owner,
     )
 
 

@@ -6,10 +6,11 @@ from typing import TypeAlias
 
 import grpc
 
-from controller.api.auth import Tokens
+from controller.api.auth import Access
 from controller.api.convert import timestamp
 from controller.api.endpoint import unary
 from controller.bus.logs import LogHub
+from controller.core.access import Identity
 from controller.core.drains import DrainRecord, shown_url
 from controller.store.drains import Drains
 from slipway import errors
@@ -29,7 +30,7 @@ def drain_message(record: DrainRecord) -> pb.LogDrain:
 
 
 class DrainRPCs:
-    tokens: Tokens
+    access: Access
     drains: Drains
     log_hub: LogHub | None
 
@@ -37,14 +38,14 @@ class DrainRPCs:
 
     @unary
     async def ListLogDrains(
-        self, request: pb.ListLogDrainsRequest, context: Ctx, actor: str
+        self, request: pb.ListLogDrainsRequest, context: Ctx, who: Identity
     ) -> pb.ListLogDrainsResponse:
         records = await self.drains.list(request.app)
         return pb.ListLogDrainsResponse(drains=[drain_message(r) for r in records])
 
     @unary
     async def AddLogDrain(
-        self, request: pb.AddLogDrainRequest, context: Ctx, actor: str
+        self, request: pb.AddLogDrainRequest, context: Ctx, who: Identity
     ) -> pb.AddLogDrainResponse:
         if self.log_hub is None:
             raise errors.Unavailable("log drains need the controller's NATS connection")
@@ -52,13 +53,13 @@ class DrainRPCs:
         # From the app's newest line on: a new drain does not replay old history.
         start_after = await self.log_hub.last_seq(request.app)
         record = await self.drains.add(request.app, request.url, start_after)
-        self._log(request.app, f"Add drain {shown_url(record.url)} by {actor}")
+        self._log(request.app, f"Add drain {shown_url(record.url)} by {who.actor}")
         return pb.AddLogDrainResponse(drain=drain_message(record))
 
     @unary
     async def RemoveLogDrain(
-        self, request: pb.RemoveLogDrainRequest, context: Ctx, actor: str
+        self, request: pb.RemoveLogDrainRequest, context: Ctx, who: Identity
     ) -> pb.RemoveLogDrainResponse:
         record = await self.drains.remove(request.app, request.drain)
-        self._log(request.app, f"Remove drain {shown_url(record.url)} by {actor}")
+        self._log(request.app, f"Remove drain {shown_url(record.url)} by {who.actor}")
         return pb.RemoveLogDrainResponse(drain=drain_message(record))

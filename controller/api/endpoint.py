@@ -1,7 +1,7 @@
 """The boundary between gRPC and the controller's domain code.
 
 Every unary RPC goes through :func:`unary`, every server-streaming one through
-:func:`streaming`: authenticate, run, log one line
+:func:`streaming`: admit the caller (controller/api/auth.py: :class:`Access`), run, log one line
 (method, app, code, duration_ms), and translate :class:`SlipwayError` into the
 matching status with its message unchanged. Anything else is a bug: it is logged
 with its traceback and the client gets INTERNAL with a pointer to the log.
@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
-from controller.api.auth import Tokens
+from controller.api.auth import Access
+from controller.core.access import Identity
 from slipway import errors
 from slipway import log as slog
 from slipway.clock import Clock
@@ -31,28 +33,62 @@ Ctx: TypeAlias = grpc.aio.ServicerContext
 class Servicer(Protocol):
     """What the wrappers need of the servicer whose methods they wrap."""
 
-    tokens: Tokens
+    access: Access
     clock: Clock
 
 
 def _app_of(request: Any) -> str:
+    """The app a request is about: its ``app`` (or ``name``) field, or that of the
+    part of a oneof that is set (an upload's metadata, a run's start)."""
     for field in ("app", "name"):
         value = getattr(request, field, None)
         if isinstance(value, str) and value:
             return value
+    if isinstance(request, Message):
+        for descriptor, value in request.ListFields():
+            if descriptor.message_type is not None and not isinstance(value, list | tuple):
+                app = getattr(value, "app", None)
+                if isinstance(app, str) and app:
+                    return app
     return ""
 
 
+async def _first_and_rest(stream: AsyncIterator[Req]) -> tuple[Req | None, AsyncIterator[Req]]:
+    """Read a client stream's first message (to learn its app) and give back the
+    whole stream, that message included, for the handler."""
+    messages = aiter(stream)
+    first = await anext(messages, None)
+
+    async def whole() -> AsyncIterator[Req]:
+        if first is not None:
+            yield first
+        async for message in messages:
+            yield message
+
+    return first, whole()
+
+
+async def admit(self: Servicer, method: str, request: Any, context: Ctx) -> tuple[Identity, Any]:
+    """Who calls, checked against the method's rule on the request's app; and the
+    request to hand on (a client stream is re-assembled after its first message)."""
+    if hasattr(request, "__aiter__"):
+        first, request = await _first_and_rest(request)
+        app = _app_of(first)
+    else:
+        app = _app_of(request)
+    return await self.access.admit(context, method, app), request
+
+
 def unary(
-    func: Callable[[Any, Req, grpc.aio.ServicerContext, str], Awaitable[Resp]],
+    func: Callable[[Any, Req, grpc.aio.ServicerContext, Identity], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
     @functools.wraps(func)
     async def wrapper(self: Servicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         started = self.clock.monotonic()
         failure: errors.SlipwayError | None = None
         try:
-            actor = await self.tokens.authenticate(context)
-            result = await func(self, request, context, actor)
+            who, request = await admit(self, func.__name__, request, context)
+            result = await func(self, request, context, who)
         except errors.SlipwayError as exc:
             failure = exc
         except Exception:
@@ -86,7 +122,7 @@ def unary(
 
 
 def streaming(
-    func: Callable[[Any, Req, Ctx, str], AsyncIterator[Resp]],
+    func: Callable[[Any, Req, Ctx, Identity], AsyncIterator[Resp]],
 ) -> Callable[[Any, Req, Ctx], AsyncIterator[Resp]]:
     """Authenticate, log and translate errors for a server-streaming RPC."""
 
@@ -96,8 +132,8 @@ def streaming(
         code = "OK"
         app = _app_of(request)
         try:
-            actor = await self.tokens.authenticate(context)
-            async for item in func(self, request, context, actor):
+            who, request = await admit(self, func.__name__, request, context)
+            async for item in func(self, request, context, who):
                 yield item
         except errors.SlipwayError as exc:
             code = exc.code.name

@@ -11,10 +11,11 @@ from typing import TypeAlias
 
 import grpc
 
-from controller.api.auth import Tokens
+from controller.api.auth import Access
 from controller.api.convert import timestamp
 from controller.api.endpoint import streaming
 from controller.bus.logs import LogFilter, LogHub, line_count
+from controller.core.access import Identity
 from controller.store.state import State
 from slipway import errors
 from slipway.logline import LogLine
@@ -55,12 +56,12 @@ def responses(lines: list[LogLine]) -> list[pb.StreamLogsResponse]:
 
 class LogRPCs:
     state: State
-    tokens: Tokens
+    access: Access
     log_hub: LogHub | None
 
     @streaming
     async def StreamLogs(
-        self, request: pb.StreamLogsRequest, context: Ctx, actor: str
+        self, request: pb.StreamLogsRequest, context: Ctx, who: Identity
     ) -> AsyncIterator[pb.StreamLogsResponse]:
         num = line_count(request.num)
         flt = LogFilter.parse(request.source, request.dyno)

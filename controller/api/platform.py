@@ -8,7 +8,8 @@ from typing import TypeAlias
 import grpc
 
 from controller.api import convert
-from controller.api.auth import Tokens
+from controller.api.accounts_api import AccountRPCs
+from controller.api.auth import Access
 from controller.api.build_api import BuildRPCs, BuildServices
 from controller.api.drains_api import DrainRPCs
 from controller.api.endpoint import unary
@@ -16,6 +17,7 @@ from controller.api.logs_api import LogRPCs
 from controller.api.run_api import RunService
 from controller.bus.apilog import ApiLog, release_lines, restart_line, scale_line
 from controller.bus.logs import LogHub
+from controller.core.access import Identity
 from controller.core.transitions import ScaleChange
 from controller.store.drains import Drains
 from controller.store.dynos import Dynos
@@ -27,11 +29,13 @@ from slipway.v1 import platform_pb2_grpc
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
-class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServiceServicer):
+class PlatformAPI(
+    AccountRPCs, BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServiceServicer
+):
     def __init__(
         self,
         state: State,
-        tokens: Tokens,
+        access: Access,
         *,
         base_domain: str = "",
         builds: BuildServices | None = None,
@@ -41,7 +45,8 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
     ) -> None:
         self.clock = clock
         self.state = state
-        self.tokens = tokens
+        self.access = access
+        self.accounts = access.accounts
         self.base_domain = base_domain
         self.dynos = Dynos(state)
         self.drains = Drains(state)
@@ -61,21 +66,23 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
 
     @unary
     async def CreateApp(
-        self, request: pb.CreateAppRequest, context: Ctx, actor: str
+        self, request: pb.CreateAppRequest, context: Ctx, who: Identity
     ) -> pb.CreateAppResponse:
-        record = await self.state.create_app(request.name or None)
+        record = await self.state.create_app(request.name or None, owner=who.user)
         return pb.CreateAppResponse(app=convert.app(record, self.base_domain))
 
     @unary
     async def ListApps(
-        self, request: pb.ListAppsRequest, context: Ctx, actor: str
+        self, request: pb.ListAppsRequest, context: Ctx, who: Identity
     ) -> pb.ListAppsResponse:
         apps = await self.state.list_apps()
+        if not who.admin:
+            apps = await self.accounts.visible_apps(who.user, apps)
         return pb.ListAppsResponse(apps=[convert.app(a, self.base_domain) for a in apps])
 
     @unary
     async def GetApp(
-        self, request: pb.GetAppRequest, context: Ctx, actor: str
+        self, request: pb.GetAppRequest, context: Ctx, who: Identity
     ) -> pb.GetAppResponse:
         record = await self.state.get_app(request.app)
         formation, process_types = await self.state.get_formation(request.app)
@@ -91,7 +98,7 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
 
     @unary
     async def DestroyApp(
-        self, request: pb.DestroyAppRequest, context: Ctx, actor: str
+        self, request: pb.DestroyAppRequest, context: Ctx, who: Identity
     ) -> pb.DestroyAppResponse:
         await self.state.destroy_app(request.app, request.confirm)
         self.app_destroyed(request.app)
@@ -101,47 +108,47 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
 
     @unary
     async def GetConfigVars(
-        self, request: pb.GetConfigVarsRequest, context: Ctx, actor: str
+        self, request: pb.GetConfigVarsRequest, context: Ctx, who: Identity
     ) -> pb.GetConfigVarsResponse:
         return pb.GetConfigVarsResponse(config=await self.state.get_config(request.app))
 
     @unary
     async def UpdateConfigVars(
-        self, request: pb.UpdateConfigVarsRequest, context: Ctx, actor: str
+        self, request: pb.UpdateConfigVarsRequest, context: Ctx, who: Identity
     ) -> pb.UpdateConfigVarsResponse:
         config, release = await self.state.update_config(
-            request.app, dict(request.set), list(request.unset), actor
+            request.app, dict(request.set), list(request.unset), who.actor
         )
-        self._log(request.app, *release_lines(release, actor))
+        self._log(request.app, *release_lines(release, who.actor))
         return pb.UpdateConfigVarsResponse(config=config, release=convert.release(release))
 
     # releases
 
     @unary
     async def ListReleases(
-        self, request: pb.ListReleasesRequest, context: Ctx, actor: str
+        self, request: pb.ListReleasesRequest, context: Ctx, who: Identity
     ) -> pb.ListReleasesResponse:
         releases = await self.state.list_releases(request.app, request.limit)
         return pb.ListReleasesResponse(releases=[convert.release(r) for r in releases])
 
     @unary
     async def GetRelease(
-        self, request: pb.GetReleaseRequest, context: Ctx, actor: str
+        self, request: pb.GetReleaseRequest, context: Ctx, who: Identity
     ) -> pb.GetReleaseResponse:
         release = await self.state.get_release(request.app, request.version)
         return pb.GetReleaseResponse(release=convert.release(release))
 
     @unary
     async def RollbackRelease(
-        self, request: pb.RollbackReleaseRequest, context: Ctx, actor: str
+        self, request: pb.RollbackReleaseRequest, context: Ctx, who: Identity
     ) -> pb.RollbackReleaseResponse:
-        release = await self.state.rollback(request.app, request.version, actor)
-        self._log(request.app, *release_lines(release, actor))
+        release = await self.state.rollback(request.app, request.version, who.actor)
+        self._log(request.app, *release_lines(release, who.actor))
         return pb.RollbackReleaseResponse(release=convert.release(release))
 
     @unary
     async def CreateRelease(
-        self, request: pb.CreateReleaseRequest, context: Ctx, actor: str
+        self, request: pb.CreateReleaseRequest, context: Ctx, who: Identity
     ) -> pb.CreateReleaseResponse:
         # As in a Procfile (and Heroku's slug API), a "release" entry is the release
         # command, not a process type: the release waits for it to succeed.
@@ -152,24 +159,24 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
             convert.slug_from(request.slug),
             process_types,
             request.description,
-            actor,
+            who.actor,
             release_command=release_command,
         )
-        self._log(request.app, *release_lines(release, actor))
+        self._log(request.app, *release_lines(release, who.actor))
         return pb.CreateReleaseResponse(release=convert.release(release))
 
     # formation
 
     @unary
     async def GetFormation(
-        self, request: pb.GetFormationRequest, context: Ctx, actor: str
+        self, request: pb.GetFormationRequest, context: Ctx, who: Identity
     ) -> pb.GetFormationResponse:
         formation, process_types = await self.state.get_formation(request.app)
         return pb.GetFormationResponse(formation=convert.formation(formation, process_types))
 
     @unary
     async def ScaleFormation(
-        self, request: pb.ScaleFormationRequest, context: Ctx, actor: str
+        self, request: pb.ScaleFormationRequest, context: Ctx, who: Identity
     ) -> pb.ScaleFormationResponse:
         changes = [
             ScaleChange(
@@ -181,13 +188,13 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
             for c in request.changes
         ]
         formation = await self.state.scale(request.app, changes)
-        self._log(request.app, scale_line(formation, actor))
+        self._log(request.app, scale_line(formation, who.actor))
         _, process_types = await self.state.get_formation(request.app)
         return pb.ScaleFormationResponse(formation=convert.formation(formation, process_types))
 
     @unary
     async def ListSizes(
-        self, request: pb.ListSizesRequest, context: Ctx, actor: str
+        self, request: pb.ListSizesRequest, context: Ctx, who: Identity
     ) -> pb.ListSizesResponse:
         return pb.ListSizesResponse(sizes=[convert.size(s) for s in self.state.sizes.all()])
 
@@ -195,30 +202,30 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
 
     @unary
     async def ListDynos(
-        self, request: pb.ListDynosRequest, context: Ctx, actor: str
+        self, request: pb.ListDynosRequest, context: Ctx, who: Identity
     ) -> pb.ListDynosResponse:
         views = await self.dynos.list_dynos(request.app)
         return pb.ListDynosResponse(dynos=[convert.dyno(v) for v in views])
 
     @unary
     async def RestartDynos(
-        self, request: pb.RestartDynosRequest, context: Ctx, actor: str
+        self, request: pb.RestartDynosRequest, context: Ctx, who: Identity
     ) -> pb.RestartDynosResponse:
         restarted = await self.dynos.restart(request.app, request.target)
-        self._log(request.app, restart_line(request.target, actor))
+        self._log(request.app, restart_line(request.target, who.actor))
         return pb.RestartDynosResponse(restarted=restarted)
 
     @unary
     async def StopDyno(
-        self, request: pb.StopDynoRequest, context: Ctx, actor: str
+        self, request: pb.StopDynoRequest, context: Ctx, who: Identity
     ) -> pb.StopDynoResponse:
         stopped = await self.dynos.stop(request.app, request.dyno)
-        self._log(request.app, f"Stop {request.dyno} by {actor}")
+        self._log(request.app, f"Stop {request.dyno} by {who.actor}")
         return pb.StopDynoResponse(stopped=stopped)
 
     @unary
     async def ListNodes(
-        self, request: pb.ListNodesRequest, context: Ctx, actor: str
+        self, request: pb.ListNodesRequest, context: Ctx, who: Identity
     ) -> pb.ListNodesResponse:
         return pb.ListNodesResponse(
             nodes=[convert.node(v) for v in await self.dynos.nodes()],
@@ -227,16 +234,10 @@ class PlatformAPI(BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServi
 
     @unary
     async def DrainNode(
-        self, request: pb.DrainNodeRequest, context: Ctx, actor: str
+        self, request: pb.DrainNodeRequest, context: Ctx, who: Identity
     ) -> pb.DrainNodeResponse:
         remaining = await self.dynos.drain(request.node, undrain=request.undrain)
         return pb.DrainNodeResponse(remaining_dynos=remaining)
-
-    @unary
-    async def WhoAmI(
-        self, request: pb.WhoAmIRequest, context: Ctx, actor: str
-    ) -> pb.WhoAmIResponse:
-        return pb.WhoAmIResponse(token_name=actor)
 
     # one-off dynos (controller/api/run_api.py; set by the server)
 

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from controller.api.auth import Tokens
+from controller.api.auth import Access
 from controller.loops.oneoff import OneOffs, RunRequest, Started
 from slipway import errors, tls
 from slipway import log as slog
@@ -115,7 +115,7 @@ class RunService:
     def __init__(
         self,
         oneoffs: OneOffs,
-        tokens: Tokens,
+        access: Access,
         *,
         idle_seconds: float = 3600.0,
         max_seconds: float = 86400.0,
@@ -127,7 +127,7 @@ class RunService:
         # With a bundle, the agent's AttachService is reached over TLS: its
         # certificate must be the cluster CA's and name the node's address.
         self.credentials = credentials
-        self.tokens = tokens
+        self.access = access
         self.idle_seconds = idle_seconds
         self.max_seconds = max_seconds
 
@@ -137,13 +137,15 @@ class RunService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.RunDynoResponse]:
         try:
-            await self.tokens.authenticate(context)
+            # A bad token is refused before waiting for the first message.
+            await self.access.tokens.identify(context)
             try:
                 first = await asyncio.wait_for(anext(aiter(requests), None), START_TIMEOUT)
             except TimeoutError:
                 first = None
             if first is None or first.WhichOneof("body") != "start":
                 raise errors.InvalidArgument("the first RunDyno message must be start")
+            await self.access.admit(context, "RunDyno", first.start.app)
             started = await self.oneoffs.start(run_request(first.start))
         except errors.SlipwayError as exc:
             log.info("run refused", error=exc.message, code=exc.code.name)

@@ -40,6 +40,9 @@ class AppRecord:
     # Releases whose release phase has not settled yet (oldest first): the
     # leader's release-phase sweep reads this instead of every release.
     pending_releases: list[int] = field(default_factory=list)
+    # The account that owns the app (all permissions); "" for an app made with
+    # an operator's token or before accounts existed: admins only.
+    owner: str = ""
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))
@@ -121,6 +124,13 @@ class TokenRecord:
     # A node's token (from `slipway-agent join`): opens NodeService for this
     # node only, and nothing else. Empty: an operator's API token.
     node: str = ""
+    # A person's token (from `slipway login` or `authorizations:create`): the
+    # account it acts for. Empty with no node: an operator's token (admin).
+    user: str = ""
+    scope: str = "global"  # controller.core.access.TokenScope
+    expires_at: float = 0.0  # 0: never
+    description: str = ""
+    id: str = ""  # how its owner names it (authorizations:revoke ID)
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))
@@ -144,5 +154,41 @@ class JoinTokenRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> JoinTokenRecord:
+        obj = json.loads(data)
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class UserRecord:
+    """A person's account; the password only as a digest (controller/core/passwords.py)."""
+
+    email: str
+    created_at: float
+    admin: bool = False
+    password: str = ""  # "" : no password (log in with a token an admin made)
+
+    def encode(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> UserRecord:
+        obj = json.loads(data)
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class CollaboratorRecord:
+    """A person's permissions on an app they do not own."""
+
+    email: str
+    permissions: list[str]
+    created_at: float
+    added_by: str = ""
+
+    def encode(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> CollaboratorRecord:
         obj = json.loads(data)
         return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})

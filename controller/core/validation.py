@@ -15,6 +15,8 @@ CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROCESS_TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,29}$")
 CONFIG_MAX_BYTES = 32 * 1024
 MAX_QUANTITY = 100
+# Plain addresses only: the email is part of etcd keys, so no "/" or spaces.
+EMAIL_RE = re.compile(r"^[a-z0-9._%+-]{1,64}@[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})*$")
 
 
 def app_name(name: str) -> str:
@@ -25,6 +27,17 @@ def app_name(name: str) -> str:
             reason="invalid_app_name",
         )
     return name
+
+
+def email(value: str) -> str:
+    """The account's email, lowercased; InvalidArgument when it is not one."""
+    address = value.strip().lower()
+    if len(address) > 254 or not EMAIL_RE.match(address):
+        raise errors.InvalidArgument(
+            f"invalid email {value!r}: use an address like ada@example.com",
+            reason="invalid_email",
+        )
+    return address
 
 
 def config_key(key: str) -> str:

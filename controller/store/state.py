@@ -103,7 +103,7 @@ class State:
 
     # -- apps ---------------------------------------------------------------
 
-    async def create_app(self, name: str | None) -> AppRecord:
+    async def create_app(self, name: str | None, owner: str = "") -> AppRecord:
         if name:
             validation.app_name(name)
             candidates = [name]
@@ -117,6 +117,7 @@ class State:
                 created_at=now,
                 release_seq=1,
                 current_release=1,
+                owner=owner,
             )
             if await self._create_app_record(record):
                 return record
@@ -187,7 +188,7 @@ class State:
         ]
         # Placements go with the app; agents then stop the dynos and drop their
         # own statuses and routes (tied to their leases).
-        prefixes = [k.releases(name), k.dynos(name), k.log_drains(name)]
+        prefixes = [k.releases(name), k.dynos(name), k.log_drains(name), k.collaborators(name)]
         ok = await self.etcd.txn(
             compare=[tx.version(k.app(name)) > 0],
             success=[tx.delete(key) for key in whole_keys]

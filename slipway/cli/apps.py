@@ -60,6 +60,7 @@ def apps_info(client: Client, app: str, as_json: bool) -> None:
     rel = info.release
     rows = [
         ("Created", when(info.app.created_at)),
+        ("Owner", info.app.owner or "the platform (admins)"),
         ("Release", f"v{rel.version} ({rel.description})" if rel.version else "none yet"),
         ("Slug", rel.slug.digest[:12] if rel.slug.digest else "none (nothing deployed)"),
         ("Stack", info.app.stack or "-"),

@@ -58,8 +58,9 @@ class State:
 def cli(ctx: click.Context, api: str | None, token: str | None) -> None:
     """Slipway: deploy, run and scale apps on your own hosts, the Heroku way.
 
-    Log in once with `slipway login --api HOST:PORT --token TOKEN`; app commands
-    take -a APP (or SLIPWAY_APP). Listings accept --json.
+    Log in once with `slipway login --api HOST:PORT --email EMAIL` (or
+    `--token TOKEN`); app commands take -a APP (or SLIPWAY_APP). Listings
+    accept --json.
     """
     ctx.obj = State(api, token)
 

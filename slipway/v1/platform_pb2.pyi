@@ -259,10 +259,206 @@ class WhoAmIRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WhoAmIResponse(_message.Message):
-    __slots__ = ("token_name",)
+    __slots__ = ("token_name", "email", "admin", "scope")
     TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     token_name: str
-    def __init__(self, token_name: _Optional[str] = ...) -> None: ...
+    email: str
+    admin: bool
+    scope: str
+    def __init__(self, token_name: _Optional[str] = ..., email: _Optional[str] = ..., admin: _Optional[bool] = ..., scope: _Optional[str] = ...) -> None: ...
+
+class LoginRequest(_message.Message):
+    __slots__ = ("email", "password")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    password: str
+    def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class LoginResponse(_message.Message):
+    __slots__ = ("token", "token_name", "email", "admin")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    token_name: str
+    email: str
+    admin: bool
+    def __init__(self, token: _Optional[str] = ..., token_name: _Optional[str] = ..., email: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+
+class Authorization(_message.Message):
+    __slots__ = ("id", "description", "scope", "created_at", "expires_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    description: str
+    scope: str
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., scope: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListAuthorizationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAuthorizationsResponse(_message.Message):
+    __slots__ = ("authorizations",)
+    AUTHORIZATIONS_FIELD_NUMBER: _ClassVar[int]
+    authorizations: _containers.RepeatedCompositeFieldContainer[Authorization]
+    def __init__(self, authorizations: _Optional[_Iterable[_Union[Authorization, _Mapping]]] = ...) -> None: ...
+
+class CreateAuthorizationRequest(_message.Message):
+    __slots__ = ("description", "scope", "expires_in_seconds")
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    description: str
+    scope: str
+    expires_in_seconds: int
+    def __init__(self, description: _Optional[str] = ..., scope: _Optional[str] = ..., expires_in_seconds: _Optional[int] = ...) -> None: ...
+
+class CreateAuthorizationResponse(_message.Message):
+    __slots__ = ("authorization", "token")
+    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    authorization: Authorization
+    token: str
+    def __init__(self, authorization: _Optional[_Union[Authorization, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class RevokeAuthorizationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RevokeAuthorizationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class User(_message.Message):
+    __slots__ = ("email", "admin", "created_at", "has_password")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    HAS_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    admin: bool
+    created_at: _timestamp_pb2.Timestamp
+    has_password: bool
+    def __init__(self, email: _Optional[str] = ..., admin: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., has_password: _Optional[bool] = ...) -> None: ...
+
+class ListUsersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListUsersResponse(_message.Message):
+    __slots__ = ("users",)
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[User]
+    def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ...) -> None: ...
+
+class CreateUserRequest(_message.Message):
+    __slots__ = ("email", "password", "admin")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    password: str
+    admin: bool
+    def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+
+class CreateUserResponse(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
+
+class RemoveUserRequest(_message.Message):
+    __slots__ = ("email",)
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    def __init__(self, email: _Optional[str] = ...) -> None: ...
+
+class RemoveUserResponse(_message.Message):
+    __slots__ = ("tokens_revoked",)
+    TOKENS_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    tokens_revoked: int
+    def __init__(self, tokens_revoked: _Optional[int] = ...) -> None: ...
+
+class Collaborator(_message.Message):
+    __slots__ = ("email", "permissions", "owner", "created_at")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    owner: bool
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, email: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., owner: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListCollaboratorsRequest(_message.Message):
+    __slots__ = ("app",)
+    APP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    def __init__(self, app: _Optional[str] = ...) -> None: ...
+
+class ListCollaboratorsResponse(_message.Message):
+    __slots__ = ("collaborators",)
+    COLLABORATORS_FIELD_NUMBER: _ClassVar[int]
+    collaborators: _containers.RepeatedCompositeFieldContainer[Collaborator]
+    def __init__(self, collaborators: _Optional[_Iterable[_Union[Collaborator, _Mapping]]] = ...) -> None: ...
+
+class AddCollaboratorRequest(_message.Message):
+    __slots__ = ("app", "email", "permissions")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    email: str
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, app: _Optional[str] = ..., email: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AddCollaboratorResponse(_message.Message):
+    __slots__ = ("collaborator",)
+    COLLABORATOR_FIELD_NUMBER: _ClassVar[int]
+    collaborator: Collaborator
+    def __init__(self, collaborator: _Optional[_Union[Collaborator, _Mapping]] = ...) -> None: ...
+
+class UpdateCollaboratorRequest(_message.Message):
+    __slots__ = ("app", "email", "permissions")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    email: str
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, app: _Optional[str] = ..., email: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateCollaboratorResponse(_message.Message):
+    __slots__ = ("collaborator",)
+    COLLABORATOR_FIELD_NUMBER: _ClassVar[int]
+    collaborator: Collaborator
+    def __init__(self, collaborator: _Optional[_Union[Collaborator, _Mapping]] = ...) -> None: ...
+
+class RemoveCollaboratorRequest(_message.Message):
+    __slots__ = ("app", "email")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    email: str
+    def __init__(self, app: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
+
+class RemoveCollaboratorResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class Dyno(_message.Message):
     __slots__ = ("app", "name", "type", "state", "release", "node", "address", "restarts", "memory_bytes", "memory_limit_bytes", "size", "command", "created_at", "state_changed_at", "instance_id", "exit_status")

@@ -130,6 +130,61 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.Login = channel.unary_unary(
+                '/slipway.v1.PlatformService/Login',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.LoginRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.LoginResponse.FromString,
+                _registered_method=True)
+        self.ListAuthorizations = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListAuthorizations',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListAuthorizationsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListAuthorizationsResponse.FromString,
+                _registered_method=True)
+        self.CreateAuthorization = channel.unary_unary(
+                '/slipway.v1.PlatformService/CreateAuthorization',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.CreateAuthorizationRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.CreateAuthorizationResponse.FromString,
+                _registered_method=True)
+        self.RevokeAuthorization = channel.unary_unary(
+                '/slipway.v1.PlatformService/RevokeAuthorization',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationResponse.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListUsers',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.CreateUser = channel.unary_unary(
+                '/slipway.v1.PlatformService/CreateUser',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.CreateUserRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.CreateUserResponse.FromString,
+                _registered_method=True)
+        self.RemoveUser = channel.unary_unary(
+                '/slipway.v1.PlatformService/RemoveUser',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveUserRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveUserResponse.FromString,
+                _registered_method=True)
+        self.ListCollaborators = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListCollaborators',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListCollaboratorsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListCollaboratorsResponse.FromString,
+                _registered_method=True)
+        self.AddCollaborator = channel.unary_unary(
+                '/slipway.v1.PlatformService/AddCollaborator',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.AddCollaboratorRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AddCollaboratorResponse.FromString,
+                _registered_method=True)
+        self.UpdateCollaborator = channel.unary_unary(
+                '/slipway.v1.PlatformService/UpdateCollaborator',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.UpdateCollaboratorRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.UpdateCollaboratorResponse.FromString,
+                _registered_method=True)
+        self.RemoveCollaborator = channel.unary_unary(
+                '/slipway.v1.PlatformService/RemoveCollaborator',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorResponse.FromString,
+                _registered_method=True)
         self.ListLogDrains = channel.unary_unary(
                 '/slipway.v1.PlatformService/ListLogDrains',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.ListLogDrainsRequest.SerializeToString,
@@ -324,6 +379,81 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Login(self, request, context):
+        """Trades an account's email and password for a new API token. The only call
+        that needs no token; failed tries are throttled per account and address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuthorizations(self, request, context):
+        """The caller's own named tokens ("authorizations"), each with a scope and an
+        optional expiry. Not for operators' tokens (they use slipway-controller).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAuthorization(self, request, context):
+        """Returns the new token once; only its digest is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAuthorization(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Accounts (platform admins only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveUser(self, request, context):
+        """Removes an account, its tokens and its access to apps (refused while it owns apps).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollaborators(self, request, context):
+        """Who may do what to an app: its owner and collaborators with permissions
+        view, deploy, operate, manage (see controller/core/access.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddCollaborator(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCollaborator(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveCollaborator(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListLogDrains(self, request, context):
         """Lists an app's log drains (URLs with any password hidden).
         """
@@ -513,6 +643,61 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'Login': grpc.unary_unary_rpc_method_handler(
+                    servicer.Login,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.LoginRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.LoginResponse.SerializeToString,
+            ),
+            'ListAuthorizations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuthorizations,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListAuthorizationsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListAuthorizationsResponse.SerializeToString,
+            ),
+            'CreateAuthorization': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAuthorization,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.CreateAuthorizationRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.CreateAuthorizationResponse.SerializeToString,
+            ),
+            'RevokeAuthorization': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAuthorization,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListUsersRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'CreateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUser,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.CreateUserRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.CreateUserResponse.SerializeToString,
+            ),
+            'RemoveUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveUser,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveUserRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.RemoveUserResponse.SerializeToString,
+            ),
+            'ListCollaborators': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollaborators,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListCollaboratorsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListCollaboratorsResponse.SerializeToString,
+            ),
+            'AddCollaborator': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCollaborator,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.AddCollaboratorRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AddCollaboratorResponse.SerializeToString,
+            ),
+            'UpdateCollaborator': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCollaborator,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.UpdateCollaboratorRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.UpdateCollaboratorResponse.SerializeToString,
+            ),
+            'RemoveCollaborator': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveCollaborator,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorResponse.SerializeToString,
             ),
             'ListLogDrains': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLogDrains,
@@ -1083,6 +1268,303 @@ class PlatformService:
             '/slipway.v1.PlatformService/WhoAmI',
             slipway_dot_v1_dot_platform__pb2.WhoAmIRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Login(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/Login',
+            slipway_dot_v1_dot_platform__pb2.LoginRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuthorizations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListAuthorizations',
+            slipway_dot_v1_dot_platform__pb2.ListAuthorizationsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListAuthorizationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAuthorization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/CreateAuthorization',
+            slipway_dot_v1_dot_platform__pb2.CreateAuthorizationRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.CreateAuthorizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAuthorization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RevokeAuthorization',
+            slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListUsers',
+            slipway_dot_v1_dot_platform__pb2.ListUsersRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/CreateUser',
+            slipway_dot_v1_dot_platform__pb2.CreateUserRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.CreateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RemoveUser',
+            slipway_dot_v1_dot_platform__pb2.RemoveUserRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.RemoveUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollaborators(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListCollaborators',
+            slipway_dot_v1_dot_platform__pb2.ListCollaboratorsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListCollaboratorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCollaborator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/AddCollaborator',
+            slipway_dot_v1_dot_platform__pb2.AddCollaboratorRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AddCollaboratorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCollaborator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/UpdateCollaborator',
+            slipway_dot_v1_dot_platform__pb2.UpdateCollaboratorRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.UpdateCollaboratorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveCollaborator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RemoveCollaborator',
+            slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorResponse.FromString,
             options,
             channel_credentials,
             insecure,

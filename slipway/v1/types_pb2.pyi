@@ -23,20 +23,22 @@ RELEASE_STATUS_SUCCEEDED: ReleaseStatus
 RELEASE_STATUS_FAILED: ReleaseStatus
 
 class App(_message.Message):
-    __slots__ = ("name", "created_at", "current_release", "buildpacks", "stack", "web_url")
+    __slots__ = ("name", "created_at", "current_release", "buildpacks", "stack", "web_url", "owner")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CURRENT_RELEASE_FIELD_NUMBER: _ClassVar[int]
     BUILDPACKS_FIELD_NUMBER: _ClassVar[int]
     STACK_FIELD_NUMBER: _ClassVar[int]
     WEB_URL_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     name: str
     created_at: _timestamp_pb2.Timestamp
     current_release: int
     buildpacks: _containers.RepeatedScalarFieldContainer[str]
     stack: str
     web_url: str
-    def __init__(self, name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_release: _Optional[int] = ..., buildpacks: _Optional[_Iterable[str]] = ..., stack: _Optional[str] = ..., web_url: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_release: _Optional[int] = ..., buildpacks: _Optional[_Iterable[str]] = ..., stack: _Optional[str] = ..., web_url: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class SlugRef(_message.Message):
     __slots__ = ("digest", "size_bytes", "stack", "source_version")

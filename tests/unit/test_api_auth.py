@@ -14,6 +14,7 @@ from slipway import errors, tls
 
 OPERATOR = Caller("admin")
 N1 = Caller("node.n1", node="n1")
+ADA = Caller("login ada@example.com", user="ada@example.com")
 STRICT = Policy()
 LEGACY = Policy(legacy_node_api_tokens=True)
 
@@ -32,6 +33,9 @@ DENIED = [
     (N1, Scope.NODE, "n2", LEGACY, "wrong_node"),
     (N1, Scope.NODE, "", STRICT, "wrong_node"),
     (OPERATOR, Scope.NODE, "n1", STRICT, "not_node_token"),
+    # A person's token never speaks for a node, not even on a plaintext controller.
+    (ADA, Scope.NODE, "n1", LEGACY, "not_node_token"),
+    (ADA, Scope.NODE, "n1", STRICT, "not_node_token"),
 ]
 
 

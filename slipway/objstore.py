@@ -9,16 +9,19 @@ Buckets:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import nats
+import nats.errors
 import nats.js.api
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from slipway import errors, streams, tls
+from slipway import log as slog
 from slipway.pki import Bundle, Role
 
 # JetStream's "insufficient resources": its storage (a disk, or its configured
@@ -30,6 +33,37 @@ SOURCES = "sources"
 CACHES = "caches"
 BUCKETS = (SLUGS, SOURCES, CACHES)
 CHUNK_SIZE = 128 * 1024
+# How long a put or get keeps trying while JetStream has no answer: after a
+# server dies, the streams it led elect new leaders (seconds, longer on a
+# loaded host). Both are idempotent (a put of the same name replaces it).
+RETRY_FOR = 30.0
+
+log = slog.get("slipway.objstore")
+T = TypeVar("T")
+
+
+async def retrying(
+    op: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    retry_for: float = RETRY_FOR,
+    first_delay: float = 0.5,
+) -> T:
+    """``op()``, again after a pause while NATS times out, for up to ``retry_for`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    delay = first_delay
+    while True:
+        try:
+            return await op()
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            if loop.time() + delay >= deadline:
+                raise
+            log.warning(
+                "object store not answering, retrying", op=what, error=str(exc) or "timeout"
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def storage_full(exc: BaseException) -> bool:
@@ -126,6 +160,9 @@ class ObjectStores:
             await self._store(bucket)
 
     async def put_file(self, bucket: str, name: str, path: Path) -> int:
+        return await retrying(lambda: self._put_file(bucket, name, path), f"put {bucket}/{name}")
+
+    async def _put_file(self, bucket: str, name: str, path: Path) -> int:
         store = await self._store(bucket)
         with open(path, "rb") as fh:
             meta = nats.js.api.ObjectMeta(
@@ -141,6 +178,9 @@ class ObjectStores:
         return int(info.size or 0)
 
     async def get_file(self, bucket: str, name: str, path: Path) -> None:
+        await retrying(lambda: self._get_file(bucket, name, path), f"get {bucket}/{name}")
+
+    async def _get_file(self, bucket: str, name: str, path: Path) -> None:
         store = await self._store(bucket)
         tmp = path.with_name(path.name + ".part")
         try:

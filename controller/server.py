@@ -32,6 +32,7 @@ from controller.loops.oneoff import OneOffs, Reaper
 from controller.loops.reconciler import Reconciler
 from controller.loops.release_phase import ReleasePhase
 from controller.store.accounts import Accounts
+from controller.store.audit import AuditTrail
 from controller.store.build_records import BuildStore
 from controller.store.placements import PlacementIndex
 from controller.store.state import State
@@ -65,6 +66,7 @@ class Controller:
         self.join_tokens = JoinTokens(self.etcd, self.keys, clock=clock)
         self.accounts = Accounts(self.etcd, self.keys, clock=clock)
         self.access = Access(self.tokens, self.accounts, clock)
+        self.audit = AuditTrail(self.etcd, self.keys)
         # Set before run(): called with a node's name when it joins (etcd RBAC).
         self.on_node_admitted: AdmitHook | None = on_node_admitted
         self.health = HealthServicer()
@@ -95,6 +97,7 @@ class Controller:
             clock=clock,
             credentials=config.credentials,
         )
+        self.run_service.audit = self.audit
         self.reaper = Reaper(self.oneoffs, self.leadership, interval=config.resync_seconds)
         self.log_hub = LogHub(
             config.nats,
@@ -186,6 +189,7 @@ class Controller:
         api = PlatformAPI(
             self.state,
             self.access,
+            self.audit,
             base_domain=self.config.base_domain,
             builds=self.build_services,
             log_hub=self.log_hub,

@@ -227,6 +227,13 @@ class Client:
     def revoke_authorization(self, token_id: str) -> pb.RevokeAuthorizationResponse:
         return self.platform("RevokeAuthorization", pb.RevokeAuthorizationRequest(id=token_id))
 
+    def audit_events(self, app: str = "", limit: int = 100) -> pb.ListAuditEventsResponse:
+        """The app's audit trail, or with no app the platform's (admins)."""
+        if app:
+            return self.platform("ListAuditEvents", pb.ListAuditEventsRequest(app=app, limit=limit))
+        request = pb.ListPlatformAuditEventsRequest(limit=limit)
+        return self.platform("ListPlatformAuditEvents", request)
+
     def list_users(self) -> pb.ListUsersResponse:
         return self.platform("ListUsers", pb.ListUsersRequest())
 

@@ -8,6 +8,8 @@
                                            a node's token says {"node": NAME}
     {prefix}/users/{email}                 account (JSON; password as a scrypt digest)
     {prefix}/access/{app}/{email}          a collaborator's permissions on the app (JSON)
+    {prefix}/audit/{app|_platform}/{seq:012d} audit record (JSON; the last N are kept)
+    {prefix}/auditseq/{app|_platform}      last audit sequence number
     {prefix}/jointokens/{sha256 hex}       one-time join token (JSON {node, expires_at}),
                                            under a lease of its TTL; deleted when used
     {prefix}/nodes/{node}                  node presence (JSON), by the agent under its own lease
@@ -91,6 +93,15 @@ class Keys:
 
     def collaborators(self, app: str | None = None) -> bytes:
         return self._k("access", app, "") if app else self._k("access", "")
+
+    def audit_record(self, scope: str, seq: int) -> bytes:
+        return self._k("audit", scope, f"{seq:012d}")
+
+    def audit_records(self, scope: str) -> bytes:
+        return self._k("audit", scope, "")
+
+    def audit_seq(self, scope: str) -> bytes:
+        return self._k("auditseq", scope)
 
     def join_token(self, digest: str) -> bytes:
         return self._k("jointokens", digest)

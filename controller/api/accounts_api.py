@@ -14,8 +14,10 @@ from controller.api.convert import timestamp
 from controller.api.endpoint import unary
 from controller.core import access
 from controller.core.access import Identity, TokenScope
+from controller.core.audit import AuditRecord
 from controller.core.models import CollaboratorRecord, TokenRecord, UserRecord
 from controller.store.accounts import Accounts
+from controller.store.audit import AuditTrail
 from controller.store.state import State
 from slipway import errors
 from slipway.v1 import platform_pb2 as pb
@@ -53,6 +55,18 @@ def authorization(record: TokenRecord) -> pb.Authorization:
     return msg
 
 
+def audit_event(record: AuditRecord) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        time=timestamp(record.time),
+        actor=record.actor,
+        token_name=record.token_name,
+        source=record.source,
+        action=record.action,
+        app=record.app,
+        detail=record.detail,
+    )
+
+
 def _person(who: Identity) -> str:
     if not who.user:
         raise errors.FailedPrecondition(
@@ -65,6 +79,7 @@ def _person(who: Identity) -> str:
 
 class AccountRPCs:
     access: Access
+    audit: AuditTrail | None
     accounts: Accounts
     state: State
 
@@ -128,6 +143,27 @@ class AccountRPCs:
     ) -> pb.RevokeAuthorizationResponse:
         await self.access.tokens.revoke_of_user(_person(who), request.id)
         return pb.RevokeAuthorizationResponse()
+
+    # the audit trail
+
+    @unary
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Ctx, who: Identity
+    ) -> pb.ListAuditEventsResponse:
+        await self.state.get_app(request.app)
+        return await self._audit_events(request.app, request.limit)
+
+    @unary
+    async def ListPlatformAuditEvents(
+        self, request: pb.ListPlatformAuditEventsRequest, context: Ctx, who: Identity
+    ) -> pb.ListAuditEventsResponse:
+        return await self._audit_events("", request.limit)
+
+    async def _audit_events(self, app: str, limit: int) -> pb.ListAuditEventsResponse:
+        if self.audit is None:
+            raise errors.Unavailable("this controller keeps no audit trail")
+        records = await self.audit.read(app, limit if limit > 0 else 100)
+        return pb.ListAuditEventsResponse(events=[audit_event(r) for r in records])
 
     # users
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
-from controller.api.auth import Access
+from controller.api.auth import Access, peer_address
+from controller.core import access, audit
 from controller.core.access import Identity
+from controller.core.audit import AuditRecord
+from controller.store.audit import AuditTrail
 from slipway import errors
 from slipway import log as slog
 from slipway.clock import Clock
@@ -34,6 +38,7 @@ class Servicer(Protocol):
     """What the wrappers need of the servicer whose methods they wrap."""
 
     access: Access
+    audit: AuditTrail | None
     clock: Clock
 
 
@@ -68,15 +73,46 @@ async def _first_and_rest(stream: AsyncIterator[Req]) -> tuple[Req | None, Async
     return first, whole()
 
 
-async def admit(self: Servicer, method: str, request: Any, context: Ctx) -> tuple[Identity, Any]:
-    """Who calls, checked against the method's rule on the request's app; and the
-    request to hand on (a client stream is re-assembled after its first message)."""
+@dataclass(frozen=True)
+class Admitted:
+    who: Identity
+    request: Any  # what the handler gets (a client stream re-assembled)
+    app: str
+    head: Any  # the message that says what the call is about (a stream's first)
+
+
+async def admit(self: Servicer, method: str, request: Any, context: Ctx) -> Admitted:
+    """Who calls, checked against the method's rule on the request's app."""
+    head = request
     if hasattr(request, "__aiter__"):
-        first, request = await _first_and_rest(request)
-        app = _app_of(first)
-    else:
-        app = _app_of(request)
-    return await self.access.admit(context, method, app), request
+        head, request = await _first_and_rest(request)
+    app = _app_of(head)
+    who = await self.access.admit(context, method, app)
+    return Admitted(who, request, app, head)
+
+
+async def record_change(self: Servicer, method: str, admitted: Admitted, context: Ctx) -> None:
+    """One audit record for a call that changed something and succeeded."""
+    if self.audit is None or not access.rule_of(method).writes:
+        return
+    who = admitted.who
+    actor = who.actor
+    if method == "Login":
+        actor = str(getattr(admitted.head, "email", "")).strip().lower()
+    record = AuditRecord(
+        time=self.clock.now(),
+        actor=actor,
+        token_name=who.token_name,
+        source=peer_address(context),
+        action=method,
+        app=admitted.app if access.rule_of(method).needs is not None else "",
+        detail=audit.detail_of(method, admitted.head),
+    )
+    try:
+        await self.audit.append(record, platform=method == "DestroyApp")
+    except errors.SlipwayError as exc:
+        # The change itself is done; say loudly that its record is missing.
+        log.error("audit record lost", method=method, app=record.app, error=exc.message)
 
 
 def unary(
@@ -86,13 +122,17 @@ def unary(
     async def wrapper(self: Servicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         started = self.clock.monotonic()
         failure: errors.SlipwayError | None = None
+        app = _app_of(request)
         try:
-            who, request = await admit(self, func.__name__, request, context)
-            result = await func(self, request, context, who)
+            admitted = await admit(self, func.__name__, request, context)
+            app = admitted.app
+            request = admitted.request
+            result = await func(self, request, context, admitted.who)
+            await record_change(self, func.__name__, admitted, context)
         except errors.SlipwayError as exc:
             failure = exc
         except Exception:
-            log.exception("api call failed", method=func.__name__, app=_app_of(request))
+            log.exception("api call failed", method=func.__name__, app=app)
             failure = errors.SlipwayError(
                 "internal error in the controller; see its log", reason="internal"
             )
@@ -102,7 +142,7 @@ def unary(
             log.info(
                 "api call",
                 method=func.__name__,
-                app=_app_of(request),
+                app=app,
                 code="OK",
                 duration_ms=duration_ms,
             )
@@ -110,7 +150,7 @@ def unary(
         log.info(
             "api call",
             method=func.__name__,
-            app=_app_of(request),
+            app=app,
             code=failure.code.name,
             error=failure.message,
             duration_ms=duration_ms,
@@ -132,8 +172,8 @@ def streaming(
         code = "OK"
         app = _app_of(request)
         try:
-            who, request = await admit(self, func.__name__, request, context)
-            async for item in func(self, request, context, who):
+            admitted = await admit(self, func.__name__, request, context)
+            async for item in func(self, admitted.request, context, admitted.who):
                 yield item
         except errors.SlipwayError as exc:
             code = exc.code.name

@@ -19,6 +19,7 @@ from controller.bus.apilog import ApiLog, release_lines, restart_line, scale_lin
 from controller.bus.logs import LogHub
 from controller.core.access import Identity
 from controller.core.transitions import ScaleChange
+from controller.store.audit import AuditTrail
 from controller.store.drains import Drains
 from controller.store.dynos import Dynos
 from controller.store.state import State
@@ -36,6 +37,7 @@ class PlatformAPI(
         self,
         state: State,
         access: Access,
+        audit: AuditTrail | None = None,
         *,
         base_domain: str = "",
         builds: BuildServices | None = None,
@@ -46,6 +48,7 @@ class PlatformAPI(
         self.clock = clock
         self.state = state
         self.access = access
+        self.audit = audit
         self.accounts = access.accounts
         self.base_domain = base_domain
         self.dynos = Dynos(state)

@@ -28,8 +28,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from controller.api.auth import Access
+from controller.api.auth import Access, peer_address
+from controller.core.access import Identity
+from controller.core.audit import AuditRecord
 from controller.loops.oneoff import OneOffs, RunRequest, Started
+from controller.store.audit import AuditTrail
 from slipway import errors, tls
 from slipway import log as slog
 from slipway.clock import Clock, SystemClock
@@ -128,8 +131,29 @@ class RunService:
         # certificate must be the cluster CA's and name the node's address.
         self.credentials = credentials
         self.access = access
+        # Set by the server: where a started one-off dyno is recorded.
+        self.audit: AuditTrail | None = None
         self.idle_seconds = idle_seconds
         self.max_seconds = max_seconds
+
+    async def _audit(
+        self, who: Identity, start: pb.RunDynoStart, context: grpc.aio.ServicerContext
+    ) -> None:
+        if self.audit is None:
+            return
+        record = AuditRecord(
+            time=self.clock.now(),
+            actor=who.actor,
+            token_name=who.token_name,
+            source=peer_address(context),
+            action="RunDyno",
+            app=start.app,
+            detail=start.command[:200],
+        )
+        try:
+            await self.audit.append(record)
+        except errors.SlipwayError as exc:
+            log.error("audit record lost", method="RunDyno", app=start.app, error=exc.message)
 
     async def run_dyno(
         self,
@@ -145,8 +169,9 @@ class RunService:
                 first = None
             if first is None or first.WhichOneof("body") != "start":
                 raise errors.InvalidArgument("the first RunDyno message must be start")
-            await self.access.admit(context, "RunDyno", first.start.app)
+            who = await self.access.admit(context, "RunDyno", first.start.app)
             started = await self.oneoffs.start(run_request(first.start))
+            await self._audit(who, first.start, context)
         except errors.SlipwayError as exc:
             log.info("run refused", error=exc.message, code=exc.code.name)
             await context.abort(exc.code, exc.message, errors.trailers(exc))

@@ -101,6 +101,8 @@ RULES: dict[str, Rule] = {
     "AddCollaborator": Rule(needs=Permission.MANAGE, account=True),
     "UpdateCollaborator": Rule(needs=Permission.MANAGE, account=True),
     "RemoveCollaborator": Rule(needs=Permission.MANAGE, account=True),
+    "ListAuditEvents": _read(),
+    "ListPlatformAuditEvents": Rule(admin=True, writes=False),
     # the caller itself
     "WhoAmI": _read(None),
     "ListAuthorizations": _read(None),

@@ -185,10 +185,17 @@ class State:
             k.formation(name),
             k.route_app(name),
             k.run_seq(name),
+            k.audit_seq(name),
         ]
         # Placements go with the app; agents then stop the dynos and drop their
         # own statuses and routes (tied to their leases).
-        prefixes = [k.releases(name), k.dynos(name), k.log_drains(name), k.collaborators(name)]
+        prefixes = [
+            k.releases(name),
+            k.dynos(name),
+            k.log_drains(name),
+            k.collaborators(name),
+            k.audit_records(name),
+        ]
         ok = await self.etcd.txn(
             compare=[tx.version(k.app(name)) > 0],
             success=[tx.delete(key) for key in whole_keys]

@@ -1,11 +1,14 @@
-"""access, access:add, access:update, access:remove: who may do what to an app."""
+"""access, access:add, access:update, access:remove: who may do what to an app;
+audit: who did."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
 from slipway.cli.base import app_option, cli, json_option, with_client
-from slipway.cli.output import emit_json, heading, table
+from slipway.cli.output import emit_json, heading, table, to_dict, when
 from slipway.client import Client
 
 _PERMISSIONS = (
@@ -70,3 +73,28 @@ def access_remove(client: Client, email: str, app: str) -> None:
     """Take EMAIL's access to the app away (needs manage); it stops at once."""
     client.remove_collaborator(app, email)
     click.echo(f"Removing {email} access from {app}... done")
+
+
+@cli.command("audit")
+@click.option("-a", "--app", envvar="SLIPWAY_APP", metavar="APP", help="The app's trail.")
+@click.option(
+    "--platform", is_flag=True, help="The platform's trail (admins): users, nodes, logins."
+)
+@click.option("-n", "--num", default=100, show_default=True, help="The newest N records.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line (JSON lines).")
+@with_client
+def audit(client: Client, app: str | None, platform: bool, num: int, as_json: bool) -> None:
+    """Who changed what, when and from where: an app's trail, or the platform's."""
+    if platform == bool(app):
+        raise click.UsageError("give -a APP for an app's trail, or --platform")
+    events = list(client.audit_events(app or "", num).events)
+    if as_json:
+        for event in events:
+            click.echo(json.dumps(to_dict(event), sort_keys=True))
+        return
+    heading(f"{app} Audit Trail" if app else "Platform Audit Trail")
+    rows = [
+        [when(e.time), e.actor, e.source, e.action + (f" {e.app}" if platform else ""), e.detail]
+        for e in events
+    ]
+    table(["TIME", "BY", "FROM", "ACTION", "DETAIL"], rows)

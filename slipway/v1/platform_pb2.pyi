@@ -342,6 +342,44 @@ class RevokeAuthorizationResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class AuditEvent(_message.Message):
+    __slots__ = ("time", "actor", "token_name", "source", "action", "app", "detail")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    actor: str
+    token_name: str
+    source: str
+    action: str
+    app: str
+    detail: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., token_name: _Optional[str] = ..., source: _Optional[str] = ..., action: _Optional[str] = ..., app: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListAuditEventsRequest(_message.Message):
+    __slots__ = ("app", "limit")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    limit: int
+    def __init__(self, app: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListPlatformAuditEventsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListAuditEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ...) -> None: ...
+
 class User(_message.Message):
     __slots__ = ("email", "admin", "created_at", "has_password")
     EMAIL_FIELD_NUMBER: _ClassVar[int]

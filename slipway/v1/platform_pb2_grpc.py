@@ -150,6 +150,16 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListAuditEvents',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
+        self.ListPlatformAuditEvents = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListPlatformAuditEvents',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListPlatformAuditEventsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
         self.ListUsers = channel.unary_unary(
                 '/slipway.v1.PlatformService/ListUsers',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.ListUsersRequest.SerializeToString,
@@ -403,6 +413,21 @@ class PlatformServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeAuthorization(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """The audit trail: who changed what, when and from where. An app's (needs
+        view), oldest first; the platform's (users, nodes, logins, destroyed apps:
+        admins only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlatformAuditEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -663,6 +688,16 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.RevokeAuthorization,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'ListPlatformAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlatformAuditEvents,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListPlatformAuditEventsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListAuditEventsResponse.SerializeToString,
             ),
             'ListUsers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListUsers,
@@ -1376,6 +1411,60 @@ class PlatformService:
             '/slipway.v1.PlatformService/RevokeAuthorization',
             slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.RevokeAuthorizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListAuditEvents',
+            slipway_dot_v1_dot_platform__pb2.ListAuditEventsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlatformAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListPlatformAuditEvents',
+            slipway_dot_v1_dot_platform__pb2.ListPlatformAuditEventsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

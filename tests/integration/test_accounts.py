@@ -173,6 +173,17 @@ def test_collaborators_get_what_their_permissions_say(
     # Releases and the app's log say who did it.
     assert "ada@example.com" in ada.ok("releases", "-a", "shared-app")
 
+    # Every change is in the app's audit trail with who made it, and no secret.
+    lines = ada.ok("audit", "-a", "shared-app", "--json").splitlines()
+    trail = [(e["actor"], e["action"], e.get("detail", "")) for e in map(json.loads, lines)]
+    assert ("ada@example.com", "UpdateConfigVars", "set SECRET") in trail
+    assert ("ada@example.com", "AddCollaborator", "bob@example.com view") in trail
+    assert ("bob@example.com", "ScaleFormation", "worker=0") in trail
+    assert ("ada@example.com", "RemoveCollaborator", "bob@example.com") in trail
+    assert not [e for e in trail if e[1] in ("GetApp", "ListReleases")]  # reads are not changes
+    assert "s3cr3t" not in "\n".join(lines)
+    assert all(json.loads(line)["source"] == "127.0.0.1" for line in lines)
+
 
 def test_platform_commands_are_for_admins(
     controller: ControllerProcess, people: tuple[Person, Person]
@@ -182,6 +193,10 @@ def test_platform_commands_are_for_admins(
     assert "for platform admins" in ada.refused("users")
     listed = controller.cli("users", "--json", check=True).stdout
     assert {u["email"] for u in json.loads(listed)} == set(PASSWORD)
+    assert "for platform admins" in ada.refused("audit", "--platform")
+    platform = controller.cli("audit", "--platform", check=True).stdout
+    assert "CreateUser" in platform and "bob@example.com" in platform
+    assert "Login" in platform and "ada@example.com" in platform
 
 
 def test_wrong_passwords_are_throttled_and_the_right_one_works_afterwards(

@@ -175,3 +175,22 @@ def test_the_app_of_a_request_is_found_in_its_fields_or_its_first_part() -> None
     assert _app_of(pb.RunDynoRequest(start=pb.RunDynoStart(app="demo"))) == "demo"
     assert _app_of(pb.UploadSourceRequest(chunk=b"x")) == ""
     assert _app_of(pb.ListAppsRequest()) == ""
+
+
+def test_audit_details_name_what_changed_but_never_a_secret() -> None:
+    from controller.core.audit import detail_of
+    from slipway.v1 import platform_pb2 as pb
+
+    config = pb.UpdateConfigVarsRequest(app="a", set={"TOKEN": "hunter22"}, unset=["OLD"])
+    assert detail_of("UpdateConfigVars", config) == "set TOKEN unset OLD"
+    drain = pb.AddLogDrainRequest(app="a", url="https://user:pass@logs.example.com/x")
+    assert "pass" not in detail_of("AddLogDrain", drain)
+    scale = pb.ScaleFormationRequest(
+        app="a",
+        changes=[
+            pb.FormationChange(type="web", quantity=2),
+            pb.FormationChange(type="w", delta=-1),
+        ],
+    )
+    assert detail_of("ScaleFormation", scale) == "web=2 w-1"
+    assert detail_of("GetApp", pb.GetAppRequest(app="a")) == ""

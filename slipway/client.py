@@ -130,11 +130,11 @@ class Client:
 
     # Convenience wrappers used by the CLI and tests.
 
-    def create_app(self, name: str = "") -> pb.CreateAppResponse:
-        return self.platform("CreateApp", pb.CreateAppRequest(name=name))
+    def create_app(self, name: str = "", team: str = "") -> pb.CreateAppResponse:
+        return self.platform("CreateApp", pb.CreateAppRequest(name=name, team=team))
 
-    def list_apps(self) -> pb.ListAppsResponse:
-        return self.platform("ListApps", pb.ListAppsRequest())
+    def list_apps(self, team: str = "") -> pb.ListAppsResponse:
+        return self.platform("ListApps", pb.ListAppsRequest(team=team))
 
     def get_app(self, app: str) -> pb.GetAppResponse:
         return self.platform("GetApp", pb.GetAppRequest(app=app))
@@ -144,6 +144,12 @@ class Client:
 
     def get_config(self, app: str) -> pb.GetConfigVarsResponse:
         return self.platform("GetConfigVars", pb.GetConfigVarsRequest(app=app))
+
+    def get_config_names(self, app: str) -> list[str]:
+        reply: pb.GetConfigVarNamesResponse = self.platform(
+            "GetConfigVarNames", pb.GetConfigVarNamesRequest(app=app)
+        )
+        return list(reply.names)
 
     def update_config(
         self, app: str, set_vars: dict[str, str] | None = None, unset: list[str] | None = None
@@ -244,6 +250,35 @@ class Client:
 
     def remove_user(self, email: str) -> pb.RemoveUserResponse:
         return self.platform("RemoveUser", pb.RemoveUserRequest(email=email))
+
+    # teams
+
+    def list_teams(self) -> list[pb.Team]:
+        reply: pb.ListTeamsResponse = self.platform("ListTeams", pb.ListTeamsRequest())
+        return list(reply.teams)
+
+    def create_team(self, team: str) -> pb.Team:
+        reply: pb.CreateTeamResponse = self.platform("CreateTeam", pb.CreateTeamRequest(team=team))
+        return reply.team
+
+    def destroy_team(self, team: str, confirm: str) -> None:
+        self.platform("DestroyTeam", pb.DestroyTeamRequest(team=team, confirm=confirm))
+
+    def list_team_members(self, team: str) -> list[pb.TeamMember]:
+        reply: pb.ListTeamMembersResponse = self.platform(
+            "ListTeamMembers", pb.ListTeamMembersRequest(team=team)
+        )
+        return list(reply.members)
+
+    def set_team_member(
+        self, team: str, email: str, role: str, *, update: bool = False
+    ) -> pb.TeamMember:
+        request = pb.SetTeamMemberRequest(team=team, email=email, role=role, update=update)
+        reply: pb.SetTeamMemberResponse = self.platform("SetTeamMember", request)
+        return reply.member
+
+    def remove_team_member(self, team: str, email: str) -> None:
+        self.platform("RemoveTeamMember", pb.RemoveTeamMemberRequest(team=team, email=email))
 
     def list_collaborators(self, app: str) -> pb.ListCollaboratorsResponse:
         return self.platform("ListCollaborators", pb.ListCollaboratorsRequest(app=app))

@@ -8,6 +8,8 @@
                                            a node's token says {"node": NAME}
     {prefix}/users/{email}                 account (JSON; password as a scrypt digest)
     {prefix}/access/{app}/{email}          a collaborator's permissions on the app (JSON)
+    {prefix}/teams/{team}                  team (JSON)
+    {prefix}/members/{team}/{email}        a team member's role (JSON)
     {prefix}/audit/{app|_platform}/{seq:012d} audit record (JSON; the last N are kept)
     {prefix}/auditseq/{app|_platform}      last audit sequence number
     {prefix}/jointokens/{sha256 hex}       one-time join token (JSON {node, expires_at}),
@@ -93,6 +95,18 @@ class Keys:
 
     def collaborators(self, app: str | None = None) -> bytes:
         return self._k("access", app, "") if app else self._k("access", "")
+
+    def team(self, team: str) -> bytes:
+        return self._k("teams", team)
+
+    def teams(self) -> bytes:
+        return self._k("teams", "")
+
+    def member(self, team: str, email: str) -> bytes:
+        return self._k("members", team, email)
+
+    def members(self, team: str | None = None) -> bytes:
+        return self._k("members", team, "") if team else self._k("members", "")
 
     def audit_record(self, scope: str, seq: int) -> bytes:
         return self._k("audit", scope, f"{seq:012d}")

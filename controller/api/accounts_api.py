@@ -15,7 +15,7 @@ from controller.api.endpoint import unary
 from controller.core import access
 from controller.core.access import Identity, TokenScope
 from controller.core.audit import AuditRecord
-from controller.core.models import CollaboratorRecord, TokenRecord, UserRecord
+from controller.core.models import CollaboratorRecord, MemberRecord, TokenRecord, UserRecord
 from controller.store.accounts import Accounts
 from controller.store.audit import AuditTrail
 from controller.store.state import State
@@ -35,11 +35,23 @@ def user_message(record: UserRecord) -> pb.User:
 
 
 def collaborator_message(record: CollaboratorRecord) -> pb.Collaborator:
+    owner = record.added_by == "owner"
     return pb.Collaborator(
         email=record.email,
         permissions=record.permissions,
-        owner=record.added_by == "owner",
+        owner=owner,
         created_at=timestamp(record.created_at),
+        role="owner" if owner else "collaborator",
+    )
+
+
+def team_member_access(record: MemberRecord) -> pb.Collaborator:
+    role = access.TeamRole(record.role)
+    return pb.Collaborator(
+        email=record.email,
+        permissions=sorted(p.value for p in access.ROLE_PERMISSIONS[role]),
+        created_at=timestamp(record.added_at),
+        role=f"team {role.value}",
     )
 
 
@@ -67,7 +79,7 @@ def audit_event(record: AuditRecord) -> pb.AuditEvent:
     )
 
 
-def _person(who: Identity) -> str:
+def person(who: Identity) -> str:
     if not who.user:
         raise errors.FailedPrecondition(
             "an operator's token has no account; make tokens with "
@@ -113,7 +125,7 @@ class AccountRPCs:
     async def ListAuthorizations(
         self, request: pb.ListAuthorizationsRequest, context: Ctx, who: Identity
     ) -> pb.ListAuthorizationsResponse:
-        records = await self.access.tokens.of_user(_person(who))
+        records = await self.access.tokens.of_user(person(who))
         return pb.ListAuthorizationsResponse(authorizations=[authorization(r) for r in records])
 
     @unary
@@ -127,7 +139,7 @@ class AccountRPCs:
                 f"unknown scope {request.scope!r}; choose global, write or read",
                 reason="bad_scope",
             ) from None
-        user = _person(who)
+        user = person(who)
         token, record = await self.access.tokens.create(
             f"authorization {user}",
             user=user,
@@ -141,7 +153,7 @@ class AccountRPCs:
     async def RevokeAuthorization(
         self, request: pb.RevokeAuthorizationRequest, context: Ctx, who: Identity
     ) -> pb.RevokeAuthorizationResponse:
-        await self.access.tokens.revoke_of_user(_person(who), request.id)
+        await self.access.tokens.revoke_of_user(person(who), request.id)
         return pb.RevokeAuthorizationResponse()
 
     # the audit trail
@@ -188,7 +200,7 @@ class AccountRPCs:
         self, request: pb.RemoveUserRequest, context: Ctx, who: Identity
     ) -> pb.RemoveUserResponse:
         revoked = await self.accounts.remove_user(request.email)
-        self.access.tokens.forget()
+        self.access.forget()
         return pb.RemoveUserResponse(tokens_revoked=revoked)
 
     # an app's collaborators
@@ -198,8 +210,16 @@ class AccountRPCs:
         self, request: pb.ListCollaboratorsRequest, context: Ctx, who: Identity
     ) -> pb.ListCollaboratorsResponse:
         app = await self.state.get_app(request.app)
-        found = await self.accounts.collaborators(app)
-        return pb.ListCollaboratorsResponse(collaborators=[collaborator_message(c) for c in found])
+        found = {c.email: collaborator_message(c) for c in await self.accounts.collaborators(app)}
+        if app.team:
+            for member in await self.accounts.teams.members(app.team):
+                entry = team_member_access(member)
+                also = found.get(member.email)
+                if also is not None:  # one line each: what they hold, both ways
+                    entry.permissions[:] = sorted({*entry.permissions, *also.permissions})
+                    entry.role = f"{entry.role}, {also.role}"
+                found[member.email] = entry
+        return pb.ListCollaboratorsResponse(collaborators=list(found.values()))
 
     async def _set(
         self, app_name: str, email: str, permissions: list[str], who: Identity, *, new: bool

@@ -266,6 +266,8 @@ class Access:
     def __init__(self, tokens: Tokens, accounts: Accounts, clock: Clock) -> None:
         self.tokens = tokens
         self.accounts = accounts
+        self.clock = clock
+        self._accounts_seen: dict[str, tuple[bool, float]] = {}
         # Guessing at one account slows down after 5 misses; one address (which
         # may be a whole office behind NAT) after 20, across all accounts.
         self.per_account = LoginThrottle(clock, free=5)
@@ -274,14 +276,35 @@ class Access:
     async def identity(self, caller: Caller) -> Identity:
         if not caller.user:
             return Identity(user="", token_name=caller.name, admin=True, scope=caller.scope)
-        user = await self.accounts.get_user(caller.user)
-        if user is None:
-            raise errors.Unauthenticated(
-                f"the account {caller.user} of this token was removed", reason="no_account"
-            )
-        return Identity(caller.user, caller.name, user.admin, caller.scope)
+        admin = await self._is_admin(caller.user)
+        return Identity(caller.user, caller.name, admin, caller.scope)
 
-    async def admit(self, context: grpc.aio.ServicerContext, method: str, app: str) -> Identity:
+    async def _is_admin(self, email: str) -> bool:
+        """Whether the account is a platform admin, cached as long as tokens are (a
+        removed account stops working within the same bound)."""
+        now = self.clock.monotonic()
+        cached = self._accounts_seen.get(email)
+        if cached and cached[1] > now:
+            return cached[0]
+        user = await self.accounts.get_user(email)
+        if user is None:
+            self._accounts_seen.pop(email, None)
+            raise errors.Unauthenticated(
+                f"the account {email} of this token was removed", reason="no_account"
+            )
+        if len(self._accounts_seen) > 10_000:
+            self._accounts_seen.clear()
+        self._accounts_seen[email] = (user.admin, now + self.tokens.cache_seconds)
+        return user.admin
+
+    def forget(self) -> None:
+        """Drop every cached token and account (after one was removed here)."""
+        self.tokens.forget()
+        self._accounts_seen.clear()
+
+    async def admit(
+        self, context: grpc.aio.ServicerContext, method: str, app: str, team: str = ""
+    ) -> Identity:
         rule = access.rule_of(method)
         if rule.public:
             return Identity(user="", token_name="", admin=False, scope=TokenScope.READ)
@@ -289,11 +312,15 @@ class Access:
         authorize(caller, Scope.API, policy=self.tokens.policy)
         who = await self.identity(caller)
         grant = None
-        if rule.needs is not None and not who.admin:
-            if not app:
-                raise errors.InvalidArgument("no app given; pass -a APP", reason="missing_app")
-            grant = await self.accounts.grant(app, who.user)
-        access.decide(who, method, app, grant)
+        role = None
+        if not who.admin:
+            if rule.needs is not None:
+                if not app:
+                    raise errors.InvalidArgument("no app given; pass -a APP", reason="missing_app")
+                grant = await self.accounts.grant(app, who.user)
+            if rule.team is not None and team:
+                role = await self.accounts.teams.role(team, who.user)
+        access.decide(who, method, app, grant, team=team, role=role)
         return who
 
     async def login(self, email: str, password: str, source: str) -> tuple[str, Identity]:

@@ -39,6 +39,7 @@ def app(record: AppRecord, base_domain: str = "") -> types_pb2.App:
         stack=record.stack,
         web_url=f"http://{record.name}.{base_domain}/" if base_domain else "",
         owner=record.owner,
+        team=record.team,
     )
 
 

@@ -58,6 +58,12 @@ def _app_of(request: Any) -> str:
     return ""
 
 
+def _team_of(request: Any) -> str:
+    """The team a request is about: its ``team`` field ("" when none)."""
+    value = getattr(request, "team", None)
+    return value if isinstance(value, str) else ""
+
+
 async def _first_and_rest(stream: AsyncIterator[Req]) -> tuple[Req | None, AsyncIterator[Req]]:
     """Read a client stream's first message (to learn its app) and give back the
     whole stream, that message included, for the handler."""
@@ -87,7 +93,7 @@ async def admit(self: Servicer, method: str, request: Any, context: Ctx) -> Admi
     if hasattr(request, "__aiter__"):
         head, request = await _first_and_rest(request)
     app = _app_of(head)
-    who = await self.access.admit(context, method, app)
+    who = await self.access.admit(context, method, app, _team_of(head))
     return Admitted(who, request, app, head)
 
 

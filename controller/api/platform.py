@@ -15,8 +15,10 @@ from controller.api.drains_api import DrainRPCs
 from controller.api.endpoint import unary
 from controller.api.logs_api import LogRPCs
 from controller.api.run_api import RunService
+from controller.api.teams_api import TeamRPCs
 from controller.bus.apilog import ApiLog, release_lines, restart_line, scale_line
 from controller.bus.logs import LogHub
+from controller.core import access, validation
 from controller.core.access import Identity
 from controller.core.transitions import ScaleChange
 from controller.store.audit import AuditTrail
@@ -31,7 +33,12 @@ Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
 class PlatformAPI(
-    AccountRPCs, BuildRPCs, LogRPCs, DrainRPCs, platform_pb2_grpc.PlatformServiceServicer
+    AccountRPCs,
+    TeamRPCs,
+    BuildRPCs,
+    LogRPCs,
+    DrainRPCs,
+    platform_pb2_grpc.PlatformServiceServicer,
 ):
     def __init__(
         self,
@@ -71,7 +78,14 @@ class PlatformAPI(
     async def CreateApp(
         self, request: pb.CreateAppRequest, context: Ctx, who: Identity
     ) -> pb.CreateAppResponse:
-        record = await self.state.create_app(request.name or None, owner=who.user)
+        team = request.team and validation.team_name(request.team)
+        record = await self.state.create_app(request.name or None, owner=who.user, team=team)
+        if team and who.user:
+            # As on Heroku, whoever makes a team's app may manage it, whatever
+            # their role in the team.
+            await self.accounts.set_collaborator(
+                record, who.user, access.ALL_PERMISSIONS, by="created the app", new=True
+            )
         return pb.CreateAppResponse(app=convert.app(record, self.base_domain))
 
     @unary
@@ -79,6 +93,8 @@ class PlatformAPI(
         self, request: pb.ListAppsRequest, context: Ctx, who: Identity
     ) -> pb.ListAppsResponse:
         apps = await self.state.list_apps()
+        if request.team:
+            apps = [a for a in apps if a.team == request.team]
         if not who.admin:
             apps = await self.accounts.visible_apps(who.user, apps)
         return pb.ListAppsResponse(apps=[convert.app(a, self.base_domain) for a in apps])
@@ -114,6 +130,12 @@ class PlatformAPI(
         self, request: pb.GetConfigVarsRequest, context: Ctx, who: Identity
     ) -> pb.GetConfigVarsResponse:
         return pb.GetConfigVarsResponse(config=await self.state.get_config(request.app))
+
+    @unary
+    async def GetConfigVarNames(
+        self, request: pb.GetConfigVarNamesRequest, context: Ctx, who: Identity
+    ) -> pb.GetConfigVarNamesResponse:
+        return pb.GetConfigVarNamesResponse(names=sorted(await self.state.get_config(request.app)))
 
     @unary
     async def UpdateConfigVars(

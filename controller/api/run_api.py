@@ -28,9 +28,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from controller.api.auth import Access, peer_address
-from controller.core.access import Identity
-from controller.core.audit import AuditRecord
+from controller.api.auth import Access
+from controller.api.endpoint import Admitted, record_change
 from controller.loops.oneoff import OneOffs, RunRequest, Started
 from controller.store.audit import AuditTrail
 from slipway import errors, tls
@@ -136,25 +135,6 @@ class RunService:
         self.idle_seconds = idle_seconds
         self.max_seconds = max_seconds
 
-    async def _audit(
-        self, who: Identity, start: pb.RunDynoStart, context: grpc.aio.ServicerContext
-    ) -> None:
-        if self.audit is None:
-            return
-        record = AuditRecord(
-            time=self.clock.now(),
-            actor=who.actor,
-            token_name=who.token_name,
-            source=peer_address(context),
-            action="RunDyno",
-            app=start.app,
-            detail=start.command[:200],
-        )
-        try:
-            await self.audit.append(record)
-        except errors.SlipwayError as exc:
-            log.error("audit record lost", method="RunDyno", app=start.app, error=exc.message)
-
     async def run_dyno(
         self,
         requests: AsyncIterator[pb.RunDynoRequest],
@@ -171,7 +151,9 @@ class RunService:
                 raise errors.InvalidArgument("the first RunDyno message must be start")
             who = await self.access.admit(context, "RunDyno", first.start.app)
             started = await self.oneoffs.start(run_request(first.start))
-            await self._audit(who, first.start, context)
+            await record_change(
+                self, "RunDyno", Admitted(who, None, first.start.app, first.start), context
+            )
         except errors.SlipwayError as exc:
             log.info("run refused", error=exc.message, code=exc.code.name)
             await context.abort(exc.code, exc.message, errors.trailers(exc))

@@ -8,6 +8,14 @@ People hold permissions on apps, with Heroku's names:
     manage    config changes, log drains, access, destroy
 
 An app's owner holds all four; a collaborator those granted (``view`` always).
+An app may be owned by a team instead of a person: each member of the team
+holds permissions on all its apps by role (:data:`ROLE_PERMISSIONS`), on top
+of anything granted them as a collaborator:
+
+    admin     all four on every app of the team, and the team's membership
+    member    view, deploy, operate; may create apps in the team
+    viewer    view
+
 Platform admins (and operators' tokens from ``slipway-controller tokens
 create``) may do everything, and they alone manage users and nodes.
 
@@ -38,6 +46,25 @@ class Permission(StrEnum):
 ALL_PERMISSIONS = frozenset(Permission)
 
 
+class TeamRole(StrEnum):
+    VIEWER = "viewer"
+    MEMBER = "member"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return _RANKS[self]
+
+
+_RANKS = {TeamRole.VIEWER: 0, TeamRole.MEMBER: 1, TeamRole.ADMIN: 2}
+
+ROLE_PERMISSIONS: dict[TeamRole, frozenset[Permission]] = {
+    TeamRole.ADMIN: ALL_PERMISSIONS,
+    TeamRole.MEMBER: frozenset({Permission.VIEW, Permission.DEPLOY, Permission.OPERATE}),
+    TeamRole.VIEWER: frozenset({Permission.VIEW}),
+}
+
+
 class TokenScope(StrEnum):
     GLOBAL = "global"
     WRITE = "write"
@@ -52,6 +79,9 @@ class Rule:
     writes: bool = True  # refused to a read-scoped token
     account: bool = False  # changes accounts or access: refused to a write-scoped token
     public: bool = False  # no token at all (logging in)
+    # The role the caller needs in the request's team; None: no team is involved.
+    team: TeamRole | None = None
+    team_optional: bool = False  # the team is checked only when the request names one
 
 
 def _read(needs: Permission | None = Permission.VIEW) -> Rule:
@@ -64,12 +94,13 @@ def _change(needs: Permission) -> Rule:
 
 RULES: dict[str, Rule] = {
     # apps
-    "CreateApp": Rule(),
+    "CreateApp": Rule(team=TeamRole.MEMBER, team_optional=True),
     "ListApps": _read(None),  # lists only the apps the caller may view
     "GetApp": _read(),
     "DestroyApp": _change(Permission.MANAGE),
     # config vars: values are secrets, so reading them is `operate`
     "GetConfigVars": _read(Permission.OPERATE),
+    "GetConfigVarNames": _read(),
     "UpdateConfigVars": _change(Permission.MANAGE),
     # releases
     "ListReleases": _read(),
@@ -101,6 +132,13 @@ RULES: dict[str, Rule] = {
     "AddCollaborator": Rule(needs=Permission.MANAGE, account=True),
     "UpdateCollaborator": Rule(needs=Permission.MANAGE, account=True),
     "RemoveCollaborator": Rule(needs=Permission.MANAGE, account=True),
+    # teams
+    "ListTeams": _read(None),  # lists only the caller's teams
+    "CreateTeam": Rule(account=True),
+    "DestroyTeam": Rule(team=TeamRole.ADMIN, account=True),
+    "ListTeamMembers": Rule(team=TeamRole.VIEWER, writes=False),
+    "SetTeamMember": Rule(team=TeamRole.ADMIN, account=True),
+    "RemoveTeamMember": Rule(team=TeamRole.ADMIN, account=True),
     "ListAuditEvents": _read(),
     "ListPlatformAuditEvents": Rule(admin=True, writes=False),
     # the caller itself
@@ -153,10 +191,32 @@ def rule_of(method: str) -> Rule:
     return rule
 
 
-def decide(who: Identity, method: str, app: str, grant: Grant | None) -> None:
+def grant_of(
+    *, owner: bool, granted: frozenset[Permission] | None, role: TeamRole | None
+) -> Grant | None:
+    """What a person holds on an app: as its owner, as a collaborator (``granted``)
+    and as a member of the team that owns it (``role``); None when nothing."""
+    if owner:
+        return Grant(owner=True, permissions=ALL_PERMISSIONS)
+    if granted is None and role is None:
+        return None
+    held = (granted or frozenset()) | (ROLE_PERMISSIONS[role] if role else frozenset())
+    return Grant(permissions=held)
+
+
+def decide(
+    who: Identity,
+    method: str,
+    app: str,
+    grant: Grant | None,
+    *,
+    team: str = "",
+    role: TeamRole | None = None,
+) -> None:
     """Return if ``who`` may call ``method`` on ``app`` (``grant``: what it holds
-    there, None for none); raise PermissionDenied, or NotFound for an app the
-    caller may not even view (whether it exists is not the caller's business)."""
+    there, None for none) and on ``team`` (``role``: theirs in it, None for none);
+    raise PermissionDenied, or NotFound for an app or team the caller may not
+    even view (whether it exists is not the caller's business)."""
     rule = rule_of(method)
     if rule.public:
         return
@@ -176,7 +236,10 @@ def decide(who: Identity, method: str, app: str, grant: Grant | None) -> None:
         raise errors.PermissionDenied(
             f"{method} is for platform admins; {who.actor} is not one", reason="not_admin"
         )
-    if who.admin or rule.needs is None:
+    if who.admin:
+        return
+    _decide_team(who, method, rule, team, role)
+    if rule.needs is None:
         return
     if grant is None:
         raise errors.NotFound(f"app {app!r} not found", reason="app_not_found")
@@ -187,6 +250,32 @@ def decide(who: Identity, method: str, app: str, grant: Grant | None) -> None:
             f"slipway access:update {who.actor or 'EMAIL'} --permissions {rule.needs} -a {app}",
             reason="missing_permission",
         )
+
+
+def _decide_team(who: Identity, method: str, rule: Rule, team: str, role: TeamRole | None) -> None:
+    if rule.team is None or (rule.team_optional and not team):
+        return
+    if not team:
+        raise errors.InvalidArgument("no team given; pass -t TEAM", reason="missing_team")
+    if role is None:
+        raise errors.NotFound(f"team {team!r} not found", reason="team_not_found")
+    if role.rank < rule.team.rank:
+        raise errors.PermissionDenied(
+            f"{who.actor} is a {role} of team {team!r}; {method} needs the {rule.team} role "
+            f"or higher; a team admin can change it: "
+            f"slipway members:set {who.actor} --role {rule.team} -t {team}",
+            reason="missing_role",
+        )
+
+
+def parse_role(value: str) -> TeamRole:
+    try:
+        return TeamRole(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(r.value for r in TeamRole)
+        raise errors.InvalidArgument(
+            f"unknown team role {value!r}; choose from {choices}", reason="bad_role"
+        ) from None
 
 
 def parse_permissions(values: list[str] | tuple[str, ...]) -> frozenset[Permission]:

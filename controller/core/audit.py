@@ -81,7 +81,12 @@ DETAILS: dict[str, Callable[[Any], str]] = {
     "DrainNode": lambda r: f"{'undrain' if r.undrain else 'drain'} {r.node}",
     "CreateAuthorization": lambda r: f"scope {r.scope or 'global'}",
     "RevokeAuthorization": lambda r: r.id,
-    "CreateApp": lambda r: r.name,
+    "CreateApp": lambda r: r.name + (f" (team {r.team})" if r.team else ""),
+    "RunDyno": lambda r: r.command[:200],
+    "CreateTeam": lambda r: r.team,
+    "DestroyTeam": lambda r: r.team,
+    "SetTeamMember": lambda r: f"{r.email} as {r.role} in {r.team}",
+    "RemoveTeamMember": lambda r: f"{r.email} from {r.team}",
     "SetBuildpacks": lambda r: " ".join(getattr(r, "buildpacks", ())),
 }
 

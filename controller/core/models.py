@@ -43,6 +43,9 @@ class AppRecord:
     # The account that owns the app (all permissions); "" for an app made with
     # an operator's token or before accounts existed: admins only.
     owner: str = ""
+    # The team that owns the app instead of one account ("" for none); its
+    # members hold permissions by role (controller/core/access.py).
+    team: str = ""
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))
@@ -190,5 +193,38 @@ class CollaboratorRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> CollaboratorRecord:
+        obj = json.loads(data)
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class TeamRecord:
+    name: str
+    created_at: float
+    created_by: str = ""
+
+    def encode(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> TeamRecord:
+        obj = json.loads(data)
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class MemberRecord:
+    """A person's role in a team."""
+
+    email: str
+    role: str
+    added_at: float
+    added_by: str = ""
+
+    def encode(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> MemberRecord:
         obj = json.loads(data)
         return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})

@@ -19,14 +19,23 @@ MAX_QUANTITY = 100
 EMAIL_RE = re.compile(r"^[a-z0-9._%+-]{1,64}@[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})*$")
 
 
-def app_name(name: str) -> str:
+def _name(kind: str, name: str) -> str:
+    """App and team names share one form: app names become host names."""
     if not APP_NAME_RE.match(name):
         raise errors.InvalidArgument(
-            f"invalid app name {name!r}: use 3 to 30 characters, a lowercase letter first, "
+            f"invalid {kind} name {name!r}: use 3 to 30 characters, a lowercase letter first, "
             "then lowercase letters, digits and dashes",
-            reason="invalid_app_name",
+            reason=f"invalid_{kind}_name",
         )
     return name
+
+
+def app_name(name: str) -> str:
+    return _name("app", name)
+
+
+def team_name(name: str) -> str:
+    return _name("team", name)
 
 
 def email(value: str) -> str:

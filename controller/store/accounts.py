@@ -2,7 +2,8 @@
 
 Users live under ``users/{email}``, a collaborator's permissions on an app
 under ``access/{app}/{email}`` (removed with the app). The app's owner is in
-its record (``AppRecord.owner``). What the records allow is decided in
+its record (``AppRecord.owner``, or ``AppRecord.team`` for a team's app, whose
+members are in controller/store/teams.py). What the records allow is decided in
 controller/core/access.py; this module only reads and writes them.
 """
 
@@ -14,6 +15,7 @@ import functools
 from controller.core import access, passwords, validation
 from controller.core.access import Grant, Permission
 from controller.core.models import AppRecord, CollaboratorRecord, TokenRecord, UserRecord
+from controller.store.teams import Teams
 from slipway import errors
 from slipway.clock import Clock, SystemClock
 from slipway.etcd import Etcd
@@ -25,6 +27,7 @@ class Accounts:
         self.etcd = etcd
         self.keys = keys
         self.clock = clock
+        self.teams = Teams(etcd, keys, clock=clock)
 
     # -- users -----------------------------------------------------------------
 
@@ -80,6 +83,7 @@ class Accounts:
                 f"{address} owns {', '.join(owned)}; destroy those apps first",
                 reason="owns_apps",
             )
+        await self.teams.forget_user(address)
         tokens, _ = await self.etcd.get_prefix(self.keys.tokens())
         revoked = 0
         for kv in tokens:
@@ -95,29 +99,35 @@ class Accounts:
     # -- access to apps ----------------------------------------------------------
 
     async def grant(self, app: str, email: str) -> Grant | None:
-        """What ``email`` holds on ``app``; None when nothing (or no such app)."""
+        """What ``email`` holds on ``app`` as its owner, a collaborator or a member
+        of its team; None when nothing (or no such app)."""
         kv = await self.etcd.get(self.keys.app(app))
-        if kv is None:
+        if kv is None or not email:
             return None
-        if email and AppRecord.decode(kv.value).owner == email:
-            return Grant(owner=True, permissions=access.ALL_PERMISSIONS)
-        if not email:
-            return None
+        record = AppRecord.decode(kv.value)
         got = await self.etcd.get(self.keys.collaborator(app, email))
-        if got is None:
-            return None
-        record = CollaboratorRecord.decode(got.value)
-        return Grant(permissions=frozenset(Permission(p) for p in record.permissions))
+        granted = None
+        if got is not None:
+            collaborator = CollaboratorRecord.decode(got.value)
+            granted = frozenset(Permission(p) for p in collaborator.permissions)
+        return access.grant_of(
+            owner=record.owner == email,
+            granted=granted,
+            role=await self.teams.role(record.team, email),
+        )
 
     async def visible_apps(self, email: str, apps: list[AppRecord]) -> list[AppRecord]:
-        """The apps ``email`` owns or collaborates on, of ``apps``."""
+        """The apps ``email`` owns, collaborates on or sees through a team, of ``apps``."""
         kvs, _ = await self.etcd.get_prefix(self.keys.collaborators())
         shared = {
             kv.key.decode().rsplit("/", 2)[-2]
             for kv in kvs
             if CollaboratorRecord.decode(kv.value).email == email
         }
-        return [a for a in apps if a.owner == email or a.name in shared]
+        teams = await self.teams.memberships(email)
+        return [
+            a for a in apps if a.owner == email or a.name in shared or (a.team and a.team in teams)
+        ]
 
     async def collaborators(self, app: AppRecord) -> list[CollaboratorRecord]:
         """Everyone with access to ``app``, the owner first (all permissions)."""

@@ -103,7 +103,9 @@ class State:
 
     # -- apps ---------------------------------------------------------------
 
-    async def create_app(self, name: str | None, owner: str = "") -> AppRecord:
+    async def create_app(self, name: str | None, owner: str = "", team: str = "") -> AppRecord:
+        """A new app owned by ``owner`` (an account) or, with ``team``, by that team;
+        the team must exist when the app is made (checked in the same transaction)."""
         if name:
             validation.app_name(name)
             candidates = [name]
@@ -117,10 +119,13 @@ class State:
                 created_at=now,
                 release_seq=1,
                 current_release=1,
-                owner=owner,
+                owner="" if team else owner,
+                team=team,
             )
             if await self._create_app_record(record):
                 return record
+            if team and await self.etcd.get(self.keys.team(team)) is None:
+                raise errors.NotFound(f"team {team!r} not found", reason="team_not_found")
             if name:
                 raise errors.AlreadyExists(
                     f"app {name!r} already exists; choose another name", reason="app_exists"
@@ -140,8 +145,11 @@ class State:
             process_types={},
         )
         tx = self.etcd.tx
+        compare = [tx.version(k.app(record.name)) == 0]
+        if record.team:
+            compare.append(tx.version(k.team(record.team)) > 0)
         return await self.etcd.txn(
-            compare=[tx.version(k.app(record.name)) == 0],
+            compare=compare,
             success=[
                 tx.put(k.app(record.name), record.encode()),
                 tx.put(k.release(record.name, 1), initial.encode()),

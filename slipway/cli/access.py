@@ -30,7 +30,8 @@ def access_list(client: Client, app: str, as_json: bool) -> None:
         return
     heading(f"{app} Access List")
     rows = [
-        [c.email, "owner" if c.owner else "collaborator", ",".join(c.permissions)] for c in found
+        [c.email, c.role or ("owner" if c.owner else "collaborator"), ",".join(c.permissions)]
+        for c in found
     ]
     table(["EMAIL", "ROLE", "PERMISSIONS"], rows)
 

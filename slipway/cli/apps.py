@@ -10,22 +10,29 @@ from slipway.client import Client
 
 
 @cli.command("apps")
+@click.option("-t", "--team", default="", metavar="TEAM", help="Only the apps of this team.")
 @json_option
 @with_client
-def apps_list(client: Client, as_json: bool) -> None:
-    """List apps."""
-    apps = list(client.list_apps().apps)
+def apps_list(client: Client, team: str, as_json: bool) -> None:
+    """List the apps you may see (owned, shared with you, or your teams')."""
+    apps = list(client.list_apps(team).apps)
     if as_json:
         emit_json(apps)
         return
     if not apps:
-        click.echo("You have no apps. Create one with `slipway apps:create NAME`.")
+        where = f" in team {team}" if team else ""
+        click.echo(f"You have no apps{where}. Create one with `slipway apps:create NAME`.")
         return
-    heading("Apps")
+    heading(f"Apps of team {team}" if team else "Apps")
     table(
-        ["NAME", "RELEASE", "CREATED"],
+        ["NAME", "OWNER", "RELEASE", "CREATED"],
         [
-            [a.name, f"v{a.current_release}" if a.current_release else "-", when(a.created_at)]
+            [
+                a.name,
+                f"team {a.team}" if a.team else (a.owner or "-"),
+                f"v{a.current_release}" if a.current_release else "-",
+                when(a.created_at),
+            ]
             for a in apps
         ],
     )
@@ -33,15 +40,22 @@ def apps_list(client: Client, as_json: bool) -> None:
 
 @cli.command("apps:create")
 @click.argument("name", required=False, default="")
+@click.option(
+    "-t",
+    "--team",
+    default="",
+    metavar="TEAM",
+    help="Make the app the team's (you must be its admin or member).",
+)
 @json_option
 @with_client
-def apps_create(client: Client, name: str, as_json: bool) -> None:
+def apps_create(client: Client, name: str, team: str, as_json: bool) -> None:
     """Create an app (a name is generated when NAME is omitted)."""
-    app = client.create_app(name).app
+    app = client.create_app(name, team).app
     if as_json:
         emit_json(app)
         return
-    click.echo(f"Creating {app.name}... done")
+    click.echo(f"Creating {app.name}{f' in team {team}' if team else ''}... done")
     if app.web_url:
         click.echo(app.web_url)
 

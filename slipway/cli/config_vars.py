@@ -26,10 +26,23 @@ def parse_assignments(pairs: tuple[str, ...]) -> dict[str, str]:
 @cli.command("config")
 @app_option
 @click.option("-s", "--shell", is_flag=True, help="Print KEY=value lines for a shell.")
+@click.option(
+    "--names",
+    is_flag=True,
+    help="Only the names (needs view; the values need operate).",
+)
 @json_option
 @with_client
-def config_show(client: Client, app: str, shell: bool, as_json: bool) -> None:
+def config_show(client: Client, app: str, shell: bool, names: bool, as_json: bool) -> None:
     """Show config vars."""
+    if names:
+        found = client.get_config_names(app)
+        if as_json:
+            emit_json(found)
+            return
+        for name in found:
+            click.echo(name)
+        return
     config = dict(client.get_config(app).config)
     if as_json:
         emit_json(config)

@@ -15,6 +15,7 @@ from slipway.cli import (  # noqa: F401
     ps,
     releases,
     run,
+    teams,
     up,
 )
 from slipway.cli.base import cli

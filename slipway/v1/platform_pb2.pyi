@@ -39,10 +39,12 @@ BUILDPACKS_ACTION_CLEAR: BuildpacksAction
 BUILDPACKS_ACTION_REMOVE: BuildpacksAction
 
 class CreateAppRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "team")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    team: str
+    def __init__(self, name: _Optional[str] = ..., team: _Optional[str] = ...) -> None: ...
 
 class CreateAppResponse(_message.Message):
     __slots__ = ("app",)
@@ -51,8 +53,10 @@ class CreateAppResponse(_message.Message):
     def __init__(self, app: _Optional[_Union[_types_pb2.App, _Mapping]] = ...) -> None: ...
 
 class ListAppsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("team",)
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    team: str
+    def __init__(self, team: _Optional[str] = ...) -> None: ...
 
 class ListAppsResponse(_message.Message):
     __slots__ = ("apps",)
@@ -87,6 +91,18 @@ class DestroyAppRequest(_message.Message):
 class DestroyAppResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetConfigVarNamesRequest(_message.Message):
+    __slots__ = ("app",)
+    APP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    def __init__(self, app: _Optional[str] = ...) -> None: ...
+
+class GetConfigVarNamesResponse(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetConfigVarsRequest(_message.Message):
     __slots__ = ("app",)
@@ -431,16 +447,18 @@ class RemoveUserResponse(_message.Message):
     def __init__(self, tokens_revoked: _Optional[int] = ...) -> None: ...
 
 class Collaborator(_message.Message):
-    __slots__ = ("email", "permissions", "owner", "created_at")
+    __slots__ = ("email", "permissions", "owner", "created_at", "role")
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     email: str
     permissions: _containers.RepeatedScalarFieldContainer[str]
     owner: bool
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, email: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., owner: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    role: str
+    def __init__(self, email: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., owner: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., role: _Optional[str] = ...) -> None: ...
 
 class ListCollaboratorsRequest(_message.Message):
     __slots__ = ("app",)
@@ -495,6 +513,108 @@ class RemoveCollaboratorRequest(_message.Message):
     def __init__(self, app: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
 
 class RemoveCollaboratorResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Team(_message.Message):
+    __slots__ = ("name", "created_at", "role", "members", "apps")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    APPS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    created_at: _timestamp_pb2.Timestamp
+    role: str
+    members: int
+    apps: int
+    def __init__(self, name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., role: _Optional[str] = ..., members: _Optional[int] = ..., apps: _Optional[int] = ...) -> None: ...
+
+class TeamMember(_message.Message):
+    __slots__ = ("email", "role", "added_at", "added_by")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ADDED_AT_FIELD_NUMBER: _ClassVar[int]
+    ADDED_BY_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    role: str
+    added_at: _timestamp_pb2.Timestamp
+    added_by: str
+    def __init__(self, email: _Optional[str] = ..., role: _Optional[str] = ..., added_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., added_by: _Optional[str] = ...) -> None: ...
+
+class ListTeamsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTeamsResponse(_message.Message):
+    __slots__ = ("teams",)
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    teams: _containers.RepeatedCompositeFieldContainer[Team]
+    def __init__(self, teams: _Optional[_Iterable[_Union[Team, _Mapping]]] = ...) -> None: ...
+
+class CreateTeamRequest(_message.Message):
+    __slots__ = ("team",)
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    team: str
+    def __init__(self, team: _Optional[str] = ...) -> None: ...
+
+class CreateTeamResponse(_message.Message):
+    __slots__ = ("team",)
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    team: Team
+    def __init__(self, team: _Optional[_Union[Team, _Mapping]] = ...) -> None: ...
+
+class DestroyTeamRequest(_message.Message):
+    __slots__ = ("team", "confirm")
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    team: str
+    confirm: str
+    def __init__(self, team: _Optional[str] = ..., confirm: _Optional[str] = ...) -> None: ...
+
+class DestroyTeamResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTeamMembersRequest(_message.Message):
+    __slots__ = ("team",)
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    team: str
+    def __init__(self, team: _Optional[str] = ...) -> None: ...
+
+class ListTeamMembersResponse(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[TeamMember]
+    def __init__(self, members: _Optional[_Iterable[_Union[TeamMember, _Mapping]]] = ...) -> None: ...
+
+class SetTeamMemberRequest(_message.Message):
+    __slots__ = ("team", "email", "role", "update")
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    team: str
+    email: str
+    role: str
+    update: bool
+    def __init__(self, team: _Optional[str] = ..., email: _Optional[str] = ..., role: _Optional[str] = ..., update: _Optional[bool] = ...) -> None: ...
+
+class SetTeamMemberResponse(_message.Message):
+    __slots__ = ("member",)
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    member: TeamMember
+    def __init__(self, member: _Optional[_Union[TeamMember, _Mapping]] = ...) -> None: ...
+
+class RemoveTeamMemberRequest(_message.Message):
+    __slots__ = ("team", "email")
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    team: str
+    email: str
+    def __init__(self, team: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
+
+class RemoveTeamMemberResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

@@ -60,6 +60,11 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.GetConfigVarsRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.GetConfigVarsResponse.FromString,
                 _registered_method=True)
+        self.GetConfigVarNames = channel.unary_unary(
+                '/slipway.v1.PlatformService/GetConfigVarNames',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.GetConfigVarNamesRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.GetConfigVarNamesResponse.FromString,
+                _registered_method=True)
         self.UpdateConfigVars = channel.unary_unary(
                 '/slipway.v1.PlatformService/UpdateConfigVars',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.UpdateConfigVarsRequest.SerializeToString,
@@ -195,6 +200,36 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorResponse.FromString,
                 _registered_method=True)
+        self.ListTeams = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListTeams',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListTeamsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListTeamsResponse.FromString,
+                _registered_method=True)
+        self.CreateTeam = channel.unary_unary(
+                '/slipway.v1.PlatformService/CreateTeam',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.CreateTeamRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.CreateTeamResponse.FromString,
+                _registered_method=True)
+        self.DestroyTeam = channel.unary_unary(
+                '/slipway.v1.PlatformService/DestroyTeam',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.DestroyTeamRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.DestroyTeamResponse.FromString,
+                _registered_method=True)
+        self.ListTeamMembers = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListTeamMembers',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListTeamMembersRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListTeamMembersResponse.FromString,
+                _registered_method=True)
+        self.SetTeamMember = channel.unary_unary(
+                '/slipway.v1.PlatformService/SetTeamMember',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.SetTeamMemberRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.SetTeamMemberResponse.FromString,
+                _registered_method=True)
+        self.RemoveTeamMember = channel.unary_unary(
+                '/slipway.v1.PlatformService/RemoveTeamMember',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveTeamMemberRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveTeamMemberResponse.FromString,
+                _registered_method=True)
         self.ListLogDrains = channel.unary_unary(
                 '/slipway.v1.PlatformService/ListLogDrains',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.ListLogDrainsRequest.SerializeToString,
@@ -284,7 +319,14 @@ class PlatformServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetConfigVars(self, request, context):
-        """Returns the app's config vars.
+        """Returns the app's config vars (needs operate: values are secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfigVarNames(self, request, context):
+        """Returns only the names of the app's config vars (needs view).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -479,6 +521,49 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTeams(self, request, context):
+        """Teams: a team owns apps, and its members hold permissions on all of them
+        by role: admin (all four, and the team's members), member (view, deploy,
+        operate; creates apps in the team), viewer (view).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTeam(self, request, context):
+        """Any person may make a team; they become its first admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyTeam(self, request, context):
+        """Refused while the team owns apps.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTeamMembers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTeamMember(self, request, context):
+        """Adds a member, or (with `update`) changes a member's role. A team always
+        keeps at least one admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveTeamMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListLogDrains(self, request, context):
         """Lists an app's log drains (URLs with any password hidden).
         """
@@ -598,6 +683,11 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.GetConfigVars,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.GetConfigVarsRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.GetConfigVarsResponse.SerializeToString,
+            ),
+            'GetConfigVarNames': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfigVarNames,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.GetConfigVarNamesRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.GetConfigVarNamesResponse.SerializeToString,
             ),
             'UpdateConfigVars': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateConfigVars,
@@ -733,6 +823,36 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.RemoveCollaborator,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorResponse.SerializeToString,
+            ),
+            'ListTeams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTeams,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListTeamsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListTeamsResponse.SerializeToString,
+            ),
+            'CreateTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTeam,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.CreateTeamRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.CreateTeamResponse.SerializeToString,
+            ),
+            'DestroyTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyTeam,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.DestroyTeamRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.DestroyTeamResponse.SerializeToString,
+            ),
+            'ListTeamMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTeamMembers,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListTeamMembersRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListTeamMembersResponse.SerializeToString,
+            ),
+            'SetTeamMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTeamMember,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.SetTeamMemberRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.SetTeamMemberResponse.SerializeToString,
+            ),
+            'RemoveTeamMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveTeamMember,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveTeamMemberRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.RemoveTeamMemberResponse.SerializeToString,
             ),
             'ListLogDrains': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLogDrains,
@@ -925,6 +1045,33 @@ class PlatformService:
             '/slipway.v1.PlatformService/GetConfigVars',
             slipway_dot_v1_dot_platform__pb2.GetConfigVarsRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.GetConfigVarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfigVarNames(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/GetConfigVarNames',
+            slipway_dot_v1_dot_platform__pb2.GetConfigVarNamesRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.GetConfigVarNamesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1654,6 +1801,168 @@ class PlatformService:
             '/slipway.v1.PlatformService/RemoveCollaborator',
             slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.RemoveCollaboratorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTeams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListTeams',
+            slipway_dot_v1_dot_platform__pb2.ListTeamsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListTeamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/CreateTeam',
+            slipway_dot_v1_dot_platform__pb2.CreateTeamRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.CreateTeamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/DestroyTeam',
+            slipway_dot_v1_dot_platform__pb2.DestroyTeamRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.DestroyTeamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTeamMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListTeamMembers',
+            slipway_dot_v1_dot_platform__pb2.ListTeamMembersRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListTeamMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTeamMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/SetTeamMember',
+            slipway_dot_v1_dot_platform__pb2.SetTeamMemberRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.SetTeamMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveTeamMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RemoveTeamMember',
+            slipway_dot_v1_dot_platform__pb2.RemoveTeamMemberRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.RemoveTeamMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -16,87 +15,16 @@ import pytest
 from slipway import errors
 from slipway.v1 import types_pb2
 from tests.harness.controller import BIN, ControllerProcess
+from tests.harness.people import PASSWORD, Person, admin_creates
 from tests.harness.slugs import upload_slug
 from tests.harness.wait import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-PASSWORD = {"ada@example.com": "ada-secret-1", "bob@example.com": "bob-secret-1"}
-
-
-@dataclass
-class Person:
-    """Someone at their own terminal: their own saved login (SLIPWAY_CONFIG)."""
-
-    email: str
-    controller: ControllerProcess
-    config: Path
-    password: str = ""
-
-    def __post_init__(self) -> None:
-        self.password = self.password or PASSWORD[self.email]
-
-    def env(self) -> dict[str, str]:
-        env = self.controller.env()
-        env.pop("SLIPWAY_CREDENTIALS")
-        env["SLIPWAY_CONFIG"] = str(self.config)
-        return env
-
-    def slipway(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "slipway"), *args],
-            env=self.env(),
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    def ok(self, *args: str, stdin: str = "") -> str:
-        done = self.slipway(*args, stdin=stdin)
-        assert done.returncode == 0, f"slipway {' '.join(args)}: {done.stderr}"
-        return done.stdout
-
-    def refused(self, *args: str) -> str:
-        done = self.slipway(*args)
-        assert done.returncode != 0, f"slipway {' '.join(args)} worked for {self.email}"
-        return done.stderr
-
-    def login(self) -> str:
-        return self.ok(
-            "login",
-            "--api",
-            self.controller.address,
-            "--email",
-            self.email,
-            "--password-stdin",
-            stdin=self.password + "\n",
-        )
-
-    @property
-    def token(self) -> str:
-        return str(json.loads(self.config.read_text())["token"])
-
-
-def admin_creates(controller: ControllerProcess, email: str) -> None:
-    """The operator (the harness's admin token) adds a person, password on stdin."""
-    env = controller.env()
-    env.update(SLIPWAY_API=controller.address, SLIPWAY_TOKEN=controller.token)
-    done = subprocess.run(
-        [str(BIN / "slipway"), "users:create", email, "--password-stdin"],
-        env=env,
-        input=PASSWORD[email] + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"Created user {email}" in done.stdout
-
 
 @pytest.fixture
 def people(controller: ControllerProcess, tmp_path: Path) -> tuple[Person, Person]:
-    for email in PASSWORD:
+    for email in ("ada@example.com", "bob@example.com"):
         admin_creates(controller, email)
     ada = Person("ada@example.com", controller, tmp_path / "ada.json")
     bob = Person("bob@example.com", controller, tmp_path / "bob.json")
@@ -192,7 +120,7 @@ def test_platform_commands_are_for_admins(
     assert "for platform admins" in ada.refused("nodes")
     assert "for platform admins" in ada.refused("users")
     listed = controller.cli("users", "--json", check=True).stdout
-    assert {u["email"] for u in json.loads(listed)} == set(PASSWORD)
+    assert {u["email"] for u in json.loads(listed)} == {"ada@example.com", "bob@example.com"}
     assert "for platform admins" in ada.refused("audit", "--platform")
     platform = controller.cli("audit", "--platform", check=True).stdout
     assert "CreateUser" in platform and "bob@example.com" in platform

@@ -7,8 +7,10 @@ One cluster (controller + agent node-a) and one deployed app serve the module.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import select
+import shlex
 import struct
 import subprocess
 import termios
@@ -60,6 +62,10 @@ def test_exit_code_and_output_come_back(cluster: LocalCluster) -> None:
     assert done.returncode == 3, done.stderr
     assert done.stdout == b"hi\n"
     assert b"up, run." in done.stderr  # "Running `...` on oneoff... up, run.N"
+    # A one-off dyno is a change: the app's audit trail has it, with its command.
+    trail = cluster.controller.cli("audit", "-a", APP, "--json", check=True).stdout
+    runs = [e for e in map(json.loads, trail.splitlines()) if e["action"] == "RunDyno"]
+    assert runs and runs[-1]["detail"] == f"python3 -c {shlex.quote(code)}"
 
 
 def test_stdin_piped_through_and_stderr_separate(cluster: LocalCluster) -> None:

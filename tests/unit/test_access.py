@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from controller.core import access, passwords
-from controller.core.access import Grant, Identity, Permission, TokenScope, decide
+from controller.core.access import Grant, Identity, Permission, TeamRole, TokenScope, decide
 from controller.core.throttle import LoginThrottle
 from slipway import errors
 from slipway.clock import FakeClock
@@ -105,6 +105,54 @@ def test_permissions_parse_from_lists_and_commas_with_view_always() -> None:
     assert access.parse_permissions([]) == {Permission.VIEW}
     with pytest.raises(errors.InvalidArgument, match="unknown permission 'admin'"):
         access.parse_permissions(["view,admin"])
+
+
+def test_team_roles_give_permissions_on_the_teams_apps() -> None:
+    member = access.grant_of(owner=False, granted=None, role=TeamRole.MEMBER)
+    decide(ADA, "CreateRelease", "shop", member)
+    decide(ADA, "ScaleFormation", "shop", member)
+    with pytest.raises(errors.PermissionDenied, match="lacks the manage permission"):
+        decide(ADA, "DestroyApp", "shop", member)
+    viewer = access.grant_of(owner=False, granted=None, role=TeamRole.VIEWER)
+    decide(ADA, "GetConfigVarNames", "shop", viewer)
+    with pytest.raises(errors.PermissionDenied, match="lacks the operate permission"):
+        decide(ADA, "GetConfigVars", "shop", viewer)
+    # A collaborator's grant adds to the role's.
+    both = access.grant_of(
+        owner=False, granted=access.parse_permissions(["manage"]), role=TeamRole.VIEWER
+    )
+    decide(ADA, "DestroyApp", "shop", both)
+    admin = access.grant_of(owner=False, granted=None, role=TeamRole.ADMIN)
+    decide(ADA, "DestroyApp", "shop", admin)
+    assert access.grant_of(owner=False, granted=None, role=None) is None
+
+
+def test_team_calls_need_a_role_in_the_team() -> None:
+    decide(ADA, "ListTeamMembers", "", None, team="core", role=TeamRole.VIEWER)
+    with pytest.raises(errors.PermissionDenied, match="needs the admin role") as info:
+        decide(ADA, "SetTeamMember", "", None, team="core", role=TeamRole.MEMBER)
+    assert info.value.reason == "missing_role"
+    assert "slipway members:set ada@example.com --role admin -t core" in info.value.message
+    with pytest.raises(errors.NotFound, match="team 'core' not found"):
+        decide(ADA, "ListTeamMembers", "", None, team="core", role=None)
+    with pytest.raises(errors.InvalidArgument, match="no team given"):
+        decide(ADA, "ListTeamMembers", "", None)
+    decide(ADMIN, "DestroyTeam", "", None, team="core", role=None)
+
+
+def test_apps_are_made_in_a_team_by_its_members_not_its_viewers() -> None:
+    decide(ADA, "CreateApp", "", None)  # one of her own
+    decide(ADA, "CreateApp", "", None, team="core", role=TeamRole.MEMBER)
+    with pytest.raises(errors.PermissionDenied, match="viewer of team 'core'"):
+        decide(ADA, "CreateApp", "", None, team="core", role=TeamRole.VIEWER)
+    with pytest.raises(errors.NotFound, match="team 'other' not found"):
+        decide(ADA, "CreateApp", "", None, team="other", role=None)
+
+
+def test_roles_parse_with_a_clear_error() -> None:
+    assert access.parse_role(" Admin ") is TeamRole.ADMIN
+    with pytest.raises(errors.InvalidArgument, match="choose from viewer, member, admin"):
+        access.parse_role("owner")
 
 
 # -- login throttling ---------------------------------------------------------------

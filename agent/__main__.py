@@ -34,6 +34,7 @@ from slipway import conffile, errors, log, sdnotify, tls
 from slipway.aio import wait_set
 from slipway.backoff import Backoff
 from slipway.pki import Bundle
+from slipway.stackimage import stack_option
 
 logger = log.get("agent")
 
@@ -316,6 +317,7 @@ async def _main(config: AgentConfig) -> None:
     help="On SIGTERM stop every dyno first (default: dynos outlive the agent and get adopted).",
 )
 @click.option("--runc", "runc_binary", envvar="SLIPWAY_RUNC", help="runc binary.")
+@stack_option("run")
 @click.option("--container-prefix", default="slipway", show_default=True)
 @click.option("--health-port", type=int, default=0, help="gRPC health service port (0: off).")
 @click.option(
@@ -373,6 +375,7 @@ def main(
     token: str,
     stop_dynos_on_exit: bool,
     runc_binary: str | None,
+    stack: str,
     container_prefix: str,
     health_port: int,
     attach_port: int,
@@ -409,6 +412,7 @@ def main(
         nats_servers=_split(nats),
         timings=_timings(timings_json),
         runc_binary=runc_binary,
+        stack=stack,
         container_prefix=container_prefix,
         health_port=health_port,
         attach_port=None if attach_port < 0 else attach_port,

@@ -80,6 +80,8 @@ class AgentConfig:
     nats_servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     timings: Timings = field(default_factory=Timings)
     runc_binary: str | None = None
+    # The stack dynos run on: a stack image's run flavour, or "host" (development).
+    stack: str = "slipway-24"
     # runc state directory; one per agent so tests never see each other's
     # containers. Defaults to DATA/runc.
     runc_root: Path | None = None

@@ -10,7 +10,8 @@ from agent.slugcache import ObjectStoreFetch, SlugCache
 from slipway.clock import SystemClock
 from slipway.cni import NetOptions, SandboxNetwork
 from slipway.cni.sandboxnet import resolv_conf_text, resolvers
-from slipway.oci import HostStack, Runc
+from slipway.oci import Runc
+from slipway.stackimage import open_stack
 
 
 def build_network(config: AgentConfig) -> DynoNetwork | None:
@@ -34,7 +35,7 @@ def build_runtime(config: AgentConfig) -> tuple[Runtime, ObjectStoreFetch]:
     rt = Runtime(
         config=config,
         runc=Runc(config.state_root, binary=config.runc_binary),
-        stack=HostStack(config.data_dir, resolv_conf=resolv),
+        stack=open_stack(config.stack, "run", config.data_dir, resolv_conf=resolv),
         network=network,
         slugs=SlugCache(config.data_dir, fetch),
         sink=LogSink(

@@ -21,11 +21,12 @@ from nats.aio.client import Client as NATS
 from builder.build import BuildRunner, Limits
 from builder.jobs import BuildQueue, QueueSettings
 from builder.sandbox import DEFAULT_MEMORY_MB, DEFAULT_PIDS, RuncSandbox
-from slipway import archive, buildproto, conffile, errors, log, objstore, oci, sdnotify, tls
+from slipway import archive, buildproto, conffile, errors, log, objstore, sdnotify, tls
 from slipway.backoff import Backoff
 from slipway.cni import SandboxNetwork
 from slipway.cni.sandboxnet import resolv_conf_text, resolvers
 from slipway.pki import Bundle
+from slipway.stackimage import DEFAULT_STACK, open_stack, stack_option
 
 _log = log.get("builder")
 
@@ -43,6 +44,7 @@ async def serve(
     drain_timeout: float,
     build_network: str = "isolated",
     credentials: Bundle | None = None,
+    stack: str = DEFAULT_STACK,
 ) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     network = SandboxNetwork(data_dir / "net") if build_network == "isolated" else None
@@ -50,7 +52,7 @@ async def serve(
     resolv = resolv_conf_text(resolvers()) if network is not None else None
     sandbox = RuncSandbox(
         data_dir / "sandbox",
-        oci.HostStack(data_dir, resolv_conf=resolv),
+        open_stack(stack, "build", data_dir, resolv_conf=resolv),
         memory_mb=memory_mb,
         pids=pids,
         network=network,
@@ -224,6 +226,7 @@ async def _drain_watch(queue: BuildQueue, stop: asyncio.Event, drain_timeout: fl
     help="isolated: every build step in a network namespace of its own (egress only); "
     "host: steps share the host's network.",
 )
+@stack_option("build")
 @tls.credentials_options
 @click.option("--log-level", default=None)
 def main(
@@ -242,6 +245,7 @@ def main(
     max_deliver: int,
     drain_timeout: float,
     build_network: str,
+    stack: str,
     credentials: Bundle | None,
     insecure: bool,
     log_level: str | None,
@@ -268,6 +272,7 @@ def main(
             drain_timeout=drain_timeout,
             build_network=build_network,
             credentials=credentials,
+            stack=stack,
         )
     )
 

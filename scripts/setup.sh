@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Slipway needs on a Debian host: the real engines (etcd, nats-server,
-# runc, CNI plugins, nftables) from Debian packages when missing, and the Python environment in .venv.
+# runc, CNI plugins, nftables) from Debian packages when missing, the Python environment in .venv,
+# and the stack images builds and dynos run on (once per host and recipe: a few minutes the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,8 @@ command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 # it (bridge, host-local, portmap, loopback) and the agent's nftables table seals it off.
 [ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
+# Builds and dynos run on the stack images, made from Debian's packages by debootstrap.
+[ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
 for extra in "$@"; do
     case "$extra" in
         --bench) for p in wrk nginx haproxy; do
@@ -49,3 +52,6 @@ if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q -e '.[dev]'
     touch "$stamp"
 fi
+
+# The stack images (slipway/stackimage.py), cached by recipe digest in SLIPWAY_STACKS_DIR.
+.venv/bin/slipway-stack build --quiet

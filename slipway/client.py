@@ -385,6 +385,9 @@ class Client:
                 self._current = (self._current + 1) % len(self.addresses)
             time.sleep(backoff.next())
 
+    def set_stack(self, app: str, stack: str) -> pb.SetStackResponse:
+        return self.platform("SetStack", pb.SetStackRequest(app=app, stack=stack))
+
     def set_buildpacks(
         self,
         app: str,

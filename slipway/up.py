@@ -26,12 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slipway import engines, errors, etcdauth, pki
+from slipway import engines, errors, etcdauth, pki, stackimage
 from slipway.backoff import Backoff
 from slipway.etcd import Etcd
 from slipway.keys import DEFAULT_PREFIX
 
-PACKAGES = {"etcd": "etcd-server", "nats-server": "nats-server", "runc": "runc"}
+PACKAGES = {
+    "etcd": "etcd-server",
+    "nats-server": "nats-server",
+    "runc": "runc",
+    "debootstrap": "debootstrap",
+}
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,15 @@ def missing_packages() -> list[str]:
         except errors.FailedPrecondition:
             missing.append(package)
     return missing
+
+
+def ensure_stack_images(say: Callable[[str], None]) -> None:
+    """The default stack's run and build images, built once per host (minutes)."""
+    store = stackimage.ImageStore()
+    for flavour in stackimage.FLAVOURS:
+        wanted = stackimage.recipe(stackimage.DEFAULT_STACK, flavour)
+        if store.info(wanted) is None:
+            store.ensure(wanted, progress=lambda line: say(f"-----> {line}"))
 
 
 def install(packages: list[str], say: Callable[[str], None]) -> None:

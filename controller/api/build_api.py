@@ -15,6 +15,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from controller.api import convert
 from controller.api.build_output import Line, follow
 from controller.api.builds import Builds, UploadMeta
 from controller.api.convert import timestamp
@@ -24,7 +25,7 @@ from controller.bus.logs import LogHub
 from controller.core.access import Identity
 from controller.loops.gc import Collector
 from controller.store.build_records import BuildRecord, BuildStore
-from slipway import errors
+from slipway import errors, stackimage
 from slipway import log as slog
 from slipway.v1 import platform_pb2 as pb
 
@@ -86,6 +87,7 @@ class BuildRPCs:
     build_services: BuildServices | None
     # The app's log, for the release dyno's output in StreamBuildOutput (None: notes only).
     log_hub: LogHub | None
+    base_domain: str
 
     @property
     def _builds(self) -> BuildServices:
@@ -165,6 +167,15 @@ class BuildRPCs:
             request.app, action, list(request.buildpacks), request.index
         )
         return pb.SetBuildpacksResponse(buildpacks=packs)
+
+    @unary
+    async def SetStack(
+        self, request: pb.SetStackRequest, context: Ctx, who: Identity
+    ) -> pb.SetStackResponse:
+        record = await self._builds.builds.set_stack(request.app, request.stack)
+        return pb.SetStackResponse(
+            app=convert.app(record, self.base_domain), available=stackimage.stack_names()
+        )
 
     @unary
     async def PurgeBuildCache(

@@ -23,7 +23,7 @@ from controller.bus.buildbus import BuildBus
 from controller.core.models import AppRecord
 from controller.store.build_records import FAILED, BuildRecord, BuildStore, new_build_id
 from controller.store.state import State
-from slipway import archive, buildproto, errors, objstore
+from slipway import archive, buildproto, errors, objstore, stackimage
 from slipway import log as slog
 from slipway.clock import Clock, SystemClock
 
@@ -171,6 +171,7 @@ class Builds:
             source=record.source_object,
             buildpacks=list(app.buildpacks),
             config=config,
+            stack=app.build_stack,
         )
         try:
             await buildproto.submit(self.bus.js, job, replicas=self.bus.replicas)
@@ -203,6 +204,29 @@ class Builds:
             return {key: record.encode()}
 
         await self.state.etcd.update([key], mutate)
+        return result[-1]
+
+    async def set_stack(self, name: str, stack: str) -> AppRecord:
+        if stack not in stackimage.stack_names():
+            known = ", ".join(stackimage.stack_names())
+            raise errors.InvalidArgument(
+                f"unknown stack {stack!r}; choose from {known}", reason="unknown_stack"
+            )
+        key = self.state.keys.app(name)
+        await self.state.get_app(name)
+        result: list[AppRecord] = []
+
+        def mutate(cur: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
+            raw = cur[key]
+            if raw is None:
+                raise errors.NotFound(f"app {name!r} not found", reason="app_not_found")
+            record = AppRecord.decode(raw)
+            record.build_stack = stack
+            result.append(record)
+            return {key: record.encode()}
+
+        await self.state.etcd.update([key], mutate)
+        await self.bus.app_log(name, f"Stack set to {stack}: the next build runs on it")
         return result[-1]
 
     async def purge_cache(self, name: str, confirm: str) -> bool:

@@ -15,6 +15,7 @@ from controller.core.models import (
 )
 from controller.core.sizes import DynoSize
 from controller.store.dynos import DynoView, NodeView
+from slipway import stackimage
 from slipway.v1 import platform_pb2, types_pb2
 
 _STATUS = {
@@ -36,7 +37,7 @@ def app(record: AppRecord, base_domain: str = "") -> types_pb2.App:
         created_at=timestamp(record.created_at),
         current_release=record.current_release,
         buildpacks=record.buildpacks,
-        stack=record.stack,
+        stack=record.build_stack or stackimage.DEFAULT_STACK,
         web_url=f"http://{record.name}.{base_domain}/" if base_domain else "",
         owner=record.owner,
         team=record.team,

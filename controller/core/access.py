@@ -122,6 +122,7 @@ RULES: dict[str, Rule] = {
     "GetBuild": _read(),
     "StreamBuildOutput": _read(),
     "SetBuildpacks": _change(Permission.DEPLOY),
+    "SetStack": _change(Permission.DEPLOY),
     "PurgeBuildCache": _change(Permission.DEPLOY),
     # log drains
     "ListLogDrains": _read(),

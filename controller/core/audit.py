@@ -83,6 +83,7 @@ DETAILS: dict[str, Callable[[Any], str]] = {
     "RevokeAuthorization": lambda r: r.id,
     "CreateApp": lambda r: r.name + (f" (team {r.team})" if r.team else ""),
     "RunDyno": lambda r: r.command[:200],
+    "SetStack": lambda r: r.stack,
     "CreateTeam": lambda r: r.team,
     "DestroyTeam": lambda r: r.team,
     "SetTeamMember": lambda r: f"{r.email} as {r.role} in {r.team}",

@@ -34,7 +34,9 @@ class AppRecord:
     # Version dynos should run (0 before any release).
     current_release: int = 0
     buildpacks: list[str] = field(default_factory=list)
-    stack: str = "host"
+    # The stack the next build runs on (Heroku's build_stack), set by stack:set;
+    # "" for the platform's default (what the builders build on).
+    build_stack: str = ""
     maintenance: bool = False
     balance: str = "random"
     # Releases whose release phase has not settled yet (oldest first): the

@@ -281,3 +281,31 @@ def buildpacks_clear(client: Client, app: str) -> None:
     """Remove every buildpack: the next build detects them again."""
     client.set_buildpacks(app, pb.BUILDPACKS_ACTION_CLEAR)
     click.echo(f"Buildpacks cleared. Next release on {app} will detect buildpacks normally.")
+
+
+@cli.command("stack")
+@app_option
+@json_option
+@with_client
+def stack_show(client: Client, app: str, as_json: bool) -> None:
+    """Show the stack the app builds and runs on, and the running release's."""
+    info = client.get_app(app)
+    running = info.release.slug.stack if info.release.slug.digest else ""
+    if as_json:
+        emit_json({"stack": info.app.stack, "running": running})
+        return
+    heading(f"{app} Stack")
+    click.echo(f"* {info.app.stack}")
+    if running and running != info.app.stack:
+        click.echo(f"  (the running release was built on {running}; deploy to move it)")
+
+
+@cli.command("stack:set")
+@click.argument("stack")
+@app_option
+@with_client
+def stack_set(client: Client, stack: str, app: str) -> None:
+    """Build the app on STACK from the next deploy on (needs deploy)."""
+    reply = client.set_stack(app, stack)
+    click.echo(f"Setting stack to {reply.app.stack}... done")
+    click.echo("You will need to redeploy for the change to take effect: slipway deploy")

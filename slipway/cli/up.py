@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from slipway import errors
 from slipway import up as platform
 from slipway.cli import settings
 from slipway.cli.base import cli
@@ -85,6 +86,10 @@ def up(
         if no_install:
             raise click.ClickException(f"missing {', '.join(missing)} (and --no-install given)")
         platform.install(missing, say)
+    try:
+        platform.ensure_stack_images(say)
+    except errors.SlipwayError as exc:
+        raise click.ClickException(exc.message) from None
 
     def on_ready(token: str) -> None:
         settings.write_file(cfg.api, token, ca_file=cfg.ca_file)

@@ -5,7 +5,15 @@ Shared by the agent (dynos) and the builder (buildpack compiles).
 
 from slipway.oci.runc import ContainerState, Runc
 from slipway.oci.spec import ContainerSpec, app_overlay, build_config, rw_bind, write_bundle
-from slipway.oci.stack import SANDBOX_GID, SANDBOX_UID, HostStack, Mount, Stack, ro_bind
+from slipway.oci.stack import (
+    SANDBOX_GID,
+    SANDBOX_UID,
+    HostStack,
+    ImageStack,
+    Mount,
+    Stack,
+    ro_bind,
+)
 
 __all__ = [
     "SANDBOX_GID",
@@ -13,6 +21,7 @@ __all__ = [
     "ContainerSpec",
     "ContainerState",
     "HostStack",
+    "ImageStack",
     "Mount",
     "Runc",
     "Stack",

@@ -5,9 +5,10 @@ per-container parts (/app, /tmp, /proc, /dev) that the bundle adds. The
 ``Stack`` protocol is what bundles depend on; ``HostStack`` is the first
 implementation: it reuses the host's ``/usr`` (and the usrmerge links
 ``/bin``, ``/lib*``, ``/sbin`` pointing into it) and a generated ``/etc`` that
-holds only what programs need, with a passwd entry for the sandbox user. A
-debootstrapped image would implement the same protocol with its own rootfs
-directory and no host mounts.
+holds only what programs need, with a passwd entry for the sandbox user; it is
+a development option. ``ImageStack`` is the default: a debootstrapped stack
+image (slipway/stackimage.py) as the whole root, with nothing of the host's
+but a copy of its resolver configuration.
 """
 
 from __future__ import annotations
@@ -190,6 +191,72 @@ class HostStack:
             if (host_etc / name).is_dir():
                 result.append(ro_bind(host_etc / name, f"/etc/{name}"))
         return result
+
+
+# Where Debian hosts keep the CAs their operator added (update-ca-certificates).
+LOCAL_CA_DIR = "usr/local/share/ca-certificates"
+CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
+
+
+class ImageStack:
+    """A stack image's rootfs, read-only. From the host come only its resolver
+    configuration and the CAs its operator added (a TLS-inspecting egress proxy
+    is common where builds fetch packages): the image's CA bundle plus
+    those is bound over the image's."""
+
+    def __init__(
+        self,
+        name: str,
+        rootfs: Path,
+        state_dir: Path,
+        *,
+        resolv_conf: bytes | None = None,
+        host_root: Path = Path("/"),
+    ) -> None:
+        self.name = name
+        self._rootfs = rootfs
+        self._dir = state_dir / "stacks" / name
+        self._resolv_conf = resolv_conf
+        self._host = host_root
+
+    def rootfs(self) -> Path:
+        return self._rootfs
+
+    def path(self) -> str:
+        return DEFAULT_PATH
+
+    def resolv_conf_file(self) -> Path:
+        return self._dir / "resolv.conf"
+
+    def prepare(self) -> None:
+        missing = [n for n in BUNDLE_MOUNTPOINTS if not (self._rootfs / n).is_dir()]
+        if missing or not (self._rootfs / "etc" / "resolv.conf").exists():
+            raise FileNotFoundError(
+                f"{self._rootfs} is not a stack image rootfs (missing {missing or 'resolv.conf'})"
+            )
+        self._dir.mkdir(parents=True, exist_ok=True)
+        text = self._resolv_conf
+        if text is None:
+            host = self._host / "etc" / "resolv.conf"
+            text = host.read_bytes() if host.is_file() else b""
+        # Replaced, never rewritten in place: running containers keep their copy.
+        _write_file(self.resolv_conf_file(), text)
+        local = sorted((self._host / LOCAL_CA_DIR).glob("*.crt"))
+        if local:
+            bundle = (self._rootfs / CA_BUNDLE).read_bytes()
+            extra = b"".join(b"\n" + path.read_bytes().strip() + b"\n" for path in local)
+            _write_file(self.ca_bundle_file(), bundle.rstrip() + b"\n" + extra)
+        else:
+            self.ca_bundle_file().unlink(missing_ok=True)
+
+    def ca_bundle_file(self) -> Path:
+        return self._dir / "ca-certificates.crt"
+
+    def mounts(self) -> list[Mount]:
+        found = [ro_bind(self.resolv_conf_file(), "/etc/resolv.conf")]
+        if self.ca_bundle_file().is_file():
+            found.append(ro_bind(self.ca_bundle_file(), f"/{CA_BUNDLE}"))
+        return found
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -892,6 +892,22 @@ class SetBuildpacksResponse(_message.Message):
     buildpacks: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, buildpacks: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class SetStackRequest(_message.Message):
+    __slots__ = ("app", "stack")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    stack: str
+    def __init__(self, app: _Optional[str] = ..., stack: _Optional[str] = ...) -> None: ...
+
+class SetStackResponse(_message.Message):
+    __slots__ = ("app", "available")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    app: _types_pb2.App
+    available: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, app: _Optional[_Union[_types_pb2.App, _Mapping]] = ..., available: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class PurgeBuildCacheRequest(_message.Message):
     __slots__ = ("app", "confirm")
     APP_FIELD_NUMBER: _ClassVar[int]

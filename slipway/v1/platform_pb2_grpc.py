@@ -265,6 +265,11 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.StreamBuildOutputRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.StreamBuildOutputResponse.FromString,
                 _registered_method=True)
+        self.SetStack = channel.unary_unary(
+                '/slipway.v1.PlatformService/SetStack',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.SetStackRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.SetStackResponse.FromString,
+                _registered_method=True)
         self.SetBuildpacks = channel.unary_unary(
                 '/slipway.v1.PlatformService/SetBuildpacks',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.SetBuildpacksRequest.SerializeToString,
@@ -618,9 +623,17 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SetBuildpacks(self, request, context):
+    def SetStack(self, request, context):
         """Sets, adds to or clears the app's buildpacks; with no action, lists them.
+        Sets the stack the app's next build runs on (its dynos then run on the
+        same stack's run image); `slipway-stack show` lists a host's stacks.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBuildpacks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -888,6 +901,11 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.StreamBuildOutput,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.StreamBuildOutputRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.StreamBuildOutputResponse.SerializeToString,
+            ),
+            'SetStack': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetStack,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.SetStackRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.SetStackResponse.SerializeToString,
             ),
             'SetBuildpacks': grpc.unary_unary_rpc_method_handler(
                     servicer.SetBuildpacks,
@@ -2152,6 +2170,33 @@ class PlatformService:
             '/slipway.v1.PlatformService/StreamBuildOutput',
             slipway_dot_v1_dot_platform__pb2.StreamBuildOutputRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.StreamBuildOutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetStack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/SetStack',
+            slipway_dot_v1_dot_platform__pb2.SetStackRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.SetStackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,7 +44,7 @@ def deploy(cluster: LocalCluster, app: str) -> int:
         client.update_config(app, {"GREETING": "hello-oneoff"})
         release = client.create_release(
             app,
-            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
             {"worker": slug.process_types["worker"]},
         ).release
     return int(release.version)

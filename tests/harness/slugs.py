@@ -1,6 +1,6 @@
 """Test slugs built in Python, stored in the NATS object store like a builder would.
 
-The default slug runs on the host's python3 (the HostStack exposes /usr):
+The default slug runs on the stack's python3 (the run image has Python 3.11):
 
     web:      python3 server.py      HTTP on $PORT; GET / answers JSON with DYNO,
                                      GREETING (a config var), PROFILE_D (set by

@@ -38,7 +38,7 @@ def release_test_slug(controller: ControllerProcess, app: str) -> None:
     with controller.client() as admin:
         admin.create_release(
             app,
-            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
             {"worker": slug.process_types["worker"]},
         )
 

@@ -433,7 +433,7 @@ def test_a_joined_agent_registers_over_tls_and_runs_a_one_off(
         with Client(secure.address, secure.token, ca_file=secure.ca_file) as client:
             client.create_release(
                 "tlsrun",
-                types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+                types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
                 {"worker": slug.process_types["worker"]},
             )
         done = secure.cli("run", "-a", "tlsrun", "echo", "over-tls", timeout=120)

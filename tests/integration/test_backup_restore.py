@@ -79,7 +79,7 @@ def test_etcd_and_object_store_destroyed_and_restored_from_a_backup(
             with ctl.client() as client:
                 client.create_release(
                     app,
-                    types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+                    types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
                     {"web": slug.process_types["web"], "worker": slug.process_types["worker"]},
                 )
             ctl.cli("ps:scale", "-a", app, "web=2", "worker=1", check=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from builder.sandbox import RuncSandbox
-from slipway import oci
 from slipway.cni import SandboxNetwork
 from slipway.cni.sandboxnet import NETNS_DIR
+from tests.harness.stacks import build_stack
 from tests.integration.test_dyno_network import (
     PROBE,
     Canary,
@@ -36,7 +36,7 @@ async def test_build_step_reaches_the_outside_but_not_the_host(
 ) -> None:
     canary = Canary()
     network = SandboxNetwork(tmp_path / "net")
-    sandbox = RuncSandbox(tmp_path / "sandbox", oci.HostStack(tmp_path), network=network)
+    sandbox = RuncSandbox(tmp_path / "sandbox", build_stack(tmp_path), network=network)
     await sandbox.prepare()
     try:
         assert network.subnet is not None

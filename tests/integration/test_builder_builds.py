@@ -25,10 +25,11 @@ import pytest
 from builder.build import BuildRunner, Limits
 from builder.jobs import BuildQueue, QueueSettings
 from builder.sandbox import RuncSandbox
-from slipway import archive, engines, objstore, oci
+from slipway import archive, engines, objstore
 from slipway import buildproto as protocol
 from slipway.cni import SandboxNetwork
 from tests.harness import secure
+from tests.harness.stacks import build_stack, run_stack
 from tests.harness.wait import eventually_async
 
 pytestmark = pytest.mark.integration
@@ -134,7 +135,7 @@ async def client(builder_nats_url: str, tmp_path: Path, limits: Limits) -> Async
     state = tmp_path / "builder"
     # As the daemon runs it: every step in a network namespace of its own.
     network = SandboxNetwork(state / "net")
-    sandbox = RuncSandbox(state / "sandbox", oci.HostStack(state), network=network)
+    sandbox = RuncSandbox(state / "sandbox", build_stack(state), network=network)
     await sandbox.prepare()
     runner = BuildRunner(stores, sandbox, state / "builds", limits)
     queue = BuildQueue(nc, runner, name="test-builder", settings=QueueSettings())
@@ -163,9 +164,10 @@ async def slug_names(c: Client, status: protocol.BuildStatus) -> list[str]:
 async def serve_slug(c: Client, status: protocol.BuildStatus, process: str) -> str:
     """Run a process type of the slug on the stack, as a dyno would; return GET / body."""
     assert status.slug is not None and c.sandbox is not None
-    # A sandbox on the host's network: this test reaches the "dyno" at 127.0.0.1:PORT
-    # (build steps themselves have networks of their own, without port mappings).
-    sandbox = RuncSandbox(c.tmp / "serve", oci.HostStack(c.tmp / "serve"))
+    # A sandbox on the host's network and the run image: this test reaches the
+    # "dyno" at 127.0.0.1:PORT (build steps have networks of their own, without
+    # port mappings).
+    sandbox = RuncSandbox(c.tmp / "serve", run_stack(c.tmp / "serve"))
     await sandbox.prepare()
     tgz = c.tmp / "dyno-slug.tgz"
     await c.stores.get_file(objstore.SLUGS, status.slug["digest"], tgz)
@@ -217,7 +219,7 @@ async def test_python_app_builds_and_second_build_uses_cache(client: Client) -> 
     cold = time.monotonic() - t0
     assert first.final is not None and first.final.status == protocol.SUCCEEDED, first.text
     assert first.final.process_types == {"web": "python server.py"}
-    assert first.final.slug is not None and first.final.slug["stack"] == "host"
+    assert first.final.slug is not None and first.final.slug["stack"] == "slipway-24"
     assert first.final.buildpacks == ["python"]
     assert "-----> Python app detected" in first.text
     assert "No build cache for this app yet" in first.text
@@ -272,7 +274,7 @@ async def test_custom_local_buildpack_is_used(client: Client) -> None:
     assert w.final.buildpacks == [pack]
     assert "-----> Custom hello buildpack" in w.text
     assert "config var GREETING_SUFFIX=!" in w.text
-    assert "STACK=host" in w.text
+    assert "STACK=slipway-24" in w.text
     # Procfile wins for worker; the buildpack's default fills in web.
     assert w.final.process_types == {"web": "./bin/hello", "worker": "./bin/hello --loop"}
     assert "custom-marker.txt" in await slug_names(client, w.final)

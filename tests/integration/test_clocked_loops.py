@@ -31,7 +31,7 @@ from tests.harness import secure
 
 pytestmark = pytest.mark.integration
 
-SLUG = SlugInfo(digest="ab" * 32, size_bytes=10, stack="host")
+SLUG = SlugInfo(digest="ab" * 32, size_bytes=10, stack="slipway-24")
 NODE = NodeRecord(name="node-a", address="127.0.0.1", capacity_mb=4096)
 
 

@@ -34,7 +34,7 @@ def deploy(cluster: LocalCluster, app: str, greeting: str = "hello") -> int:
         client.update_config(app, {"GREETING": greeting})
         release = client.create_release(
             app,
-            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
             {"web": slug.process_types["web"], "worker": slug.process_types["worker"]},
         ).release
     return int(release.version)

@@ -220,7 +220,7 @@ def test_scaling_checks_the_release_process_types(controller: ControllerProcess)
         client.create_app("typed")
         release = client.create_release(
             "typed",
-            types_pb2.SlugRef(digest="ab" * 32, size_bytes=10, stack="host"),
+            types_pb2.SlugRef(digest="ab" * 32, size_bytes=10, stack="slipway-24"),
             # (a "release" entry would be the release command: the release would wait for it)
             {"web": "python3 server.py", "clock": "python3 clock.py"},
         ).release

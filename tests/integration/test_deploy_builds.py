@@ -182,6 +182,48 @@ def test_custom_buildpack_set(ctl: ControllerProcess, builder: None) -> None:
     ctl.cli("builds:cache:purge", "-a", "custom", "--confirm", "custom", check=True)
 
 
+def test_builds_run_on_the_stack_image_and_stack_set_changes_it(
+    ctl: ControllerProcess, builder: None
+) -> None:
+    ctl.cli("apps:create", "probe", check=True)
+    ctl.cli("buildpacks:set", str(FIXTURES / "stack-probe-buildpack"), "-a", "probe", check=True)
+    assert "slipway-24" in ctl.cli("stack", "-a", "probe", check=True).stdout
+    result = ctl.cli("deploy", str(FIXTURES / "hello-app"), "-a", "probe", timeout=180)
+    show("stack probe deploy", result)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Probing stack slipway-24" in out
+    assert "os: Debian GNU/Linux 12 (bookworm)" in out
+    # The stack supplies every language's toolchain, whatever the host has.
+    assert "python: Python 3.11" in out and "node: v18" in out
+    assert "go: go version go1.19" in out and 'java: openjdk version "17' in out
+    mounts = dict(
+        line.removeprefix("mount: ").split(" from ", 1)
+        for line in (raw.strip() for raw in out.splitlines())
+        if line.startswith("mount: ")
+    )
+    assert "slipway-24-build-" in mounts["/"], mounts["/"]
+    # Nothing of the host's system shows through: no /usr, /bin, /lib or /etc binds.
+    host_system = [p for p in mounts if p.split("/")[1:2] in (["usr"], ["bin"], ["lib"], ["sbin"])]
+    assert host_system == [], host_system
+    # Of /etc, only the resolver and (where the operator added CAs) the CA bundle.
+    etc = {p for p in mounts if p.startswith("/etc")}
+    assert "/etc/resolv.conf" in etc
+    assert etc <= {"/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt"}, etc
+    assert client_of(ctl).get_release("probe", 2).release.slug.stack == "slipway-24"
+
+    refused = ctl.cli("stack:set", "cedar-14", "-a", "probe")
+    assert refused.returncode != 0 and "choose from host, slipway-24" in refused.stderr
+    assert "redeploy" in ctl.cli("stack:set", "host", "-a", "probe", check=True).stdout
+    again = ctl.cli("deploy", str(FIXTURES / "hello-app"), "-a", "probe", timeout=180)
+    assert again.returncode != 0
+    assert "stack host is not available on this builder (it builds on slipway-24)" in (
+        again.stdout + again.stderr
+    )
+    trail = ctl.cli("audit", "-a", "probe", check=True).stdout
+    assert "SetStack" in trail and "host" in trail
+
+
 def _upload_raw(ctl: ControllerProcess, app: str, data: bytes) -> grpc.RpcError:
     """Upload bytes through the API (no CLI packing); return the error it must raise."""
     import hashlib

@@ -224,7 +224,7 @@ def deploy(cluster: LocalCluster, app: str) -> None:
         client.update_config(app, {"GREETING": f"hello from {app}"})
         client.create_release(
             app,
-            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
             {"web": slug.process_types["web"], "worker": slug.process_types["worker"]},
         )
         client.scale(app, [pb.FormationChange(type="web", quantity=1)])

@@ -85,7 +85,7 @@ def test_dyno_output_router_lines_tail_and_split(cluster: LocalCluster) -> None:
     with cluster.client() as client:
         client.create_release(
             app,
-            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
             {"worker": slug.process_types["worker"], "long": LONG},
         )
         eventually(lambda: len(client.list_nodes().nodes) == 1, 30)

@@ -220,7 +220,7 @@ def test_api_changes_leave_api_lines(controller: ControllerProcess) -> None:
     controller.cli("config:set", "-a", app, "B=2", "A=1", check=True)
     with controller.client() as client:
         client.create_release(
-            app, types_pb2.SlugRef(digest="0" * 64, size_bytes=1, stack="host"), {"web": "x"}
+            app, types_pb2.SlugRef(digest="0" * 64, size_bytes=1, stack="slipway-24"), {"web": "x"}
         )
         client.scale(app, [pb.FormationChange(type="web", quantity=3)])
         client.rollback(app, 2)

@@ -57,7 +57,7 @@ def test_config_changes_and_rollbacks_run_the_release_phase(cluster: LocalCluste
     with cluster.client() as client:
         v3 = client.create_release(
             APP,
-            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
             {"web": slug.process_types["web"], "release": RELEASE_COMMAND},
         ).release
     assert (v3.version, v3.status) == (3, types_pb2.RELEASE_STATUS_PENDING)

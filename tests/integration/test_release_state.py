@@ -16,7 +16,7 @@ from tests.harness import secure
 
 pytestmark = pytest.mark.integration
 
-SLUG = SlugInfo(digest="ab" * 32, size_bytes=10, stack="host")
+SLUG = SlugInfo(digest="ab" * 32, size_bytes=10, stack="slipway-24")
 
 
 async def test_config_change_and_rollback_wait_for_the_release_command(

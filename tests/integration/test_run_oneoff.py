@@ -68,6 +68,22 @@ def test_exit_code_and_output_come_back(cluster: LocalCluster) -> None:
     assert runs and runs[-1]["detail"] == f"python3 -c {shlex.quote(code)}"
 
 
+def test_a_dyno_runs_on_the_run_image_with_nothing_of_the_hosts_system(
+    cluster: LocalCluster,
+) -> None:
+    done = run_cli(cluster, "run", "-a", APP, "cat /proc/self/mountinfo; java -version")
+    assert done.returncode == 0, done.stderr
+    mounts = {}
+    for line in done.stdout.decode().splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[0].isdigit():
+            mounts[fields[4]] = fields[3]
+    assert "slipway-24-run-" in mounts["/"], mounts["/"]
+    top = {p.split("/")[1] for p in mounts if p != "/"}
+    assert not top & {"usr", "bin", "lib", "sbin"}, sorted(mounts)
+    assert b'openjdk version "17' in done.stderr  # the run image's Java runtime
+
+
 def test_stdin_piped_through_and_stderr_separate(cluster: LocalCluster) -> None:
     done = run_cli(cluster, "run", "-a", APP, "cat", stdin=b"hello\nworld\n")
     assert (done.returncode, done.stdout) == (0, b"hello\nworld\n"), done.stderr

@@ -87,7 +87,7 @@ def create_web_app(cluster: MultiHostCluster, app: str, web: int) -> None:
         client.create_app(app)
         client.create_release(
             app,
-            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
             {"web": slug.process_types["web"]},
         )
         client.scale(app, [pb.FormationChange(type="web", quantity=web)])

@@ -21,7 +21,7 @@ from controller.store.build_records import (
 from slipway import buildproto, errors
 from slipway.records import StatusRecord
 
-SLUG = {"digest": "ab" * 32, "size": 100, "stack": "host"}
+SLUG = {"digest": "ab" * 32, "size": 100, "stack": "slipway-24"}
 
 
 def status(kind: str, attempt: int = 1, **kw: object) -> buildproto.BuildStatus:

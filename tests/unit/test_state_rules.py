@@ -47,7 +47,7 @@ def test_records_round_trip_through_json() -> None:
         description="Deploy abc",
         created_at=1.5,
         config={"A": "1"},
-        slug=SlugInfo(digest="d" * 64, size_bytes=42, stack="host"),
+        slug=SlugInfo(digest="d" * 64, size_bytes=42, stack="slipway-24"),
         process_types={"web": "w"},
     )
     assert ReleaseRecord.decode(release.encode()) == release

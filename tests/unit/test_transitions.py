@@ -19,7 +19,7 @@ from controller.core.models import (
 from controller.core.sizes import SizeTable
 from slipway import errors
 
-SLUG = SlugInfo(digest="ab" * 32, size_bytes=10, stack="host")
+SLUG = SlugInfo(digest="ab" * 32, size_bytes=10, stack="slipway-24")
 STD = "standard-1x"
 
 

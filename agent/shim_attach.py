@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import selectors
 import signal
 import socket
@@ -161,8 +162,32 @@ class Session:
                             self.out_buf += wire.exit_frame(status)
                             exit_queued = True
                         if not self.out_buf:
+                            self._linger_for_client()
                             return status
             self._step(0.05)
+
+    def _linger_for_client(self, timeout: float = 2.0) -> None:
+        """After the EXIT frame: half-close, and read until the client hangs up.
+        Closing a socket with the client's input unread makes the client's next
+        write fail, and its stream then drops the EXIT it has not read yet."""
+        client = self.client
+        if client is None:
+            return
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([client], [], [], left)
+            if not ready:
+                break
+            try:
+                if not client.recv(READ_SIZE):
+                    break
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+        self._drop_client()
 
     def _step(self, timeout: float) -> None:
         self._register()

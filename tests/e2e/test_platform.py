@@ -45,6 +45,12 @@ class Platform:
     proc: subprocess.Popen[str] | None = None
     output: str = ""
 
+    @classmethod
+    def on_free_ports(cls, tmp: Path) -> Platform:
+        ports = {engines.free_port() for _ in range(10)}
+        api, router, etcd, peer, nats = sorted(ports)[:5]
+        return cls(tmp / "data", api, router, etcd, peer, nats, tmp / "cli.json")
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
         env["SLIPWAY_CONFIG"] = str(self.config_path)
@@ -158,9 +164,7 @@ class Platform:
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
-    ports = {engines.free_port() for _ in range(10)}
-    api, router, etcd, peer, nats = sorted(ports)[:5]
-    p = Platform(tmp_path / "data", api, router, etcd, peer, nats, tmp_path / "cli.json")
+    p = Platform.on_free_ports(tmp_path)
     p.start()
     try:
         yield p

@@ -253,6 +253,21 @@ async def test_node_app_gets_default_web_process(client: Client) -> None:
     assert "Using cached npm downloads from the previous build" in again.text
 
 
+async def test_go_app_builds_every_main_package_with_the_stacks_go(client: Client) -> None:
+    w = await client.build("go-app", await client.upload_dir(FIXTURES / "go-app"))
+    assert w.final is not None and w.final.status == protocol.SUCCEEDED, w.text
+    assert w.final.buildpacks == ["go"]
+    assert "Using go1.19" in w.text  # go.mod's go 1.19: the stack's go will do
+    assert w.final.process_types == {"web": "hello"}  # the module's last path element
+    names = await slug_names(client, w.final)
+    assert "bin/hello" in names and "bin/tick" in names
+    assert "hello from go1.19" in await serve_slug(client, w.final, "web")
+
+    again = await client.build("go-app", await client.upload_dir(FIXTURES / "go-app"))
+    assert again.final is not None and again.final.status == protocol.SUCCEEDED, again.text
+    assert "Modules and build cache from the previous build" in again.text
+
+
 async def test_procfile_app_keeps_release_command(client: Client) -> None:
     w = await client.build("proc-app", await client.upload_dir(FIXTURES / "procfile-app"))
     assert w.final is not None and w.final.status == protocol.SUCCEEDED, w.text
@@ -338,8 +353,8 @@ async def test_no_buildpack_detects_lists_what_was_tried(client: Client, tmp_pat
     w = await client.build("plain-app", await client.upload_dir(app_dir))
     assert w.final is not None and w.final.status == protocol.FAILED
     assert w.final.error is not None
-    assert "Tried: python, nodejs, procfile" in w.final.error
-    assert "Tried: python, nodejs, procfile" in w.text
+    assert "Tried: python, nodejs, go, procfile" in w.final.error
+    assert "Tried: python, nodejs, go, procfile" in w.text
 
 
 async def test_compile_error_keeps_buildpack_output(client: Client, tmp_path: Path) -> None:

@@ -149,7 +149,7 @@ def test_no_buildpack_detects(ctl: ControllerProcess, builder: None, tmp_path: P
     show("undetectable deploy", result)
     assert result.returncode != 0
     text = result.stdout + result.stderr
-    for name in ("python", "nodejs", "procfile"):
+    for name in ("python", "nodejs", "go", "procfile"):
         assert name in text
     c = client_of(ctl)
     assert [r.version for r in c.list_releases("nothing").releases] == [1]

@@ -1,0 +1,118 @@
+"""The sample apps under examples/, deployed on a clean platform the way a user
+would (`slipway up`, `apps:create`, `deploy`), each serving its page through the
+router; the Django one twice, the second time from the build cache."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_platform import Platform
+from tests.harness.wait import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    p = Platform.on_free_ports(tmp_path_factory.mktemp("samples"))
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def deploy(platform: Platform, app: str, sample: str) -> str:
+    if app not in platform.cli("apps").stdout:
+        platform.cli("apps:create", app)
+    done = platform.cli("deploy", "-a", app, f"examples/{sample}", check=False, timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    return out
+
+
+def page(platform: Platform, app: str, text: str, path: str = "/") -> str:
+    found: list[str] = []
+
+    def shows_it() -> bool:
+        status, body = platform.http(app, path)
+        found[:] = [body]
+        return status == 200 and text in body
+
+    assert eventually(shows_it, 90), found
+    return found[0]
+
+
+def test_django_with_whitenoise_manifest_storage(platform: Platform) -> None:
+    out = deploy(platform, "shop", "django-whitenoise")
+    assert "Running Django collectstatic" in out
+    assert "Running release command: python manage.py migrate --noinput" in out
+    body = page(platform, "shop", "<h1>Django with whitenoise</h1>")
+    css = re.search(r'href="(/static/site\.[0-9a-f]{12}\.css)"', body)
+    assert css, body  # the manifest's hashed name: collectstatic ran at build time
+    status, sheet = platform.http("shop", css.group(1))
+    assert status == 200 and "font-family" in sheet
+
+    again = deploy(platform, "shop", "django-whitenoise")
+    assert "from the build cache (requirements.txt unchanged)" in again
+    page(platform, "shop", "<h1>Django with whitenoise</h1>")
+
+
+def test_flask_with_poetry_leaves_dev_dependencies_out(platform: Platform) -> None:
+    out = deploy(platform, "flask-poetry", "flask-poetry")
+    assert "poetry lock file's main dependencies" in out
+    page(platform, "flask-poetry", "dev dependencies installed: False")
+
+
+def test_fastapi_with_uv(platform: Platform) -> None:
+    out = deploy(platform, "fastapi-uv", "fastapi-uv")
+    assert "uv lock file" in out
+    page(platform, "fastapi-uv", "<h1>FastAPI with uv</h1>")
+    assert '"status":"ok"' in page(platform, "fastapi-uv", "ok", "/health")
+
+
+def test_a_python_version_the_stack_lacks_fails_naming_what_it_has(
+    platform: Platform, tmp_path: Path
+) -> None:
+    app = tmp_path / "old-python"
+    app.mkdir()
+    (app / "requirements.txt").write_text("")
+    (app / "runtime.txt").write_text("python-3.8.18\n")
+    (app / "Procfile").write_text("web: python -m http.server $PORT\n")
+    platform.cli("apps:create", "old-python")
+    done = platform.cli("deploy", "-a", "old-python", str(app), check=False, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "asks for Python 3.8.18, but stack slipway-24 provides Python 3.11" in out
+
+
+def test_go_with_a_module_dependency_and_the_toolchain_go_mod_asks_for(
+    platform: Platform,
+) -> None:
+    out = deploy(platform, "go-web", "go-web")
+    assert "Downloading go1.22." in out  # newer than the stack's go1.19: from the module proxy
+    assert "Discovering process types: web" in out  # web: go-web, from bin/release
+    body = page(platform, "go-web", "<h1>Go on Slipway</h1>")
+    assert "go1.22." in body
+    again = deploy(platform, "go-web", "go-web")
+    assert "from the build cache" in again  # the toolchain is not downloaded twice
+
+
+def test_a_go_version_nobody_supplies_fails_naming_what_there_is(
+    platform: Platform, tmp_path: Path
+) -> None:
+    app = tmp_path / "future-go"
+    app.mkdir()
+    (app / "go.mod").write_text(
+        "module example.com/future\n\n// +heroku goVersion go1.99\ngo 1.99\n"
+    )
+    (app / "main.go").write_text("package main\n\nfunc main() {}\n")
+    platform.cli("apps:create", "future-go")
+    done = platform.cli("deploy", "-a", "future-go", str(app), check=False, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "go.mod asks for Go 1.99" in out and "go1.19" in out and "newest go1." in out

@@ -8,7 +8,7 @@ Heroku's buildpack API, as the build sees it inside the sandbox:
 
 Several buildpacks run in order; each may write ``export`` at its own root and
 the later ones start with it sourced. An empty list means auto-detect among the
-built-ins (python, nodejs, go, procfile), first match wins. Process types: the
+built-ins (python, nodejs, go, java, procfile), first match wins. Process types: the
 Procfile wins over every buildpack's ``default_process_types`` (later buildpacks
 override earlier ones); a ``release`` type is the release-phase command and is
 not a dyno formation type.
@@ -35,7 +35,7 @@ import yaml
 from slipway import archive, errors
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "buildpacks"
-BUILTIN_ORDER = ("python", "nodejs", "go", "procfile")
+BUILTIN_ORDER = ("python", "nodejs", "go", "java", "procfile")
 RELEASE_TYPE = "release"
 _PROC_RE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 _MAX_META_FILE = 256 * 1024  # Procfile / .slugignore read from untrusted build dirs

@@ -11,6 +11,7 @@ update is ever silently overwritten.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -126,6 +127,8 @@ def server_name(endpoints: Sequence[str]) -> str | None:
 # How long a read keeps trying through a member's death or a leader election
 # (etcd's election timeout is 1 s by default).
 READ_RETRY_SECONDS = 5.0
+# How long a request refused for an auth store changed mid-flight is tried again.
+AUTH_RETRY_SECONDS = 3.0
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -160,6 +163,11 @@ _HANDSHAKE = (
 def _refused_tls(exc: BaseException) -> bool:
     code, details = _status(exc)
     return code is grpc.StatusCode.UNAVAILABLE and any(m in details.lower() for m in _HANDSHAKE)
+
+
+def _old_auth_revision(exc: BaseException) -> bool:
+    code, details = _status(exc)
+    return code is grpc.StatusCode.FAILED_PRECONDITION and "auth store is old" in details
 
 
 def _translate(exc: BaseException, *, tls: bool = True) -> errors.SlipwayError:
@@ -247,11 +255,22 @@ class Etcd:
     def _translate(self, exc: BaseException) -> errors.SlipwayError:
         return _translate(exc, tls=self.credentials is not None)
 
-    async def _call(self, coro: Awaitable[Any]) -> Any:
-        try:
-            return await coro
-        except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
-            raise self._translate(exc) from exc
+    async def _call(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one request; repeat it (briefly) when etcd refused it because the
+        auth store changed while it was in flight ("revision of auth store is
+        old", after a node joined, say): etcd applied nothing then, so a second
+        try is safe for writes too, and etcd's own client does the same."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + AUTH_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
+                if not _old_auth_revision(exc) or loop.time() + delay > deadline:
+                    raise self._translate(exc) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def _read(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run a read, repeating it while etcd is briefly unavailable.
@@ -270,7 +289,8 @@ class Etcd:
             try:
                 return await call()
             except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
-                if not _unavailable(exc) or _refused_tls(exc) or loop.time() + delay > deadline:
+                retry = (_unavailable(exc) and not _refused_tls(exc)) or _old_auth_revision(exc)
+                if not retry or loop.time() + delay > deadline:
                     raise self._translate(exc) from exc
             self.read_retries += 1
             await asyncio.sleep(delay)
@@ -281,7 +301,7 @@ class Etcd:
         :mod:`slipway.etcdauth`) on this connection."""
         await self.connect()
         call = getattr(self._client.auth_stub, method)
-        return await self._call(call(request, timeout=self.timeout))
+        return await self._call(lambda: call(request, timeout=self.timeout))
 
     async def get(self, key: bytes) -> KV | None:
         got = await self._read(lambda: self._client.get(key))
@@ -301,20 +321,20 @@ class Etcd:
         return revision
 
     async def put(self, key: bytes, value: bytes, *, lease: int | None = None) -> None:
-        await self._call(self._client.put(key, value, lease=lease))
+        await self._call(lambda: self._client.put(key, value, lease=lease))
 
     async def delete(self, key: bytes) -> bool:
-        deleted = await self._call(self._client.delete(key))
+        deleted = await self._call(lambda: self._client.delete(key))
         return bool(deleted and deleted.deleted)
 
     async def delete_prefix(self, prefix: bytes) -> int:
-        deleted = await self._call(self._client.delete_prefix(prefix))
+        deleted = await self._call(lambda: self._client.delete_prefix(prefix))
         return int(deleted.deleted) if deleted else 0
 
     async def create(self, key: bytes, value: bytes, *, lease: int | None = None) -> bool:
         """Put ``key`` only if it does not exist; True when this call created it."""
         ok, _ = await self._call(
-            self._client.transaction(
+            lambda: self._client.transaction(
                 compare=[self.tx.version(key) == 0],
                 success=[self.tx.put(key, value, lease=lease)],
                 failure=[],
@@ -333,7 +353,7 @@ class Etcd:
         caller knows whether a second try is right.
         """
         ok, _ = await self._call(
-            self._client.transaction(
+            lambda: self._client.transaction(
                 compare=list(compare), success=list(success), failure=list(failure)
             )
         )
@@ -363,7 +383,9 @@ class Etcd:
                 self.tx.put(k, v) if v is not None else self.tx.delete(k) for k, v in writes.items()
             ]
             ok, _ = await self._call(
-                self._client.transaction(compare=compares, success=ops, failure=[])
+                functools.partial(
+                    self._client.transaction, compare=compares, success=ops, failure=[]
+                )
             )
             if ok:
                 return dict(writes)
@@ -383,7 +405,8 @@ class Etcd:
         for start in range(0, len(pairs), batch):
             chunk = pairs[start : start + batch]
             ok, _ = await self._call(
-                self._client.transaction(
+                functools.partial(
+                    self._client.transaction,
                     compare=[self.tx.version(k) == 0 for k, _ in chunk],
                     success=[self.tx.put(k, v) for k, v in chunk],
                     failure=[],
@@ -396,18 +419,18 @@ class Etcd:
 
     async def snapshot(self, out: BinaryIO) -> None:
         """etcd's snapshot of its whole database, written to ``out``."""
-        await self._call(self._client.snapshot(out))
+        await self._call(lambda: self._client.snapshot(out))
 
     async def lease(self, ttl: int) -> aetcd.leases.Lease:
-        return await self._call(self._client.lease(ttl))
+        return await self._call(lambda: self._client.lease(ttl))
 
     async def refresh_lease(self, lease_id: int) -> int:
         """Keeps a lease alive; returns its remaining TTL (0 when it has expired)."""
-        reply = await self._call(self._client.refresh_lease(lease_id))
+        reply = await self._call(lambda: self._client.refresh_lease(lease_id))
         return int(reply.TTL) if reply is not None else 0
 
     async def revoke_lease(self, lease_id: int) -> None:
-        await self._call(self._client.revoke_lease(lease_id))
+        await self._call(lambda: self._client.revoke_lease(lease_id))
 
     async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchEvent]:
         """Events under ``prefix`` from ``start_revision`` (inclusive) on.

@@ -488,3 +488,32 @@ def show_command(as_json: bool, root: Path | None) -> None:
             else "not built (slipway-stack build)"
         )
         click.echo(f"{wanted.stack:<12} {wanted.flavour:<6} {wanted.image_name:<34} {state}")
+
+
+@main.command("prune")
+@click.option("--dir", "root", type=click.Path(path_type=Path), default=None)
+@click.option("--yes", is_flag=True, help="Do not ask.")
+def prune_command(root: Path | None, yes: bool) -> None:
+    """Delete this host's images that no recipe names any more (and failed builds).
+
+    Sandboxes still running on such an image lose their root filesystem: restart
+    the agents and builders on the new images first."""
+    store = ImageStore(root)
+    current = {wanted.image_name for wanted in RECIPES.values()}
+    stale = [
+        path
+        for path in sorted(store.root.glob("*"))
+        if path.is_dir() and (path.name.endswith(".building") or path.name not in current)
+    ]
+    if not stale:
+        click.echo("Nothing to prune.")
+        return
+    for path in stale:
+        click.echo(f"  {path.name}")
+    if not yes:
+        click.confirm(f"Delete these {len(stale)} image(s)?", abort=True)
+    for path in stale:
+        shutil.rmtree(path)
+        name = path.name.lstrip(".").removesuffix(".building")
+        path.with_name(f".{name}.lock").unlink(missing_ok=True)
+    click.echo(f"Pruned {len(stale)} image(s).")

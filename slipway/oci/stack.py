@@ -242,12 +242,22 @@ class ImageStack:
         # Replaced, never rewritten in place: running containers keep their copy.
         _write_file(self.resolv_conf_file(), text)
         local = sorted((self._host / LOCAL_CA_DIR).glob("*.crt"))
+        copies = self.local_ca_dir()
+        copies.mkdir(exist_ok=True)
+        for stale in set(copies.glob("*.crt")) - {copies / p.name for p in local}:
+            stale.unlink()
+        for path in local:
+            _write_file(copies / path.name, path.read_bytes())
         if local:
             bundle = (self._rootfs / CA_BUNDLE).read_bytes()
             extra = b"".join(b"\n" + path.read_bytes().strip() + b"\n" for path in local)
             _write_file(self.ca_bundle_file(), bundle.rstrip() + b"\n" + extra)
         else:
             self.ca_bundle_file().unlink(missing_ok=True)
+
+    def local_ca_dir(self) -> Path:
+        """Copies of the operator's CAs, one file each (Java's keytool imports them)."""
+        return self._dir / "local-ca"
 
     def ca_bundle_file(self) -> Path:
         return self._dir / "ca-certificates.crt"
@@ -256,6 +266,7 @@ class ImageStack:
         found = [ro_bind(self.resolv_conf_file(), "/etc/resolv.conf")]
         if self.ca_bundle_file().is_file():
             found.append(ro_bind(self.ca_bundle_file(), f"/{CA_BUNDLE}"))
+            found.append(ro_bind(self.local_ca_dir(), f"/{LOCAL_CA_DIR}"))
         return found
 
 

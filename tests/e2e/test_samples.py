@@ -35,6 +35,18 @@ def deploy(platform: Platform, app: str, sample: str) -> str:
     return out
 
 
+def refused(platform: Platform, tmp_path: Path, app: str, files: dict[str, str]) -> str:
+    """Deploy an app made of ``files``; it must fail. Returns what the user saw."""
+    src = tmp_path / app
+    src.mkdir()
+    for name, text in files.items():
+        (src / name).write_text(text)
+    platform.cli("apps:create", app)
+    done = platform.cli("deploy", "-a", app, str(src), check=False, timeout=300)
+    assert done.returncode != 0, done.stdout
+    return done.stdout + done.stderr
+
+
 def page(platform: Platform, app: str, text: str, path: str = "/") -> str:
     found: list[str] = []
 
@@ -78,15 +90,12 @@ def test_fastapi_with_uv(platform: Platform) -> None:
 def test_a_python_version_the_stack_lacks_fails_naming_what_it_has(
     platform: Platform, tmp_path: Path
 ) -> None:
-    app = tmp_path / "old-python"
-    app.mkdir()
-    (app / "requirements.txt").write_text("")
-    (app / "runtime.txt").write_text("python-3.8.18\n")
-    (app / "Procfile").write_text("web: python -m http.server $PORT\n")
-    platform.cli("apps:create", "old-python")
-    done = platform.cli("deploy", "-a", "old-python", str(app), check=False, timeout=300)
-    out = done.stdout + done.stderr
-    assert done.returncode != 0
+    files = {
+        "requirements.txt": "",
+        "runtime.txt": "python-3.8.18\n",
+        "Procfile": "web: python -m http.server $PORT\n",
+    }
+    out = refused(platform, tmp_path, "old-python", files)
     assert "asks for Python 3.8.18, but stack slipway-24 provides Python 3.11" in out
 
 
@@ -105,14 +114,38 @@ def test_go_with_a_module_dependency_and_the_toolchain_go_mod_asks_for(
 def test_a_go_version_nobody_supplies_fails_naming_what_there_is(
     platform: Platform, tmp_path: Path
 ) -> None:
-    app = tmp_path / "future-go"
-    app.mkdir()
-    (app / "go.mod").write_text(
-        "module example.com/future\n\n// +heroku goVersion go1.99\ngo 1.99\n"
-    )
-    (app / "main.go").write_text("package main\n\nfunc main() {}\n")
-    platform.cli("apps:create", "future-go")
-    done = platform.cli("deploy", "-a", "future-go", str(app), check=False, timeout=300)
-    out = done.stdout + done.stderr
-    assert done.returncode != 0
+    files = {
+        "go.mod": "module example.com/future\n\n// +heroku goVersion go1.99\ngo 1.99\n",
+        "main.go": "package main\n\nfunc main() {}\n",
+    }
+    out = refused(platform, tmp_path, "future-go", files)
     assert "go.mod asks for Go 1.99" in out and "go1.19" in out and "newest go1." in out
+
+
+def test_java_with_maven_on_the_stacks_jdk(platform: Platform) -> None:
+    out = deploy(platform, "java-maven", "java-maven")
+    assert "Building with Maven (tests skipped)" in out
+    assert "built target/web.jar" in out
+    page(platform, "java-maven", "<h1>Java with Maven</h1><p>Java 17")
+    again = deploy(platform, "java-maven", "java-maven")
+    assert "Maven repository from the previous build" in again
+
+
+def test_a_java_version_the_stack_lacks_fails_naming_what_it_has(
+    platform: Platform, tmp_path: Path
+) -> None:
+    files = {"pom.xml": "<project/>\n", "system.properties": "java.runtime.version=21\n"}
+    out = refused(platform, tmp_path, "java-21", files)
+    assert "asks for Java 21, but stack slipway-24 provides Java 17 only" in out
+
+
+def test_express_with_yarn_on_the_node_engines_asks_for(platform: Platform) -> None:
+    out = deploy(platform, "express-yarn", "express-yarn")
+    assert "Downloading node 20." in out  # engines.node 20.x; the stack has 18
+    assert "Installing dependencies with yarn (yarn.lock found)" in out
+    assert "Running build" in out and "Pruning devDependencies" in out
+    body = page(platform, "express-yarn", "<h1>Express with yarn</h1>")
+    assert "node v20." in body and "built with node v20." in body
+    assert "devDependencies present: false" in body
+    again = deploy(platform, "express-yarn", "express-yarn")
+    assert "Using node 20." in again and "from the build cache" in again

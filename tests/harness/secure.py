@@ -110,5 +110,7 @@ def agent_join(controller: str, token: str, out: Path, advertise: str, env: dict
     argv = [str(Path(sys.executable).parent / "slipway-agent"), "join", "--controller", controller]
     argv += ["--ca-file", str(ca_file()), "--token", token, "--credentials", str(out)]
     argv += ["--advertise-address", advertise]
-    subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=60)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise AssertionError(f"slipway-agent join failed ({done.returncode}): {done.stderr}")
     return out

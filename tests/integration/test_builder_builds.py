@@ -250,7 +250,7 @@ async def test_node_app_gets_default_web_process(client: Client) -> None:
 
     again = await client.build("node-app", await client.upload_dir(FIXTURES / "node-app"))
     assert again.final is not None and again.final.status == protocol.SUCCEEDED, again.text
-    assert "Using cached npm downloads from the previous build" in again.text
+    assert "Using cached downloads from the previous build" in again.text
 
 
 async def test_go_app_builds_every_main_package_with_the_stacks_go(client: Client) -> None:
@@ -353,8 +353,8 @@ async def test_no_buildpack_detects_lists_what_was_tried(client: Client, tmp_pat
     w = await client.build("plain-app", await client.upload_dir(app_dir))
     assert w.final is not None and w.final.status == protocol.FAILED
     assert w.final.error is not None
-    assert "Tried: python, nodejs, go, procfile" in w.final.error
-    assert "Tried: python, nodejs, go, procfile" in w.text
+    assert "Tried: python, nodejs, go, java, procfile" in w.final.error
+    assert "Tried: python, nodejs, go, java, procfile" in w.text
 
 
 async def test_compile_error_keeps_buildpack_output(client: Client, tmp_path: Path) -> None:

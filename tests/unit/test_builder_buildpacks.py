@@ -128,13 +128,13 @@ def test_classify(spec: str, kind: str) -> None:
 
 
 def test_classify_unknown_name_lists_choices() -> None:
-    with pytest.raises(errors.InvalidArgument, match="python, nodejs, go, procfile"):
+    with pytest.raises(errors.InvalidArgument, match="python, nodejs, go, java, procfile"):
         bp.classify("ruby")
 
 
 def test_builtins_in_detection_order() -> None:
     packs = bp.builtins()
-    assert [p.name for p in packs] == ["python", "nodejs", "go", "procfile"]
+    assert [p.name for p in packs] == ["python", "nodejs", "go", "java", "procfile"]
     for p in packs:
         for script in ("detect", "compile", "release"):
             path = p.path / "bin" / script

@@ -107,6 +107,29 @@ def test_etcd_errors_become_slipway_errors() -> None:
     assert "--credentials" not in str(_translate(closed, tls=True))
 
 
+async def test_a_request_refused_for_an_auth_change_in_flight_is_tried_again() -> None:
+    # A node joining changes etcd's auth store; requests in flight at that moment are
+    # refused with "revision of auth store is old" and nothing of them applied.
+    etcd = Etcd(["127.0.0.1:2379"])
+    calls = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise rpc_error(
+                grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: revision of auth store is old"
+            )
+        return "done"
+
+    assert await etcd._call(flaky) == "done" and len(calls) == 3
+
+    async def refused() -> str:
+        raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: role name not found")
+
+    with pytest.raises(errors.NotFound):
+        await etcd._call(refused)
+
+
 def test_a_router_reads_routes_only() -> None:
     assert etcdauth.router_grants("/slipway") == {
         etcdauth.Grant(rpc.Permission.READ, b"/slipway/routes/", b"/slipway/routes0")

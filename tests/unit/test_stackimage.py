@@ -98,9 +98,14 @@ def test_an_image_stack_binds_only_a_resolver_file_and_the_operators_cas(tmp_pat
     local.mkdir(parents=True)
     (local / "proxy.crt").write_text("PROXY CA\n")
     stack.prepare()
-    _, bundle = stack.mounts()
+    _, bundle, copies = stack.mounts()
     assert bundle.destination == "/etc/ssl/certs/ca-certificates.crt"
     assert Path(bundle.source).read_text() == "DEBIAN ROOTS\n\nPROXY CA\n"
+    assert copies.destination == "/usr/local/share/ca-certificates"
+    assert [p.name for p in Path(copies.source).iterdir()] == ["proxy.crt"]
+    (local / "proxy.crt").unlink()
+    stack.prepare()
+    assert len(stack.mounts()) == 1 and not list(Path(copies.source).iterdir())
 
 
 def test_a_missing_image_stops_the_daemon_with_the_command_that_builds_it(
@@ -110,3 +115,17 @@ def test_a_missing_image_stops_the_daemon_with_the_command_that_builds_it(
         stackimage.open_stack("slipway-24", "build", tmp_path, store=ImageStore(tmp_path))
     host = stackimage.open_stack("host", "build", tmp_path, store=ImageStore(tmp_path))
     assert host.name == "host"
+
+
+def test_prune_removes_images_no_recipe_names_and_failed_builds(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    store = ImageStore(tmp_path)
+    current = stackimage.recipe("slipway-24", "run")
+    _fake_image(store, current, finished=True)
+    (tmp_path / "slipway-24-run-0123456789abcdef" / "rootfs").mkdir(parents=True)
+    (tmp_path / ".slipway-24-build-fedcba9876543210.building").mkdir()
+    result = CliRunner().invoke(stackimage.main, ["prune", "--dir", str(tmp_path), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "Pruned 2 image(s)." in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [current.image_name]

@@ -201,7 +201,7 @@ class BuildQueue:
         self._accepting.clear()
 
     async def run(self) -> None:
-        await ensure_consumer(self._js, self._settings)
+        await self._bind()
         _log.info("builder ready", node=self.name, slots=self._slots)
         self.ready.set()
         async with asyncio.TaskGroup() as tg:
@@ -210,6 +210,24 @@ class BuildQueue:
             # Slots return after a drain; the advisory watcher then goes too.
             await asyncio.gather(*slots)
             exhausted.cancel()
+
+    async def _bind(self) -> None:
+        """Make sure of the streams and the consumer, waiting out a JetStream that
+        does not answer yet (a NATS server of the cluster restarting, a stream's
+        leader being elected): a builder started then must not die of it."""
+        delay = 0.5
+        while True:
+            try:
+                await ensure_consumer(self._js, self._settings)
+                return
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.ServiceUnavailableError,
+            ) as exc:
+                _log.warning("jetstream not answering yet", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _slot(self, slot: int) -> None:
         # One pull subscription per slot: fetches never interleave between slots.

@@ -177,3 +177,31 @@ def test_job_round_trip_and_validation() -> None:
     assert protocol.BuildStatus.decode(status.encode()) == status
     assert protocol.status_subject("b-1") == "builds.status.b-1"
     assert protocol.output_subject("b-1") == "builds.output.b-1"
+
+
+async def test_a_builder_waits_for_jetstream_instead_of_dying_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import nats.errors
+
+    from builder import jobs
+
+    tries: list[int] = []
+
+    async def consumer(js: object, settings: object) -> None:
+        tries.append(1)
+        if len(tries) < 3:
+            raise nats.errors.TimeoutError
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    class Conn:
+        def jetstream(self) -> object:
+            return object()
+
+    monkeypatch.setattr(jobs, "ensure_consumer", consumer)
+    monkeypatch.setattr(jobs.asyncio, "sleep", no_wait)
+    queue = jobs.BuildQueue(Conn(), runner=None, name="b")  # type: ignore[arg-type]
+    await queue._bind()
+    assert len(tries) == 3

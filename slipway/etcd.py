@@ -170,6 +170,10 @@ def _old_auth_revision(exc: BaseException) -> bool:
     return code is grpc.StatusCode.FAILED_PRECONDITION and "auth store is old" in details
 
 
+def _read_may_retry(exc: BaseException) -> bool:
+    return (_unavailable(exc) and not _refused_tls(exc)) or _old_auth_revision(exc)
+
+
 def _translate(exc: BaseException, *, tls: bool = True) -> errors.SlipwayError:
     if isinstance(exc, aetcd.exceptions.RevisionCompactedError):
         return errors.Conflict(f"etcd revision compacted: {exc}", reason="compacted")
@@ -255,22 +259,35 @@ class Etcd:
     def _translate(self, exc: BaseException) -> errors.SlipwayError:
         return _translate(exc, tls=self.credentials is not None)
 
-    async def _call(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run one request; repeat it (briefly) when etcd refused it because the
-        auth store changed while it was in flight ("revision of auth store is
-        old", after a node joined, say): etcd applied nothing then, so a second
-        try is safe for writes too, and etcd's own client does the same."""
+    async def _retrying(
+        self,
+        call: Callable[[], Awaitable[Any]],
+        *,
+        retry_if: Callable[[BaseException], bool],
+        seconds: float,
+        on_retry: Callable[[], None] = lambda: None,
+    ) -> Any:
+        """Run ``call``, repeating it with backoff for up to ``seconds`` while its
+        failure is one ``retry_if`` accepts; any other failure is translated."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + AUTH_RETRY_SECONDS
+        deadline = loop.time() + seconds
         delay = 0.05
         while True:
             try:
                 return await call()
             except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
-                if not _old_auth_revision(exc) or loop.time() + delay > deadline:
+                if not retry_if(exc) or loop.time() + delay > deadline:
                     raise self._translate(exc) from exc
+            on_retry()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    async def _call(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one request; repeat it (briefly) when etcd refused it because the
+        auth store changed while it was in flight ("revision of auth store is
+        old", after a node joined, say): etcd applied nothing then, so a second
+        try is safe for writes too, and etcd's own client does the same."""
+        return await self._retrying(call, retry_if=_old_auth_revision, seconds=AUTH_RETRY_SECONDS)
 
     async def _read(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run a read, repeating it while etcd is briefly unavailable.
@@ -282,19 +299,15 @@ class Etcd:
         client does the same); writes are not repeated here, since after an
         ambiguous failure only the caller knows whether a second try is right.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + READ_RETRY_SECONDS
-        delay = 0.05
-        while True:
-            try:
-                return await call()
-            except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError, grpc.RpcError) as exc:
-                retry = (_unavailable(exc) and not _refused_tls(exc)) or _old_auth_revision(exc)
-                if not retry or loop.time() + delay > deadline:
-                    raise self._translate(exc) from exc
-            self.read_retries += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        return await self._retrying(
+            call,
+            retry_if=_read_may_retry,
+            seconds=READ_RETRY_SECONDS,
+            on_retry=self._count_read_retry,
+        )
+
+    def _count_read_retry(self) -> None:
+        self.read_retries += 1
 
     async def auth(self, method: str, request: Any) -> Any:
         """One call of etcd's Auth API (``"UserAdd"``, ``"AuthEnable"``...: see

@@ -119,8 +119,7 @@ def ensure_stack_images(say: Callable[[str], None]) -> None:
     store = stackimage.ImageStore()
     for flavour in stackimage.FLAVOURS:
         wanted = stackimage.recipe(stackimage.DEFAULT_STACK, flavour)
-        if store.info(wanted) is None:
-            store.ensure(wanted, progress=lambda line: say(f"-----> {line}"))
+        store.ensure(wanted, progress=lambda line: say(f"-----> {line}"))
 
 
 def install(packages: list[str], say: Callable[[str], None]) -> None:

@@ -171,8 +171,9 @@ class Teams:
 
     async def forget_user(self, email: str) -> None:
         """Drop ``email`` from every team; refused when it is a team's last admin."""
-        for team, role in (await self.memberships(email)).items():
+        teams = await self.memberships(email)
+        for team, role in teams.items():
             if role is TeamRole.ADMIN:
                 await self._keep_an_admin(team, email)
-        for team in await self.memberships(email):
+        for team in teams:
             await self.etcd.delete(self.keys.member(team, email))

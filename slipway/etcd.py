@@ -127,8 +127,9 @@ def server_name(endpoints: Sequence[str]) -> str | None:
 # How long a read keeps trying through a member's death or a leader election
 # (etcd's election timeout is 1 s by default).
 READ_RETRY_SECONDS = 5.0
-# How long a request refused for an auth store changed mid-flight is tried again.
-AUTH_RETRY_SECONDS = 3.0
+# How long a request refused for an auth store changed mid-flight is tried again:
+# while nodes join one after another, the store changes every few milliseconds.
+AUTH_RETRY_SECONDS = 10.0
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -166,8 +167,10 @@ def _refused_tls(exc: BaseException) -> bool:
 
 
 def _old_auth_revision(exc: BaseException) -> bool:
+    # etcd sends it as INVALID_ARGUMENT (rpctypes.ErrGRPCAuthOldRevision).
     code, details = _status(exc)
-    return code is grpc.StatusCode.FAILED_PRECONDITION and "auth store is old" in details
+    refused = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+    return code in refused and "revision of auth store is old" in details
 
 
 def _read_may_retry(exc: BaseException) -> bool:
@@ -279,7 +282,8 @@ class Etcd:
                 if not retry_if(exc) or loop.time() + delay > deadline:
                     raise self._translate(exc) from exc
             on_retry()
-            await asyncio.sleep(delay)
+            # Jittered, so writers refused together do not all come back together.
+            await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, 0.5)
 
     async def _call(self, call: Callable[[], Awaitable[Any]]) -> Any:

@@ -345,3 +345,39 @@ async def test_a_tls_cluster_of_three_keeps_serving_when_a_member_dies(tmp_path:
     finally:
         for member in members:
             member.stop()
+
+
+async def test_writes_made_while_nodes_join_are_never_refused(sealed: SealedEtcd) -> None:
+    # Every role or user change bumps etcd's auth revision; a request that
+    # arrived before the bump and is applied after it is refused ("revision of
+    # auth store is old"). The client must try it again: a node joining must
+    # not fail the writes the platform makes at that moment.
+    controller = await controller_of(sealed)
+    admin = await controller_of(sealed)
+    joined = asyncio.Event()
+
+    async def churn() -> None:
+        for _ in range(6):
+            for n in range(3):
+                await etcdauth.ensure_node(admin, sealed.prefix, f"churn{n}")
+            for n in range(3):
+                await etcdauth.remove_node(admin, f"churn{n}")
+        joined.set()
+
+    async def write(writer: int) -> int:
+        done = 0
+        while not joined.is_set():
+            await controller.put(KEYS.config(f"w{writer}"), str(done).encode())
+            done += 1
+        return done
+
+    try:
+        results = await asyncio.gather(churn(), *(write(w) for w in range(4)))
+        writes = results[1:]
+        assert all(done > 0 for done in writes)
+        for w, done in enumerate(writes):
+            kv = await controller.get(KEYS.config(f"w{w}"))
+            assert kv is not None and kv.value == str(done - 1).encode()
+    finally:
+        await admin.close()
+        await controller.close()

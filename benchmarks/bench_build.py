@@ -50,8 +50,11 @@ SAMPLES = {
 }
 
 
-def deploy_seconds(client: Client, app: str, src: Path, tmp: Path) -> tuple[float, int]:
-    """Pack (not timed), then upload -> release created (timed)."""
+def deploy_seconds(
+    client: Client, app: str, src: Path, tmp: Path, *, trace: bool = False
+) -> tuple[float, int]:
+    """Pack (not timed), then upload -> release created (timed). ``trace``
+    prints every step of the build output with the seconds since the upload."""
     packed = asyncio.run(archive.pack_source(src, tmp / "source.tgz"))
     started = time.monotonic()
     build = client.upload_source(app, packed.path, sha256=packed.digest).build
@@ -59,6 +62,8 @@ def deploy_seconds(client: Client, app: str, src: Path, tmp: Path) -> tuple[floa
     for event in client.stream_build_output(app, build.id):
         if event.WhichOneof("event") == "build":
             final = event.build
+        elif trace and event.line.line.startswith("----->"):
+            print(f"    {time.monotonic() - started:7.2f}  {event.line.line}", flush=True)
     elapsed = time.monotonic() - started
     if final is None or final.status != pb.BUILD_STATUS_SUCCEEDED or not final.release:
         raise SystemExit(f"build {build.id} did not release: {final}")
@@ -66,7 +71,7 @@ def deploy_seconds(client: Client, app: str, src: Path, tmp: Path) -> tuple[floa
 
 
 def bench_sample(
-    client: Client, name: str, sample: Path, tmp: Path, rounds: int
+    client: Client, name: str, sample: Path, tmp: Path, rounds: int, *, trace: bool = False
 ) -> tuple[float, float]:
     """Median cold and warm seconds of ``rounds`` rounds of one sample."""
     app = f"bench-{name}"[:30]
@@ -83,11 +88,11 @@ def bench_sample(
     for n in range(1, rounds + 1):
         client.purge_build_cache(app, app)
         (src / ".bench-round").write_text(f"cold {n}\n")
-        seconds, version = deploy_seconds(client, app, src, tmp)
+        seconds, version = deploy_seconds(client, app, src, tmp, trace=trace)
         cold.append(seconds)
         print(f"{name} round {n}: cold {seconds:6.2f} s  (v{version})", flush=True)
         (src / ".bench-round").write_text(f"warm {n}\n")
-        seconds, version = deploy_seconds(client, app, src, tmp)
+        seconds, version = deploy_seconds(client, app, src, tmp, trace=trace)
         warm.append(seconds)
         print(f"{name} round {n}: warm {seconds:6.2f} s  (v{version})", flush=True)
     return statistics.median(cold), statistics.median(warm)
@@ -97,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--only", nargs="*", choices=list(SAMPLES), help="Some samples only.")
+    parser.add_argument("--trace", action="store_true", help="Print each build step with its time.")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="slipway-bench-build-") as tmp_name:
@@ -135,7 +141,9 @@ def main() -> None:
             client = controller.client(timeout=30)
             results: list[tuple[str, float, float]] = []
             for name in args.only or list(SAMPLES):
-                cold, warm = bench_sample(client, name, SAMPLES[name], tmp, args.rounds)
+                cold, warm = bench_sample(
+                    client, name, SAMPLES[name], tmp, args.rounds, trace=args.trace
+                )
                 results.append((name, cold, warm))
             print(f"\nupload -> release created, median of {args.rounds} round(s):")
             print(f"{'sample':<20} {'cold s':>8} {'warm s':>8} {'warm/cold':>10}")

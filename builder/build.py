@@ -67,7 +67,7 @@ class BuildRunner:
     async def _run(self, job: BuildJob, work: Workdir, out: OnLine) -> slugs.SlugManifest:
         started = time.monotonic()
         await self._fetch_source(job, work)
-        await self._restore_cache(job, work, out)
+        restored = await self._restore_cache(job, work, out)
         outcome = await self._pipeline.run(work, job.buildpacks, job.config, out)
 
         await out("-----> Compressing slug")
@@ -83,7 +83,7 @@ class BuildRunner:
             await out(f"-----> {slug.warning}")
         if not await self._stores.exists(objstore.SLUGS, slug.digest):
             await self._stores.put_file(objstore.SLUGS, slug.digest, slug.path)
-        await self._save_cache(job, work, out)
+        await self._save_cache(job, work, out, restored)
 
         types = outcome.process_types
         await out(
@@ -124,13 +124,15 @@ class BuildRunner:
         finally:
             tgz.unlink(missing_ok=True)
 
-    async def _restore_cache(self, job: BuildJob, work: Workdir, out: OnLine) -> None:
+    async def _restore_cache(self, job: BuildJob, work: Workdir, out: OnLine) -> str | None:
+        """Unpack the app's build cache into ``work.cache``; the fingerprint of
+        what was restored (see archive.tree_fingerprint), None if nothing was."""
         tgz = work.root / "cache.tgz"
         try:
             await self._stores.get_file(objstore.CACHES, job.app, tgz)
         except errors.NotFound:
             await out("-----> No build cache for this app yet")
-            return
+            return None
         try:
             info = await asyncio.to_thread(
                 archive.unpack,
@@ -145,15 +147,25 @@ class BuildRunner:
                 f"-----> Restoring build cache ({archive.human_size(tgz.stat().st_size)}, "
                 f"{info.members} entries)"
             )
+            return await asyncio.to_thread(archive.tree_fingerprint, work.cache)
         except (errors.InvalidArgument, errors.ResourceExhausted) as exc:
             # A bad cache must never fail a build: start from an empty one.
             await out(f"-----> Build cache ignored: {exc}")
             await asyncio.to_thread(shutil.rmtree, work.cache, True)
             work.cache.mkdir(parents=True, exist_ok=True)
+            return None
         finally:
             tgz.unlink(missing_ok=True)
 
-    async def _save_cache(self, job: BuildJob, work: Workdir, out: OnLine) -> None:
+    async def _save_cache(
+        self, job: BuildJob, work: Workdir, out: OnLine, restored: str | None
+    ) -> None:
+        if restored is not None:
+            if await asyncio.to_thread(archive.tree_fingerprint, work.cache) == restored:
+                # The stored cache is still exact: packing and uploading it again
+                # took seconds of every warm build.
+                await out("-----> Build cache unchanged")
+                return
         tgz = work.root / "cache-new.tgz"
         try:
             packed = await asyncio.to_thread(

@@ -28,7 +28,9 @@ content and ``errors.ResourceExhausted`` (reason ``archive_too_large``) for size
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
+import io
 import os
 import posixpath
 import stat
@@ -95,6 +97,12 @@ def _check_size(path: Path, max_bytes: int | None, what: str) -> int:
 # ---------------------------------------------------------------- packing
 
 
+# gzip level of every archive made here. Measured on a Django virtualenv (9,172
+# files, 80 MB): level 6 took 1.9 s of compression for 16.1 MB, level 4 1.1 s
+# for 17.2 MB (7% more bytes for 40% less time); levels 1 to 3 were no faster.
+COMPRESS_LEVEL = 4
+
+
 def pack_dir(
     src: Path,
     dest: Path,
@@ -107,20 +115,55 @@ def pack_dir(
 
     Members are added in sorted order so the same tree gives the same listing.
     ``exclude(relpath)`` drops a file or a whole directory. Sockets and other
-    special files are skipped: they cannot be shipped anyway.
+    special files are skipped: they cannot be shipped anyway. Hard links are
+    stored as separate files.
     """
     src = src.resolve()
-    with tarfile.open(dest, "w:gz", compresslevel=6) as tar:
+    # tarfile hands gzip every 512-byte header and block on its own, and each
+    # small write costs a zlib call: buffered, packing a slug took half the time.
+    with (
+        open(dest, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=COMPRESS_LEVEL, mtime=0) as gz,
+        io.BufferedWriter(gz, buffer_size=1 << 20) as buffered,
+        tarfile.open(fileobj=buffered, mode="w") as tar,
+    ):
         for rel in _walk(src, exclude):
-            full = src / rel
-            st = full.lstat()
-            if not (
-                stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
-            ):
-                continue
-            tar.add(full, arcname=rel, recursive=False)
+            _add_member(tar, src / rel, rel)
     size = _check_size(dest, max_bytes, what)
     return Packed(path=dest, digest=sha256_file(dest), size=size)
+
+
+def _add_member(tar: tarfile.TarFile, full: Path, rel: str) -> None:
+    # tarfile.add would also look up user and group names for every member,
+    # which took a third of the time of packing a slug.
+    st = full.lstat()
+    info = tarfile.TarInfo(rel)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.mtime = int(st.st_mtime)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    if stat.S_ISREG(st.st_mode):
+        info.size = st.st_size
+        with open(full, "rb") as f:
+            tar.addfile(info, f)
+    elif stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    elif stat.S_ISLNK(st.st_mode):
+        info.type = tarfile.SYMTYPE
+        info.linkname = os.readlink(full)
+        tar.addfile(info)
+
+
+def tree_fingerprint(root: Path) -> str:
+    """A digest of every name, type, mode, size and modification time under
+    ``root``: equal fingerprints mean nothing in the tree was written between
+    them (contents are not read, so it is cheap for a large tree)."""
+    digest = hashlib.sha256()
+    root = root.resolve()
+    for rel in _walk(root, None):
+        st = (root / rel).lstat()
+        digest.update(f"{rel}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _walk(root: Path, exclude: Callable[[str], bool] | None) -> Iterable[str]:

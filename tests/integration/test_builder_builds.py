@@ -167,11 +167,13 @@ async def serve_slug(c: Client, status: protocol.BuildStatus, process: str) -> s
     # A sandbox on the host's network and the run image: this test reaches the
     # "dyno" at 127.0.0.1:PORT (build steps have networks of their own, without
     # port mappings).
-    sandbox = RuncSandbox(c.tmp / "serve", run_stack(c.tmp / "serve"))
+    # A directory per slug served: a test may serve several.
+    root = c.tmp / f"serve-{status.slug['digest'][:12]}-{uuid.uuid4().hex[:6]}"
+    sandbox = RuncSandbox(root / "sandbox", run_stack(root / "sandbox"))
     await sandbox.prepare()
-    tgz = c.tmp / "dyno-slug.tgz"
+    tgz = root / "dyno-slug.tgz"
     await c.stores.get_file(objstore.SLUGS, status.slug["digest"], tgz)
-    app_dir, tmp_dir = c.tmp / "dyno-app", c.tmp / "dyno-tmp"
+    app_dir, tmp_dir = root / "dyno-app", root / "dyno-tmp"
     archive.unpack(tgz, app_dir, allow_absolute_symlinks=True, owner=(sandbox.uid, sandbox.gid))
     tmp_dir.mkdir()
     tmp_dir.chmod(0o1777)
@@ -212,7 +214,9 @@ async def serve_slug(c: Client, status: protocol.BuildStatus, process: str) -> s
             await dyno
 
 
-async def test_python_app_builds_and_second_build_uses_cache(client: Client) -> None:
+async def test_python_app_builds_and_second_build_uses_cache(
+    client: Client, tmp_path: Path
+) -> None:
     app = f"py-{uuid.uuid4().hex[:6]}"
     t0 = time.monotonic()
     first = await client.build(app, await client.upload_dir(FIXTURES / "python-app"))
@@ -235,8 +239,23 @@ async def test_python_app_builds_and_second_build_uses_cache(client: Client) -> 
     warm = time.monotonic() - t0
     assert second.final is not None and second.final.status == protocol.SUCCEEDED, second.text
     assert "-----> Restoring build cache" in second.text
-    assert "Using cached six" in second.text
+    assert "Restoring the virtualenv from the build cache (requirements.txt unchanged)" in (
+        second.text
+    )
+    assert "-----> Build cache unchanged" in second.text  # not packed and stored again
+    assert "hello from python-app (six 1.16.0)" in await serve_slug(client, second.final, "web")
     print(f"\npython-app build times: cold {cold:.1f}s, warm {warm:.1f}s")
+
+    # Changed requirements: the cached virtualenv is not reused, the wheels are.
+    changed = tmp_path / "python-app"
+    shutil.copytree(FIXTURES / "python-app", changed)
+    with (changed / "requirements.txt").open("a") as f:
+        f.write("# pinned on purpose\n")
+    third = await client.build(app, await client.upload_dir(changed))
+    assert third.final is not None and third.final.status == protocol.SUCCEEDED, third.text
+    assert "Restoring the virtualenv" not in third.text
+    assert "-----> Saving build cache" in third.text
+    assert "hello from python-app (six 1.16.0)" in await serve_slug(client, third.final, "web")
 
 
 async def test_node_app_gets_default_web_process(client: Client) -> None:
@@ -251,6 +270,9 @@ async def test_node_app_gets_default_web_process(client: Client) -> None:
     again = await client.build("node-app", await client.upload_dir(FIXTURES / "node-app"))
     assert again.final is not None and again.final.status == protocol.SUCCEEDED, again.text
     assert "Using cached downloads from the previous build" in again.text
+    assert "Restoring node_modules from the build cache" in again.text
+    assert "npm ci" not in again.text
+    assert "ms says 1m = 60000 ms" in await serve_slug(client, again.final, "web")
 
 
 async def test_go_app_builds_every_main_package_with_the_stacks_go(client: Client) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -134,6 +135,28 @@ def test_pack_dir_round_trip_and_digest(tmp_path: Path) -> None:
     archive.unpack(packed.path, tmp_path / "out")
     assert (tmp_path / "out/a.txt").read_text() == "a"
     assert os.readlink(tmp_path / "out/link") == "a.txt"
+
+
+def test_pack_dir_keeps_modes_and_hard_links_and_skips_sockets(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    run = src / "bin/run"
+    run.write_text("#!/bin/sh\necho hi\n")
+    run.chmod(0o755)
+    os.link(run, src / "bin/again")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "control.sock"))
+    try:
+        packed = archive.pack_dir(src, tmp_path / "p.tgz")
+    finally:
+        sock.close()
+    with tarfile.open(packed.path) as tar:
+        assert tar.getnames() == ["bin", "bin/again", "bin/run"]
+    archive.unpack(packed.path, tmp_path / "out")
+    for name in ("run", "again"):
+        unpacked = tmp_path / "out/bin" / name
+        assert unpacked.read_text() == "#!/bin/sh\necho hi\n"
+        assert unpacked.stat().st_mode & 0o777 == 0o755
 
 
 def test_pack_dir_size_limit(tmp_path: Path) -> None:

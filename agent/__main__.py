@@ -183,6 +183,7 @@ async def _run_presence(
         labels=dict(config.labels),
         agent_version=AGENT_VERSION,
         attach_port=port,
+        stack=config.stack,
     )
     backoff = Backoff(initial=0.5, maximum=10.0)
     while True:

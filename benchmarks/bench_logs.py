@@ -96,7 +96,7 @@ def main() -> int:
                 client.create_app("bench")
                 client.create_release(
                     "bench",
-                    types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+                    types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
                     {"printer": PRINTER},
                 )
                 while not client.list_nodes().nodes:

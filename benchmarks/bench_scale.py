@@ -63,7 +63,7 @@ def run(mode: str) -> tuple[float, float, int] | None:
                 client.create_app("bench")
                 client.create_release(
                     "bench",
-                    types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="host"),
+                    types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-24"),
                     {"web": slug.process_types["web"]},
                 )
                 client.scale("bench", [pb.FormationChange(type="web", quantity=0)])

@@ -32,6 +32,8 @@ class NodeRecord:
     started_at: float = 0.0
     # Port of the node's AttachService (slipway run) on `address`; 0: none.
     attach_port: int = 0
+    # The stack its dynos run on (agent --stack): slugs of another stack go elsewhere.
+    stack: str = ""
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))

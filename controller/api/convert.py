@@ -140,6 +140,7 @@ def node(view: NodeView) -> platform_pb2.Node:
         dynos=view.dynos,
         labels=view.labels,
         status="draining" if view.draining else "ready",
+        stack=view.stack,
     )
     if m.get("at"):
         msg.last_heartbeat.CopyFrom(timestamp(float(m["at"])))

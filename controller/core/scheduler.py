@@ -67,6 +67,9 @@ class AppWant:
     # Process types the release defines (type -> command).
     commands: dict[str, str]
     processes: tuple[ProcessWant, ...]
+    # The stack the slug was built for; it runs only on nodes of that stack
+    # ("" in records written before slugs named it: any node).
+    stack: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class NodeInfo:
     address: str
     capacity_mb: int
     draining: bool = False
+    stack: str = ""  # the run stack its agent has ("" from agents that did not say)
 
 
 @dataclass(frozen=True)
@@ -180,9 +184,14 @@ class _Capacity:
     def free(self, node: str) -> int:
         return self.nodes[node].capacity_mb - self.used[node]
 
-    def choose(self, app: str, ptype: str, memory_mb: int) -> str | None:
+    def runs_stack(self, stack: str) -> bool:
+        return any(_stack_fits(n, stack) for n in self.nodes.values())
+
+    def choose(self, app: str, ptype: str, memory_mb: int, stack: str = "") -> str | None:
         candidates = [
-            n.name for n in self.nodes.values() if not n.draining and self.free(n.name) >= memory_mb
+            n.name
+            for n in self.nodes.values()
+            if not n.draining and self.free(n.name) >= memory_mb and _stack_fits(n, stack)
         ]
         if not candidates:
             return None
@@ -195,6 +204,10 @@ class _Capacity:
                 n,
             ),
         )
+
+
+def _stack_fits(node: NodeInfo, stack: str) -> bool:
+    return not stack or not node.stack or node.stack == stack
 
 
 def cycle_deadline(p: Placement, period: float) -> float:
@@ -331,23 +344,22 @@ def _converge_one(
     keeper = current[0] if current else None
 
     if keeper is None:
-        node = capacity.choose(app.app, proc.type, proc.memory_mb)
+        node = capacity.choose(app.app, proc.type, proc.memory_mb, app.stack)
         if node is None and stale:
             # No room to start the new copy beside the old: stop first, then start.
             for p in stale:
                 result.remove.append(p)
                 capacity.release(p)
             stale = []
-            node = capacity.choose(app.app, proc.type, proc.memory_mb)
+            node = capacity.choose(app.app, proc.type, proc.memory_mb, app.stack)
         if node is None:
-            result.unplaced.append(
-                Unplaced(
-                    app.app,
-                    name,
-                    proc.memory_mb,
-                    f"no node has {proc.memory_mb} MB free for {proc.size}",
+            reason = f"no node has {proc.memory_mb} MB free for {proc.size}"
+            if not capacity.runs_stack(app.stack):
+                reason = (
+                    f"no node runs stack {app.stack}, which the slug was built for "
+                    f"(agents choose theirs with --stack)"
                 )
-            )
+            result.unplaced.append(Unplaced(app.app, name, proc.memory_mb, reason))
             return
         keeper = Placement(
             app=app.app,
@@ -383,7 +395,12 @@ def _converge_one(
 
 
 def choose_node(
-    nodes: Iterable[NodeInfo], placements: Iterable[Placement], app: str, ptype: str, memory_mb: int
+    nodes: Iterable[NodeInfo],
+    placements: Iterable[Placement],
+    app: str,
+    ptype: str,
+    memory_mb: int,
+    stack: str = "",
 ) -> str | None:
     """Where one extra dyno (a one-off such as ``release.N``) fits, by the same rules as plan()."""
-    return _Capacity(nodes, placements).choose(app, ptype, memory_mb)
+    return _Capacity(nodes, placements).choose(app, ptype, memory_mb, stack)

@@ -130,12 +130,14 @@ class OneOffs:
             req.app,
             RUN_TYPE,
             size.memory_mb,
+            stack=release.slug.stack,
             # Only nodes whose agent serves attach can run an attached dyno.
             eligible=lambda record: bool(record.attach_port) or not req.attach,
         )
         if node is None:
             raise errors.ResourceExhausted(
-                f"no node has {size.memory_mb} MB free for a {size.name} one-off dyno",
+                f"no node has {size.memory_mb} MB free for a {size.name} one-off dyno"
+                + (f" on stack {release.slug.stack}" if release.slug.stack else ""),
                 reason="no_capacity",
             )
         name = await self._next_name(req.app)

@@ -111,6 +111,11 @@ class Reconciler:
         for u in result.unplaced:
             if (u.app, u.name) not in self._unplaced_logged:
                 log.warning("cannot place dyno", app=u.app, dyno=u.name, error=u.reason)
+                if self.app_log is not None:
+                    # The app's developer reads this, not the controller's log.
+                    self.app_log.emit(
+                        u.app, f"Cannot start {u.name}: {u.reason}", source="heroku", process=u.name
+                    )
                 self._unplaced_logged.add((u.app, u.name))
         if result.empty:
             return

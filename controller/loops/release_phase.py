@@ -195,11 +195,13 @@ class ReleasePhase:
         app, version = release.app, release.version
         size = self.sizes.get(DEFAULT_SIZE)
         node = await snapshot.choose_one_off_node(
-            self.state.etcd, self.keys, app, "release", size.memory_mb
+            self.state.etcd, self.keys, app, "release", size.memory_mb, stack=release.slug.stack
         )
         if node is None:
             if self.clock.now() - release.created_at > self.place_timeout:
-                why = f"no node has {size.memory_mb} MB free for the release command"
+                why = f"no node has {size.memory_mb} MB free for the release command" + (
+                    f" on stack {release.slug.stack}" if release.slug.stack else ""
+                )
                 await self._finish(release, Outcome(RELEASE_FAILED, why))
             return
         placement = Placement(

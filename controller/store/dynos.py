@@ -40,6 +40,7 @@ class NodeView:
     draining: bool
     labels: dict[str, str]
     metrics: dict[str, float]
+    stack: str = ""
 
 
 def _sort_key(p: Placement) -> tuple[str, int, float]:
@@ -138,6 +139,7 @@ class Dynos:
                     draining=name in draining,
                     labels=dict(record.labels),
                     metrics=metrics.get(name, {}),
+                    stack=record.stack,
                 )
             )
         return views

@@ -119,12 +119,13 @@ async def load(etcd: Etcd, keys: Keys, sizes: SizeTable, releases: ReleaseCache)
                 release.slug.digest,
                 dict(release.process_types),
                 tuple(processes),
+                release.slug.stack,
             )
         )
 
     node_records, draining = await load_nodes(etcd, keys)
     nodes = {
-        n.name: NodeInfo(n.name, n.address, n.capacity_mb, n.name in draining)
+        n.name: NodeInfo(n.name, n.address, n.capacity_mb, n.name in draining, n.stack)
         for n in node_records.values()
     }
     placements = tuple(await load_placements(etcd, keys))
@@ -140,14 +141,17 @@ async def choose_one_off_node(
     ptype: str,
     memory_mb: int,
     *,
+    stack: str = "",
     eligible: Callable[[NodeRecord], bool] = lambda record: True,
 ) -> NodeRecord | None:
-    """A node for one extra dyno (run.N, release.N), by the scheduler's own capacity rules."""
+    """A node for one extra dyno (run.N, release.N), by the scheduler's own capacity
+    rules, among those running ``stack`` (the slug's)."""
     node_records, draining = await load_nodes(etcd, keys)
     nodes = [
-        NodeInfo(r.name, r.address, r.capacity_mb, r.name in draining)
+        NodeInfo(r.name, r.address, r.capacity_mb, r.name in draining, r.stack)
         for r in node_records.values()
         if eligible(r)
     ]
-    chosen = choose_node(nodes, await load_placements(etcd, keys), app, ptype, memory_mb)
+    placements = await load_placements(etcd, keys)
+    chosen = choose_node(nodes, placements, app, ptype, memory_mb, stack)
     return node_records[chosen] if chosen else None

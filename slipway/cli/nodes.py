@@ -15,7 +15,7 @@ from slipway.client import Client
 @json_option
 @with_client
 def nodes_list(client: Client, as_json: bool) -> None:
-    """List nodes with capacity, usage, last heartbeat and certificate expiry."""
+    """List nodes with stack, capacity, usage, last heartbeat and certificate expiry."""
     nodes = list(client.list_nodes().nodes)
     if as_json:
         emit_json(nodes)
@@ -29,6 +29,7 @@ def nodes_list(client: Client, as_json: bool) -> None:
             "NODE",
             "ADDRESS",
             "STATUS",
+            "STACK",
             "DYNOS",
             "RESERVED",
             "MEMORY USED",
@@ -42,6 +43,7 @@ def nodes_list(client: Client, as_json: bool) -> None:
                 n.name,
                 n.address,
                 n.status,
+                n.stack or "-",
                 n.dynos,
                 f"{n.reserved_memory_mb}/{n.capacity_memory_mb} MB",
                 f"{n.memory_used_bytes // 2**20}/{n.memory_total_bytes // 2**20} MB"

@@ -695,7 +695,7 @@ class StopDynoResponse(_message.Message):
     def __init__(self, stopped: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "address", "capacity_memory_mb", "reserved_memory_mb", "memory_total_bytes", "memory_used_bytes", "cpu_percent", "load1", "dynos", "last_heartbeat", "labels", "status", "disk_total_bytes", "disk_used_bytes", "certificate_not_after")
+    __slots__ = ("name", "address", "capacity_memory_mb", "reserved_memory_mb", "memory_total_bytes", "memory_used_bytes", "cpu_percent", "load1", "dynos", "last_heartbeat", "labels", "status", "disk_total_bytes", "disk_used_bytes", "certificate_not_after", "stack")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -718,6 +718,7 @@ class Node(_message.Message):
     DISK_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     capacity_memory_mb: int
@@ -733,7 +734,8 @@ class Node(_message.Message):
     disk_total_bytes: int
     disk_used_bytes: int
     certificate_not_after: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., capacity_memory_mb: _Optional[int] = ..., reserved_memory_mb: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., load1: _Optional[float] = ..., dynos: _Optional[int] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., status: _Optional[str] = ..., disk_total_bytes: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., certificate_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    stack: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., capacity_memory_mb: _Optional[int] = ..., reserved_memory_mb: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., load1: _Optional[float] = ..., dynos: _Optional[int] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., status: _Optional[str] = ..., disk_total_bytes: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., certificate_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stack: _Optional[str] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()

@@ -366,3 +366,31 @@ def test_restart_stop_and_drain(cluster: LocalCluster) -> None:
     assert nodes["node-a"]["status"] == "ready"
     unknown = cli("nodes:drain", "node-zz")
     assert unknown.returncode == 1 and "no node 'node-zz'" in unknown.stderr
+
+
+def test_a_slug_of_a_stack_no_node_runs_is_not_started_and_the_log_says_why(
+    cluster: LocalCluster,
+) -> None:
+    cluster.add_agent("node-s")
+    app = "stacked"
+    cluster.controller.cli("apps:create", app, check=True)
+    slug = asyncio.run(upload_slug(cluster.controller.nats_url))
+    with cluster.client() as client:
+        eventually(lambda: any(n.name == "node-s" for n in client.list_nodes().nodes), 30)
+        node = next(n for n in client.list_nodes().nodes if n.name == "node-s")
+        assert node.stack == "slipway-24"
+        client.create_release(
+            app,
+            types_pb2.SlugRef(digest=slug.digest, size_bytes=slug.size, stack="slipway-26"),
+            {"web": slug.process_types["web"]},
+        )
+    cluster.controller.cli("ps:scale", "web=1", "-a", app, check=True)
+
+    def explained() -> bool:
+        out = cluster.controller.cli("logs", "-a", app, "--source", "heroku", "-n", "50").stdout
+        return "Cannot start web.1: no node runs stack slipway-26" in out
+
+    eventually(explained, 60)
+    assert dynos(cluster, app) == []
+    listed = cluster.controller.cli("nodes", check=True).stdout
+    assert "STACK" in listed and "slipway-24" in listed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 
@@ -196,3 +197,30 @@ def test_placement_round_trips() -> None:
     p = placed("web.1", "a")
     assert Placement.decode(p.encode()) == p
     assert p.index == 1
+
+
+def test_a_slug_runs_only_on_nodes_of_its_stack() -> None:
+    cluster = Cluster(
+        {
+            "old": NodeInfo("old", "10.0.0.1", 4096, stack="slipway-22"),
+            "new": NodeInfo("new", "10.0.0.2", 4096, stack="slipway-24"),
+            "unsaid": NodeInfo("unsaid", "10.0.0.3", 4096),  # an agent that predates stacks
+        },
+        (),
+        {},
+    )
+    app = dataclasses.replace(want(web=4), stack="slipway-24")
+    result = plan([app], cluster, NOW, new_id_factory())  # type: ignore[arg-type]
+    assert Counter(p.node for p in result.add) == {"new": 2, "unsaid": 2}
+    assert not result.unplaced
+
+
+def test_a_stack_no_node_runs_leaves_the_dynos_unplaced_saying_why() -> None:
+    cluster = Cluster({"n1": NodeInfo("n1", "10.0.0.1", 4096, stack="slipway-24")}, (), {})
+    app = dataclasses.replace(want(web=1), stack="slipway-26")
+    result = plan([app], cluster, NOW, new_id_factory())  # type: ignore[arg-type]
+    assert not result.add
+    assert [u.reason for u in result.unplaced] == [
+        "no node runs stack slipway-26, which the slug was built for "
+        "(agents choose theirs with --stack)"
+    ]

@@ -54,7 +54,7 @@ def deploy_seconds(
     client: Client, app: str, src: Path, tmp: Path, *, trace: bool = False
 ) -> tuple[float, int]:
     """Pack (not timed), then upload -> release created (timed). ``trace``
-    prints every step of the build output with the seconds since the upload."""
+    prints the build output with the seconds since the upload."""
     packed = asyncio.run(archive.pack_source(src, tmp / "source.tgz"))
     started = time.monotonic()
     build = client.upload_source(app, packed.path, sha256=packed.digest).build
@@ -62,7 +62,7 @@ def deploy_seconds(
     for event in client.stream_build_output(app, build.id):
         if event.WhichOneof("event") == "build":
             final = event.build
-        elif trace and event.line.line.startswith("----->"):
+        elif trace:
             print(f"    {time.monotonic() - started:7.2f}  {event.line.line}", flush=True)
     elapsed = time.monotonic() - started
     if final is None or final.status != pb.BUILD_STATUS_SUCCEEDED or not final.release:
@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--only", nargs="*", choices=list(SAMPLES), help="Some samples only.")
-    parser.add_argument("--trace", action="store_true", help="Print each build step with its time.")
+    parser.add_argument("--trace", action="store_true", help="Print the build output with times.")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="slipway-bench-build-") as tmp_name:

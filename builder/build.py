@@ -124,9 +124,11 @@ class BuildRunner:
         finally:
             tgz.unlink(missing_ok=True)
 
-    async def _restore_cache(self, job: BuildJob, work: Workdir, out: OnLine) -> str | None:
-        """Unpack the app's build cache into ``work.cache``; the fingerprint of
-        what was restored (see archive.tree_fingerprint), None if nothing was."""
+    async def _restore_cache(
+        self, job: BuildJob, work: Workdir, out: OnLine
+    ) -> archive.TreeState | None:
+        """Unpack the app's build cache into ``work.cache``; the state of what
+        was restored (see archive.tree_state), None if nothing was."""
         tgz = work.root / "cache.tgz"
         try:
             await self._stores.get_file(objstore.CACHES, job.app, tgz)
@@ -147,7 +149,7 @@ class BuildRunner:
                 f"-----> Restoring build cache ({archive.human_size(tgz.stat().st_size)}, "
                 f"{info.members} entries)"
             )
-            return await asyncio.to_thread(archive.tree_fingerprint, work.cache)
+            return await asyncio.to_thread(archive.tree_state, work.cache)
         except (errors.InvalidArgument, errors.ResourceExhausted) as exc:
             # A bad cache must never fail a build: start from an empty one.
             await out(f"-----> Build cache ignored: {exc}")
@@ -158,10 +160,13 @@ class BuildRunner:
             tgz.unlink(missing_ok=True)
 
     async def _save_cache(
-        self, job: BuildJob, work: Workdir, out: OnLine, restored: str | None
+        self, job: BuildJob, work: Workdir, out: OnLine, restored: archive.TreeState | None
     ) -> None:
+        changed: list[str] = []
         if restored is not None:
-            if await asyncio.to_thread(archive.tree_fingerprint, work.cache) == restored:
+            now = await asyncio.to_thread(archive.tree_state, work.cache)
+            changed = archive.changed_paths(restored, now)
+            if not changed:
                 # The stored cache is still exact: packing and uploading it again
                 # took seconds of every warm build.
                 await out("-----> Build cache unchanged")
@@ -180,3 +185,7 @@ class BuildRunner:
             return
         await self._stores.put_file(objstore.CACHES, job.app, packed.path)
         await out(f"-----> Saving build cache ({archive.human_size(packed.size)})")
+        if changed:
+            # Says which buildpack step keeps a warm build from reusing the cache.
+            shown = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
+            await out(f"       {len(changed)} path(s) changed since the last build: {shown}")

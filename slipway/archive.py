@@ -154,16 +154,31 @@ def _add_member(tar: tarfile.TarFile, full: Path, rel: str) -> None:
         tar.addfile(info)
 
 
-def tree_fingerprint(root: Path) -> str:
-    """A digest of every name, type, mode, size and modification time under
-    ``root``: equal fingerprints mean nothing in the tree was written between
-    them (contents are not read, so it is cheap for a large tree)."""
-    digest = hashlib.sha256()
+TreeState = dict[str, tuple[int, int, int]]
+
+
+def tree_state(root: Path) -> TreeState:
+    """Every name under ``root`` with its mode, size and modification time:
+    equal states mean nothing in the tree was written between them (contents
+    are not read, so it is cheap for a large tree)."""
     root = root.resolve()
+    state: TreeState = {}
     for rel in _walk(root, None):
         st = (root / rel).lstat()
-        digest.update(f"{rel}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+        if stat.S_ISDIR(st.st_mode):
+            # A directory's own time and size change whenever an entry comes
+            # and goes, even one made and deleted again; its entries tell.
+            state[rel] = (st.st_mode, 0, 0)
+        else:
+            state[rel] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def changed_paths(before: TreeState, after: TreeState) -> list[str]:
+    """Names added, removed or written between two states, sorted."""
+    return sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
 
 
 def _walk(root: Path, exclude: Callable[[str], bool] | None) -> Iterable[str]:

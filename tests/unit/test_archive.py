@@ -197,3 +197,24 @@ def test_pack_source_uses_git_head_tree(tmp_path: Path) -> None:
     packed = asyncio.run(archive.pack_source(plain, tmp_path / "plain.tgz"))
     with tarfile.open(packed.path) as tar:
         assert tar.getnames() == ["x"]
+
+
+def test_tree_state_tells_which_paths_a_build_wrote(tmp_path: Path) -> None:
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels/a.whl").write_bytes(b"a")
+    (tmp_path / "key").write_text("1")
+    before = archive.tree_state(tmp_path)
+    assert archive.changed_paths(before, archive.tree_state(tmp_path)) == []
+    (tmp_path / "key").write_text("22")
+    (tmp_path / "wheels/b.whl").write_bytes(b"b")
+    (tmp_path / "wheels/a.whl").unlink()
+    assert archive.changed_paths(before, archive.tree_state(tmp_path)) == [
+        "key",
+        "wheels/a.whl",
+        "wheels/b.whl",
+    ]
+    # A file made and deleted again leaves the tree as it was.
+    again = archive.tree_state(tmp_path)
+    (tmp_path / "wheels/tmp").write_text("x")
+    (tmp_path / "wheels/tmp").unlink()
+    assert archive.changed_paths(again, archive.tree_state(tmp_path)) == []

@@ -16,10 +16,13 @@ from controller.api.auth import Tokens, node_token_name
 from controller.api.join import JoinTokens
 from controller.config import FILE_KEYS, ControllerConfig, split_list
 from controller.core.models import UserRecord
+from controller.core.sizes import SizeTable
 from controller.pki_cli import ca, certs, check_name, parse_duration
 from controller.server import serve
 from controller.store import backup as backups
 from controller.store.accounts import Accounts
+from controller.store.addons import Addons
+from controller.store.state import State
 from slipway import conffile, errors, etcdauth, objstore, pki, tls
 from slipway import log as slog
 from slipway.etcd import Etcd
@@ -117,6 +120,13 @@ def cli() -> None:
     help="The cluster CA's directory (ca.crt and ca.key, from `slipway-controller ca init`): "
     "with it this controller admits nodes that `slipway-agent join` with a join token.",
 )
+@click.option(
+    "--addons-listen",
+    envvar="SLIPWAY_ADDONS_LISTEN",
+    metavar="HOST:PORT",
+    help="Address of the HTTPS API add-on providers call back to after answering a "
+    "provision with 202 (port 0: any free port; empty: off).  [default: 127.0.0.1:0]",
+)
 @tls.credentials_options
 @click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="info", show_default=True)
 def serve_cmd(
@@ -127,6 +137,7 @@ def serve_cmd(
     nats_replicas: int | None,
     base_domain: str | None,
     ca_dir: Path | None,
+    addons_listen: str | None,
     credentials: Bundle | None,
     insecure: bool,
     log_level: str,
@@ -149,6 +160,7 @@ def serve_cmd(
         nats_replicas=nats_replicas,
         base_domain=base_domain,
         ca_dir=str(ca_dir) if ca_dir else None,
+        addons_listen=addons_listen,
     )
     _run(lambda: serve(config))
 
@@ -162,10 +174,10 @@ def tokens() -> None:
     """Create, list and revoke API tokens (stored hashed in etcd)."""
 
 
-def _with_tokens(
-    engine: dict[str, Any],
-    action: Callable[[Tokens], Awaitable[T]],
+def _with_etcd(
+    engine: dict[str, Any], action: Callable[[Etcd, ControllerConfig], Awaitable[T]]
 ) -> T:
+    """Run ``action`` on etcd opened with an operator command's engine options."""
     config = _load(
         engine["credentials"],
         engine["insecure"],
@@ -175,9 +187,15 @@ def _with_tokens(
 
     async def go() -> T:
         async with Etcd(config.etcd, credentials=config.credentials) as client:
-            return await action(Tokens(client, Keys(config.etcd_prefix)))
+            return await action(client, config)
 
     return _run(go)
+
+
+def _with_tokens(engine: dict[str, Any], action: Callable[[Tokens], Awaitable[T]]) -> T:
+    return _with_etcd(
+        engine, lambda client, config: action(Tokens(client, Keys(config.etcd_prefix)))
+    )
 
 
 @tokens.command("create")
@@ -473,6 +491,57 @@ def etcd_seal(**engine: Any) -> None:
 
     _run(go)
     click.echo(f"-----> etcd at {', '.join(config.etcd)} is sealed")
+
+
+def _with_addons(engine: dict[str, Any], action: Callable[[Addons], Awaitable[T]]) -> T:
+    def addons(client: Etcd, config: ControllerConfig) -> Awaitable[T]:
+        state = State(client, Keys(config.etcd_prefix), SizeTable(config.sizes))
+        return action(Addons(state))
+
+    return _with_etcd(engine, addons)
+
+
+@cli.command("addons:register")
+@click.argument("manifest", type=click.File("r"), metavar="MANIFEST.json")
+@etcd_access
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def addons_register(manifest: Any, as_json: bool, **engine: Any) -> None:
+    """Register an add-on provider (or replace its registration) from its manifest.
+
+    The manifest is Heroku's add-on manifest: {"id", "name", "api": {"password",
+    "config_vars_prefix", "config_vars", "production": {"base_url"}}}, plus
+    "plans": [{"name", "description", "default"}] and optionally
+    "default_attachment" (e.g. DATABASE) and "api.ca_pem" (a CA the provider's
+    certificate is signed by). Apps then `slipway addons:create ID[:PLAN]`.
+    """
+    from controller.core.addons import parse_manifest
+
+    text = manifest.read()
+
+    async def go(addons: Addons) -> tuple[bool, Any]:
+        record = parse_manifest(text, now=addons.clock.now())
+        return await addons.register(record), record
+
+    created, record = _with_addons(engine, go)
+    if as_json:
+        shown = asdict(record)
+        shown.pop("password")
+        click.echo(json.dumps({"created": created, "service": shown}, indent=2))
+        return
+    verb = "Registered" if created else "Updated"
+    plans = ", ".join(p.name for p in record.plans)
+    click.echo(f"-----> {verb} add-on service {record.name} ({record.human_name})")
+    click.echo(f"       plans: {plans}")
+    click.echo(f"       provider: {record.base_url}")
+
+
+@cli.command("addons:unregister")
+@click.argument("service", metavar="SERVICE")
+@etcd_access
+def addons_unregister(service: str, **engine: Any) -> None:
+    """Remove a provider's registration (refused while any of its add-ons exist)."""
+    _with_addons(engine, lambda addons: addons.unregister(service))
+    click.echo(f"-----> Unregistered add-on service {service}")
 
 
 def main() -> None:

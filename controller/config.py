@@ -76,6 +76,15 @@ class ControllerConfig:
     # (besides the system's), for receivers with a private CA.
     drain_ttl_seconds: int = 5
     drain_ca_file: str = ""
+    # Add-ons: the HTTPS listener providers call back to after answering 202
+    # ("" turns it off; port 0 picks a free one, fine for providers on this host;
+    # set a fixed one for providers elsewhere); the URL they are given for it
+    # ("" : https://LISTEN); how often the leader looks at add-ons besides when
+    # woken; the region told to providers.
+    addons_listen: str = "127.0.0.1:0"
+    addons_callback_url: str = ""
+    addons_tick_seconds: float = 5.0
+    addons_region: str = "local"
     # This controller's certificate bundle (slipway.pki): its identity towards
     # etcd and NATS and the API's server certificate. None only with insecure.
     credentials: Bundle | None = None

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from controller.api.addon_callback import CallbackServer
 from controller.api.auth import Access, Policy, Tokens
 from controller.api.build_api import BuildServices
 from controller.api.builds import Builds
@@ -19,12 +20,14 @@ from controller.api.join import AdmitHook, JoinAPI, JoinTokens, admit_nothing
 from controller.api.nodes import NodeAPI
 from controller.api.platform import PlatformAPI
 from controller.api.run_api import RunService
+from controller.bus.addon_provider import ProviderClient
 from controller.bus.apilog import ApiLog
 from controller.bus.buildbus import BuildBus
 from controller.bus.drains import DrainPool
 from controller.bus.logs import LogHub
 from controller.config import ControllerConfig
 from controller.core.sizes import SizeTable
+from controller.loops.addons import AddonLoop
 from controller.loops.build_watcher import BuildWatcher
 from controller.loops.gc import Collector
 from controller.loops.leader import Leadership
@@ -32,6 +35,7 @@ from controller.loops.oneoff import OneOffs, Reaper
 from controller.loops.reconciler import Reconciler
 from controller.loops.release_phase import ReleasePhase
 from controller.store.accounts import Accounts
+from controller.store.addons import Addons
 from controller.store.audit import AuditTrail
 from controller.store.build_records import BuildStore
 from controller.store.placements import PlacementIndex
@@ -129,9 +133,44 @@ class Controller:
             app_log=self.api_log,
             clock=clock,
         )
+        self._init_addons(config)
         self.bound_port = 0
         self._server: grpc.aio.Server | None = None
         self.ready = asyncio.Event()
+
+    def _init_addons(self, config: ControllerConfig) -> None:
+        """Add-ons: records (every controller), provider callbacks (every controller,
+        HTTPS), provider requests and attachment releases (the leader)."""
+        self.addons = Addons(self.state)
+        context = (
+            tls.server_context(config.credentials, require_client_cert=False)
+            if config.credentials is not None
+            else None
+        )
+        self.addon_callbacks = (
+            CallbackServer(self.addons, config.addons_listen, context)
+            if config.addons_listen
+            else None
+        )
+        self.addon_loop = AddonLoop(
+            self.addons,
+            self.leadership,
+            ProviderClient(region=config.addons_region),
+            callback_base=self._callback_base,
+            tick=config.addons_tick_seconds,
+            clock=self.clock,
+        )
+        if self.addon_callbacks is not None:
+            self.addon_callbacks.on_change = self.addon_loop.wake
+
+    def _callback_base(self) -> str:
+        if self.config.addons_callback_url:
+            return self.config.addons_callback_url
+        if self.addon_callbacks is None:
+            return ""
+        host = self.config.addons_listen.rpartition(":")[0] or "127.0.0.1"
+        scheme = "https" if self.config.credentials is not None else "http"
+        return f"{scheme}://{host}:{self.addon_callbacks.port}"
 
     def _init_builds(self, config: ControllerConfig) -> None:
         """Builds: NATS link, upload handling, the leader's status watcher and GC."""
@@ -197,6 +236,8 @@ class Controller:
             clock=self.clock,
         )
         api.run_service = self.run_service
+        api.addons = self.addons
+        api.addons_wake = self.addon_loop.wake
         api.reconcile_passes = lambda: self.reconciler.passes
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(api, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(self.node_api, server)
@@ -235,6 +276,8 @@ class Controller:
     async def run(self) -> None:
         await self.etcd.connect()
         self._server = await self._start_server()
+        if self.addon_callbacks is not None:
+            await self.addon_callbacks.start()
         log.info(
             "controller listening",
             listen=self.config.listen,
@@ -259,6 +302,9 @@ class Controller:
                 tg.create_task(self.log_hub.run())
                 tg.create_task(self.api_log.run())
                 tg.create_task(self.drain_pool.run())
+                tg.create_task(self.addon_loop.run())
+                if self.addon_callbacks is not None:
+                    tg.create_task(self.addon_callbacks.run())
         finally:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace=3)

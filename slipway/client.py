@@ -196,6 +196,42 @@ class Client:
     def remove_log_drain(self, app: str, drain: str) -> pb.RemoveLogDrainResponse:
         return self.platform("RemoveLogDrain", pb.RemoveLogDrainRequest(app=app, drain=drain))
 
+    def list_addon_services(self) -> pb.ListAddonServicesResponse:
+        return self.platform("ListAddonServices", pb.ListAddonServicesRequest())
+
+    def list_addons(self, app: str) -> pb.ListAddonsResponse:
+        return self.platform("ListAddons", pb.ListAddonsRequest(app=app))
+
+    def create_addon(
+        self, app: str, service: str, as_name: str = "", options: dict[str, str] | None = None
+    ) -> pb.AddonResponse:
+        request = pb.CreateAddonRequest(
+            app=app, service=service, as_name=as_name, options=options or {}
+        )
+        return self.platform("CreateAddon", request)
+
+    def get_addon(self, app: str, addon: str) -> pb.AddonResponse:
+        return self.platform("GetAddon", pb.GetAddonRequest(app=app, addon=addon))
+
+    def attach_addon(self, app: str, addon: str, as_name: str = "") -> pb.AddonResponse:
+        request = pb.AttachAddonRequest(app=app, addon=addon, as_name=as_name)
+        return self.platform("AttachAddon", request)
+
+    def detach_addon(self, app: str, attachment: str) -> pb.DetachAddonResponse:
+        request = pb.DetachAddonRequest(app=app, attachment=attachment)
+        return self.platform("DetachAddon", request)
+
+    def upgrade_addon(self, app: str, addon: str, plan: str) -> pb.AddonResponse:
+        request = pb.UpgradeAddonRequest(app=app, addon=addon, plan=plan)
+        return self.platform("UpgradeAddon", request)
+
+    def destroy_addon(self, app: str, addon: str, confirm: str) -> pb.AddonResponse:
+        request = pb.DestroyAddonRequest(app=app, addon=addon, confirm=confirm)
+        return self.platform("DestroyAddon", request)
+
+    def retry_addon(self, app: str, addon: str) -> pb.AddonResponse:
+        return self.platform("RetryAddon", pb.RetryAddonRequest(app=app, addon=addon))
+
     def list_dynos(self, app: str) -> pb.ListDynosResponse:
         return self.platform("ListDynos", pb.ListDynosRequest(app=app))
 

@@ -28,6 +28,11 @@
     {prefix}/logdrains/{app}/{id}          a log drain (JSON; controller/core/drains.py)
     {prefix}/drainpool/{member}            a controller serving drains, under its lease
     {prefix}/drainowners/{id}              which pool member sends drain {id}, its lease
+    {prefix}/addonservices/{service}       a registered add-on provider (JSON manifest, with its
+                                           plans and the shared secret; controller/core/addons.py)
+    {prefix}/addons/{uuid}                 an add-on (JSON: service, plan, owning app, state)
+    {prefix}/addonnames/{name}             add-on name -> uuid (names are unique platform-wide)
+    {prefix}/attachments/{app}/{name}      an add-on attached to the app under NAME (JSON)
 
 Route records (what routers read; written by the control plane):
     routes/apps/{app}:  {"app": str, "web": int (desired web quantity),
@@ -181,6 +186,28 @@ class Keys:
 
     def drain_owners(self) -> bytes:
         return self._k("drainowners", "")
+
+    # add-ons
+    def addon_service(self, service: str) -> bytes:
+        return self._k("addonservices", service)
+
+    def addon_services(self) -> bytes:
+        return self._k("addonservices", "")
+
+    def addon(self, addon_id: str) -> bytes:
+        return self._k("addons", addon_id)
+
+    def addons(self) -> bytes:
+        return self._k("addons", "")
+
+    def addon_name(self, name: str) -> bytes:
+        return self._k("addonnames", name)
+
+    def attachment(self, app: str, name: str) -> bytes:
+        return self._k("attachments", app, name)
+
+    def attachments(self, app: str | None = None) -> bytes:
+        return self._k("attachments", app, "") if app else self._k("attachments", "")
 
     # builds
     def build(self, app: str, build_id: str) -> bytes:

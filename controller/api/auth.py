@@ -323,6 +323,12 @@ class Access:
         access.decide(who, method, app, grant, team=team, role=role)
         return who
 
+    async def check(self, who: Identity, method: str, app: str) -> None:
+        """The method's rule once more, on a second app of the same call (attaching an
+        add-on needs manage on the app it belongs to as well)."""
+        grant = None if who.admin else await self.accounts.grant(app, who.user)
+        access.decide(who, method, app, grant)
+
     async def login(self, email: str, password: str, source: str) -> tuple[str, Identity]:
         """A new token for the account when the password is right; throttled."""
         address = validation.email(email)

@@ -9,6 +9,7 @@ import grpc
 
 from controller.api import convert
 from controller.api.accounts_api import AccountRPCs
+from controller.api.addons_api import AddonRPCs
 from controller.api.auth import Access
 from controller.api.build_api import BuildRPCs, BuildServices
 from controller.api.drains_api import DrainRPCs
@@ -21,6 +22,7 @@ from controller.bus.logs import LogHub
 from controller.core import access, validation
 from controller.core.access import Identity
 from controller.core.transitions import ScaleChange
+from controller.store.addons import Addons
 from controller.store.audit import AuditTrail
 from controller.store.drains import Drains
 from controller.store.dynos import Dynos
@@ -38,6 +40,7 @@ class PlatformAPI(
     BuildRPCs,
     LogRPCs,
     DrainRPCs,
+    AddonRPCs,
     platform_pb2_grpc.PlatformServiceServicer,
 ):
     def __init__(
@@ -60,6 +63,8 @@ class PlatformAPI(
         self.base_domain = base_domain
         self.dynos = Dynos(state)
         self.drains = Drains(state)
+        self.addons = Addons(state)
+        self.addons_wake: Callable[[], None] = lambda: None
         # Build RPCs (controller/api/build_api.py); None when builds are not wired.
         self.build_services = builds
         # Logs (controller/api/logs_api.py) and the api lines changes leave in the app's log.

@@ -128,6 +128,17 @@ RULES: dict[str, Rule] = {
     "ListLogDrains": _read(),
     "AddLogDrain": _change(Permission.MANAGE),
     "RemoveLogDrain": _change(Permission.MANAGE),
+    # add-ons (config var values come out through GetConfigVars only)
+    "ListAddonServices": _read(None),
+    "ListAddons": _read(),
+    "GetAddon": _read(),
+    "CreateAddon": _change(Permission.MANAGE),
+    # also needs manage on the add-on's own app (checked by the RPC with Access.check)
+    "AttachAddon": _change(Permission.MANAGE),
+    "DetachAddon": _change(Permission.MANAGE),
+    "UpgradeAddon": _change(Permission.MANAGE),
+    "DestroyAddon": _change(Permission.MANAGE),
+    "RetryAddon": _change(Permission.MANAGE),
     # access to an app
     "ListCollaborators": _read(),
     "AddCollaborator": Rule(needs=Permission.MANAGE, account=True),

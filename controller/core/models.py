@@ -48,6 +48,9 @@ class AppRecord:
     # The team that owns the app instead of one account ("" for none); its
     # members hold permissions by role (controller/core/access.py).
     team: str = ""
+    # Config vars that attachments own (var -> attachment name): config:set and
+    # config:unset refuse them, in the same transaction that would change them.
+    addon_vars: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))

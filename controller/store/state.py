@@ -43,15 +43,18 @@ ConfigChange = Callable[[AppRecord, dict[str, str]], tuple[dict[str, str], str]]
 # values of the hook's own keys (read and guarded with the rest); raising aborts. Builds
 # use it to record "this build made vN" atomically, so a build releases exactly once.
 ReleaseHook = Callable[[dict[bytes, bytes | None], ReleaseRecord], Mapping[bytes, bytes | None]]
+# Changes the app record written with a new release (attachments record the config vars
+# they own in it, so config:set sees them in the same transaction).
+AppUpdate = Callable[[AppRecord], AppRecord]
 
 
 Writes = dict[bytes, bytes | None]
 T = TypeVar("T")
 
-__all__ = ["ConfigChange", "ReleaseHook", "ScaleChange", "State"]
+__all__ = ["AppUpdate", "ConfigChange", "ReleaseHook", "ScaleChange", "StaleRead", "State"]
 
 
-class _StaleRead(Exception):
+class StaleRead(Exception):
     """The app moved on between two reads; start the change again."""
 
 
@@ -203,6 +206,9 @@ class State:
             k.log_drains(name),
             k.collaborators(name),
             k.audit_records(name),
+            # What the app only uses is detached with it; the add-ons it owns are
+            # deprovisioned by the leader once it sees their app gone.
+            k.attachments(name),
         ]
         ok = await self.etcd.txn(
             compare=[tx.version(k.app(name)) > 0],
@@ -234,6 +240,15 @@ class State:
         description = transitions.describe_config_change(sorted(set_vars), sorted(unset))
 
         def change(app: AppRecord, config: dict[str, str]) -> tuple[dict[str, str], str]:
+            owned = sorted(k for k in [*set_vars, *unset] if k in app.addon_vars)
+            if owned:
+                var = owned[0]
+                raise errors.FailedPrecondition(
+                    f"{', '.join(owned)} {'is' if len(owned) == 1 else 'are'} set by the "
+                    f"add-on attached as {app.addon_vars[var]}; it changes with the add-on "
+                    f"(slipway addons:info {app.addon_vars[var]} -a {app.name})",
+                    reason="addon_config_var",
+                )
             return transitions.changed_config(config, set_vars, unset), description
 
         return await self._new_release(name, actor, change, copy_from=None)
@@ -275,7 +290,10 @@ class State:
             )
 
         def change(app: AppRecord, config: dict[str, str]) -> tuple[dict[str, str], str]:
-            return dict(target.config), f"Rollback to v{version}"
+            # Add-ons are not rolled back: their vars keep today's values.
+            restored = {k: v for k, v in target.config.items() if k not in app.addon_vars}
+            restored.update({k: config[k] for k in app.addon_vars if k in config})
+            return restored, f"Rollback to v{version}"
 
         _, release = await self._new_release(name, actor, change, copy_from=target)
         return release
@@ -318,6 +336,28 @@ class State:
             name, actor, change, copy_from=template, hook_keys=hook_keys, hook=hook
         )
         return release
+
+    async def release_config(
+        self,
+        name: str,
+        actor: str,
+        change: ConfigChange,
+        *,
+        hook_keys: Sequence[bytes] = (),
+        hook: ReleaseHook | None = None,
+        app_update: AppUpdate | None = None,
+    ) -> tuple[dict[str, str], ReleaseRecord]:
+        """A new release of the current slug with the config ``change`` returns (add-ons
+        use it: their keys guarded with the release, the app's owned vars updated)."""
+        return await self._new_release(
+            name,
+            actor,
+            change,
+            copy_from=None,
+            hook_keys=hook_keys,
+            hook=hook,
+            app_update=app_update,
+        )
 
     async def set_release_status(
         self, name: str, version: int, status: str, *, error: str = ""
@@ -377,6 +417,7 @@ class State:
         copy_from: ReleaseRecord | None,
         hook_keys: Sequence[bytes] = (),
         hook: ReleaseHook | None = None,
+        app_update: AppUpdate | None = None,
     ) -> tuple[dict[str, str], ReleaseRecord]:
         """Allocate the next version and write config + release + app in one transaction.
 
@@ -387,7 +428,9 @@ class State:
         """
         self._checked_name(name)
         while True:
-            result = await self._try_new_release(name, actor, change, copy_from, hook_keys, hook)
+            result = await self._try_new_release(
+                name, actor, change, copy_from, hook_keys, hook, app_update
+            )
             if result is not None:
                 return result
 
@@ -399,6 +442,7 @@ class State:
         copy_from: ReleaseRecord | None,
         hook_keys: Sequence[bytes] = (),
         hook: ReleaseHook | None = None,
+        app_update: AppUpdate | None = None,
     ) -> tuple[dict[str, str], ReleaseRecord] | None:
         """One attempt; None when the app's current release moved meanwhile."""
         k = self.keys
@@ -417,7 +461,7 @@ class State:
                 raise errors.NotFound(f"app {name!r} not found", reason="app_not_found")
             fresh = AppRecord.decode(raw)
             if fresh.current_release != app.current_release:
-                raise _StaleRead
+                raise StaleRead
             config, description = change(fresh, decode_config(cur[k.config(name)]))
             base = copy_from
             if base is None and current_key and cur.get(current_key):
@@ -431,6 +475,8 @@ class State:
                 actor=actor,
                 now=self.clock.now(),
             )
+            if app_update is not None:
+                new.app = app_update(new.app)
             release = new.release
             writes: Writes = {
                 k.release(name, release.version): release.encode(),
@@ -449,7 +495,7 @@ class State:
 
         try:
             return await self._change(keys, step)
-        except _StaleRead:
+        except StaleRead:
             return None
 
     # -- formation ----------------------------------------------------------
@@ -488,7 +534,7 @@ class State:
                 raise errors.NotFound(f"app {name!r} not found", reason="app_not_found")
             fresh = AppRecord.decode(raw)
             if fresh.current_release != app.current_release:
-                raise _StaleRead
+                raise StaleRead
             formation = transitions.scale(
                 decode_formation(cur[k.formation(name)]), changes, self.sizes
             )
@@ -496,7 +542,7 @@ class State:
 
         try:
             return await self._change([k.app(name), k.formation(name), k.route_app(name)], step)
-        except _StaleRead:
+        except StaleRead:
             return None
 
 

@@ -85,6 +85,9 @@ def apps_info(client: Client, app: str, as_json: bool) -> None:
             ", ".join(f"{f.type}: {f.quantity} ({f.size})" for f in info.formation) or "none",
         ),
     ]
+    addons = client.list_addons(app).addons
+    shown = [f"{a.name} ({a.service}:{a.plan}, {a.state})" for a in addons]
+    rows.append(("Add-ons", ", ".join(shown) or "none"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key + ':':<{width + 1}} {value}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 # Importing the command modules registers their commands on the group.
 from slipway.cli import (  # noqa: F401
     access,
+    addons,
     apps,
     auth,
     builds,

@@ -1095,3 +1095,198 @@ class RemoveLogDrainResponse(_message.Message):
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     drain: LogDrain
     def __init__(self, drain: _Optional[_Union[LogDrain, _Mapping]] = ...) -> None: ...
+
+class AddonPlan(_message.Message):
+    __slots__ = ("name", "description", "price_cents_per_month", "default")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PRICE_CENTS_PER_MONTH_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    price_cents_per_month: int
+    default: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., price_cents_per_month: _Optional[int] = ..., default: _Optional[bool] = ...) -> None: ...
+
+class AddonService(_message.Message):
+    __slots__ = ("name", "human_name", "description", "plans", "config_vars", "default_attachment")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HUMAN_NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PLANS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VARS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    human_name: str
+    description: str
+    plans: _containers.RepeatedCompositeFieldContainer[AddonPlan]
+    config_vars: _containers.RepeatedScalarFieldContainer[str]
+    default_attachment: str
+    def __init__(self, name: _Optional[str] = ..., human_name: _Optional[str] = ..., description: _Optional[str] = ..., plans: _Optional[_Iterable[_Union[AddonPlan, _Mapping]]] = ..., config_vars: _Optional[_Iterable[str]] = ..., default_attachment: _Optional[str] = ...) -> None: ...
+
+class AddonAttachment(_message.Message):
+    __slots__ = ("app", "name", "addon", "addon_id", "config_vars", "released", "created_at")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    ADDON_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VARS_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    name: str
+    addon: str
+    addon_id: str
+    config_vars: _containers.RepeatedScalarFieldContainer[str]
+    released: bool
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, app: _Optional[str] = ..., name: _Optional[str] = ..., addon: _Optional[str] = ..., addon_id: _Optional[str] = ..., config_vars: _Optional[_Iterable[str]] = ..., released: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Addon(_message.Message):
+    __slots__ = ("id", "name", "service", "plan", "applied_plan", "app", "state", "message", "error", "attachments", "created_at", "created_by", "provider_id", "attempts", "next_attempt_at", "waiting_for_provider", "provisioned_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_PLAN_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    service: str
+    plan: str
+    applied_plan: str
+    app: str
+    state: str
+    message: str
+    error: str
+    attachments: _containers.RepeatedCompositeFieldContainer[AddonAttachment]
+    created_at: _timestamp_pb2.Timestamp
+    created_by: str
+    provider_id: str
+    attempts: int
+    next_attempt_at: _timestamp_pb2.Timestamp
+    waiting_for_provider: bool
+    provisioned_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., service: _Optional[str] = ..., plan: _Optional[str] = ..., applied_plan: _Optional[str] = ..., app: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., error: _Optional[str] = ..., attachments: _Optional[_Iterable[_Union[AddonAttachment, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., provider_id: _Optional[str] = ..., attempts: _Optional[int] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting_for_provider: _Optional[bool] = ..., provisioned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListAddonServicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAddonServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[AddonService]
+    def __init__(self, services: _Optional[_Iterable[_Union[AddonService, _Mapping]]] = ...) -> None: ...
+
+class ListAddonsRequest(_message.Message):
+    __slots__ = ("app",)
+    APP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    def __init__(self, app: _Optional[str] = ...) -> None: ...
+
+class ListAddonsResponse(_message.Message):
+    __slots__ = ("addons",)
+    ADDONS_FIELD_NUMBER: _ClassVar[int]
+    addons: _containers.RepeatedCompositeFieldContainer[Addon]
+    def __init__(self, addons: _Optional[_Iterable[_Union[Addon, _Mapping]]] = ...) -> None: ...
+
+class CreateAddonRequest(_message.Message):
+    __slots__ = ("app", "service", "as_name", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    APP_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    AS_NAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    service: str
+    as_name: str
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, app: _Optional[str] = ..., service: _Optional[str] = ..., as_name: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class AddonResponse(_message.Message):
+    __slots__ = ("addon", "release_version")
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    addon: Addon
+    release_version: int
+    def __init__(self, addon: _Optional[_Union[Addon, _Mapping]] = ..., release_version: _Optional[int] = ...) -> None: ...
+
+class GetAddonRequest(_message.Message):
+    __slots__ = ("app", "addon")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    addon: str
+    def __init__(self, app: _Optional[str] = ..., addon: _Optional[str] = ...) -> None: ...
+
+class AttachAddonRequest(_message.Message):
+    __slots__ = ("app", "addon", "as_name")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    AS_NAME_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    addon: str
+    as_name: str
+    def __init__(self, app: _Optional[str] = ..., addon: _Optional[str] = ..., as_name: _Optional[str] = ...) -> None: ...
+
+class DetachAddonRequest(_message.Message):
+    __slots__ = ("app", "attachment")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    attachment: str
+    def __init__(self, app: _Optional[str] = ..., attachment: _Optional[str] = ...) -> None: ...
+
+class DetachAddonResponse(_message.Message):
+    __slots__ = ("attachment", "release_version")
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    attachment: AddonAttachment
+    release_version: int
+    def __init__(self, attachment: _Optional[_Union[AddonAttachment, _Mapping]] = ..., release_version: _Optional[int] = ...) -> None: ...
+
+class UpgradeAddonRequest(_message.Message):
+    __slots__ = ("app", "addon", "plan")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    addon: str
+    plan: str
+    def __init__(self, app: _Optional[str] = ..., addon: _Optional[str] = ..., plan: _Optional[str] = ...) -> None: ...
+
+class DestroyAddonRequest(_message.Message):
+    __slots__ = ("app", "addon", "confirm")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    addon: str
+    confirm: str
+    def __init__(self, app: _Optional[str] = ..., addon: _Optional[str] = ..., confirm: _Optional[str] = ...) -> None: ...
+
+class RetryAddonRequest(_message.Message):
+    __slots__ = ("app", "addon")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    addon: str
+    def __init__(self, app: _Optional[str] = ..., addon: _Optional[str] = ...) -> None: ...

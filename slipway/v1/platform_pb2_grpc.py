@@ -245,6 +245,51 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.FromString,
                 _registered_method=True)
+        self.ListAddonServices = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListAddonServices',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListAddonServicesRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListAddonServicesResponse.FromString,
+                _registered_method=True)
+        self.ListAddons = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListAddons',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListAddonsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListAddonsResponse.FromString,
+                _registered_method=True)
+        self.CreateAddon = channel.unary_unary(
+                '/slipway.v1.PlatformService/CreateAddon',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.CreateAddonRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+                _registered_method=True)
+        self.GetAddon = channel.unary_unary(
+                '/slipway.v1.PlatformService/GetAddon',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.GetAddonRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+                _registered_method=True)
+        self.AttachAddon = channel.unary_unary(
+                '/slipway.v1.PlatformService/AttachAddon',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.AttachAddonRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+                _registered_method=True)
+        self.DetachAddon = channel.unary_unary(
+                '/slipway.v1.PlatformService/DetachAddon',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.DetachAddonRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.DetachAddonResponse.FromString,
+                _registered_method=True)
+        self.UpgradeAddon = channel.unary_unary(
+                '/slipway.v1.PlatformService/UpgradeAddon',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.UpgradeAddonRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+                _registered_method=True)
+        self.DestroyAddon = channel.unary_unary(
+                '/slipway.v1.PlatformService/DestroyAddon',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.DestroyAddonRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+                _registered_method=True)
+        self.RetryAddon = channel.unary_unary(
+                '/slipway.v1.PlatformService/RetryAddon',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RetryAddonRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+                _registered_method=True)
         self.UploadSource = channel.stream_unary(
                 '/slipway.v1.PlatformService/UploadSource',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.UploadSourceRequest.SerializeToString,
@@ -591,6 +636,75 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAddonServices(self, request, context):
+        """The add-on services operators registered (slipway-controller addons:register),
+        with their plans.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAddons(self, request, context):
+        """The add-ons attached to an app (those it owns and those it only uses).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAddon(self, request, context):
+        """Creates an add-on owned by the app, attached to it, in state `provisioning`;
+        the leader asks the provider. Its config vars arrive by a release
+        ("Attach NAME (@ref:ADDON)") once the provider delivers them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAddon(self, request, context):
+        """One add-on, named by its name, uuid, or attachment name on `app`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttachAddon(self, request, context):
+        """Attaches an existing add-on to `app` too (needs manage on both apps).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetachAddon(self, request, context):
+        """Removes an attachment and its config vars from `app` (a release). The owning
+        app's attachment cannot be removed: destroy the add-on instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpgradeAddon(self, request, context):
+        """Moves the add-on to another plan of its service (asked of the provider; a
+        release follows).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyAddon(self, request, context):
+        """Deprovisions the add-on: every attachment goes (a release each), then the
+        provider is told. `confirm` must repeat the owning app's name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryAddon(self, request, context):
+        """Sends a failed add-on back to `provisioning`, keeping its name and uuid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadSource(self, request_iterator, context):
         """Receives an app's source as a stream: the first message carries the app and
         the metadata (size, sha256, source_version), the next ones the tar.gz bytes
@@ -881,6 +995,51 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.RemoveLogDrain,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.SerializeToString,
+            ),
+            'ListAddonServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAddonServices,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListAddonServicesRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListAddonServicesResponse.SerializeToString,
+            ),
+            'ListAddons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAddons,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListAddonsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListAddonsResponse.SerializeToString,
+            ),
+            'CreateAddon': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAddon,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.CreateAddonRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.SerializeToString,
+            ),
+            'GetAddon': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAddon,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.GetAddonRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.SerializeToString,
+            ),
+            'AttachAddon': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachAddon,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.AttachAddonRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.SerializeToString,
+            ),
+            'DetachAddon': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachAddon,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.DetachAddonRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.DetachAddonResponse.SerializeToString,
+            ),
+            'UpgradeAddon': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpgradeAddon,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.UpgradeAddonRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.SerializeToString,
+            ),
+            'DestroyAddon': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyAddon,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.DestroyAddonRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.SerializeToString,
+            ),
+            'RetryAddon': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryAddon,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RetryAddonRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.SerializeToString,
             ),
             'UploadSource': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadSource,
@@ -2062,6 +2221,249 @@ class PlatformService:
             '/slipway.v1.PlatformService/RemoveLogDrain',
             slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAddonServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListAddonServices',
+            slipway_dot_v1_dot_platform__pb2.ListAddonServicesRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListAddonServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAddons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListAddons',
+            slipway_dot_v1_dot_platform__pb2.ListAddonsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListAddonsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAddon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/CreateAddon',
+            slipway_dot_v1_dot_platform__pb2.CreateAddonRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAddon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/GetAddon',
+            slipway_dot_v1_dot_platform__pb2.GetAddonRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachAddon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/AttachAddon',
+            slipway_dot_v1_dot_platform__pb2.AttachAddonRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachAddon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/DetachAddon',
+            slipway_dot_v1_dot_platform__pb2.DetachAddonRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.DetachAddonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpgradeAddon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/UpgradeAddon',
+            slipway_dot_v1_dot_platform__pb2.UpgradeAddonRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyAddon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/DestroyAddon',
+            slipway_dot_v1_dot_platform__pb2.DestroyAddonRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryAddon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RetryAddon',
+            slipway_dot_v1_dot_platform__pb2.RetryAddonRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,7 @@ from builder.build import BuildRunner
 from builder.buildpacks import BuildFailed
 from slipway import buildproto as protocol
 from slipway import errors, log, logline
+from slipway.aio import raise_if_cancelling
 
 _log = log.get("builder.jobs")
 _FETCH_WAIT = 2.0  # how long one pull waits; bounds how fast a drain is noticed
@@ -162,6 +163,11 @@ async def _publish(js: JetStreamContext, subject: str, data: bytes) -> None:
             delay *= 2
 
 
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _leaf(exc: BaseException) -> BaseException:
     """The first real error inside (possibly nested) exception groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -237,7 +243,14 @@ class BuildQueue:
                 try:
                     msgs = await sub.fetch(1, timeout=_FETCH_WAIT)
                 except nats.errors.TimeoutError:
+                    raise_if_cancelling()
                     continue
+                if _cancelling():
+                    # Asked to stop as a job arrived: hand it straight back.
+                    for msg in msgs:
+                        with contextlib.suppress(Exception):
+                            await asyncio.shield(msg.nak())
+                    raise asyncio.CancelledError
                 for msg in msgs:
                     self.busy += 1
                     try:

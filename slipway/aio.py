@@ -15,3 +15,17 @@ async def wait_set(event: asyncio.Event, timeout: float) -> None:
     """
     async with asyncio.timeout(timeout):
         await event.wait()
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library call swallowed.
+
+    nats-py waits with ``asyncio.wait_for`` inside ``fetch`` and ``next_msg``;
+    on Python 3.11 a cancellation that lands as a message (or the fetch's
+    timeout) arrives is lost, and a pull loop around it then runs on after its
+    daemon, or a test fixture, asked it to stop. The task still counts the
+    request, so a loop calls this after each such call.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

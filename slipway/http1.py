@@ -95,7 +95,9 @@ async def request(
 ) -> Response:
     """One request; raises :class:`HttpError` when no complete answer arrives in time."""
     try:
-        return await asyncio.wait_for(_exchange(method, url, headers or {}, body, context), timeout)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation.
+        async with asyncio.timeout(timeout):
+            return await _exchange(method, url, headers or {}, body, context)
     except TimeoutError:
         raise HttpError(f"{method} {_shown(url)}: no answer within {timeout:g} s") from None
     except (OSError, ssl.SSLError) as exc:
@@ -182,7 +184,8 @@ async def read_request(reader: asyncio.StreamReader, timeout: float = 30.0) -> R
         )
 
     try:
-        return await asyncio.wait_for(read(), timeout)
+        async with asyncio.timeout(timeout):
+            return await read()
     except TimeoutError:
         raise HttpError("request not received in time") from None
 

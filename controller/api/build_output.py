@@ -37,6 +37,7 @@ from controller.bus.buildbus import BuildBus
 from controller.bus.logs import MAX_LINES, LogFilter, LogHub
 from controller.store.build_records import TERMINAL, BuildRecord, BuildStore
 from slipway import buildproto, errors
+from slipway.aio import raise_if_cancelling
 from slipway.logline import LogLine
 
 IDLE = 0.5  # seconds without a line before the record is looked at again
@@ -159,6 +160,7 @@ async def _builder_lines(
                 msg = await sub.next_msg(timeout=IDLE)
             except nats.errors.TimeoutError:
                 msg = None
+            raise_if_cancelling()
             if msg is not None:
                 seen_seq = max(seen_seq, int(msg.metadata.sequence.stream))
                 try:

@@ -39,6 +39,7 @@ from controller.bus.logs import LogHub
 from controller.core.drains import DrainRecord, claims, l10_line, parse_url
 from slipway import errors, logline
 from slipway import log as slog
+from slipway.aio import raise_if_cancelling
 from slipway.backoff import Backoff
 from slipway.etcd import Etcd
 from slipway.keys import Keys
@@ -146,7 +147,9 @@ class DrainWorker:
         try:
             msgs = await sub.fetch(BATCH, timeout=wait)  # type: ignore[attr-defined]
         except (TimeoutError, nats.errors.TimeoutError):
+            raise_if_cancelling()
             return
+        raise_if_cancelling()
         for msg in msgs:
             seq = int(msg.metadata.sequence.stream)
             if seq <= self.highest:

@@ -44,6 +44,7 @@ from controller.store.build_records import (
 from controller.store.state import State
 from slipway import buildproto, errors
 from slipway import log as slog
+from slipway.aio import raise_if_cancelling
 from slipway.clock import Clock, SystemClock
 
 log = slog.get("controller.build_watcher")
@@ -51,13 +52,6 @@ log = slog.get("controller.build_watcher")
 
 class _AlreadyReleased(Exception):
     """The build record already names its release: nothing to create."""
-
-
-def _raise_if_cancelling() -> None:
-    """nats-py can swallow a cancellation inside its calls; do not lose ours."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def consumer_name(prefix: str) -> str:
@@ -124,8 +118,9 @@ class BuildWatcher:
                 try:
                     msgs = await sub.fetch(32, timeout=2.0)
                 except (nats.errors.TimeoutError, TimeoutError):
-                    _raise_if_cancelling()
+                    raise_if_cancelling()
                     continue
+                raise_if_cancelling()
                 for msg in msgs:
                     await self._on_status(msg.data)
                     await msg.ack()

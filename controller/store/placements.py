@@ -8,6 +8,7 @@ can never leave an agent with a stale set for long.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from controller.core.scheduler import Placement
 from slipway import errors
@@ -46,10 +47,10 @@ class PlacementIndex:
     async def changed(self, since: int, timeout: float) -> int:
         """Wait until the index moves past ``since`` (or ``timeout``); return the version."""
         async with self._cond:
-            try:
-                await asyncio.wait_for(self._cond.wait_for(lambda: self.version > since), timeout)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._cond.wait_for(lambda: self.version > since)
             return self.version
 
     async def run(self) -> None:

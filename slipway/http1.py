@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httptools
+
+from slipway import errors
+from slipway import log as slog
+
+_log = slog.get("http")
 
 MAX_HEAD_BYTES = 32 * 1024
 MAX_BODY_BYTES = 1024 * 1024
@@ -215,3 +222,71 @@ _REASONS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+def error_body(reason: str, message: str) -> bytes:
+    """Heroku's error shape: {"id": reason, "message": sentence}."""
+    return json.dumps({"id": reason, "message": message}).encode()
+
+
+def status_of(exc: errors.SlipwayError) -> int:
+    """The HTTP status of one of our errors."""
+    if isinstance(exc, errors.InvalidArgument):
+        return 422
+    if isinstance(exc, errors.NotFound):
+        return 404
+    if isinstance(exc, errors.FailedPrecondition):
+        return 409
+    return 503 if isinstance(exc, errors.Unavailable) else 500
+
+
+Handler = Callable[[Request], Awaitable[tuple[int, bytes]]]
+
+
+class JsonServer:
+    """A small HTTP/1.1 JSON API over TLS: one request per connection.
+
+    Used by the add-on callback API and the built-in providers' partner API;
+    ``handle`` answers (status, body) and never sees a malformed request.
+    """
+
+    def __init__(self, listen: str, context: ssl.SSLContext | None, handle: Handler) -> None:
+        self.listen = listen
+        self.context = context
+        self._handler = handle
+        self.port = 0
+        self.label = "http api"  # in the log line of start
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Bind now (a caller may need the port before serving)."""
+        host, _, port = self.listen.rpartition(":")
+        self._server = await asyncio.start_server(
+            self._serve, host.strip("[]") or "127.0.0.1", int(port), ssl=self.context
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        _log.info("listening", api=self.label, listen=self.listen, port=self.port)
+
+    async def run(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                request = await read_request(reader)
+            except HttpError as exc:
+                writer.write(response_bytes(400, error_body("bad_request", str(exc))))
+                return
+            if request is None:
+                return
+            status, body = await self._handler(request)
+            writer.write(response_bytes(status, body))
+            await writer.drain()
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()

@@ -46,6 +46,7 @@ class Role(StrEnum):
     ROUTER = "router"
     BUILDER = "builder"
     ENGINE = "engine"  # etcd and nats-server themselves
+    ADDONS = "addons"  # the built-in add-on providers: no etcd or NATS user at all
 
 
 def common_name(role: Role, name: str = "") -> str:
@@ -146,7 +147,7 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -212,7 +213,7 @@ def init_ca(directory: Path, *, common: str = "Slipway cluster CA") -> CA:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(directory / "ca.key", _key_pem(key))
+    write_private(directory / "ca.key", _key_pem(key))
     _write_public(directory / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
     return CA(cert, key)
 
@@ -314,7 +315,7 @@ def issue(
     key = ec.generate_private_key(ec.SECP256R1())
     cert = sign(ca, key.public_key(), role, name=name, hosts=[*DEFAULT_HOSTS, *hosts], days=days)
     bundle = Bundle(out)
-    _write_private(bundle.key_file, _key_pem(key))
+    write_private(bundle.key_file, _key_pem(key))
     _write_public(bundle.cert_file, cert.public_bytes(serialization.Encoding.PEM))
     _write_public(bundle.ca_file, ca.cert_pem)
     return bundle
@@ -350,7 +351,7 @@ def sign_csr(
 
 def write_bundle(out: Path, *, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> Bundle:
     bundle = Bundle(out)
-    _write_private(bundle.key_file, key_pem)
+    write_private(bundle.key_file, key_pem)
     _write_public(bundle.cert_file, cert_pem)
     _write_public(bundle.ca_file, ca_pem)
     return bundle

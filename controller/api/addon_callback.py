@@ -16,7 +16,6 @@ serves it (the leader's loop sees the change through etcd).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import re
@@ -34,7 +33,7 @@ log = slog.get("controller.addons.callback")
 _PATH = re.compile(r"^/addons/([0-9a-f-]{36})(/config|/actions/provision)?/?$")
 
 
-class CallbackServer:
+class CallbackServer(http1.JsonServer):
     def __init__(
         self,
         addons: Addons,
@@ -43,55 +42,20 @@ class CallbackServer:
         *,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        super().__init__(listen, context, self.handle)
         self.addons = addons
-        self.listen = listen
-        self.context = context
         self.on_change = on_change
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        """Bind the listener (before the loop hands out callback URLs with its port)."""
-        host, _, port = self.listen.rpartition(":")
-        self._server = await asyncio.start_server(
-            self._serve, host.strip("[]") or "127.0.0.1", int(port), ssl=self.context
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("add-on callbacks listening", listen=self.listen, port=self.port)
-
-    async def run(self) -> None:
-        if self._server is None:
-            await self.start()
-        assert self._server is not None
-        async with self._server:
-            await self._server.serve_forever()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            try:
-                request = await http1.read_request(reader)
-            except http1.HttpError as exc:
-                writer.write(_error(400, str(exc)))
-                return
-            if request is None:
-                return
-            status, body = await self.handle(request)
-            writer.write(http1.response_bytes(status, body))
-            await writer.drain()
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
+        self.label = "add-on callbacks"
 
     async def handle(self, request: http1.Request) -> tuple[int, bytes]:
         match = _PATH.match(request.path.partition("?")[0])
         if not match:
-            return 404, _body("not_found", "no such resource")
+            return 404, http1.error_body("not_found", "no such resource")
         addon_id, action = match.group(1), match.group(2) or ""
         addon = await self.addons.get(addon_id)
         if addon is None or not await self._authentic(addon, request):
             # The same answer for both: a provider learns nothing of other services' add-ons.
-            return 401, _body("unauthorized", "wrong credentials for this add-on")
+            return 401, http1.error_body("unauthorized", "wrong credentials for this add-on")
         try:
             if action == "" and request.method == "GET":
                 return 200, _addon_body(addon)
@@ -100,8 +64,8 @@ class CallbackServer:
             if action == "/actions/provision" and request.method == "POST":
                 return await self._provisioned(addon)
         except errors.SlipwayError as exc:
-            return _status_of(exc), _body(exc.reason or "invalid", exc.message)
-        return 405, _body("method_not_allowed", f"{request.method} is not served here")
+            return http1.status_of(exc), http1.error_body(exc.reason or "invalid", exc.message)
+        return 405, http1.error_body("method_not_allowed", f"{request.method} is not served here")
 
     async def _authentic(self, addon: AddonRecord, request: http1.Request) -> bool:
         creds = http1.parse_basic_auth(request.headers.get("authorization", ""))
@@ -157,21 +121,3 @@ def _addon_body(addon: AddonRecord) -> bytes:
     return json.dumps(
         {"id": addon.id, "name": addon.name, "state": addon.state, "plan": addon.plan}
     ).encode()
-
-
-def _body(reason: str, message: str) -> bytes:
-    return json.dumps({"id": reason, "message": message}).encode()
-
-
-def _error(status: int, message: str) -> bytes:
-    return http1.response_bytes(status, _body("bad_request", message))
-
-
-def _status_of(exc: errors.SlipwayError) -> int:
-    if isinstance(exc, errors.InvalidArgument):
-        return 422
-    if isinstance(exc, errors.NotFound):
-        return 404
-    if isinstance(exc, errors.FailedPrecondition):
-        return 409
-    return 500

@@ -145,6 +145,10 @@ class ServiceRecord:
     ca_pem: str = ""  # extra CA the provider's certificate is checked against
     registered_at: float = 0.0
     built_in: bool = False
+    # Where the service's resources listen ("slipway.network" in the manifest): the
+    # dynos of attached apps are let through to this address and port range only.
+    network_address: str = ""
+    network_ports: str = ""  # "5433" or "15500-15599"
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))
@@ -334,7 +338,46 @@ def parse_manifest(text: str, *, now: float) -> ServiceRecord:
         description=str(doc.get("description", "")),
         ca_pem=str(api.get("ca_pem", "")),
         registered_at=now,
+        **_slipway_fields(doc.get("slipway")),
     )
+
+
+def _slipway_fields(raw: object) -> dict[str, Any]:
+    """The manifest's ``slipway`` object: built-in services and their network."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise errors.InvalidArgument("the manifest's 'slipway' must be an object")
+    network = raw.get("network") or {}
+    if not isinstance(network, dict):
+        raise errors.InvalidArgument("the manifest's slipway.network must be an object")
+    address = str(network.get("address", ""))
+    ports = str(network.get("ports", ""))
+    if address or ports:
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise errors.InvalidArgument(
+                f"slipway.network.address {address!r} must be an IPv4 address"
+            ) from None
+        port_range(ports)
+    return {
+        "built_in": bool(raw.get("built_in")),
+        "network_address": address,
+        "network_ports": ports,
+    }
+
+
+def port_range(text: str) -> tuple[int, int]:
+    """ "5433" or "15500-15599" -> (first, last)."""
+    first, _, last = text.partition("-")
+    try:
+        low, high = int(first), int(last or first)
+    except ValueError:
+        raise errors.InvalidArgument(f"bad port range {text!r}: use 5433 or 15500-15599") from None
+    if not 1 <= low <= high <= 65535:
+        raise errors.InvalidArgument(f"bad port range {text!r}: use 5433 or 15500-15599")
+    return low, high
 
 
 def _check_base_url(url: str) -> None:
@@ -656,3 +699,59 @@ def next_due(addons: Iterable[AddonRecord], now: float) -> float | None:
     """Seconds until the earliest retry is due (None: none is waiting)."""
     waits = [a.next_attempt_at - now for a in addons if a.next_attempt_at > now]
     return min(waits) if waits else None
+
+
+# -- network grants ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class NetworkGrant:
+    """The dynos of ``app`` may open TCP connections to address:port."""
+
+    app: str
+    address: str
+    port: int
+
+
+def _url_endpoints(values: Iterable[str]) -> set[tuple[str, int]]:
+    out = set()
+    for value in values:
+        parts = urlsplit(value)
+        try:
+            if parts.hostname and parts.port:
+                out.add((parts.hostname, parts.port))
+        except ValueError:
+            continue  # a config value that only looks like a URL
+    return out
+
+
+def network_grants(
+    services: Iterable[ServiceRecord],
+    addons: Iterable[AddonRecord],
+    attachments: Iterable[AttachmentRecord],
+) -> dict[str, list[NetworkGrant]]:
+    """Pure: per app, where its dynos may connect for their add-ons.
+
+    Only built-in services with a declared network grant anything, and only
+    endpoints inside that declaration (its address, its port range), whatever
+    a config var names: a provider cannot open the firewall to an address the
+    operator did not register. Only provisioned add-ons grant.
+    """
+    declared = {
+        s.name: (s.network_address, port_range(s.network_ports))
+        for s in services
+        if s.built_in and s.network_address and s.network_ports
+    }
+    by_id = {a.id: a for a in addons if a.state == PROVISIONED}
+    grants: dict[str, set[NetworkGrant]] = {}
+    for attachment in attachments:
+        addon = by_id.get(attachment.addon_id)
+        if addon is None or addon.service not in declared:
+            continue
+        address, (low, high) = declared[addon.service]
+        for host, port in _url_endpoints(addon.config.values()):
+            if host == address and low <= port <= high:
+                grants.setdefault(attachment.app, set()).add(
+                    NetworkGrant(attachment.app, host, port)
+                )
+    return {app: sorted(found) for app, found in sorted(grants.items())}

@@ -201,3 +201,59 @@ def test_plan_work_deprovisions_the_add_ons_of_destroyed_apps() -> None:
     other = _attachment("gone", "DATABASE", live, "d")
     work = core.plan_work([live], [other], {"shop"}, {"pg": "PG"}, 0.0)
     assert work.detach == [("gone", "DATABASE")]
+
+
+def test_a_built_in_service_names_the_network_its_resources_listen_on() -> None:
+    doc = json.loads(manifest())
+    doc["slipway"] = {"built_in": True, "network": {"address": "192.0.2.2", "ports": "5433"}}
+    record = core.parse_manifest(json.dumps(doc), now=0)
+    assert (record.built_in, record.network_address, record.network_ports) == (
+        True,
+        "192.0.2.2",
+        "5433",
+    )
+    assert core.port_range("15500-15599") == (15500, 15599)
+    for bad, message in (
+        ({"address": "db.example.com", "ports": "5433"}, "must be an IPv4 address"),
+        ({"address": "192.0.2.2", "ports": "99999"}, "bad port range"),
+        ({"address": "192.0.2.2", "ports": "20-10"}, "bad port range"),
+    ):
+        doc["slipway"] = {"built_in": True, "network": bad}
+        with pytest.raises(errors.InvalidArgument, match=message):
+            core.parse_manifest(json.dumps(doc), now=0)
+
+
+def test_network_grants_cover_attached_apps_and_only_the_declared_endpoints() -> None:
+    doc = json.loads(manifest())
+    doc["slipway"] = {"built_in": True, "network": {"address": "192.0.2.2", "ports": "5433"}}
+    builtin = core.parse_manifest(json.dumps(doc), now=0)
+    third_party = core.parse_manifest(manifest(), now=0)
+    third_party.name = "other"
+    db = addon(
+        state=core.PROVISIONED,
+        config={
+            "PG_URL": "postgres://u:p@192.0.2.2:5433/d?sslmode=require",
+            # Outside the declaration: never granted, whatever the provider says.
+            "PG_ETCD": "https://192.0.2.2:2379",
+            "PG_ELSEWHERE": "postgres://u:p@10.0.0.9:5433/d",
+        },
+    )
+    pending = addon(id="1" * 8 + "-0000-0000-0000-" + "1" * 12, state=core.PROVISIONING)
+    pending.config = dict(db.config)
+    foreign = addon(
+        id="2" * 8 + "-0000-0000-0000-" + "2" * 12, service="other", state=core.PROVISIONED
+    )
+    foreign.config = dict(db.config)
+
+    def attach(app: str, target: AddonRecord) -> core.AttachmentRecord:
+        return core.AttachmentRecord(app, "DATABASE", target.id, target.name, 0.0)
+
+    grants = core.network_grants(
+        [builtin, third_party],
+        [db, pending, foreign],
+        [attach("shop", db), attach("blog", db), attach("wiki", pending), attach("news", foreign)],
+    )
+    assert grants == {
+        "blog": [core.NetworkGrant("blog", "192.0.2.2", 5433)],
+        "shop": [core.NetworkGrant("shop", "192.0.2.2", 5433)],
+    }

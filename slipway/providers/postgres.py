@@ -1,0 +1,627 @@
+"""The built-in PostgreSQL provider: one cluster per add-ons host, a database and
+a role per add-on.
+
+Why one shared cluster rather than a cluster per add-on: a PostgreSQL cluster
+costs some 30 MB of memory and a second or two to start before it holds any
+data, and an add-ons host serves many small databases (Heroku's Essential
+plans are shared clusters too). What isolates add-ons on the shared cluster:
+
+- a role per add-on (random 48-hex password, never the superuser), owner of
+  its own database only; ``CONNECT`` and ``TEMP`` revoked from ``PUBLIC`` on
+  every database, ``postgres`` and ``template1`` included;
+- ``pg_hba``: over TCP only ``hostssl``, only scram-sha-256, and only to the
+  database named like the role (``sameuser``); the superuser only on the unix
+  socket, in a directory only root and postgres can enter;
+- the plan's connection limit on the role; the plan's storage limit enforced
+  by ``QuotaLoop`` (over it, new sessions start read-only; see there);
+- on the network, only the dynos of attached apps reach the port (the
+  agents' firewall, from the grants the controller derives);
+- the role's password reaches the server only as a SCRAM verifier, so no log
+  line or failed statement ever shows it.
+
+A plan tier that needs hard limits (its own memory, a filesystem quota) is
+where a cluster per add-on would come in: not built yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slipway import engines, errors, pki
+from slipway import log as slog
+from slipway.backoff import Backoff
+from slipway.providers.partner import Outcome, PlanSpec
+from slipway.providers.resources import PROVISIONED, Resource, ResourceStore
+
+log = slog.get("addons.postgresql")
+
+SERVICE = "postgresql"
+PREFIX = "HEROKU_POSTGRESQL"
+SQL_TIMEOUT = 30.0
+MB = 1024 * 1024
+# Heroku's Essential and Standard tiers, by their limits.
+PLANS = (
+    PlanSpec(
+        "essential-0",
+        "20 connections, 1 GB",
+        {"connections": 20, "storage_bytes": 1024 * MB},
+        default=True,
+    ),
+    PlanSpec(
+        "essential-1", "20 connections, 10 GB", {"connections": 20, "storage_bytes": 10240 * MB}
+    ),
+    PlanSpec(
+        "essential-2", "40 connections, 32 GB", {"connections": 40, "storage_bytes": 32768 * MB}
+    ),
+    PlanSpec(
+        "standard-0", "120 connections, 64 GB", {"connections": 120, "storage_bytes": 65536 * MB}
+    ),
+)
+MAX_CONNECTIONS = 400  # the cluster's own, above the plans' sum on a typical host
+
+
+def find_bin_dir() -> Path:
+    """The newest installed PostgreSQL's binaries (Debian: /usr/lib/postgresql/N/bin)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if not found:
+        raise errors.FailedPrecondition(
+            "PostgreSQL is not installed; run `make setup` (installs it with apt)"
+        )
+    return found[-1].parent
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """What PostgreSQL stores for a scram-sha-256 password (RFC 5802/7677)."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
+
+
+def literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def object_name(uuid: str) -> str:
+    """The role and database of an add-on: the same name (pg_hba's ``sameuser``)."""
+    return "db_" + uuid.replace("-", "")[:24]
+
+
+def hba_text() -> str:
+    return (
+        "# Written by slipway-addons at every start; edits are replaced.\n"
+        "local  all       postgres                trust\n"
+        "local  all       all                     reject\n"
+        "hostssl all      postgres  0.0.0.0/0     reject\n"
+        "hostssl sameuser all       0.0.0.0/0     scram-sha-256\n"
+        "host   all       all       0.0.0.0/0     reject\n"
+        "host   all       all       ::/0          reject\n"
+    )
+
+
+@dataclass(frozen=True)
+class RunAs:
+    uid: int
+    gid: int
+    user: str
+
+    @classmethod
+    def postgres(cls) -> RunAs:
+        """The postgres system user when we are root (PostgreSQL refuses root)."""
+        if os.geteuid() != 0:
+            entry = pwd.getpwuid(os.geteuid())
+            return cls(entry.pw_uid, entry.pw_gid, entry.pw_name)
+        try:
+            entry = pwd.getpwnam("postgres")
+        except KeyError:
+            raise errors.FailedPrecondition(
+                "there is no 'postgres' system user; run `make setup` (the postgresql "
+                "package makes it)"
+            ) from None
+        return cls(entry.pw_uid, entry.pw_gid, entry.pw_name)
+
+    def wrap(self, argv: Sequence[str], *, death_signal: str = "INT") -> list[str]:
+        """``argv`` as this user, signalled when we die (SIGINT: PostgreSQL's fast stop)."""
+        setpriv = engines.find_binary("setpriv")
+        if os.geteuid() != 0:
+            return [setpriv, "--pdeathsig", death_signal, "--", *argv]
+        return [
+            setpriv,
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--init-groups",
+            "--pdeathsig",
+            death_signal,
+            "--",
+            *argv,
+        ]
+
+
+def _check_reachable(path: Path, who: RunAs) -> None:
+    """Every parent must be searchable by the postgres user, or it cannot start."""
+    for parent in [path, *path.parents]:
+        if not parent.exists():
+            continue
+        st = parent.stat()
+        if st.st_uid == who.uid:
+            continue
+        if not st.st_mode & 0o001 and not (st.st_gid == who.gid and st.st_mode & 0o010):
+            raise errors.FailedPrecondition(
+                f"{parent} is not searchable by the {who.user} user, so PostgreSQL cannot "
+                f"reach {path}; choose a data directory under a world-searchable path "
+                "(for example /var/lib/slipway)"
+            )
+
+
+class PostgresCluster:
+    """One PostgreSQL server: init once, start, supervise, run admin SQL."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        listen: Sequence[str],
+        port: int,
+        bundle: pki.Bundle | None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.run_dir = root / "run"
+        self.listen = tuple(listen)
+        self.port = port
+        self.bundle = bundle
+        self.max_connections = max_connections
+        self.bin = find_bin_dir()
+        self.who = RunAs.postgres()
+        self.log_path = root / "postgresql.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready = asyncio.Event()
+        self._stopping = False
+
+    # ----- set-up (blocking; run in a thread) --------------------------------
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _check_reachable(self.root, self.who)
+        for path in (self.root, self.data, self.run_dir):
+            path.mkdir(mode=0o700, exist_ok=True)
+            os.chown(path, self.who.uid, self.who.gid)
+            os.chmod(path, 0o700)
+        if not (self.data / "PG_VERSION").exists():
+            self._initdb()
+        (self.data / "pg_hba.conf").write_text(hba_text())
+        os.chown(self.data / "pg_hba.conf", self.who.uid, self.who.gid)
+        if self.bundle is not None:
+            # Copies the server may read (the bundle's key is root's, 0600).
+            for src, dest in (
+                (self.bundle.cert_file, "server.crt"),
+                (self.bundle.key_file, "server.key"),
+            ):
+                target = self.data / dest
+                shutil.copyfile(src, target)
+                os.chown(target, self.who.uid, self.who.gid)
+                os.chmod(target, 0o600)
+
+    def _initdb(self) -> None:
+        log.info("initialising the postgresql cluster", data=str(self.data))
+        argv = self.who.wrap(
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=reject",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ],
+            death_signal="KILL",
+        )
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            shutil.rmtree(self.data, ignore_errors=True)
+            raise errors.Unavailable(f"initdb failed: {done.stderr.strip()[-1500:]}")
+
+    def argv(self) -> list[str]:
+        settings = {
+            "listen_addresses": ",".join(self.listen),
+            "port": str(self.port),
+            "unix_socket_directories": str(self.run_dir),
+            "max_connections": str(self.max_connections),
+            "password_encryption": "scram-sha-256",
+            "log_statement": "none",
+            "logging_collector": "off",
+        }
+        if self.bundle is not None:
+            settings |= {
+                "ssl": "on",
+                "ssl_cert_file": str(self.data / "server.crt"),
+                "ssl_key_file": str(self.data / "server.key"),
+                "ssl_min_protocol_version": "TLSv1.2",
+            }
+        flags = [part for k, v in settings.items() for part in ("-c", f"{k}={v}")]
+        return self.who.wrap([str(self.bin / "postgres"), "-D", str(self.data), *flags])
+
+    # ----- running ------------------------------------------------------------
+
+    async def start(self, timeout: float = 60.0) -> None:
+        await asyncio.to_thread(self.prepare)
+        self._stopping = False
+        with open(self.log_path, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_answering()
+        except (TimeoutError, errors.SlipwayError) as exc:
+            await self.stop()
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise errors.Unavailable(f"postgresql did not start: {exc}\n{tail}") from None
+        await self._harden()
+        self.ready.set()
+        log.info("postgresql ready", port=self.port, listen=",".join(self.listen))
+
+    async def _wait_answering(self) -> None:
+        while True:
+            if self.proc is not None and self.proc.returncode is not None:
+                raise errors.Unavailable(f"postgres exited with status {self.proc.returncode}")
+            with contextlib.suppress(errors.SlipwayError):
+                await self.sql("SELECT 1", timeout=5)
+                return
+            await asyncio.sleep(0.2)
+
+    async def _harden(self) -> None:
+        """What initdb leaves open to every role: connecting to the shared databases."""
+        await self.sql(
+            "REVOKE ALL ON DATABASE postgres FROM PUBLIC;\n"
+            "REVOKE ALL ON DATABASE template1 FROM PUBLIC;\n"
+        )
+
+    async def supervise(self) -> None:
+        """Restart the server when it dies (not when we stop it)."""
+        backoff = Backoff(initial=1.0, maximum=30.0)
+        while True:
+            proc = self.proc
+            if proc is None:
+                await self.start()
+                continue
+            code = await proc.wait()
+            if self._stopping:
+                return
+            self.ready.clear()
+            log.error("postgresql exited; restarting", status=code)
+            await asyncio.sleep(backoff.next())
+            try:
+                await self.start()
+                backoff.reset()
+            except errors.SlipwayError as exc:
+                log.error("postgresql restart failed", error=str(exc))
+                self.proc = None
+
+    async def stop(self, grace: float = 15.0) -> None:
+        self._stopping = True
+        self.ready.clear()
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        # setpriv execs postgres: the pid is the postmaster's. SIGINT: fast shutdown.
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(2)
+        try:
+            async with asyncio.timeout(grace):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def sql(
+        self, script: str, *, database: str = "postgres", timeout: float = SQL_TIMEOUT
+    ) -> str:
+        """Run ``script`` as the superuser over the unix socket; its unaligned output."""
+        argv = [
+            str(self.bin / "psql"),
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.run_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+        ]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGCONNECT_TIMEOUT": "5"}
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                out, err = await proc.communicate(script.encode())
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise errors.Unavailable(f"postgresql did not answer within {timeout:g} s") from None
+        if proc.returncode != 0:
+            raise errors.Unavailable(f"postgresql: {err.decode(errors='replace').strip()[-500:]}")
+        return out.decode().strip()
+
+
+def _limit(plan: PlanSpec, key: str) -> int:
+    return int(plan.limits.get(key, 0))
+
+
+class PostgresBackend:
+    """The partner API's calls as SQL on the shared cluster."""
+
+    service = SERVICE
+    human_name = "PostgreSQL"
+    config_vars_prefix = PREFIX
+    default_attachment = "DATABASE"
+
+    def __init__(
+        self,
+        cluster: PostgresCluster,
+        host: str,
+        *,
+        plans: tuple[PlanSpec, ...] = PLANS,
+        new_password: Callable[[], str] = lambda: secrets.token_hex(24),
+    ) -> None:
+        self.cluster = cluster
+        self.host = host  # the address dynos dial
+        self.plans = plans
+        self.new_password = new_password
+
+    def plan(self, name: str) -> PlanSpec:
+        for plan in self.plans:
+            if plan.name == name:
+                return plan
+        raise errors.InvalidArgument(f"{SERVICE} has no plan {name!r}")
+
+    def url(self, resource: Resource) -> str:
+        name, password = resource.data["name"], resource.data["password"]
+        return (
+            f"postgres://{name}:{password}@{self.host}:{self.cluster.port}/{name}?sslmode=require"
+        )
+
+    def _config(self, resource: Resource) -> dict[str, str]:
+        return {f"{PREFIX}_URL": self.url(resource)}
+
+    async def provision(self, resource: Resource, options: Mapping[str, str]) -> Outcome:
+        if options:
+            raise errors.InvalidArgument(
+                f"{SERVICE} takes no options (given: {', '.join(sorted(options))})"
+            )
+        await self._ready()
+        plan = self.plan(resource.plan)
+        resource.data.setdefault("name", object_name(resource.uuid))
+        resource.data.setdefault("password", self.new_password())
+        name = resource.data["name"]
+        verifier = scram_verifier(resource.data["password"])
+        ident = f'"{name}"'
+        await self.cluster.sql(
+            f"SELECT 'CREATE ROLE {ident}' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_roles WHERE rolname = {literal(name)})\\gexec\n"
+            f"ALTER ROLE {ident} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+            f"NOBYPASSRLS CONNECTION LIMIT {_limit(plan, 'connections')} "
+            f"PASSWORD {literal(verifier)};\n"
+            f"SELECT 'CREATE DATABASE {ident} OWNER {ident}' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_database WHERE datname = {literal(name)})\\gexec\n"
+            f"REVOKE ALL ON DATABASE {ident} FROM PUBLIC;\n"
+        )
+        return Outcome(self._config(resource), f"PostgreSQL database {name} is ready")
+
+    async def change_plan(self, resource: Resource, plan: PlanSpec) -> Outcome:
+        await self._ready()
+        name = resource.data["name"]
+        await self.cluster.sql(
+            f'ALTER ROLE "{name}" CONNECTION LIMIT {_limit(plan, "connections")};\n'
+        )
+        return Outcome(None, f"now {plan.name}: {plan.description}")
+
+    async def deprovision(self, resource: Resource) -> None:
+        await self._ready()
+        name = resource.data.get("name") or object_name(resource.uuid)
+        await self.cluster.sql(
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);\nDROP ROLE IF EXISTS "{name}";\n'
+        )
+
+    async def info(self, resource: Resource) -> dict[str, Any]:
+        await self._ready()
+        name = resource.data["name"]
+        plan = self.plan(resource.plan)
+        row = await self.cluster.sql(
+            f"SELECT pg_database_size({literal(name)}), "
+            f"(SELECT count(*) FROM pg_stat_activity WHERE datname = {literal(name)}), "
+            "current_setting('server_version')"
+        )
+        size, connections, version = row.split("|")
+        tables = await self.cluster.sql("SELECT count(*) FROM pg_stat_user_tables", database=name)
+        return {
+            "plan_description": plan.description,
+            "data_size_bytes": int(size),
+            "storage_limit_bytes": _limit(plan, "storage_bytes"),
+            "connections": int(connections),
+            "connection_limit": _limit(plan, "connections"),
+            "tables": int(tables or 0),
+            "version": version,
+            "read_only": bool(resource.data.get("over_quota")),
+        }
+
+    async def action(self, resource: Resource, action: str) -> Outcome:
+        await self._ready()
+        name = resource.data["name"]
+        if action == "rotate-credentials":
+            resource.data["password"] = self.new_password()
+            verifier = scram_verifier(resource.data["password"])
+            # Sessions on the old password end: Heroku's rotate does the same.
+            await self.cluster.sql(
+                f'ALTER ROLE "{name}" PASSWORD {literal(verifier)};\n'
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                f"WHERE usename = {literal(name)};\n"
+            )
+            return Outcome(self._config(resource), "credentials rotated; old sessions closed")
+        if action == "reset":
+            await self.cluster.sql(
+                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);\n'
+                f'CREATE DATABASE "{name}" OWNER "{name}";\n'
+                f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC;\n'
+            )
+            resource.data.pop("over_quota", None)
+            return Outcome(None, "the database is empty again")
+        raise errors.NotFound(f"{SERVICE} has no action {action!r}")
+
+    async def _ready(self) -> None:
+        if not self.cluster.ready.is_set():
+            raise errors.Unavailable("postgresql is not running on this add-ons host yet")
+
+
+# ----- storage limits ---------------------------------------------------------
+
+
+def quota_changes(
+    sizes: Mapping[str, int], limits: Mapping[str, int], limited: set[str]
+) -> tuple[list[str], list[str]]:
+    """Pure: (databases to make read-only, databases to let write again).
+
+    Hysteresis of 5%: a database just under its limit after a DELETE does not
+    flap between the two on every pass.
+    """
+    to_limit, to_lift = [], []
+    for name, size in sorted(sizes.items()):
+        limit = limits.get(name, 0)
+        if not limit:
+            continue
+        if size > limit and name not in limited:
+            to_limit.append(name)
+        elif size < limit * 0.95 and name in limited:
+            to_lift.append(name)
+    return to_limit, to_lift
+
+
+class QuotaLoop:
+    """Holds each add-on database to its plan's storage limit, level-based.
+
+    Over the limit, the database's new sessions start read-only
+    (``default_transaction_read_only``) and its current ones are closed, the
+    way Heroku revokes writes on an Essential database over its row or size
+    limit. An app can still ``DELETE`` after ``SET transaction_read_only =
+    off`` (which is also how a determined app would write on): this is a
+    limit for well-behaved apps and a clear signal, not a hard cap.
+    """
+
+    def __init__(
+        self,
+        backend: PostgresBackend,
+        store: ResourceStore,
+        lock: Callable[[str], asyncio.Lock],
+        *,
+        interval: float = 30.0,
+    ) -> None:
+        self.backend = backend
+        self.store = store
+        self.lock = lock  # the partner server's, per resource
+        self.interval = interval
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if not self.backend.cluster.ready.is_set():
+                continue
+            try:
+                await self.tick()
+            except errors.SlipwayError as exc:
+                log.warning("storage limits not checked", error=str(exc))
+
+    async def tick(self) -> None:
+        resources = {
+            r.data["name"]: r
+            for r in self.store.all(SERVICE)
+            if r.state == PROVISIONED and "name" in r.data
+        }
+        if not resources:
+            return
+        names = ", ".join(literal(n) for n in resources)
+        rows = await self.backend.cluster.sql(
+            f"SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname IN ({names})"
+        )
+        sizes = {}
+        for line in rows.splitlines():
+            name, _, size = line.partition("|")
+            sizes[name] = int(size)
+        limits = {
+            n: _limit(self.backend.plan(r.plan), "storage_bytes") for n, r in resources.items()
+        }
+        limited = {n for n, r in resources.items() if r.data.get("over_quota")}
+        to_limit, to_lift = quota_changes(sizes, limits, limited)
+        for name in to_limit:
+            async with self.lock(resources[name].uuid):
+                await self._make_read_only(name, resources[name])
+        for name in to_lift:
+            async with self.lock(resources[name].uuid):
+                await self._lift(name, resources[name])
+
+    async def _make_read_only(self, name: str, resource: Resource) -> None:
+        await self.backend.cluster.sql(
+            f'ALTER DATABASE "{name}" SET default_transaction_read_only = on;\n'
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE datname = {literal(name)};\n"
+        )
+        self._mark(resource, True)
+        log.warning("database over its storage limit: read-only", database=name)
+
+    async def _lift(self, name: str, resource: Resource) -> None:
+        await self.backend.cluster.sql(
+            f'ALTER DATABASE "{name}" RESET default_transaction_read_only;\n'
+        )
+        self._mark(resource, False)
+        log.info("database back under its storage limit", database=name)
+
+    def _mark(self, resource: Resource, over: bool) -> None:
+        fresh = self.store.get(resource.service, resource.uuid)
+        if fresh is None:
+            return
+        if over:
+            fresh.data["over_quota"] = True
+        else:
+            fresh.data.pop("over_quota", None)
+        self.store.put(fresh)

@@ -1,0 +1,255 @@
+"""The built-in PostgreSQL provider on a real PostgreSQL server, through its
+partner API over HTTPS (the controller's own client makes the calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from controller.bus.addon_provider import ProviderClient
+from controller.core.addons import AddonRecord, Outcome, ServiceRecord, parse_manifest
+from slipway import engines, http1, pki, tls
+from slipway.providers import manifest
+from slipway.providers.partner import PartnerServer, PlanSpec
+from slipway.providers.postgres import (
+    PLANS,
+    PostgresBackend,
+    PostgresCluster,
+    QuotaLoop,
+    find_bin_dir,
+)
+from slipway.providers.resources import ResourceStore
+from tests.harness import secure
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as its own user")
+
+TINY = PlanSpec(
+    "tiny", "2 connections, 12 MB", {"connections": 2, "storage_bytes": 12 * 1024 * 1024}
+)
+
+
+@pytest.fixture(scope="module")
+def state_dir() -> Iterator[Path]:
+    # Not under pytest's tmp dirs: those are 0700 to root, and PostgreSQL runs as postgres.
+    path = Path(tempfile.mkdtemp(prefix="slipway-pg-", dir="/tmp"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Provider:
+    client: ProviderClient
+    server: PartnerServer
+    cluster: PostgresCluster
+    backend: PostgresBackend
+    store: ResourceStore
+    service: ServiceRecord
+
+    def record(self, plan: str = "essential-0") -> AddonRecord:
+        return AddonRecord(
+            id=str(uuid.uuid4()),
+            name="postgresql-test-1",
+            service="postgresql",
+            plan=plan,
+            app="shop",
+            state="provisioning",
+            created_at=0.0,
+        )
+
+
+@pytest.fixture
+async def provider(state_dir: Path) -> AsyncIterator[Provider]:
+    root = state_dir / uuid.uuid4().hex[:8]
+    bundle = secure.bundle(pki.Role.ADDONS)
+    cluster = PostgresCluster(
+        root / "postgresql", listen=["127.0.0.1"], port=engines.free_port(), bundle=bundle
+    )
+    await cluster.start()
+    backend = PostgresBackend(cluster, "127.0.0.1", plans=(*PLANS, TINY))
+    store = ResourceStore(root / "resources")
+    store.prepare()
+    password = manifest.service_password(root / "secrets", "postgresql")
+    server = PartnerServer(
+        {"postgresql": backend},
+        {"postgresql": password},
+        store,
+        "127.0.0.1:0",
+        tls.server_context(bundle, require_client_cert=False),
+    )
+    await server.start()
+    doc = manifest.manifest(
+        backend,
+        password=password,
+        base_url=f"https://127.0.0.1:{server.port}",
+        ca_pem=bundle.ca_file.read_text(),
+        address="127.0.0.1",
+        ports=str(cluster.port),
+    )
+    service = parse_manifest(json.dumps(doc), now=0.0)
+    assert service.built_in and service.network_ports == str(cluster.port)
+    serving = asyncio.create_task(server.run())
+    try:
+        yield Provider(ProviderClient(), server, cluster, backend, store, service)
+    finally:
+        serving.cancel()
+        await cluster.stop()
+
+
+def psql(url: str, sql: str) -> subprocess.CompletedProcess[str]:
+    """As an app would connect: the URL alone, over TCP."""
+    return subprocess.run(
+        [str(find_bin_dir() / "psql"), "-XqAt", "-v", "ON_ERROR_STOP=1", url, "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], "PGCONNECT_TIMEOUT": "5"},
+    )
+
+
+async def provision(p: Provider, record: AddonRecord) -> str:
+    answer = await p.client.provision(p.service, record, "https://127.0.0.1:1/unused")
+    assert answer.outcome is Outcome.DONE, answer.message
+    assert answer.config is not None
+    return answer.config["HEROKU_POSTGRESQL_URL"]
+
+
+async def test_provision_gives_a_private_database_with_tls(provider: Provider) -> None:
+    first, second = provider.record(), provider.record()
+    url = await provision(provider, first)
+    other = await provision(provider, second)
+    assert url.startswith("postgres://db_") and url.endswith("?sslmode=require")
+
+    done = psql(url, "CREATE TABLE t (n int); INSERT INTO t VALUES (7); SELECT n FROM t;")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "7"
+    ssl_on = psql(url, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    assert ssl_on.stdout.strip() == "t"
+
+    # Delivered again (at least once): the same database, the same credentials.
+    assert await provision(provider, first) == url
+    assert psql(url, "SELECT n FROM t").stdout.strip() == "7"
+
+    # One add-on's role reaches neither the other's database nor the shared ones.
+    own_user = url.split("//")[1].split(":")[0]
+    other_db = other.rsplit("/", 1)[1]
+    foreign = url.rsplit("/", 1)[0] + "/" + other_db
+    assert psql(foreign, "SELECT 1").returncode != 0
+    for shared in ("postgres", "template1"):
+        attempt = psql(url.rsplit("/", 1)[0] + f"/{shared}?sslmode=require", "SELECT 1")
+        assert attempt.returncode != 0
+    # Without TLS it is refused too.
+    plain = url.replace("sslmode=require", "sslmode=disable")
+    assert psql(plain, "SELECT 1").returncode != 0
+    # Not the superuser.
+    assert (
+        psql(url, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").stdout.strip()
+        == "f"
+    )
+    assert own_user != "postgres"
+
+
+async def test_plan_limits_connections_and_deprovision_removes_everything(
+    provider: Provider,
+) -> None:
+    record = provider.record(plan="tiny")
+    url = await provision(provider, record)
+    limit = psql(url, "SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user")
+    assert limit.stdout.strip() == "2"
+
+    record.plan = "essential-0"
+    changed = await provider.client.change_plan(provider.service, record)
+    assert changed.outcome is Outcome.DONE, changed.message
+    assert (
+        psql(url, "SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user").stdout.strip()
+        == "20"
+    )
+
+    gone = await provider.client.deprovision(provider.service, record)
+    assert gone.outcome is Outcome.DONE, gone.message
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    left = await provider.cluster.sql(
+        f"SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+        f" UNION ALL SELECT count(*) FROM pg_roles WHERE rolname = '{name}'"
+    )
+    assert left.split() == ["0", "0"]
+    assert psql(url, "SELECT 1").returncode != 0
+    # Deprovisioned twice: the second finds nothing, which is done too.
+    again = await provider.client.deprovision(provider.service, record)
+    assert again.outcome is Outcome.DONE
+
+
+async def test_bad_requests_are_refused_with_a_reason(provider: Provider) -> None:
+    record = provider.record(plan="no-such-plan")
+    refused = await provider.client.provision(provider.service, record, "https://x/")
+    assert refused.outcome is Outcome.REFUSED
+    assert "no plan 'no-such-plan'" in refused.message and "essential-0" in refused.message
+
+    record = provider.record()
+    record.options = {"version": "9"}
+    refused = await provider.client.provision(provider.service, record, "https://x/")
+    assert refused.outcome is Outcome.REFUSED
+    assert "takes no options" in refused.message
+
+    base = provider.service.base_url
+    context = tls.client_context(None, ca_only=secure.ca_file())
+    wrong = await http1.request(
+        "POST",
+        base,
+        headers={"Authorization": http1.basic_auth("postgresql", "not-the-password-at-all")},
+        body=b'{"uuid": "' + str(uuid.uuid4()).encode() + b'"}',
+        context=context,
+    )
+    assert wrong.status == 401
+    assert provider.store.all("postgresql") == []
+
+
+async def test_rotate_reset_and_the_storage_limit(provider: Provider) -> None:
+    record = provider.record(plan="tiny")
+    url = await provision(provider, record)
+    assert psql(url, "CREATE TABLE t AS SELECT 1 AS n").returncode == 0
+
+    # The partner server's own actions, as the pg:* commands call them.
+    headers = {
+        "Authorization": http1.basic_auth("postgresql", provider.server.passwords["postgresql"])
+    }
+    context = tls.client_context(None, ca_only=secure.ca_file())
+    base = f"{provider.service.base_url}/{record.id}"
+    rotated = await http1.request(
+        "POST", f"{base}/actions/rotate-credentials", headers=headers, context=context
+    )
+    assert rotated.status == 200
+    new_url = json.loads(rotated.body)["config"]["HEROKU_POSTGRESQL_URL"]
+    assert new_url != url
+    assert psql(url, "SELECT 1").returncode != 0
+    assert psql(new_url, "SELECT n FROM t").stdout.strip() == "1"
+
+    # Over the plan's storage: new sessions are read-only; under it again: writable.
+    loop = QuotaLoop(provider.backend, provider.store, provider.server.lock)
+    grow = psql(
+        new_url, "CREATE TABLE big AS SELECT repeat('x', 1000) AS s FROM generate_series(1, 8000)"
+    )
+    assert grow.returncode == 0, grow.stderr
+    await loop.tick()
+    blocked = psql(new_url, "INSERT INTO t VALUES (2)")
+    assert blocked.returncode != 0 and "read-only" in blocked.stderr
+    info = await http1.request("GET", base, headers=headers, context=context)
+    assert json.loads(info.body)["read_only"] is True
+    freed = psql(new_url, "SET transaction_read_only = off; DROP TABLE big")
+    assert freed.returncode == 0, freed.stderr
+    await loop.tick()
+    assert psql(new_url, "INSERT INTO t VALUES (2)").returncode == 0
+
+    reset = await http1.request("POST", f"{base}/actions/reset", headers=headers, context=context)
+    assert reset.status == 200
+    assert "does not exist" in psql(new_url, "SELECT n FROM t").stderr

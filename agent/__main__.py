@@ -29,6 +29,7 @@ from agent.join import join_cmd, read_node_token
 from agent.link import ControllerLink
 from agent.main_runtime import build_runtime
 from agent.model import DynoState
+from agent.network import DynoNetwork
 from agent.supervisor import DynoSupervisor
 from slipway import conffile, errors, log, sdnotify, tls
 from slipway.aio import wait_set
@@ -134,6 +135,8 @@ async def run_agent(config: AgentConfig, stop_requested: asyncio.Event | None = 
                 tg.create_task(
                     _run_presence(config, supervisor, await_port=attach_port, registered=registered)
                 )
+                if rt.network is not None:
+                    tg.create_task(_follow_addon_grants(config, supervisor, rt.network))
             tg.create_task(_notify_ready(config, supervisor, registered))
     except* _Stopped:
         logger.info("agent stopped its dynos", node=config.node)
@@ -206,6 +209,32 @@ async def _run_presence(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(etcd.close(), 2)
         await asyncio.sleep(backoff.next())
+
+
+async def _follow_addon_grants(
+    config: AgentConfig, supervisor: DynoSupervisor, network: DynoNetwork
+) -> None:
+    """The firewall opens what ``addongrants/`` says (agent/addon_grants.py)."""
+    from agent.addon_grants import GrantFollower
+    from slipway.etcd import Etcd
+    from slipway.keys import Keys
+
+    async def connect() -> Etcd:
+        etcd = Etcd(
+            config.etcd_endpoints,
+            credentials=config.credentials,
+            timeout=config.timings.rpc_timeout,
+        )
+        await etcd.connect()
+        return etcd
+
+    async def resync() -> None:
+        await supervisor.ready.wait()  # the bridge is prepared, dynos adopted
+        await network.sync()
+
+    follower = GrantFollower(connect, Keys(config.etcd_prefix), resync)
+    network.grants = lambda: follower.current
+    await follower.run()
 
 
 async def _serve_health(config: AgentConfig) -> None:

@@ -14,7 +14,7 @@ port to the dyno's address, so routers on any host reach it unchanged.
 
 The add-ons hook: ``grants`` returns the ``AddonGrant``s (app, address, port)
 in force; every dyno of a granted app may open TCP connections to that
-address and port. Nothing sets it yet: the add-ons issue provides the source.
+address and port; agent/addon_grants.py follows them in etcd.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class DynoNetwork:
         self.net = net
         # Set by the supervisor: the records of every dyno on this node.
         self.records: Callable[[], Iterable[DynoRecord]] = lambda: ()
-        # The add-ons issue's slot: the grants in force (app -> address:port).
+        # The grants in force (app -> address:port): agent/addon_grants.py.
         self.grants: Callable[[], Iterable[AddonGrant]] = lambda: ()
 
     def prepare(self) -> None:

@@ -9,7 +9,8 @@ the cluster CA is the only way in. What each may touch, under ``{prefix}``:
     router             role ``router``: read ``routes/``
     node.NAME          role ``node.NAME``: read and write ``nodes/NAME`` and
                        everything under ``status/`` and ``routes/dynos/`` (where
-                       the agent keeps its dynos' records under its lease)
+                       the agent keeps its dynos' records under its lease);
+                       read ``addongrants/`` (its dynos' firewall openings)
     builder            no user: builders need no etcd
 
 Every function here converges: it adds what is missing and takes away
@@ -72,6 +73,8 @@ def node_grants(prefix: str, node: str) -> set[Grant]:
         Grant(rw, keys.node(node)),
         Grant.prefix(rw, keys.statuses()),
         Grant.prefix(rw, keys.route_dynos()),
+        # Where dynos may connect for their add-ons (the agent's firewall).
+        Grant.prefix(rpc.Permission.READ, keys.addon_grants()),
     }
 
 
@@ -93,6 +96,10 @@ async def seal(etcd: Etcd, prefix: str, *, say: Say = _quiet) -> None:
         (pki.common_name(pki.Role.ROUTER), ROUTER_ROLE),
     ):
         await _ensure_user(etcd, user, role, say)
+    # Nodes that joined under an older release get what their role lacks now.
+    listed = await etcd.auth("RoleList", rpc.AuthRoleListRequest())
+    for role in sorted(r for r in listed.roles if r.startswith("node.")):
+        await _ensure_role(etcd, role, node_grants(prefix, role.removeprefix("node.")), prefix, say)
     await etcd.auth("AuthEnable", rpc.AuthEnableRequest())
     say("authentication on: clients are known by their certificate's CN")
 

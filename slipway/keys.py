@@ -33,6 +33,9 @@
     {prefix}/addons/{uuid}                 an add-on (JSON: service, plan, owning app, state)
     {prefix}/addonnames/{name}             add-on name -> uuid (names are unique platform-wide)
     {prefix}/attachments/{app}/{name}      an add-on attached to the app under NAME (JSON)
+    {prefix}/addongrants/{app}             where the app's dynos may connect for their built-in
+                                           add-ons (JSON list of address/port; no secrets), read
+                                           by every agent for its firewall (slipway/records.py)
 
 Route records (what routers read; written by the control plane):
     routes/apps/{app}:  {"app": str, "web": int (desired web quantity),
@@ -208,6 +211,12 @@ class Keys:
 
     def attachments(self, app: str | None = None) -> bytes:
         return self._k("attachments", app, "") if app else self._k("attachments", "")
+
+    def addon_grant(self, app: str) -> bytes:
+        return self._k("addongrants", app)
+
+    def addon_grants(self) -> bytes:
+        return self._k("addongrants", "")
 
     # builds
     def build(self, app: str, build_id: str) -> bytes:

@@ -3,11 +3,17 @@
 nodes/{node}               NodeRecord: presence; gone when the node's lease expires
 status/{app}/{instance}    StatusRecord: the dyno's actual state
 routes/dynos/{app}/{inst}  route JSON (see slipway.keys) for up web dynos
+
+And one the controller's leader writes for the agents:
+
+addongrants/{app}          [{"address", "port"}]: where the app's dynos may open
+                           TCP connections for its built-in add-ons (the firewall)
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -76,3 +82,23 @@ class StatusRecord:
 
 def route_value(app: str, dyno: str, address: str, node: str, release: int) -> bytes:
     return _dumps({"app": app, "dyno": dyno, "address": address, "node": node, "release": release})
+
+
+def addon_grants_value(endpoints: Iterable[tuple[str, int]]) -> bytes:
+    items = [{"address": a, "port": p} for a, p in sorted(set(endpoints))]
+    return json.dumps(items, separators=(",", ":")).encode()
+
+
+def addon_grants_of(data: bytes) -> list[tuple[str, int]]:
+    """The (address, port) pairs of an ``addongrants/{app}`` value; unreadable items are skipped."""
+    try:
+        items = json.loads(data)
+    except ValueError:
+        return []
+    out = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict):
+            address, port = item.get("address"), item.get("port")
+            if isinstance(address, str) and isinstance(port, int) and 0 < port < 65536:
+                out.append((address, port))
+    return out

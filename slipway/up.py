@@ -1,7 +1,8 @@
 """``slipway up``: the whole platform on one host, supervised together.
 
 Starts etcd and nats-server (embedded: child processes with data under the
-Slipway data directory), then a controller, an agent, a router and a builder.
+Slipway data directory), then a controller, the built-in add-ons (PostgreSQL,
+registered as the ``postgresql`` service), an agent, a router and a builder.
 A component that exits is reported and restarted with a growing delay. SIGTERM
 or Ctrl-C stops everything in reverse order. All state lives in the data
 directory, so running ``slipway up`` again keeps apps, releases and config.
@@ -16,6 +17,7 @@ a one-time token as an agent on another host would.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
@@ -50,6 +52,26 @@ class UpConfig:
     nats_port: int = 4222
     base_domain: str = "localhost"
     node: str = field(default_factory=socket.gethostname)
+    addons_port: int = 5480
+    postgres_port: int = 5433
+    # Where PostgreSQL keeps its data: it runs as the postgres user, so the
+    # path must be searchable by it (the default data dir, ~/.slipway, is not).
+    addons_dir_option: Path | None = None
+    # The address dynos dial for their databases ("": the default route's).
+    addons_address: str = ""
+
+    @property
+    def addons_dir(self) -> Path:
+        if self.addons_dir_option is not None:
+            return self.addons_dir_option
+        if searchable_by_others(self.data_dir):
+            return self.data_dir / "addons"
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+        return Path("/var/lib/slipway") / f"addons-{digest}"
+
+    @property
+    def addons_manifest(self) -> Path:
+        return self.addons_dir / "manifests" / "postgresql.json"
 
     @property
     def api(self) -> str:
@@ -79,6 +101,11 @@ class UpConfig:
         return self.pki_dir / "ca" / "ca.crt"
 
 
+def searchable_by_others(path: Path) -> bool:
+    """Every existing parent of ``path`` lets other users through (o+x)."""
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents] if p.exists())
+
+
 def ensure_pki(cfg: UpConfig, say: Callable[[str], None]) -> None:
     """The cluster CA and the bundles of every component but the node (which
     joins), made on the first start and kept."""
@@ -97,6 +124,14 @@ def ensure_pki(cfg: UpConfig, say: Callable[[str], None]) -> None:
     ):
         if not cfg.bundle(role).exists():
             pki.issue(ca, cfg.bundle(role).path, role, hosts=[cfg.host])
+    # The add-ons' certificate also names the address dynos dial (PostgreSQL's
+    # TLS): made again when that address changes.
+    hosts = sorted({cfg.host, cfg.addons_address} - {""})
+    names = cfg.pki_dir / "addons-hosts"
+    bundle = cfg.bundle(pki.Role.ADDONS)
+    if not bundle.exists() or not names.exists() or names.read_text().split() != hosts:
+        pki.issue(ca, bundle.path, pki.Role.ADDONS, hosts=hosts)
+        names.write_text(" ".join(hosts) + "\n")
 
 
 async def seal_etcd(cfg: UpConfig) -> None:
@@ -105,12 +140,18 @@ async def seal_etcd(cfg: UpConfig) -> None:
 
 
 def missing_packages() -> list[str]:
+    from slipway.providers.postgres import find_bin_dir
+
     missing = []
     for binary, package in PACKAGES.items():
         try:
             engines.find_binary(binary)
         except errors.FailedPrecondition:
             missing.append(package)
+    try:
+        find_bin_dir()
+    except errors.FailedPrecondition:
+        missing.append("postgresql")
     return missing
 
 
@@ -138,7 +179,7 @@ def install(packages: list[str], say: Callable[[str], None]) -> None:
         check=True,
         env=env,
     )
-    for service in ("etcd", "nats-server"):
+    for service in ("etcd", "nats-server", "postgresql"):
         # Debian starts the packaged daemons on the default ports; we run our own.
         subprocess.run(
             ["systemctl", "disable", "--now", service],
@@ -230,6 +271,19 @@ def components(cfg: UpConfig) -> list[Component]:
     env["SLIPWAY_LOG_LEVEL"] = os.environ.get("SLIPWAY_LOG_LEVEL", "info")
     router_host = cfg.router_listen.rpartition(":")[0]
     router_probe = cfg.host if router_host in ("0.0.0.0", "") else router_host
+    addons = _py(
+        "slipway.providers",
+        "serve",
+        "--data-dir",
+        str(cfg.addons_dir),
+        "--listen",
+        f"{cfg.host}:{cfg.addons_port}",
+        "--postgres-port",
+        str(cfg.postgres_port),
+        *_creds(cfg, pki.Role.ADDONS),
+    )
+    if cfg.addons_address:
+        addons += ["--advertise-address", cfg.addons_address]
     return [
         Component("etcd", etcd.argv, logs / "etcd.log", (cfg.host, cfg.etcd_port)),
         Component("nats", nats.argv, logs / "nats.log", (cfg.host, cfg.nats_port)),
@@ -254,6 +308,7 @@ def components(cfg: UpConfig) -> list[Component]:
             (cfg.host, cfg.api_port),
             env,
         ),
+        Component("addons", addons, logs / "addons.log", (cfg.host, cfg.addons_port), env),
         Component(
             "agent",
             _py(
@@ -355,6 +410,20 @@ def ensure_node(cfg: UpConfig) -> None:
     _run([*argv, "--advertise-address", cfg.host], "the agent could not join")
 
 
+def register_addons(cfg: UpConfig, timeout: float = 30.0) -> None:
+    """Register (or update) the built-in PostgreSQL service from the manifest the
+    add-ons daemon writes once it serves."""
+    deadline = time.monotonic() + timeout
+    while not cfg.addons_manifest.exists():
+        if time.monotonic() > deadline:
+            raise errors.Unavailable(
+                f"the add-ons wrote no manifest at {cfg.addons_manifest}; "
+                f"see {cfg.data_dir / 'logs' / 'addons.log'}"
+            )
+        time.sleep(0.1)
+    _admin(cfg, "addons:register", str(cfg.addons_manifest))
+
+
 class Platform:
     def __init__(self, cfg: UpConfig, say: Callable[[str], None]) -> None:
         self.cfg = cfg
@@ -370,17 +439,22 @@ class Platform:
             (cfg.etcd_port, "etcd"),
             (cfg.nats_port, "NATS"),
             (cfg.router_port, "router"),
+            (cfg.addons_port, "add-ons API"),
+            (cfg.postgres_port, "PostgreSQL"),
         ):
-            _check_free(cfg.host if what != "router" else "0.0.0.0", port, what)
+            anywhere = what in ("router", "PostgreSQL")
+            _check_free("0.0.0.0" if anywhere else cfg.host, port, what)
         await asyncio.to_thread(ensure_pki, cfg, self.say)
         self.components = components(cfg)
         try:
-            etcd, nats, controller, *rest = self.components
+            etcd, nats, controller, addons, *rest = self.components
             await self._start(etcd)
             await seal_etcd(cfg)
             await self._start(nats)
             await self._start(controller)
             token = await asyncio.to_thread(ensure_token, cfg)
+            await self._start(addons)
+            await asyncio.to_thread(register_addons, cfg)
             # The agent joins through the controller, so it starts after it.
             await asyncio.to_thread(ensure_node, cfg)
             for comp in rest:

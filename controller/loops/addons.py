@@ -81,6 +81,13 @@ class AddonLoop:
         services = {s.name: s for s in await self.addons.services()}
         addons = await self.addons.all_addons()
         attachments = await self.addons.attachments()
+        if self.leadership.is_leader:
+            # Before any release: a dyno given DATABASE_URL finds the firewall open.
+            changed = await self.addons.publish_grants(
+                core.network_grants(services.values(), addons, attachments)
+            )
+            if changed:
+                log.info("add-on network grants changed", apps=changed)
         now = self.clock.now()
         work = core.plan_work(
             addons,

@@ -16,7 +16,7 @@ from controller.core import addons as core
 from controller.core.addons import AddonRecord, AttachmentRecord, ServiceRecord
 from controller.core.models import AppRecord, ReleaseRecord, decode_config
 from controller.store.state import State
-from slipway import errors
+from slipway import errors, records
 
 Writes = dict[bytes, bytes | None]
 
@@ -260,6 +260,29 @@ class Addons:
 
     async def attachments_of(self, addon_id: str) -> list[AttachmentRecord]:
         return [a for a in await self.attachments() if a.addon_id == addon_id]
+
+    # -- network grants (what agents open their firewalls to) --------------------
+
+    async def publish_grants(self, grants: dict[str, list[core.NetworkGrant]]) -> list[str]:
+        """Make ``addongrants/`` say exactly ``grants``; returns the apps whose value changed."""
+        wanted = {
+            self.keys.addon_grant(app): records.addon_grants_value(
+                (g.address, g.port) for g in found
+            )
+            for app, found in grants.items()
+        }
+        prefix = self.keys.addon_grants()
+        kvs, _ = await self.etcd.get_prefix(prefix)
+        have = {kv.key: kv.value for kv in kvs}
+        changed = []
+        for key, value in sorted(wanted.items()):
+            if have.get(key) != value:
+                await self.etcd.put(key, value)
+                changed.append(key[len(prefix) :].decode())
+        for key in sorted(have.keys() - wanted.keys()):
+            await self.etcd.delete(key)
+            changed.append(key[len(prefix) :].decode())
+        return changed
 
     async def sync(self, app: str, name: str, *, actor: str = "") -> ReleaseRecord | None:
         """Make the app's config hold the add-on's current vars under the attachment

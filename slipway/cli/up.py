@@ -46,6 +46,29 @@ from slipway.cli.base import cli
     show_default=True,
     help="Apps answer at APP.BASE_DOMAIN on the router.",
 )
+@click.option(
+    "--addons-port", default=5480, show_default=True, help="The add-ons' partner API (HTTPS)."
+)
+@click.option(
+    "--postgres-port",
+    default=5433,
+    show_default=True,
+    help="The built-in PostgreSQL's port (dynos of attached apps only).",
+)
+@click.option(
+    "--addons-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="PostgreSQL's data; must be searchable by the postgres user "
+    "[default: DATA_DIR/addons, or /var/lib/slipway/addons-* when DATA_DIR is private]",
+)
+@click.option(
+    "--addons-address",
+    default="",
+    metavar="IPV4",
+    help="The address dynos dial for their databases [default: this host's address on "
+    "its default route].",
+)
 @click.option("--no-install", is_flag=True, help="Do not apt-get install missing engines.")
 def up(
     data_dir: Path,
@@ -56,6 +79,10 @@ def up(
     etcd_peer_port: int,
     nats_port: int,
     base_domain: str,
+    addons_port: int,
+    postgres_port: int,
+    addons_dir: Path | None,
+    addons_address: str,
     no_install: bool,
 ) -> None:
     """Start etcd, NATS, a controller, an agent, a router and a builder, supervised together.
@@ -72,6 +99,10 @@ def up(
         etcd_peer_port=etcd_peer_port,
         nats_port=nats_port,
         base_domain=base_domain,
+        addons_port=addons_port,
+        postgres_port=postgres_port,
+        addons_dir_option=addons_dir.resolve() if addons_dir else None,
+        addons_address=addons_address or _default_addons_address(),
     )
 
     def say(line: str) -> None:
@@ -104,6 +135,10 @@ def up(
         click.echo(f"  Token:   {token}")
         click.echo(f"  CLI:     logged in (saved in {settings.config_path()})")
         click.echo(f"  Data:    {cfg.data_dir}   (component logs in {cfg.data_dir / 'logs'})")
+        click.echo(
+            f"  Add-ons: postgresql at {cfg.addons_address}:{cfg.postgres_port} "
+            f"(data in {cfg.addons_dir})"
+        )
         click.echo("")
         click.echo(
             "Deploy something:  slipway apps:create demo && slipway deploy -a demo examples/python"
@@ -111,3 +146,15 @@ def up(
         click.echo("Stop with Ctrl-C.")
 
     asyncio.run(platform.serve(cfg, say, on_ready))
+
+
+def _default_addons_address() -> str:
+    from slipway.providers.__main__ import default_address
+
+    try:
+        return default_address()
+    except errors.SlipwayError as exc:
+        raise click.ClickException(
+            f"{exc.message} (slipway up --addons-address IPV4: an address of this host "
+            "that is not loopback)"
+        ) from None

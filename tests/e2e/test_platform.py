@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -42,14 +44,22 @@ class Platform:
     etcd_peer_port: int
     nats_port: int
     config_path: Path
+    addons_port: int
+    postgres_port: int
+    # PostgreSQL runs as its own user: not under pytest's private temp dirs.
+    addons_dir: Path
     proc: subprocess.Popen[str] | None = None
     output: str = ""
 
     @classmethod
     def on_free_ports(cls, tmp: Path) -> Platform:
-        ports = {engines.free_port() for _ in range(10)}
-        api, router, etcd, peer, nats = sorted(ports)[:5]
-        return cls(tmp / "data", api, router, etcd, peer, nats, tmp / "cli.json")
+        ports = {engines.free_port() for _ in range(12)}
+        api, router, etcd, peer, nats, addons, pg = sorted(ports)[:7]
+        addons_dir = Path(tempfile.mkdtemp(prefix="slipway-e2e-addons-", dir="/tmp"))
+        addons_dir.chmod(0o711)
+        return cls(
+            tmp / "data", api, router, etcd, peer, nats, tmp / "cli.json", addons, pg, addons_dir
+        )
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
@@ -73,6 +83,12 @@ class Platform:
                 str(self.etcd_peer_port),
                 "--nats-port",
                 str(self.nats_port),
+                "--addons-port",
+                str(self.addons_port),
+                "--postgres-port",
+                str(self.postgres_port),
+                "--addons-dir",
+                str(self.addons_dir),
                 "--no-install",
             ],
             cwd=ROOT,
@@ -93,13 +109,17 @@ class Platform:
                 return
         raise AssertionError(f"slipway up did not come up:\n{self.output}")
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=120)
-        self.output += out
-        assert self.proc.returncode == 0, self.output
+    def stop(self, *, keep_addons: bool = False) -> None:
+        try:
+            if self.proc is None or self.proc.poll() is not None:
+                return
+            self.proc.send_signal(signal.SIGINT)
+            out, _ = self.proc.communicate(timeout=120)
+            self.output += out
+            assert self.proc.returncode == 0, self.output
+        finally:
+            if not keep_addons:
+                shutil.rmtree(self.addons_dir, ignore_errors=True)
 
     def cli(
         self, *args: str, check: bool = True, timeout: float = 300
@@ -245,7 +265,7 @@ def test_a_new_user_session(platform: Platform) -> None:
     assert "Rollback to v2" in platform.cli("releases", "-a", "demo").stdout
 
     # Ctrl-C stops everything, dynos included; the next `slipway up` brings them back.
-    platform.stop()
+    platform.stop(keep_addons=True)
     assert not platform.containers()
     platform.start()
     eventually(lambda: greeting(platform, "demo") == "Hello from Slipway", 90)
@@ -260,7 +280,7 @@ def test_a_new_user_session(platform: Platform) -> None:
     eventually(lambda: not any(platform.objects().values()), 90)
     assert platform.http("demo")[0] == 404
 
-    platform.stop()
+    platform.stop(keep_addons=True)
     platform.start()
     apps = {a["name"] for a in json.loads(platform.cli("apps", "--json").stdout)}
     assert apps == {"keeper"}

@@ -4,9 +4,11 @@ router; the Django one twice, the second time from the build cache."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -85,6 +87,35 @@ def test_fastapi_with_uv(platform: Platform) -> None:
     assert "uv lock file" in out
     page(platform, "fastapi-uv", "<h1>FastAPI with uv</h1>")
     assert '"status":"ok"' in page(platform, "fastapi-uv", "ok", "/health")
+
+
+def test_python_with_the_built_in_postgres_and_a_release_phase_migration(
+    platform: Platform,
+) -> None:
+    platform.cli("apps:create", "ledger")
+    created = platform.cli("addons:create", "postgresql", "-a", "ledger", "--wait").stdout
+    assert re.search(r"Created postgresql-\S+ as DATABASE", created), created
+    config = json.loads(platform.cli("config", "-a", "ledger", "--json").stdout)
+    url = urlsplit(config["DATABASE_URL"])
+    assert url.scheme == "postgres" and "sslmode=require" in url.query, url
+
+    out = deploy(platform, "ledger", "python-postgres")
+    assert "release phase: table visits ready" in out
+    first = json.loads(page(platform, "ledger", '"visits"', "/json"))
+    assert first["tls"] is True and first["database"] == url.path.lstrip("/")
+    second = json.loads(page(platform, "ledger", '"visits"', "/json"))
+    assert second["visits"] > first["visits"]
+
+    # An app the add-on is not attached to cannot even open a connection to it.
+    probe = (
+        "import socket; s = socket.socket(); s.settimeout(3); "
+        f"print('PROBE', s.connect_ex(({url.hostname!r}, {url.port})))"
+    )
+    other = platform.cli("run", "-a", "flask-poetry", "--", "python", "-c", probe, timeout=120)
+    # 11 (EAGAIN): the connect timed out, the firewall dropped it
+    assert "PROBE 11" in other.stdout, other.stdout + other.stderr
+    mine = platform.cli("run", "-a", "ledger", "--", "python", "-c", probe, timeout=120)
+    assert "PROBE 0" in mine.stdout, mine.stdout + mine.stderr
 
 
 def test_a_python_version_the_stack_lacks_fails_naming_what_it_has(

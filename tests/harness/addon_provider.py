@@ -48,6 +48,8 @@ class Script:
     # Provision requests held (no answer) until ``release_held`` is set.
     hold_first: int = 0
     release_held: threading.Event = field(default_factory=threading.Event)
+    # The URL config var of a resource ({rid}, {plan} filled in).
+    url_template: str = "test://{rid}/{plan}"
 
 
 class Provider:
@@ -190,12 +192,13 @@ class Provider:
             resource = self.resources.get(body["uuid"])
             if resource is None:
                 rid = f"res-{uuid.uuid4().hex[:8]}"
+                prefix, plan = self.name.upper().replace("-", "_"), body["plan"]
                 resource = Resource(
                     rid,
                     body["uuid"],
                     body["plan"],
                     dict(body.get("options") or {}),
-                    {f"{self.name.upper().replace('-', '_')}_URL": f"test://{rid}/{body['plan']}"},
+                    {f"{prefix}_URL": self.script.url_template.format(rid=rid, plan=plan)},
                 )
                 self.resources[body["uuid"]] = resource
             return resource

@@ -6,6 +6,7 @@ calls the controller's callback API back over HTTPS when it answers 202.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from slipway.keys import Keys
 from tests.harness import secure
 from tests.harness.addon_provider import Provider, Script
 from tests.harness.controller import BIN, ControllerProcess
@@ -259,3 +261,46 @@ def test_a_leader_killed_mid_provision_makes_one_resource(
     finally:
         first.stop()
         second.stop()
+
+
+def grants_in_etcd(controller: ControllerProcess) -> dict[str, list[dict[str, object]]]:
+    keys = Keys(controller.prefix)
+
+    async def read() -> dict[str, list[dict[str, object]]]:
+        async with secure.root_etcd([controller.etcd_endpoint]) as etcd:
+            kvs, _ = await etcd.get_prefix(keys.addon_grants())
+        start = len(keys.addon_grants())
+        return {kv.key[start:].decode(): json.loads(kv.value) for kv in kvs}
+
+    return asyncio.run(read())
+
+
+def test_a_built_in_service_opens_its_declared_port_to_the_apps_it_is_attached_to(
+    fast_controller: ControllerProcess, tmp_path: Path
+) -> None:
+    """What agents open their firewalls to: only the declared address and ports,
+    only for apps with an attachment, and shut when the attachment goes."""
+    cli = fast_controller.cli
+    script = Script(url_template="pg://u:secret@10.9.8.7:6001/{rid}")
+    with Provider("db", secure.ca_file(), script) as provider:
+        network = {"built_in": True, "network": {"address": "10.9.8.7", "ports": "6000-6010"}}
+        manifest = provider.write_manifest(tmp_path / "m.json", slipway=network)
+        assert register(fast_controller, manifest).returncode == 0
+        cli("apps:create", "api", check=True)
+        cli("apps:create", "worker", check=True)
+        cli("apps:create", "bystander", check=True)
+        name = json.loads(
+            cli("addons:create", "db", "-a", "api", "--wait", "--json", check=True).stdout
+        )["name"]
+        cli("addons:attach", name, "-a", "worker", "--as", "SHARED", check=True)
+        endpoint = [{"address": "10.9.8.7", "port": 6001}]
+        eventually(
+            lambda: grants_in_etcd(fast_controller) == {"api": endpoint, "worker": endpoint}, 20
+        )
+        # No password or database name in what every agent reads.
+        assert "secret" not in json.dumps(grants_in_etcd(fast_controller))
+
+        cli("addons:detach", "SHARED", "-a", "worker", check=True)
+        eventually(lambda: grants_in_etcd(fast_controller) == {"api": endpoint}, 20)
+        cli("addons:destroy", name, "-a", "api", "--confirm", "api", "--wait", check=True)
+        eventually(lambda: grants_in_etcd(fast_controller) == {}, 20)

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from slipway import engines, pki
+from slipway import engines, pki, records
 from slipway.cni import SandboxNetwork
 from slipway.cni.sandboxnet import resolvers
 from slipway.keys import Keys
@@ -418,6 +418,42 @@ def test_dyno_resolv_conf_names_a_reachable_resolver(platform: Platform) -> None
         timeout=30,
     ).stdout
     assert all(s in ruleset for s in servers)
+
+
+def probe_in(p: Platform, record: dict[str, Any], targets: list[tuple[str, int]]) -> list[str]:
+    argv = ["runc", "--root", str(p.agent.runc_root), "exec", "--user", "64000:64000"]
+    argv += [record["container_id"], "bash", "-c", probe_command(targets, [])]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return list(parse_probe(out.stdout)["tcp"])
+
+
+def test_addon_grant_opens_one_address_and_port_to_one_app(platform: Platform) -> None:
+    """What the add-on leader writes in ``addongrants/{app}`` opens exactly that
+    address and port, to that app's dynos only, and closes again when it is gone."""
+    database = Canary()  # stands in for an add-on server on the host's own address
+    address = next(a for a in host_addresses() if not a.startswith("127."))
+    granted = (address, database.port)
+    others = [(platform.network().gateway, database.port), (address, platform.canary.port)]
+    mine, theirs = platform.web_record("neta"), platform.web_record("netb")
+    key = Keys(platform.cluster.controller.prefix).addon_grant("neta")
+
+    async def put(value: bytes | None) -> None:
+        async with secure.root_etcd([platform.cluster.controller.etcd_endpoint]) as etcd:
+            if value is None:
+                await etcd.delete(key)
+            else:
+                await etcd.put(key, value)
+
+    assert probe_in(platform, mine, [granted]) == ["timeout"]
+    asyncio.run(put(records.addon_grants_value([granted])))
+    try:
+        eventually(lambda: probe_in(platform, mine, [granted]) == ["open"], timeout=60)
+        assert probe_in(platform, mine, others) == ["timeout", "timeout"]
+        assert probe_in(platform, theirs, [granted]) == ["timeout"]
+    finally:
+        asyncio.run(put(None))
+    eventually(lambda: probe_in(platform, mine, [granted]) == ["timeout"], timeout=60)
 
 
 def test_scaled_down_dyno_leaves_no_netns_lease_or_rule(platform: Platform) -> None:

@@ -143,6 +143,8 @@ def test_a_node_writes_its_presence_key_and_the_dyno_records() -> None:
         etcdauth.Grant(rw, b"/slipway/nodes/n1"),
         etcdauth.Grant(rw, b"/slipway/status/", b"/slipway/status0"),
         etcdauth.Grant(rw, b"/slipway/routes/dynos/", b"/slipway/routes/dynos0"),
+        # Its firewall's add-on openings: addresses and ports, no secrets.
+        etcdauth.Grant(rpc.Permission.READ, b"/slipway/addongrants/", b"/slipway/addongrants0"),
     }
     assert etcdauth.node_user("n1") == "node.n1"
     with pytest.raises(errors.InvalidArgument):

@@ -1,0 +1,32 @@
+"""Where `slipway up` keeps the built-in PostgreSQL: a path the postgres user can reach."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slipway.up import UpConfig
+
+
+def test_a_private_data_dir_puts_postgresql_under_var_lib(tmp_path: Path) -> None:
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    cfg = UpConfig(data_dir=private / ".slipway")
+    assert cfg.addons_dir.parent == Path("/var/lib/slipway")
+    assert cfg.addons_dir.name.startswith("addons-")
+    # The same data dir always finds the same cluster again; another gets its own.
+    assert UpConfig(data_dir=private / ".slipway").addons_dir == cfg.addons_dir
+    assert UpConfig(data_dir=private / "other").addons_dir != cfg.addons_dir
+
+
+def test_a_searchable_data_dir_keeps_it_inside(tmp_path: Path) -> None:
+    # /tmp is searchable by everyone; the path need not exist yet.
+    shared = Path("/tmp") / f"slipway-up-test-{tmp_path.name}"
+    cfg = UpConfig(data_dir=shared)
+    assert cfg.addons_dir == shared / "addons"
+    assert cfg.addons_manifest == shared / "addons" / "manifests" / "postgresql.json"
+
+
+def test_an_explicit_addons_dir_wins(tmp_path: Path) -> None:
+    cfg = UpConfig(data_dir=tmp_path, addons_dir_option=Path("/srv/pg"))
+    assert cfg.addons_dir == Path("/srv/pg")

@@ -119,10 +119,14 @@ def test_large_output_arrives_whole(cluster: LocalCluster) -> None:
 def test_client_disconnect_ends_the_dyno(cluster: LocalCluster) -> None:
     proc = popen_cli(cluster, "run", "-a", APP, "sleep 600")
     try:
+        # The previous test's dyno may still be listed for a moment as it goes.
         running = eventually(
-            lambda: [d for d in runs(cluster, APP) if d["state"] == "up"], timeout=60
+            lambda: [
+                d for d in runs(cluster, APP) if d["state"] == "up" and d["command"] == "sleep 600"
+            ],
+            timeout=60,
         )
-        assert running[0]["type"] == "run" and running[0]["command"] == "sleep 600"
+        assert running[0]["type"] == "run"
         name = str(running[0]["name"])
         eventually(lambda: containers(cluster), timeout=30)
         proc.kill()  # the client vanishes without a word

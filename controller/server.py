@@ -238,6 +238,7 @@ class Controller:
         api.run_service = self.run_service
         api.addons = self.addons
         api.addons_wake = self.addon_loop.wake
+        api.addon_provider = self.addon_loop.provider
         api.reconcile_passes = lambda: self.reconciler.passes
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(api, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(self.node_api, server)

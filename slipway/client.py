@@ -22,6 +22,8 @@ from slipway.v1 import platform_pb2_grpc
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 15.0
+# Calls the controller passes on to an add-on provider (whose own deadline is 30 s).
+PROVIDER_CALL_TIMEOUT = 45.0
 UPLOAD_CHUNK = 512 * 1024  # under the 1 MB per message the server accepts
 # Statuses that mean "this controller, not the request": try another one.
 _FAILOVER = {grpc.StatusCode.UNAVAILABLE}
@@ -231,6 +233,16 @@ class Client:
 
     def retry_addon(self, app: str, addon: str) -> pb.AddonResponse:
         return self.platform("RetryAddon", pb.RetryAddonRequest(app=app, addon=addon))
+
+    def addon_details(self, app: str, addon: str) -> pb.AddonDetailsResponse:
+        request = pb.GetAddonDetailsRequest(app=app, addon=addon)
+        return self.platform("GetAddonDetails", request, timeout=PROVIDER_CALL_TIMEOUT)
+
+    def run_addon_action(
+        self, app: str, addon: str, action: str, confirm: str
+    ) -> pb.RunAddonActionResponse:
+        request = pb.RunAddonActionRequest(app=app, addon=addon, action=action, confirm=confirm)
+        return self.platform("RunAddonAction", request, timeout=PROVIDER_CALL_TIMEOUT)
 
     def list_dynos(self, app: str) -> pb.ListDynosResponse:
         return self.platform("ListDynos", pb.ListDynosRequest(app=app))

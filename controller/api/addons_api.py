@@ -1,12 +1,16 @@
 """The add-on RPCs of PlatformService (mixed into controller.api.platform.PlatformAPI).
 
 The RPCs only change records; the leader's add-on loop (controller/loops/addons.py)
-talks to providers. An add-on is visible through an app only when that app owns
-it or has it attached: naming another app's add-on reads as "not found".
+talks to providers, except for what a user waits for by nature: details
+(``pg:info``) and a service's own actions (``pg:credentials:rotate``,
+``pg:reset``), asked of the provider directly by the controller serving the call.
+An add-on is visible through an app only when that app owns it or has it
+attached: naming another app's add-on reads as "not found".
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeAlias
@@ -16,9 +20,10 @@ import grpc
 from controller.api.auth import Access
 from controller.api.convert import timestamp
 from controller.api.endpoint import unary
+from controller.bus.addon_provider import ProviderClient
 from controller.core import addons as core
 from controller.core.access import Identity
-from controller.core.addons import AddonRecord, AttachmentRecord, ServiceRecord
+from controller.core.addons import AddonRecord, AttachmentRecord, Outcome, ServiceRecord
 from controller.store.addons import Addons
 from slipway import errors
 from slipway.v1 import platform_pb2 as pb
@@ -91,6 +96,7 @@ class AddonRPCs:
     addons: Addons
     # Wakes the leader's add-on loop when it runs in this process.
     addons_wake: Callable[[], None]
+    addon_provider: ProviderClient
 
     def _log(self, app: str, *messages: str) -> None: ...
 
@@ -267,3 +273,58 @@ class AddonRPCs:
         self._log(request.app, f"Retry {addon.name} by {who.actor}")
         self.addons_wake()
         return await self._answer(addon.id)
+
+    async def _provisioned(self, app: str, ref: str) -> tuple[AddonRecord, ServiceRecord]:
+        addon, _ = await self._visible(app, ref)
+        if addon.state != core.PROVISIONED:
+            raise errors.FailedPrecondition(
+                f"add-on {addon.name} is {addon.state}; try again once it is provisioned "
+                f"(slipway addons:wait {addon.name} -a {app})",
+                reason="addon_not_provisioned",
+            )
+        return addon, await self.addons.service(addon.service)
+
+    @unary
+    async def GetAddonDetails(
+        self, request: pb.GetAddonDetailsRequest, context: Ctx, who: Identity
+    ) -> pb.AddonDetailsResponse:
+        addon, service = await self._provisioned(request.app, request.addon)
+        details = await self.addon_provider.details(service, addon)
+        attachments = await self.addons.attachments_of(addon.id)
+        return pb.AddonDetailsResponse(
+            addon=addon_message(addon, attachments), details_json=json.dumps(details)
+        )
+
+    @unary
+    async def RunAddonAction(
+        self, request: pb.RunAddonActionRequest, context: Ctx, who: Identity
+    ) -> pb.RunAddonActionResponse:
+        action = core.action_name(request.action)
+        addon = await self._owned(request.app, request.addon, action)
+        if request.confirm != request.app:
+            raise errors.FailedPrecondition(
+                f"{action} on {addon.name} needs confirmation: pass --confirm {request.app}",
+                reason="confirmation_required",
+            )
+        addon, service = await self._provisioned(request.app, request.addon)
+        answer = await self.addon_provider.action(service, addon, action)
+        if answer.outcome is not Outcome.DONE:
+            raise errors.Unavailable(
+                f"{service.name} did not {action} {addon.name}: {answer.message}",
+                reason="provider_refused" if answer.outcome is Outcome.REFUSED else "",
+            )
+        self._log(request.app, f"Run {action} on {addon.name} by {who.actor}")
+        versions = []
+        if answer.config is not None:
+            config = answer.config
+            await self.addons.update(addon.id, lambda current: replace(current, config=config))
+            # Every attached app gets the new values now (the leader would, a tick later).
+            for attachment in await self.addons.attachments_of(addon.id):
+                release = await self.addons.sync(attachment.app, attachment.name, actor=who.actor)
+                if release is not None:
+                    versions.append(release.version)
+        self.addons_wake()
+        fresh = await self._answer(addon.id)
+        return pb.RunAddonActionResponse(
+            addon=fresh.addon, message=answer.message, release_versions=versions
+        )

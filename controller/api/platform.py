@@ -17,6 +17,7 @@ from controller.api.endpoint import unary
 from controller.api.logs_api import LogRPCs
 from controller.api.run_api import RunService
 from controller.api.teams_api import TeamRPCs
+from controller.bus.addon_provider import ProviderClient
 from controller.bus.apilog import ApiLog, release_lines, restart_line, scale_line
 from controller.bus.logs import LogHub
 from controller.core import access, validation
@@ -65,6 +66,7 @@ class PlatformAPI(
         self.drains = Drains(state)
         self.addons = Addons(state)
         self.addons_wake: Callable[[], None] = lambda: None
+        self.addon_provider = ProviderClient()
         # Build RPCs (controller/api/build_api.py); None when builds are not wired.
         self.build_services = builds
         # Logs (controller/api/logs_api.py) and the api lines changes leave in the app's log.

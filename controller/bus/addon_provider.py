@@ -5,6 +5,9 @@
                   comes later through the callback API (controller/api/addon_callback.py)
     plan change   PUT    {base_url}/{id}   {plan, uuid}  200 {config?, message?}
     deprovision   DELETE {base_url}/{id}   2xx; 404 and 410 mean it is gone already
+    details       GET    {base_url}/{id}   200 {...}: what the provider tells (Slipway's
+                  built-in services; not in Heroku's API, so others may answer 404)
+    action        POST   {base_url}/{id}/actions/{action}  200 {config?, message}
 
 Every request carries ``Authorization: Basic`` with the manifest's id and
 password. Answers become :class:`controller.core.addons.Answer`: a 4xx is the
@@ -89,6 +92,28 @@ class ProviderClient:
         if got.status in (404, 410):
             return Answer(Outcome.DONE, message="the provider no longer has it")
         return _answer(got)
+
+    async def details(self, service: ServiceRecord, addon: AddonRecord) -> dict[str, object]:
+        """The provider's account of the resource; raises what the user should read."""
+        url = f"{service.base_url}/{addon.provider_id or addon.id}"
+        got = await self._call(service, "GET", url, None)
+        if isinstance(got, Answer):
+            raise errors.Unavailable(f"{service.name} did not answer: {got.message}")
+        doc = _json(got.body)
+        if got.status in (404, 405, 501):
+            raise errors.FailedPrecondition(
+                f"{service.name} tells nothing more of its add-ons than `slipway addons:info`",
+                reason="no_details",
+            )
+        if got.status != 200 or not isinstance(doc, dict):
+            message = doc.get("message", "") if isinstance(doc, dict) else ""
+            raise errors.Unavailable(f"{service.name} answered {got.status} {message}".strip())
+        return doc
+
+    async def action(self, service: ServiceRecord, addon: AddonRecord, action: str) -> Answer:
+        url = f"{service.base_url}/{addon.provider_id or addon.id}/actions/{action}"
+        got = await self._call(service, "POST", url, {"uuid": addon.id})
+        return got if isinstance(got, Answer) else _answer(got)
 
 
 def _answer(response: http1.Response, *, accept_202: bool = False) -> Answer:

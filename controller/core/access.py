@@ -139,6 +139,8 @@ RULES: dict[str, Rule] = {
     "UpgradeAddon": _change(Permission.MANAGE),
     "DestroyAddon": _change(Permission.MANAGE),
     "RetryAddon": _change(Permission.MANAGE),
+    "GetAddonDetails": _read(),
+    "RunAddonAction": _change(Permission.MANAGE),
     # access to an app
     "ListCollaborators": _read(),
     "AddCollaborator": Rule(needs=Permission.MANAGE, account=True),

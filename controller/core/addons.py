@@ -54,6 +54,8 @@ PLAN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
 ADDON_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{2,62}$")
 ATTACHMENT_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,49}$")
 OPTION_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# The partner server's own path rule for actions (slipway/providers/partner.py).
+ACTION_NAME_RE = re.compile(r"^[a-z][a-z-]{0,39}$")
 MAX_OPTIONS = 32
 MAX_OPTION_BYTES = 4096
 MAX_CONFIG_VARS = 32
@@ -237,35 +239,53 @@ class AttachmentRecord:
 # -- input ---------------------------------------------------------------------
 
 
+def _matching(pattern: re.Pattern[str], value: str, what: str, rule: str, reason: str) -> str:
+    if not pattern.match(value):
+        raise errors.InvalidArgument(f"invalid {what} {value!r}: {rule}", reason=reason)
+    return value
+
+
 def service_name(name: str) -> str:
-    if not SERVICE_NAME_RE.match(name):
-        raise errors.InvalidArgument(
-            f"invalid add-on service name {name!r}: use 2 to 30 characters, a lowercase "
-            "letter first, then lowercase letters, digits and dashes",
-            reason="invalid_service_name",
-        )
-    return name
+    return _matching(
+        SERVICE_NAME_RE,
+        name,
+        "add-on service name",
+        "use 2 to 30 characters, a lowercase letter first, then lowercase letters, "
+        "digits and dashes",
+        "invalid_service_name",
+    )
+
+
+def action_name(name: str) -> str:
+    return _matching(
+        ACTION_NAME_RE,
+        name,
+        "add-on action",
+        "lowercase letters and dashes, at most 40 (for example rotate-credentials)",
+        "invalid_action",
+    )
 
 
 def addon_name(name: str) -> str:
-    if not ADDON_NAME_RE.match(name):
-        raise errors.InvalidArgument(
-            f"invalid add-on name {name!r}: use 3 to 63 characters, a lowercase letter "
-            "first, then lowercase letters, digits and dashes",
-            reason="invalid_addon_name",
-        )
-    return name
+    return _matching(
+        ADDON_NAME_RE,
+        name,
+        "add-on name",
+        "use 3 to 63 characters, a lowercase letter first, then lowercase letters, "
+        "digits and dashes",
+        "invalid_addon_name",
+    )
 
 
 def attachment_name(name: str) -> str:
-    if not ATTACHMENT_NAME_RE.match(name):
-        raise errors.InvalidArgument(
-            f"invalid attachment name {name!r}: use uppercase letters, digits and "
-            "underscores, a letter first (for example DATABASE or CACHE); its config vars "
-            "are NAME_URL and so on",
-            reason="invalid_attachment_name",
-        )
-    return name
+    return _matching(
+        ATTACHMENT_NAME_RE,
+        name,
+        "attachment name",
+        "use uppercase letters, digits and underscores, a letter first (for example "
+        "DATABASE or CACHE); its config vars are NAME_URL and so on",
+        "invalid_attachment_name",
+    )
 
 
 def parse_service_plan(value: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from slipway.cli import (  # noqa: F401
     drains,
     logs,
     nodes,
+    pg,
     ps,
     releases,
     run,

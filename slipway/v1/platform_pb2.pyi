@@ -1221,6 +1221,44 @@ class CreateAddonRequest(_message.Message):
     options: _containers.ScalarMap[str, str]
     def __init__(self, app: _Optional[str] = ..., service: _Optional[str] = ..., as_name: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class GetAddonDetailsRequest(_message.Message):
+    __slots__ = ("app", "addon")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    addon: str
+    def __init__(self, app: _Optional[str] = ..., addon: _Optional[str] = ...) -> None: ...
+
+class AddonDetailsResponse(_message.Message):
+    __slots__ = ("addon", "details_json")
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    addon: Addon
+    details_json: str
+    def __init__(self, addon: _Optional[_Union[Addon, _Mapping]] = ..., details_json: _Optional[str] = ...) -> None: ...
+
+class RunAddonActionRequest(_message.Message):
+    __slots__ = ("app", "addon", "action", "confirm")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    addon: str
+    action: str
+    confirm: str
+    def __init__(self, app: _Optional[str] = ..., addon: _Optional[str] = ..., action: _Optional[str] = ..., confirm: _Optional[str] = ...) -> None: ...
+
+class RunAddonActionResponse(_message.Message):
+    __slots__ = ("addon", "message", "release_versions")
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    addon: Addon
+    message: str
+    release_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, addon: _Optional[_Union[Addon, _Mapping]] = ..., message: _Optional[str] = ..., release_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class AddonResponse(_message.Message):
     __slots__ = ("addon", "release_version")
     ADDON_FIELD_NUMBER: _ClassVar[int]

@@ -290,6 +290,16 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.RetryAddonRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
                 _registered_method=True)
+        self.GetAddonDetails = channel.unary_unary(
+                '/slipway.v1.PlatformService/GetAddonDetails',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.GetAddonDetailsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AddonDetailsResponse.FromString,
+                _registered_method=True)
+        self.RunAddonAction = channel.unary_unary(
+                '/slipway.v1.PlatformService/RunAddonAction',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RunAddonActionRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.RunAddonActionResponse.FromString,
+                _registered_method=True)
         self.UploadSource = channel.stream_unary(
                 '/slipway.v1.PlatformService/UploadSource',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.UploadSourceRequest.SerializeToString,
@@ -705,6 +715,23 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAddonDetails(self, request, context):
+        """What the provider says of the add-on now, in its own fields (the built-in
+        postgresql: data size, connections, version, tables...). No secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunAddonAction(self, request, context):
+        """Runs one of the service's own actions on an add-on the app owns (the built-in
+        postgresql: rotate-credentials, reset); `confirm` must repeat the app's name.
+        New config vars reach every attached app by a release each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadSource(self, request_iterator, context):
         """Receives an app's source as a stream: the first message carries the app and
         the metadata (size, sha256, source_version), the next ones the tar.gz bytes
@@ -1040,6 +1067,16 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.RetryAddon,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.RetryAddonRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.AddonResponse.SerializeToString,
+            ),
+            'GetAddonDetails': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAddonDetails,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.GetAddonDetailsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AddonDetailsResponse.SerializeToString,
+            ),
+            'RunAddonAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunAddonAction,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RunAddonActionRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.RunAddonActionResponse.SerializeToString,
             ),
             'UploadSource': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadSource,
@@ -2464,6 +2501,60 @@ class PlatformService:
             '/slipway.v1.PlatformService/RetryAddon',
             slipway_dot_v1_dot_platform__pb2.RetryAddonRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.AddonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAddonDetails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/GetAddonDetails',
+            slipway_dot_v1_dot_platform__pb2.GetAddonDetailsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AddonDetailsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunAddonAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RunAddonAction',
+            slipway_dot_v1_dot_platform__pb2.RunAddonActionRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.RunAddonActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -116,6 +117,31 @@ def test_python_with_the_built_in_postgres_and_a_release_phase_migration(
     assert "PROBE 11" in other.stdout, other.stdout + other.stderr
     mine = platform.cli("run", "-a", "ledger", "--", "python", "-c", probe, timeout=120)
     assert "PROBE 0" in mine.stdout, mine.stdout + mine.stderr
+
+    info = platform.cli("pg:info", "-a", "ledger").stdout
+    assert "=== DATABASE_URL" in info and "Plan:" in info and "essential-0" in info, info
+    assert re.search(r"Tables:\s+1\b", info), info
+    counted = platform.cli("pg:psql", "-a", "ledger", "-c", "SELECT count(*) FROM visits").stdout
+    assert re.search(r"^\s*\d+\s*$", counted, re.M), counted
+
+    refused_rotate = platform.cli("pg:credentials:rotate", "-a", "ledger", check=False)
+    assert refused_rotate.returncode == 1 and "--confirm ledger" in refused_rotate.stderr
+    rotated = platform.cli("pg:credentials:rotate", "-a", "ledger", "--confirm", "ledger").stdout
+    assert "released as v" in rotated, rotated
+    new_url = json.loads(platform.cli("config", "-a", "ledger", "--json").stdout)["DATABASE_URL"]
+    assert new_url != config["DATABASE_URL"]
+    # The dynos restart on the new URL and count on; the old password opens nothing.
+    page(platform, "ledger", '"visits"', "/json")
+    stale = subprocess.run(
+        ["psql", config["DATABASE_URL"], "-c", "SELECT 1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert stale.returncode != 0 and "password authentication failed" in stale.stderr, stale
+
+    platform.cli("pg:reset", "-a", "ledger", "--confirm", "ledger")
+    assert re.search(r"Tables:\s+0\b", platform.cli("pg:info", "-a", "ledger").stdout)
 
 
 def test_a_python_version_the_stack_lacks_fails_naming_what_it_has(

@@ -1,0 +1,199 @@
+"""pg:info, pg:psql, pg:credentials:rotate, pg:reset: the built-in PostgreSQL add-ons.
+
+DATABASE names one of the app's postgresql add-ons: an attachment name
+(``DATABASE``, ``DATABASE_URL``, ``HEROKU_POSTGRESQL_RED``) or the add-on's
+name. Without it: the one attached as DATABASE, else the only one there is.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from typing import Any
+
+import click
+
+from slipway import errors
+from slipway.cli.base import app_option, cli, json_option, with_client
+from slipway.cli.output import emit_json, heading, when
+from slipway.cli.run import AttachedRun, terminal_size
+from slipway.client import Client
+from slipway.v1 import platform_pb2 as pb
+
+SERVICE = "postgresql"
+GB = 1024**3
+MB = 1024**2
+
+
+def _databases(client: Client, app: str) -> list[pb.Addon]:
+    return [a for a in client.list_addons(app).addons if a.service == SERVICE]
+
+
+def _attached_names(addon: pb.Addon, app: str) -> list[str]:
+    return [a.name for a in addon.attachments if a.app == app]
+
+
+def choose(addons: list[pb.Addon], app: str, ref: str) -> pb.Addon:
+    """Pure: the add-on DATABASE names (see the module doc)."""
+    if not addons:
+        raise errors.NotFound(
+            f"{app} has no {SERVICE} add-on; make one with "
+            f"`slipway addons:create {SERVICE} -a {app}`",
+            reason="no_database",
+        )
+    if ref:
+        wanted = ref.removesuffix("_URL")
+        for addon in addons:
+            if addon.name == ref or wanted in _attached_names(addon, app):
+                return addon
+        known = ", ".join(f"{n}_URL" for a in addons for n in _attached_names(a, app))
+        raise errors.NotFound(
+            f"no {SERVICE} add-on {ref!r} on {app}; it has {known or 'none attached'}",
+            reason="no_database",
+        )
+    for addon in addons:
+        if "DATABASE" in _attached_names(addon, app):
+            return addon
+    if len(addons) == 1:
+        return addons[0]
+    names = ", ".join(a.name for a in addons)
+    raise errors.FailedPrecondition(
+        f"{app} has several {SERVICE} add-ons ({names}); name one", reason="which_database"
+    )
+
+
+def size(n: int) -> str:
+    if n >= GB:
+        return f"{n / GB:.1f} GB"
+    if n >= MB:
+        return f"{n / MB:.1f} MB"
+    return f"{n / 1024:.0f} kB"
+
+
+def info_lines(addon: pb.Addon, details: dict[str, Any]) -> list[tuple[str, str]]:
+    """Pure: the rows of pg:info for one database."""
+    limit = int(details.get("storage_limit_bytes") or 0)
+    used = int(details.get("data_size_bytes") or 0)
+    data = size(used)
+    if limit:
+        data += f" / {size(limit)} ({100 * used / limit:.2f}%)"
+    connections = str(details.get("connections", "?"))
+    if details.get("connection_limit"):
+        connections += f"/{details['connection_limit']}"
+    status = "Available"
+    if details.get("read_only"):
+        status = "Read-only: over its plan's storage limit (delete data or upgrade)"
+    return [
+        ("Plan", f"{addon.plan} ({details.get('plan_description', '')})".replace(" ()", "")),
+        ("Status", status),
+        ("Connections", connections),
+        ("PG Version", str(details.get("version", "?"))),
+        ("Created", when(addon.created_at)),
+        ("Data Size", data),
+        ("Tables", str(details.get("tables", "?"))),
+        ("Add-on", addon.name),
+    ]
+
+
+@cli.command("pg:info")
+@click.argument("database", required=False, default="")
+@app_option
+@json_option
+@with_client
+def pg_info(client: Client, database: str, app: str, as_json: bool) -> None:
+    """Plan, status, connections, size and version of the app's databases."""
+    addons = _databases(client, app)
+    chosen = [choose(addons, app, database)] if database or not addons else addons
+    out = []
+    for addon in chosen:
+        reply = client.addon_details(app, addon.name)
+        details = json.loads(reply.details_json or "{}")
+        if as_json:
+            out.append({"addon": addon.name, "attachments": _attached_names(addon, app), **details})
+            continue
+        heading(", ".join(f"{n}_URL" for n in _attached_names(addon, app)) or addon.name)
+        rows = info_lines(addon, details)
+        width = max(len(k) for k, _ in rows) + 1
+        for key, value in rows:
+            click.echo(f"{key + ':':<{width}} {value}")
+        click.echo("")
+    if as_json:
+        emit_json(out)
+
+
+def _confirm(app: str, confirm: str, what: str) -> None:
+    if confirm != app:
+        raise click.ClickException(
+            f"{what}; to proceed, type the app's name: --confirm {app}"
+            + ("" if not confirm else f" (got {confirm!r})")
+        )
+
+
+def _released(reply: pb.RunAddonActionResponse) -> str:
+    versions = ", ".join(f"v{v}" for v in reply.release_versions)
+    return f"; released as {versions}" if versions else ""
+
+
+@cli.command("pg:credentials:rotate")
+@click.argument("database", required=False, default="")
+@app_option
+@click.option("--confirm", default="", metavar="APP", help="The app's name, to go ahead.")
+@with_client
+def pg_credentials_rotate(client: Client, database: str, app: str, confirm: str) -> None:
+    """A new password for the database's role; open sessions end.
+
+    Every app the database is attached to gets the new URL by a release (its dynos
+    restart with it).
+    """
+    addon = choose(_databases(client, app), app, database)
+    _confirm(app, confirm, f"this ends every open connection to {addon.name}")
+    click.echo(f"Rotating the credentials of {addon.name}... ", nl=False)
+    reply = client.run_addon_action(app, addon.name, "rotate-credentials", confirm)
+    click.echo(f"done{_released(reply)}")
+    if reply.message:
+        click.echo(reply.message)
+
+
+@cli.command("pg:reset")
+@click.argument("database", required=False, default="")
+@app_option
+@click.option("--confirm", default="", metavar="APP", help="The app's name, to go ahead.")
+@with_client
+def pg_reset(client: Client, database: str, app: str, confirm: str) -> None:
+    """Delete every table and row: the database is as new (its URL stays)."""
+    addon = choose(_databases(client, app), app, database)
+    _confirm(app, confirm, f"this destroys all data in {addon.name}")
+    click.echo(f"Resetting {addon.name}... ", nl=False)
+    reply = client.run_addon_action(app, addon.name, "reset", confirm)
+    click.echo("done")
+    if reply.message:
+        click.echo(reply.message)
+
+
+@cli.command("pg:psql")
+@click.argument("database", required=False, default="")
+@app_option
+@click.option("-c", "--command", default="", help="Run this SQL and exit.")
+@click.option("--no-tty", is_flag=True, help="Plain pipes even when this is a terminal.")
+@with_client
+def pg_psql(client: Client, database: str, app: str, command: str, no_tty: bool) -> None:
+    """Open psql on the database in a one-off dyno of the app.
+
+    The dyno has the attachment's URL, and its network is the only place the
+    database answers (the firewall lets only attached apps' dynos through).
+    """
+    addon = choose(_databases(client, app), app, database)
+    names = _attached_names(addon, app)
+    if not names:
+        raise click.ClickException(f"{addon.name} is not attached to {app}")
+    var = f"{names[0]}_URL"
+    line = f'psql "${var}"' + (f" -c {shlex.quote(command)}" if command else "")
+    use_tty = not no_tty and not command and sys.stdin.isatty() and sys.stdout.isatty()
+    start = pb.RunDynoStart(
+        app=app, command=line, attach=True, tty=use_tty, size=terminal_size() if use_tty else None
+    )
+    click.echo(f"--> Connecting to {addon.name}", err=True)
+    code = AttachedRun(client, start).run()
+    sys.stdout.flush()
+    raise SystemExit(code)

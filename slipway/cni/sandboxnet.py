@@ -162,6 +162,7 @@ class SandboxNetwork:
         self.attachments_dir.mkdir(parents=True, exist_ok=True)
         self.ipam_dir.mkdir(parents=True, exist_ok=True)
         self.subnet = claim_subnet(self.dir, self.options.subnet)
+        self._drop_stale_bridge(self.subnet)
         self.resolvers = resolvers()
         logger.info(
             "sandbox network",
@@ -170,6 +171,27 @@ class SandboxNetwork:
             table=self.table,
             resolvers=",".join(self.resolvers),
         )
+
+    def _drop_stale_bridge(self, subnet: ipaddress.IPv4Network) -> None:
+        """Delete our bridge when it is a leftover addressed outside ``subnet``.
+
+        Its name comes from the state dir's path, so a state dir made again at the
+        same path (a wiped data dir, an agent killed before its clean-up) meets the
+        bridge of its earlier life, addressed in an earlier subnet, and the bridge
+        plugin refuses every ADD. With no attachment on record nothing of ours
+        uses it.
+        """
+        gateway = ipaddress.IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
+        found = bridge_addresses(self.bridge)
+        if not found or found == [gateway] or self.load_all():
+            return
+        logger.warning(
+            "removing a leftover sandbox bridge",
+            bridge=self.bridge,
+            addresses=",".join(map(str, found)),
+            subnet=str(subnet),
+        )
+        tools.run_sync("ip", "link", "del", self.bridge)
 
     def network(self, port: int) -> Network:
         subnet = self._known_subnet()
@@ -394,6 +416,12 @@ def claim_subnet(state_dir: Path, wanted: str = "") -> ipaddress.IPv4Network:
     if not kept.is_file() or kept.read_text().strip() != str(net):
         kept.write_text(f"{net}\n")
     return net
+
+
+def bridge_addresses(bridge: str) -> list[ipaddress.IPv4Interface]:
+    """The IPv4 addresses on ``bridge``; empty when it does not exist."""
+    found = tools.run_sync("ip", "-o", "-4", "addr", "show", "dev", bridge, check=False)
+    return [ipaddress.IPv4Interface(m) for m in re.findall(r"inet (\S+)", found)]
 
 
 def _claim_path(net: ipaddress.IPv4Network) -> Path:

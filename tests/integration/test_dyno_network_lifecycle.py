@@ -18,7 +18,7 @@ import pytest
 from agent.model import DynoState
 from slipway import errors
 from slipway.cni import NetOptions, SandboxNetwork
-from slipway.cni.sandboxnet import NETNS_DIR, _in_use
+from slipway.cni.sandboxnet import NETNS_DIR, _in_use, sweep_iptables
 from tests.harness.slugs import Slug
 from tests.harness.wait import eventually_async
 from tests.integration.test_agent_runtime import app_name as app_name
@@ -228,3 +228,28 @@ async def test_del_after_the_namespace_vanished_leaves_nothing(tmp_path: Path) -
         assert leftovers(net, "rebooted-dyno") == NOTHING
     finally:
         await net.destroy()
+
+
+async def test_a_bridge_left_from_an_earlier_life_of_the_state_dir_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """An agent killed before its clean-up leaves its bridge; a state dir made again
+    at the same path picks a new subnet and must still attach (the bridge plugin
+    refuses a bridge addressed in another subnet)."""
+    state = tmp_path / "net"
+    first = SandboxNetwork(state)
+    first.prepare()
+    old = first.subnet
+    await first.attach("before")
+    subprocess.run(["rm", "-rf", str(state)], check=True)  # the attachments are gone too
+
+    again = SandboxNetwork(state)
+    again.prepare()
+    try:
+        assert again.bridge == first.bridge and again.subnet != old
+        att = await again.attach("after")
+        assert ipaddress.ip_address(att.address) in again.subnet  # type: ignore[operator]
+    finally:
+        await again.destroy()
+        await asyncio.to_thread(_out, "ip", "netns", "del", first.netns_name("before"))
+        await sweep_iptables("before")

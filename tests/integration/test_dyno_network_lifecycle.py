@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -241,7 +242,7 @@ async def test_a_bridge_left_from_an_earlier_life_of_the_state_dir_is_replaced(
     first.prepare()
     old = first.subnet
     await first.attach("before")
-    subprocess.run(["rm", "-rf", str(state)], check=True)  # the attachments are gone too
+    shutil.rmtree(state)  # the attachments are gone too
 
     again = SandboxNetwork(state)
     again.prepare()

@@ -239,9 +239,11 @@ class Client:
         return self.platform("GetAddonDetails", request, timeout=PROVIDER_CALL_TIMEOUT)
 
     def run_addon_action(
-        self, app: str, addon: str, action: str, confirm: str
+        self, app: str, addon: str, action: str, confirm: str, argument: str = ""
     ) -> pb.RunAddonActionResponse:
-        request = pb.RunAddonActionRequest(app=app, addon=addon, action=action, confirm=confirm)
+        request = pb.RunAddonActionRequest(
+            app=app, addon=addon, action=action, confirm=confirm, argument=argument
+        )
         return self.platform("RunAddonAction", request, timeout=PROVIDER_CALL_TIMEOUT)
 
     def list_dynos(self, app: str) -> pb.ListDynosResponse:

@@ -307,7 +307,8 @@ class AddonRPCs:
                 reason="confirmation_required",
             )
         addon, service = await self._provisioned(request.app, request.addon)
-        answer = await self.addon_provider.action(service, addon, action)
+        argument = core.action_argument(request.argument)
+        answer = await self.addon_provider.action(service, addon, action, argument)
         if answer.outcome is not Outcome.DONE:
             raise errors.Unavailable(
                 f"{service.name} did not {action} {addon.name}: {answer.message}",

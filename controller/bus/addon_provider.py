@@ -7,7 +7,8 @@
     deprovision   DELETE {base_url}/{id}   2xx; 404 and 410 mean it is gone already
     details       GET    {base_url}/{id}   200 {...}: what the provider tells (Slipway's
                   built-in services; not in Heroku's API, so others may answer 404)
-    action        POST   {base_url}/{id}/actions/{action}  200 {config?, message}
+    action        POST   {base_url}/{id}/actions/{action}  {uuid, argument}
+                  200 {config?, message}
 
 Every request carries ``Authorization: Basic`` with the manifest's id and
 password. Answers become :class:`controller.core.addons.Answer`: a 4xx is the
@@ -110,9 +111,11 @@ class ProviderClient:
             raise errors.Unavailable(f"{service.name} answered {got.status} {message}".strip())
         return doc
 
-    async def action(self, service: ServiceRecord, addon: AddonRecord, action: str) -> Answer:
+    async def action(
+        self, service: ServiceRecord, addon: AddonRecord, action: str, argument: str = ""
+    ) -> Answer:
         url = f"{service.base_url}/{addon.provider_id or addon.id}/actions/{action}"
-        got = await self._call(service, "POST", url, {"uuid": addon.id})
+        got = await self._call(service, "POST", url, {"uuid": addon.id, "argument": argument})
         return got if isinstance(got, Answer) else _answer(got)
 
 

@@ -56,6 +56,7 @@ ATTACHMENT_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,49}$")
 OPTION_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # The partner server's own path rule for actions (slipway/providers/partner.py).
 ACTION_NAME_RE = re.compile(r"^[a-z][a-z-]{0,39}$")
+ACTION_ARGUMENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
 MAX_OPTIONS = 32
 MAX_OPTION_BYTES = 4096
 MAX_CONFIG_VARS = 32
@@ -263,6 +264,16 @@ def action_name(name: str) -> str:
         "add-on action",
         "lowercase letters and dashes, at most 40 (for example rotate-credentials)",
         "invalid_action",
+    )
+
+
+def action_argument(value: str) -> str:
+    return _matching(
+        ACTION_ARGUMENT_RE,
+        value,
+        "add-on action argument",
+        "at most 64 letters, digits and _ . : - (for example a backup id such as b001)",
+        "invalid_action_argument",
     )
 
 

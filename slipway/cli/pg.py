@@ -1,4 +1,5 @@
-"""pg:info, pg:psql, pg:credentials:rotate, pg:reset: the built-in PostgreSQL add-ons.
+"""pg:info, pg:psql, pg:credentials:rotate, pg:reset, pg:backups:*: the built-in
+PostgreSQL add-ons.
 
 DATABASE names one of the app's postgresql add-ons: an attachment name
 (``DATABASE``, ``DATABASE_URL``, ``HEROKU_POSTGRESQL_RED``) or the add-on's
@@ -10,13 +11,14 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from datetime import datetime
 from typing import Any
 
 import click
 
 from slipway import errors
 from slipway.cli.base import app_option, cli, json_option, with_client
-from slipway.cli.output import emit_json, heading, when
+from slipway.cli.output import emit_json, heading, table, when
 from slipway.cli.run import AttachedRun, terminal_size
 from slipway.client import Client
 from slipway.v1 import platform_pb2 as pb
@@ -197,3 +199,94 @@ def pg_psql(client: Client, database: str, app: str, command: str, no_tty: bool)
     code = AttachedRun(client, start).run()
     sys.stdout.flush()
     raise SystemExit(code)
+
+
+def backup_rows(addon: pb.Addon, app: str, details: dict[str, Any]) -> list[list[str]]:
+    """Pure: one row per backup of one database, newest first."""
+    source = ", ".join(f"{n}_URL" for n in _attached_names(addon, app)) or addon.name
+    rows = []
+    for backup in reversed(details.get("backups") or []):
+        taken = datetime.fromtimestamp(float(backup["created_at"])).astimezone()
+        rows.append(
+            [
+                backup["id"],
+                taken.strftime("%Y-%m-%d %H:%M:%S %z"),
+                size(int(backup["size_bytes"])),
+                source,
+            ]
+        )
+    return rows
+
+
+@cli.command("pg:backups")
+@app_option
+@json_option
+@with_client
+def pg_backups(client: Client, app: str, as_json: bool) -> None:
+    """The backups of the app's databases, newest first.
+
+    Backups are logical (pg_dump's custom format) and kept on the add-ons host; each
+    plan keeps a number of them (essential: 5, standard: 25) and a capture past it
+    expires the oldest.
+    """
+    rows: list[list[str]] = []
+    out = []
+    for addon in _databases(client, app):
+        details = json.loads(client.addon_details(app, addon.name).details_json or "{}")
+        rows += backup_rows(addon, app, details)
+        out += [{"addon": addon.name, **b} for b in details.get("backups") or []]
+    if as_json:
+        emit_json(out)
+    elif rows:
+        table(["ID", "Taken", "Size", "Database"], rows)
+    else:
+        click.echo(f"{app} has no backups; capture one with `slipway pg:backups:capture -a {app}`")
+
+
+@cli.command("pg:backups:capture")
+@click.argument("database", required=False, default="")
+@app_option
+@with_client
+def pg_backups_capture(client: Client, database: str, app: str) -> None:
+    """Take a backup of the database now (it stays usable meanwhile)."""
+    addon = choose(_databases(client, app), app, database)
+    source = ", ".join(f"{n}_URL" for n in _attached_names(addon, app)) or addon.name
+    click.echo(f"{addon.name} ({source}) ----backup---> ", nl=False)
+    # Every add-on action carries the app's name as confirmation; capturing
+    # destroys nothing, so the command gives it without asking.
+    reply = client.run_addon_action(app, addon.name, "backup-capture", app)
+    click.echo(reply.message.removeprefix("backup ").split(" ", 1)[0])
+    click.echo(reply.message[:1].upper() + reply.message[1:])
+
+
+@cli.command("pg:backups:restore")
+@click.argument("backup", required=False, default="")
+@click.argument("database", required=False, default="")
+@app_option
+@click.option("--confirm", default="", metavar="APP", help="The app's name, to go ahead.")
+@with_client
+def pg_backups_restore(client: Client, backup: str, database: str, app: str, confirm: str) -> None:
+    """Make the database what BACKUP (default: the latest) holds.
+
+    Everything written since is gone, tables made since included; the URL stays.
+    """
+    addon = choose(_databases(client, app), app, database)
+    what = backup or "the latest backup"
+    _confirm(app, confirm, f"this replaces all data in {addon.name} with {what}")
+    click.echo(f"Restoring {what} to {addon.name}... ", nl=False)
+    reply = client.run_addon_action(app, addon.name, "backup-restore", confirm, backup)
+    click.echo(f"done: {reply.message}")
+
+
+@cli.command("pg:backups:delete")
+@click.argument("backup")
+@click.argument("database", required=False, default="")
+@app_option
+@click.option("--confirm", default="", metavar="APP", help="The app's name, to go ahead.")
+@with_client
+def pg_backups_delete(client: Client, backup: str, database: str, app: str, confirm: str) -> None:
+    """Delete one backup."""
+    addon = choose(_databases(client, app), app, database)
+    _confirm(app, confirm, f"this deletes {backup} of {addon.name} for good")
+    reply = client.run_addon_action(app, addon.name, "backup-delete", confirm, backup)
+    click.echo(reply.message[:1].upper() + reply.message[1:])

@@ -84,8 +84,9 @@ class Backend(Protocol):
 
     async def info(self, resource: Resource) -> dict[str, Any]: ...
 
-    async def action(self, resource: Resource, action: str) -> Outcome:
-        """A service's own command; raise NotFound for an action it does not have."""
+    async def action(self, resource: Resource, action: str, argument: str) -> Outcome:
+        """A service's own command (``argument``: what it acts on, or ""); raise
+        NotFound for an action it does not have."""
         ...
 
 
@@ -137,7 +138,7 @@ class PartnerServer(http1.JsonServer):
                 if resource is None:
                     return 404, http1.error_body("not_found", f"no resource {resource_id}")
                 if action is not None and request.method == "POST":
-                    return await self._action(backend, resource, action)
+                    return await self._action(backend, resource, action, doc)
                 if action is None and request.method == "PUT":
                     return await self._change_plan(backend, resource, doc)
                 if action is None and request.method == "DELETE":
@@ -217,10 +218,15 @@ class PartnerServer(http1.JsonServer):
         log.info("deprovisioned", service=backend.service, resource=resource.uuid)
         return 204, b""
 
-    async def _action(self, backend: Backend, resource: Resource, action: str) -> tuple[int, bytes]:
+    async def _action(
+        self, backend: Backend, resource: Resource, action: str, doc: dict[str, Any]
+    ) -> tuple[int, bytes]:
         if resource.state != PROVISIONED:
             raise errors.FailedPrecondition(f"the resource is {resource.state}")
-        outcome = await backend.action(resource, action)
+        argument = doc.get("argument", "")
+        if not isinstance(argument, str) or len(argument) > 64:
+            raise errors.InvalidArgument("argument must be a string of at most 64 characters")
+        outcome = await backend.action(resource, action, argument)
         self.store.put(resource)
         log.info("action done", service=backend.service, resource=resource.uuid, action=action)
         return 200, _outcome_body(outcome)

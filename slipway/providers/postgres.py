@@ -35,6 +35,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,19 +58,27 @@ PLANS = (
     PlanSpec(
         "essential-0",
         "20 connections, 1 GB",
-        {"connections": 20, "storage_bytes": 1024 * MB},
+        {"connections": 20, "storage_bytes": 1024 * MB, "backups": 5},
         default=True,
     ),
     PlanSpec(
-        "essential-1", "20 connections, 10 GB", {"connections": 20, "storage_bytes": 10240 * MB}
+        "essential-1",
+        "20 connections, 10 GB",
+        {"connections": 20, "storage_bytes": 10240 * MB, "backups": 5},
     ),
     PlanSpec(
-        "essential-2", "40 connections, 32 GB", {"connections": 40, "storage_bytes": 32768 * MB}
+        "essential-2",
+        "40 connections, 32 GB",
+        {"connections": 40, "storage_bytes": 32768 * MB, "backups": 5},
     ),
     PlanSpec(
-        "standard-0", "120 connections, 64 GB", {"connections": 120, "storage_bytes": 65536 * MB}
+        "standard-0",
+        "120 connections, 64 GB",
+        {"connections": 120, "storage_bytes": 65536 * MB, "backups": 25},
     ),
 )
+# pg_dump and pg_restore answer within the controller's 30 s provider call.
+DUMP_TIMEOUT = 25.0
 MAX_CONNECTIONS = 400  # the cluster's own, above the plans' sum on a typical host
 
 
@@ -385,6 +394,42 @@ class PostgresCluster:
             raise errors.Unavailable(f"postgresql: {err.decode(errors='replace').strip()[-500:]}")
         return out.decode().strip()
 
+    async def tool(self, name: str, *args: str, timeout: float = DUMP_TIMEOUT) -> None:
+        """Run pg_dump or pg_restore as the superuser over the unix socket."""
+        argv = [str(self.bin / name), "-h", str(self.run_dir), "-p", str(self.port)]
+        argv += ["-U", "postgres", *args]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGCONNECT_TIMEOUT": "5"}
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                _, err = await proc.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise errors.Unavailable(
+                f"{name} did not finish within {timeout:g} s (databases this size need "
+                "pg_dump from a one-off dyno for now)"
+            ) from None
+        if proc.returncode != 0:
+            raise errors.Unavailable(f"{name}: {err.decode(errors='replace').strip()[-500:]}")
+
+
+def _backup(resource: Resource, backup_id: str) -> dict[str, Any]:
+    """The backup named ``backup_id``, or the latest one when it is ""."""
+    kept: list[dict[str, Any]] = resource.data.get("backups", [])
+    if not kept:
+        raise errors.FailedPrecondition("this database has no backups yet; capture one first")
+    if not backup_id:
+        return kept[-1]
+    for found in kept:
+        if found["id"] == backup_id:
+            return found
+    known = ", ".join(b["id"] for b in kept)
+    raise errors.NotFound(f"no backup {backup_id!r}; this database has {known}")
+
 
 def _limit(plan: PlanSpec, key: str) -> int:
     return int(plan.limits.get(key, 0))
@@ -464,6 +509,8 @@ class PostgresBackend:
         await self.cluster.sql(
             f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);\nDROP ROLE IF EXISTS "{name}";\n'
         )
+        # Heroku keeps a destroyed database's backups no longer either.
+        shutil.rmtree(self._backups_dir(resource), ignore_errors=True)
 
     async def info(self, resource: Resource) -> dict[str, Any]:
         await self._ready()
@@ -485,11 +532,22 @@ class PostgresBackend:
             "tables": int(tables or 0),
             "version": version,
             "read_only": bool(resource.data.get("over_quota")),
+            "backups": list(resource.data.get("backups", [])),
+            "backup_limit": _limit(plan, "backups"),
         }
 
-    async def action(self, resource: Resource, action: str) -> Outcome:
+    async def action(self, resource: Resource, action: str, argument: str) -> Outcome:
         await self._ready()
         name = resource.data["name"]
+        if action == "backup-capture":
+            return await self._capture(resource)
+        if action == "backup-restore":
+            return await self._restore(resource, argument)
+        if action == "backup-delete":
+            found = _backup(resource, argument)
+            (self._backups_dir(resource) / f"{found['id']}.dump").unlink(missing_ok=True)
+            resource.data["backups"] = [b for b in resource.data["backups"] if b is not found]
+            return Outcome(None, f"deleted backup {found['id']}")
         if action == "rotate-credentials":
             resource.data["password"] = self.new_password()
             verifier = scram_verifier(resource.data["password"])
@@ -509,6 +567,55 @@ class PostgresBackend:
             resource.data.pop("over_quota", None)
             return Outcome(None, "the database is empty again")
         raise errors.NotFound(f"{SERVICE} has no action {action!r}")
+
+    def _backups_dir(self, resource: Resource) -> Path:
+        return self.cluster.root / "backups" / resource.uuid
+
+    async def _capture(self, resource: Resource) -> Outcome:
+        """A logical backup (pg_dump's custom format) kept on the add-ons host; past
+        the plan's count the oldest goes, as Heroku expires manual backups."""
+        number = int(resource.data.get("backup_seq", 0)) + 1
+        backup_id = f"b{number:03d}"
+        folder = self._backups_dir(resource)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = folder / f"{backup_id}.partial"
+        await self.cluster.tool("pg_dump", "-Fc", "-d", resource.data["name"], "-f", str(partial))
+        partial.chmod(0o600)
+        partial.rename(folder / f"{backup_id}.dump")
+        resource.data["backup_seq"] = number
+        kept = [*resource.data.get("backups", [])]
+        kept.append(
+            {
+                "id": backup_id,
+                "created_at": time.time(),
+                "size_bytes": (folder / f"{backup_id}.dump").stat().st_size,
+            }
+        )
+        limit = _limit(self.plan(resource.plan), "backups") or 1
+        for old in kept[:-limit]:
+            (folder / f"{old['id']}.dump").unlink(missing_ok=True)
+        resource.data["backups"] = kept[-limit:]
+        expired = [old["id"] for old in kept[:-limit]]
+        note = f" (expired {', '.join(expired)}: the plan keeps {limit})" if expired else ""
+        return Outcome(None, f"backup {backup_id} captured{note}")
+
+    async def _restore(self, resource: Resource, argument: str) -> Outcome:
+        """The database becomes what the backup holds: emptied first, so tables made
+        since are gone too; the URL stays."""
+        found = _backup(resource, argument)
+        name = resource.data["name"]
+        await self.cluster.sql(
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);\n'
+            f'CREATE DATABASE "{name}" OWNER "{name}";\n'
+            f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC;\n'
+        )
+        dump = self._backups_dir(resource) / f"{found['id']}.dump"
+        # Restored as the add-on's role, so it owns what comes back.
+        await self.cluster.tool(
+            "pg_restore", "--no-owner", "--no-acl", f"--role={name}", "-d", name, str(dump)
+        )
+        resource.data.pop("over_quota", None)
+        return Outcome(None, f"restored backup {found['id']}")
 
     async def _ready(self) -> None:
         if not self.cluster.ready.is_set():

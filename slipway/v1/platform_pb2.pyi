@@ -1238,16 +1238,18 @@ class AddonDetailsResponse(_message.Message):
     def __init__(self, addon: _Optional[_Union[Addon, _Mapping]] = ..., details_json: _Optional[str] = ...) -> None: ...
 
 class RunAddonActionRequest(_message.Message):
-    __slots__ = ("app", "addon", "action", "confirm")
+    __slots__ = ("app", "addon", "action", "confirm", "argument")
     APP_FIELD_NUMBER: _ClassVar[int]
     ADDON_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENT_FIELD_NUMBER: _ClassVar[int]
     app: str
     addon: str
     action: str
     confirm: str
-    def __init__(self, app: _Optional[str] = ..., addon: _Optional[str] = ..., action: _Optional[str] = ..., confirm: _Optional[str] = ...) -> None: ...
+    argument: str
+    def __init__(self, app: _Optional[str] = ..., addon: _Optional[str] = ..., action: _Optional[str] = ..., confirm: _Optional[str] = ..., argument: _Optional[str] = ...) -> None: ...
 
 class RunAddonActionResponse(_message.Message):
     __slots__ = ("addon", "message", "release_versions")

@@ -140,8 +140,15 @@ def test_python_with_the_built_in_postgres_and_a_release_phase_migration(
     )
     assert stale.returncode != 0 and "password authentication failed" in stale.stderr, stale
 
+    captured = platform.cli("pg:backups:capture", "-a", "ledger").stdout
+    assert "----backup---> b001" in captured, captured
     platform.cli("pg:reset", "-a", "ledger", "--confirm", "ledger")
     assert re.search(r"Tables:\s+0\b", platform.cli("pg:info", "-a", "ledger").stdout)
+    listed = platform.cli("pg:backups", "-a", "ledger").stdout
+    assert re.search(r"^b001\s.*DATABASE_URL", listed, re.M), listed
+    platform.cli("pg:backups:restore", "b001", "-a", "ledger", "--confirm", "ledger")
+    assert re.search(r"Tables:\s+1\b", platform.cli("pg:info", "-a", "ledger").stdout)
+    page(platform, "ledger", '"visits"', "/json")
 
 
 def test_a_python_version_the_stack_lacks_fails_naming_what_it_has(

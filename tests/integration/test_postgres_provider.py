@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import uuid
@@ -34,7 +35,9 @@ from tests.harness import secure
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as its own user")
 
 TINY = PlanSpec(
-    "tiny", "2 connections, 12 MB", {"connections": 2, "storage_bytes": 12 * 1024 * 1024}
+    "tiny",
+    "2 connections, 12 MB",
+    {"connections": 2, "storage_bytes": 12 * 1024 * 1024, "backups": 2},
 )
 
 
@@ -114,6 +117,16 @@ def psql(url: str, sql: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
         env={"PATH": os.environ["PATH"], "PGCONNECT_TIMEOUT": "5"},
+    )
+
+
+def partner_api(p: Provider, record: AddonRecord) -> tuple[dict[str, str], ssl.SSLContext, str]:
+    """What the controller sends the partner server for one add-on: headers, TLS, URL."""
+    headers = {"Authorization": http1.basic_auth("postgresql", p.server.passwords["postgresql"])}
+    return (
+        headers,
+        tls.client_context(None, ca_only=secure.ca_file()),
+        f"{p.service.base_url}/{record.id}",
     )
 
 
@@ -220,11 +233,7 @@ async def test_rotate_reset_and_the_storage_limit(provider: Provider) -> None:
     assert psql(url, "CREATE TABLE t AS SELECT 1 AS n").returncode == 0
 
     # The partner server's own actions, as the pg:* commands call them.
-    headers = {
-        "Authorization": http1.basic_auth("postgresql", provider.server.passwords["postgresql"])
-    }
-    context = tls.client_context(None, ca_only=secure.ca_file())
-    base = f"{provider.service.base_url}/{record.id}"
+    headers, context, base = partner_api(provider, record)
     rotated = await http1.request(
         "POST", f"{base}/actions/rotate-credentials", headers=headers, context=context
     )
@@ -253,3 +262,53 @@ async def test_rotate_reset_and_the_storage_limit(provider: Provider) -> None:
     reset = await http1.request("POST", f"{base}/actions/reset", headers=headers, context=context)
     assert reset.status == 200
     assert "does not exist" in psql(new_url, "SELECT n FROM t").stderr
+
+
+async def test_backups_capture_restore_expire_and_delete(provider: Provider) -> None:
+    """As pg:backups:* call them: a restore brings back the rows of its backup and
+    drops what was made since; the plan keeps two, a third capture expires the
+    oldest; deprovision leaves no dump behind."""
+    record = provider.record(plan="tiny")
+    url = await provision(provider, record)
+    assert psql(url, "CREATE TABLE t AS SELECT 1 AS n").returncode == 0
+    headers, context, base = partner_api(provider, record)
+
+    async def act(action: str, argument: str = "") -> tuple[int, dict[str, object]]:
+        got = await http1.request(
+            "POST",
+            f"{base}/actions/{action}",
+            body=json.dumps({"uuid": record.id, "argument": argument}).encode(),
+            headers=headers,
+            context=context,
+        )
+        return got.status, json.loads(got.body)
+
+    status, body = await act("backup-restore")
+    assert status == 409 and "no backups yet" in str(body["message"]), body
+    status, body = await act("backup-capture")
+    assert status == 200 and body["message"] == "backup b001 captured", body
+    assert psql(url, "INSERT INTO t VALUES (2); CREATE TABLE later (x int)").returncode == 0
+    assert (await act("backup-capture"))[1]["message"] == "backup b002 captured"
+
+    status, body = await act("backup-restore", "b001")
+    assert status == 200, body
+    assert psql(url, "SELECT count(*) FROM t").stdout.strip() == "1"
+    assert "does not exist" in psql(url, "SELECT * FROM later").stderr
+    # Restored tables belong to the add-on's role: the app may still change them.
+    assert psql(url, "ALTER TABLE t ADD COLUMN m int; DROP TABLE t").returncode == 0
+    assert (await act("backup-restore"))[0] == 200  # the latest: b002
+    assert psql(url, "SELECT count(*) FROM t").stdout.strip() == "2"
+
+    status, body = await act("backup-capture")
+    assert body["message"] == "backup b003 captured (expired b001: the plan keeps 2)", body
+    info = json.loads((await http1.request("GET", base, headers=headers, context=context)).body)
+    assert [b["id"] for b in info["backups"]] == ["b002", "b003"]
+    status, body = await act("backup-restore", "b001")
+    assert status == 404 and "b002, b003" in str(body["message"])
+    assert (await act("backup-delete", "b002"))[0] == 200
+    folder = provider.cluster.root / "backups" / record.id
+    assert sorted(p.name for p in folder.iterdir()) == ["b003.dump"]
+
+    gone = await provider.client.deprovision(provider.service, record)
+    assert gone.outcome is Outcome.DONE
+    assert not folder.exists()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from controller.core.addons import action_name
+from controller.core.addons import action_argument, action_name
 from slipway import errors
-from slipway.cli.pg import choose, info_lines
+from slipway.cli.pg import backup_rows, choose, info_lines
 from slipway.v1 import platform_pb2 as pb
 
 
@@ -67,3 +67,26 @@ def test_action_names_are_checked_before_they_reach_a_url() -> None:
     for bad in ("", "Reset", "../x", "a" * 41, "reset?x=1"):
         with pytest.raises(errors.InvalidArgument):
             action_name(bad)
+
+
+def test_backups_are_listed_newest_first_with_their_database() -> None:
+    db = addon("postgresql-a-1", ("shop", "DATABASE"), ("blog", "SHOP_DB"))
+    details = {
+        "backups": [
+            {"id": "b001", "created_at": 1_790_000_000.0, "size_bytes": 2048},
+            {"id": "b002", "created_at": 1_790_000_600.0, "size_bytes": 3 * 1024 * 1024},
+        ]
+    }
+    rows = backup_rows(db, "shop", details)
+    assert [r[0] for r in rows] == ["b002", "b001"]
+    assert rows[0][2] == "3.0 MB" and rows[1][2] == "2 kB"
+    assert rows[0][3] == "DATABASE_URL"  # the other app's name for it is not shown
+    assert backup_rows(db, "shop", {}) == []
+
+
+def test_an_action_argument_is_a_short_plain_word() -> None:
+    assert action_argument("b003") == "b003"
+    assert action_argument("") == ""
+    for bad in ("../b001", "b 1", "x" * 65):
+        with pytest.raises(errors.InvalidArgument, match="invalid add-on action argument"):
+            action_argument(bad)

@@ -53,6 +53,9 @@ class UpConfig:
     base_domain: str = "localhost"
     node: str = field(default_factory=socket.gethostname)
     addons_port: int = 5480
+    # The controller's HTTPS API providers call back to after a 202: a fixed
+    # port, so the callback URL a provider was given still answers after a restart.
+    callback_port: int = 5481
     postgres_port: int = 5433
     # Where PostgreSQL keeps its data: it runs as the postgres user, so the
     # path must be searchable by it (the default data dir, ~/.slipway, is not).
@@ -301,6 +304,8 @@ def components(cfg: UpConfig) -> list[Component]:
                 "--base-domain",
                 cfg.base_domain,
                 *_creds(cfg, pki.Role.CONTROLLER),
+                "--addons-listen",
+                f"{cfg.host}:{cfg.callback_port}",
                 "--ca-dir",
                 str(cfg.pki_dir / "ca"),
             ),
@@ -440,6 +445,7 @@ class Platform:
             (cfg.nats_port, "NATS"),
             (cfg.router_port, "router"),
             (cfg.addons_port, "add-ons API"),
+            (cfg.callback_port, "add-on callback API"),
             (cfg.postgres_port, "PostgreSQL"),
         ):
             anywhere = what in ("router", "PostgreSQL")

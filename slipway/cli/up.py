@@ -50,6 +50,12 @@ from slipway.cli.base import cli
     "--addons-port", default=5480, show_default=True, help="The add-ons' partner API (HTTPS)."
 )
 @click.option(
+    "--addons-callback-port",
+    default=5481,
+    show_default=True,
+    help="The controller's HTTPS API add-on providers call back to after answering 202.",
+)
+@click.option(
     "--postgres-port",
     default=5433,
     show_default=True,
@@ -80,6 +86,7 @@ def up(
     nats_port: int,
     base_domain: str,
     addons_port: int,
+    addons_callback_port: int,
     postgres_port: int,
     addons_dir: Path | None,
     addons_address: str,
@@ -100,6 +107,7 @@ def up(
         nats_port=nats_port,
         base_domain=base_domain,
         addons_port=addons_port,
+        callback_port=addons_callback_port,
         postgres_port=postgres_port,
         addons_dir_option=addons_dir.resolve() if addons_dir else None,
         addons_address=addons_address or _default_addons_address(),

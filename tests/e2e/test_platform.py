@@ -46,6 +46,7 @@ class Platform:
     config_path: Path
     addons_port: int
     postgres_port: int
+    callback_port: int
     # PostgreSQL runs as its own user: not under pytest's private temp dirs.
     addons_dir: Path
     proc: subprocess.Popen[str] | None = None
@@ -54,11 +55,21 @@ class Platform:
     @classmethod
     def on_free_ports(cls, tmp: Path) -> Platform:
         ports = {engines.free_port() for _ in range(12)}
-        api, router, etcd, peer, nats, addons, pg = sorted(ports)[:7]
+        api, router, etcd, peer, nats, addons, pg, callback = sorted(ports)[:8]
         addons_dir = Path(tempfile.mkdtemp(prefix="slipway-e2e-addons-", dir="/tmp"))
         addons_dir.chmod(0o711)
         return cls(
-            tmp / "data", api, router, etcd, peer, nats, tmp / "cli.json", addons, pg, addons_dir
+            tmp / "data",
+            api,
+            router,
+            etcd,
+            peer,
+            nats,
+            tmp / "cli.json",
+            addons,
+            pg,
+            callback,
+            addons_dir,
         )
 
     def env(self) -> dict[str, str]:
@@ -87,6 +98,8 @@ class Platform:
                 str(self.addons_port),
                 "--postgres-port",
                 str(self.postgres_port),
+                "--addons-callback-port",
+                str(self.callback_port),
                 "--addons-dir",
                 str(self.addons_dir),
                 "--no-install",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slipway.up import UpConfig
+from slipway.up import UpConfig, components, ensure_pki
 
 
 def test_a_private_data_dir_puts_postgresql_under_var_lib(tmp_path: Path) -> None:
@@ -30,3 +30,14 @@ def test_a_searchable_data_dir_keeps_it_inside(tmp_path: Path) -> None:
 def test_an_explicit_addons_dir_wins(tmp_path: Path) -> None:
     cfg = UpConfig(data_dir=tmp_path, addons_dir_option=Path("/srv/pg"))
     assert cfg.addons_dir == Path("/srv/pg")
+
+
+def test_the_controller_takes_provider_callbacks_on_a_fixed_port(tmp_path: Path) -> None:
+    """A provider that answered 202 calls back later, maybe after `slipway up` was
+    restarted: the URL it was given must still lead to the controller."""
+    cfg = UpConfig(data_dir=tmp_path, callback_port=6123)
+    ensure_pki(cfg, lambda _: None)
+    controller = next(c for c in components(cfg) if c.name == "controller")
+    at = controller.argv.index("--addons-listen")
+    assert controller.argv[at + 1] == "127.0.0.1:6123"
+    assert UpConfig(data_dir=tmp_path).callback_port == 5481

@@ -36,6 +36,11 @@ def _attached_names(addon: pb.Addon, app: str) -> list[str]:
     return [a.name for a in addon.attachments if a.app == app]
 
 
+def _label(addon: pb.Addon, app: str) -> str:
+    """How the app knows the database: its URL vars, else the add-on's name."""
+    return ", ".join(f"{n}_URL" for n in _attached_names(addon, app)) or addon.name
+
+
 def choose(addons: list[pb.Addon], app: str, ref: str) -> pb.Addon:
     """Pure: the add-on DATABASE names (see the module doc)."""
     if not addons:
@@ -114,7 +119,7 @@ def pg_info(client: Client, database: str, app: str, as_json: bool) -> None:
         if as_json:
             out.append({"addon": addon.name, "attachments": _attached_names(addon, app), **details})
             continue
-        heading(", ".join(f"{n}_URL" for n in _attached_names(addon, app)) or addon.name)
+        heading(_label(addon, app))
         rows = info_lines(addon, details)
         width = max(len(k) for k, _ in rows) + 1
         for key, value in rows:
@@ -203,7 +208,7 @@ def pg_psql(client: Client, database: str, app: str, command: str, no_tty: bool)
 
 def backup_rows(addon: pb.Addon, app: str, details: dict[str, Any]) -> list[list[str]]:
     """Pure: one row per backup of one database, newest first."""
-    source = ", ".join(f"{n}_URL" for n in _attached_names(addon, app)) or addon.name
+    source = _label(addon, app)
     rows = []
     for backup in reversed(details.get("backups") or []):
         taken = datetime.fromtimestamp(float(backup["created_at"])).astimezone()
@@ -250,7 +255,7 @@ def pg_backups(client: Client, app: str, as_json: bool) -> None:
 def pg_backups_capture(client: Client, database: str, app: str) -> None:
     """Take a backup of the database now (it stays usable meanwhile)."""
     addon = choose(_databases(client, app), app, database)
-    source = ", ".join(f"{n}_URL" for n in _attached_names(addon, app)) or addon.name
+    source = _label(addon, app)
     click.echo(f"{addon.name} ({source}) ----backup---> ", nl=False)
     # Every add-on action carries the app's name as confirmation; capturing
     # destroys nothing, so the command gives it without asking.

@@ -357,23 +357,33 @@ class PostgresCluster:
         self, script: str, *, database: str = "postgres", timeout: float = SQL_TIMEOUT
     ) -> str:
         """Run ``script`` as the superuser over the unix socket; its unaligned output."""
-        argv = [
-            str(self.bin / "psql"),
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            str(self.run_dir),
-            "-p",
-            str(self.port),
-            "-U",
-            "postgres",
-            "-d",
-            database,
-        ]
+        out = await self._client(
+            "psql",
+            ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database],
+            stdin=script,
+            timeout=timeout,
+            late=f"postgresql did not answer within {timeout:g} s",
+        )
+        return out.strip()
+
+    async def tool(self, name: str, *args: str, timeout: float = DUMP_TIMEOUT) -> None:
+        """Run pg_dump or pg_restore as the superuser over the unix socket."""
+        await self._client(
+            name,
+            list(args),
+            stdin="",
+            timeout=timeout,
+            late=f"{name} did not finish within {timeout:g} s (databases this size need "
+            "pg_dump from a one-off dyno for now)",
+        )
+
+    async def _client(
+        self, name: str, args: list[str], *, stdin: str, timeout: float, late: str
+    ) -> str:
+        """One of PostgreSQL's client programs as the superuser over the unix
+        socket; its stdout, or Unavailable with ``late`` or its stderr."""
+        argv = [str(self.bin / name), "-h", str(self.run_dir), "-p", str(self.port)]
+        argv += ["-U", "postgres", *args]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGCONNECT_TIMEOUT": "5"}
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -384,37 +394,16 @@ class PostgresCluster:
         )
         try:
             async with asyncio.timeout(timeout):
-                out, err = await proc.communicate(script.encode())
+                out, err = await proc.communicate(stdin.encode())
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-            raise errors.Unavailable(f"postgresql did not answer within {timeout:g} s") from None
+            raise errors.Unavailable(late) from None
         if proc.returncode != 0:
-            raise errors.Unavailable(f"postgresql: {err.decode(errors='replace').strip()[-500:]}")
-        return out.decode().strip()
-
-    async def tool(self, name: str, *args: str, timeout: float = DUMP_TIMEOUT) -> None:
-        """Run pg_dump or pg_restore as the superuser over the unix socket."""
-        argv = [str(self.bin / name), "-h", str(self.run_dir), "-p", str(self.port)]
-        argv += ["-U", "postgres", *args]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGCONNECT_TIMEOUT": "5"}
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-        )
-        try:
-            async with asyncio.timeout(timeout):
-                _, err = await proc.communicate()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise errors.Unavailable(
-                f"{name} did not finish within {timeout:g} s (databases this size need "
-                "pg_dump from a one-off dyno for now)"
-            ) from None
-        if proc.returncode != 0:
-            raise errors.Unavailable(f"{name}: {err.decode(errors='replace').strip()[-500:]}")
+            what = "postgresql" if name == "psql" else name
+            raise errors.Unavailable(f"{what}: {err.decode(errors='replace').strip()[-500:]}")
+        return out.decode()
 
 
 def _backup(resource: Resource, backup_id: str) -> dict[str, Any]:
@@ -559,14 +548,18 @@ class PostgresBackend:
             )
             return Outcome(self._config(resource), "credentials rotated; old sessions closed")
         if action == "reset":
-            await self.cluster.sql(
-                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);\n'
-                f'CREATE DATABASE "{name}" OWNER "{name}";\n'
-                f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC;\n'
-            )
+            await self._recreate(name)
             resource.data.pop("over_quota", None)
             return Outcome(None, "the database is empty again")
         raise errors.NotFound(f"{SERVICE} has no action {action!r}")
+
+    async def _recreate(self, name: str) -> None:
+        """The add-on's database dropped (its sessions ended) and made again, empty."""
+        await self.cluster.sql(
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);\n'
+            f'CREATE DATABASE "{name}" OWNER "{name}";\n'
+            f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC;\n'
+        )
 
     def _backups_dir(self, resource: Resource) -> Path:
         return self.cluster.root / "backups" / resource.uuid
@@ -604,11 +597,7 @@ class PostgresBackend:
         since are gone too; the URL stays."""
         found = _backup(resource, argument)
         name = resource.data["name"]
-        await self.cluster.sql(
-            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);\n'
-            f'CREATE DATABASE "{name}" OWNER "{name}";\n'
-            f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC;\n'
-        )
+        await self._recreate(name)
         dump = self._backups_dir(resource) / f"{found['id']}.dump"
         # Restored as the add-on's role, so it owns what comes back.
         await self.cluster.tool(

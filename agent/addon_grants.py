@@ -3,8 +3,11 @@
 The controller's leader keeps one key per app (``slipway.records``); the agent
 reads them all (they hold addresses and ports, no secrets), turns them into
 ``AddonGrant``s for the firewall and re-plans it on every change. Level-based:
-any event re-reads the whole prefix, and a broken watch re-lists. While etcd
-is away the grants last read stay in force: dynos keep their database.
+any event re-reads the whole prefix, a broken watch re-lists, and the prefix is
+re-read every ``RELIST_INTERVAL`` even with no event, so a watch that stalls
+without breaking costs seconds, not the grant. A firewall apply that fails is
+tried again on the next read. While etcd is away the grants last read stay in
+force: dynos keep their database.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from slipway.etcd import KV, Etcd
 from slipway.keys import Keys
 
 logger = log.get("agent.addon_grants")
+
+RELIST_INTERVAL = 10.0
 
 
 def grants_from(kvs: Iterable[KV], prefix: bytes) -> tuple[AddonGrant, ...]:
@@ -40,11 +45,15 @@ class GrantFollower:
         connect: Callable[[], Awaitable[Etcd]],
         keys: Keys,
         on_change: Callable[[], Awaitable[None]],
+        relist_interval: float = RELIST_INTERVAL,
     ) -> None:
         self.connect = connect
         self.keys = keys
         self.on_change = on_change
+        self.relist_interval = relist_interval
         self.current: tuple[AddonGrant, ...] = ()
+        # False until on_change has run for ``current`` without raising.
+        self.applied = False
         self.loaded = asyncio.Event()
 
     async def run(self) -> None:
@@ -64,17 +73,34 @@ class GrantFollower:
 
     async def _follow(self, etcd: Etcd) -> None:
         prefix = self.keys.addon_grants()
+        changed = asyncio.Event()
+
+        async def watch(revision: int) -> None:
+            async for _ in etcd.watch_prefix(prefix, revision + 1):
+                changed.set()
+            raise errors.Unavailable("the add-on grants watch ended")
+
         revision = await self._load(etcd)
-        async for _ in etcd.watch_prefix(prefix, revision + 1):
-            await self._load(etcd)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(watch(revision))
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), self.relist_interval)
+                    changed.clear()
+                    await self._load(etcd)
+        except* errors.SlipwayError as group:
+            raise group.exceptions[0] from None
 
     async def _load(self, etcd: Etcd) -> int:
         prefix = self.keys.addon_grants()
         kvs, revision = await etcd.get_prefix(prefix)
         grants = grants_from(kvs, prefix)
-        if grants != self.current or not self.loaded.is_set():
+        if grants != self.current or not self.applied:
             self.current = grants
+            self.applied = False
             await self.on_change()
+            self.applied = True
             logger.info("add-on grants applied", grants=len(grants))
         self.loaded.set()
         return revision

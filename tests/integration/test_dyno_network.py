@@ -445,10 +445,23 @@ def test_addon_grant_opens_one_address_and_port_to_one_app(platform: Platform) -
             else:
                 await etcd.put(key, value)
 
+    def why() -> str:
+        """What the agent did with the grant and what the firewall holds, for a failure."""
+        table = platform.network().table
+        addons = subprocess.run(
+            ["nft", "list", "set", "inet", table, "addons"], capture_output=True, text=True
+        )
+        lines = platform.agent.log_path.read_text(errors="replace").splitlines()
+        said = [line for line in lines if "grant" in line or "firewall" in line]
+        return f"dyno {mine['address']}\n{addons.stdout}{addons.stderr}\n" + "\n".join(said[-20:])
+
     assert probe_in(platform, mine, [granted]) == ["timeout"]
     asyncio.run(put(records.addon_grants_value([granted])))
     try:
-        eventually(lambda: probe_in(platform, mine, [granted]) == ["open"], timeout=60)
+        try:
+            eventually(lambda: probe_in(platform, mine, [granted]) == ["open"], timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{why()}") from None
         assert probe_in(platform, mine, others) == ["timeout", "timeout"]
         assert probe_in(platform, theirs, [granted]) == ["timeout"]
     finally:

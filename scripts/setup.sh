@@ -24,6 +24,8 @@ command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
 [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
 # The built-in postgresql add-on's engine (Slipway starts its own cluster).
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
+# The built-in redis add-on's engine: one redis-server per add-on, started by slipway-addons.
+[ -x /usr/bin/redis-server ] || need_pkgs+=(redis-server)
 for extra in "$@"; do
     case "$extra" in
         --bench) for p in wrk nginx haproxy; do
@@ -41,7 +43,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
     # Debian starts the packaged daemons; Slipway runs its own copies on its own ports.
-    for svc in etcd nats-server nginx haproxy rsyslog postgresql; do
+    for svc in etcd nats-server nginx haproxy rsyslog postgresql redis-server; do
         systemctl disable --now "$svc" >/dev/null 2>&1 || true
     done
 fi

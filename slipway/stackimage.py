@@ -121,18 +121,18 @@ class Recipe:
 
 
 RECIPES: dict[tuple[str, str], Recipe] = {
-    # npm too: a Node.js app's default web process is `npm start`; psql
-    # because pg:psql runs it in a one-off dyno (debootstrap's resolver fails
-    # on postgresql-client, so apt-get installs it).
+    # npm too: a Node.js app's default web process is `npm start`; psql and
+    # redis-cli because pg:psql and redis:cli run them in a one-off dyno
+    # (debootstrap's resolver fails on postgresql-client, so apt-get installs it).
     (DEFAULT_STACK, "run"): Recipe(
-        DEFAULT_STACK, "run", "bookworm", _RUN_PACKAGES, ("npm", "postgresql-client")
+        DEFAULT_STACK, "run", "bookworm", _RUN_PACKAGES, ("npm", "postgresql-client", "redis-tools")
     ),
     (DEFAULT_STACK, "build"): Recipe(
         DEFAULT_STACK,
         "build",
         "bookworm",
         _RUN_PACKAGES,
-        ("npm", "postgresql-client", *_BUILD_PACKAGES),
+        ("npm", "postgresql-client", "redis-tools", *_BUILD_PACKAGES),
     ),
 }
 

@@ -38,7 +38,9 @@ PACKAGES = {
     "nats-server": "nats-server",
     "runc": "runc",
     "debootstrap": "debootstrap",
+    "redis-server": "redis-server",
 }
+BUILT_IN_SERVICES = ("postgresql", "redis")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class UpConfig:
     # port, so the callback URL a provider was given still answers after a restart.
     callback_port: int = 5481
     postgres_port: int = 5433
+    # One port per Redis add-on, from this range (LOW-HIGH).
+    redis_ports: str = "6380-6479"
     # Where PostgreSQL keeps its data: it runs as the postgres user, so the
     # path must be searchable by it (the default data dir, ~/.slipway, is not).
     addons_dir_option: Path | None = None
@@ -73,8 +77,9 @@ class UpConfig:
         return Path("/var/lib/slipway") / f"addons-{digest}"
 
     @property
-    def addons_manifest(self) -> Path:
-        return self.addons_dir / "manifests" / "postgresql.json"
+    def addons_manifests(self) -> list[Path]:
+        """What the add-ons daemon writes for the operator to register, per service."""
+        return [self.addons_dir / "manifests" / f"{s}.json" for s in BUILT_IN_SERVICES]
 
     @property
     def api(self) -> str:
@@ -182,7 +187,7 @@ def install(packages: list[str], say: Callable[[str], None]) -> None:
         check=True,
         env=env,
     )
-    for service in ("etcd", "nats-server", "postgresql"):
+    for service in ("etcd", "nats-server", "postgresql", "redis-server"):
         # Debian starts the packaged daemons on the default ports; we run our own.
         subprocess.run(
             ["systemctl", "disable", "--now", service],
@@ -283,6 +288,8 @@ def components(cfg: UpConfig) -> list[Component]:
         f"{cfg.host}:{cfg.addons_port}",
         "--postgres-port",
         str(cfg.postgres_port),
+        "--redis-ports",
+        cfg.redis_ports,
         *_creds(cfg, pki.Role.ADDONS),
     )
     if cfg.addons_address:
@@ -416,17 +423,18 @@ def ensure_node(cfg: UpConfig) -> None:
 
 
 def register_addons(cfg: UpConfig, timeout: float = 30.0) -> None:
-    """Register (or update) the built-in PostgreSQL service from the manifest the
-    add-ons daemon writes once it serves."""
+    """Register (or update) the built-in services (PostgreSQL, Redis) from the
+    manifests the add-ons daemon writes once it serves."""
     deadline = time.monotonic() + timeout
-    while not cfg.addons_manifest.exists():
-        if time.monotonic() > deadline:
-            raise errors.Unavailable(
-                f"the add-ons wrote no manifest at {cfg.addons_manifest}; "
-                f"see {cfg.data_dir / 'logs' / 'addons.log'}"
-            )
-        time.sleep(0.1)
-    _admin(cfg, "addons:register", str(cfg.addons_manifest))
+    for path in cfg.addons_manifests:
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(
+                    f"the add-ons wrote no manifest at {path}; "
+                    f"see {cfg.data_dir / 'logs' / 'addons.log'}"
+                )
+            time.sleep(0.1)
+        _admin(cfg, "addons:register", str(path))
 
 
 class Platform:

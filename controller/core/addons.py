@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 from controller.core import validation
 from slipway import errors
+from slipway.providers.manifest import port_range
 
 PROVISIONING = "provisioning"
 PROVISIONED = "provisioned"
@@ -397,18 +398,6 @@ def _slipway_fields(raw: object) -> dict[str, Any]:
         "network_address": address,
         "network_ports": ports,
     }
-
-
-def port_range(text: str) -> tuple[int, int]:
-    """ "5433" or "15500-15599" -> (first, last)."""
-    first, _, last = text.partition("-")
-    try:
-        low, high = int(first), int(last or first)
-    except ValueError:
-        raise errors.InvalidArgument(f"bad port range {text!r}: use 5433 or 15500-15599") from None
-    if not 1 <= low <= high <= 65535:
-        raise errors.InvalidArgument(f"bad port range {text!r}: use 5433 or 15500-15599")
-    return low, high
 
 
 def _check_base_url(url: str) -> None:

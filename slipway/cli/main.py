@@ -15,6 +15,7 @@ from slipway.cli import (  # noqa: F401
     nodes,
     pg,
     ps,
+    redis,
     releases,
     run,
     teams,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -32,41 +33,49 @@ def _databases(client: Client, app: str) -> list[pb.Addon]:
     return [a for a in client.list_addons(app).addons if a.service == SERVICE]
 
 
-def _attached_names(addon: pb.Addon, app: str) -> list[str]:
+def attached_names(addon: pb.Addon, app: str) -> list[str]:
     return [a.name for a in addon.attachments if a.app == app]
 
 
-def _label(addon: pb.Addon, app: str) -> str:
+def label(addon: pb.Addon, app: str) -> str:
     """How the app knows the database: its URL vars, else the add-on's name."""
-    return ", ".join(f"{n}_URL" for n in _attached_names(addon, app)) or addon.name
+    return ", ".join(f"{n}_URL" for n in attached_names(addon, app)) or addon.name
 
 
-def choose(addons: list[pb.Addon], app: str, ref: str) -> pb.Addon:
-    """Pure: the add-on DATABASE names (see the module doc)."""
+def choose(
+    addons: list[pb.Addon],
+    app: str,
+    ref: str,
+    *,
+    service: str = SERVICE,
+    default_attachment: str = "DATABASE",
+) -> pb.Addon:
+    """Pure: the add-on DATABASE names (see the module doc); the redis:* commands
+    choose theirs the same way, REDIS first."""
     if not addons:
         raise errors.NotFound(
-            f"{app} has no {SERVICE} add-on; make one with "
-            f"`slipway addons:create {SERVICE} -a {app}`",
+            f"{app} has no {service} add-on; make one with "
+            f"`slipway addons:create {service} -a {app}`",
             reason="no_database",
         )
     if ref:
         wanted = ref.removesuffix("_URL")
         for addon in addons:
-            if addon.name == ref or wanted in _attached_names(addon, app):
+            if addon.name == ref or wanted in attached_names(addon, app):
                 return addon
-        known = ", ".join(f"{n}_URL" for a in addons for n in _attached_names(a, app))
+        known = ", ".join(f"{n}_URL" for a in addons for n in attached_names(a, app))
         raise errors.NotFound(
-            f"no {SERVICE} add-on {ref!r} on {app}; it has {known or 'none attached'}",
+            f"no {service} add-on {ref!r} on {app}; it has {known or 'none attached'}",
             reason="no_database",
         )
     for addon in addons:
-        if "DATABASE" in _attached_names(addon, app):
+        if default_attachment in attached_names(addon, app):
             return addon
     if len(addons) == 1:
         return addons[0]
     names = ", ".join(a.name for a in addons)
     raise errors.FailedPrecondition(
-        f"{app} has several {SERVICE} add-ons ({names}); name one", reason="which_database"
+        f"{app} has several {service} add-ons ({names}); name one", reason="which_database"
     )
 
 
@@ -112,15 +121,25 @@ def pg_info(client: Client, database: str, app: str, as_json: bool) -> None:
     """Plan, status, connections, size and version of the app's databases."""
     addons = _databases(client, app)
     chosen = [choose(addons, app, database)] if database or not addons else addons
+    show_info(client, app, chosen, info_lines, as_json)
+
+
+def show_info(
+    client: Client,
+    app: str,
+    chosen: list[pb.Addon],
+    lines: Callable[[pb.Addon, dict[str, Any]], list[tuple[str, str]]],
+    as_json: bool,
+) -> None:
+    """pg:info's and redis:info's output: a block of ``lines`` per add-on, or JSON."""
     out = []
     for addon in chosen:
-        reply = client.addon_details(app, addon.name)
-        details = json.loads(reply.details_json or "{}")
+        details = json.loads(client.addon_details(app, addon.name).details_json or "{}")
         if as_json:
-            out.append({"addon": addon.name, "attachments": _attached_names(addon, app), **details})
+            out.append({"addon": addon.name, "attachments": attached_names(addon, app), **details})
             continue
-        heading(_label(addon, app))
-        rows = info_lines(addon, details)
+        heading(label(addon, app))
+        rows = lines(addon, details)
         width = max(len(k) for k, _ in rows) + 1
         for key, value in rows:
             click.echo(f"{key + ':':<{width}} {value}")
@@ -129,7 +148,7 @@ def pg_info(client: Client, database: str, app: str, as_json: bool) -> None:
         emit_json(out)
 
 
-def _confirm(app: str, confirm: str, what: str) -> None:
+def confirm_app(app: str, confirm: str, what: str) -> None:
     if confirm != app:
         raise click.ClickException(
             f"{what}; to proceed, type the app's name: --confirm {app}"
@@ -137,7 +156,7 @@ def _confirm(app: str, confirm: str, what: str) -> None:
         )
 
 
-def _released(reply: pb.RunAddonActionResponse) -> str:
+def released(reply: pb.RunAddonActionResponse) -> str:
     versions = ", ".join(f"v{v}" for v in reply.release_versions)
     return f"; released as {versions}" if versions else ""
 
@@ -154,10 +173,10 @@ def pg_credentials_rotate(client: Client, database: str, app: str, confirm: str)
     restart with it).
     """
     addon = choose(_databases(client, app), app, database)
-    _confirm(app, confirm, f"this ends every open connection to {addon.name}")
+    confirm_app(app, confirm, f"this ends every open connection to {addon.name}")
     click.echo(f"Rotating the credentials of {addon.name}... ", nl=False)
     reply = client.run_addon_action(app, addon.name, "rotate-credentials", confirm)
-    click.echo(f"done{_released(reply)}")
+    click.echo(f"done{released(reply)}")
     if reply.message:
         click.echo(reply.message)
 
@@ -170,7 +189,7 @@ def pg_credentials_rotate(client: Client, database: str, app: str, confirm: str)
 def pg_reset(client: Client, database: str, app: str, confirm: str) -> None:
     """Delete every table and row: the database is as new (its URL stays)."""
     addon = choose(_databases(client, app), app, database)
-    _confirm(app, confirm, f"this destroys all data in {addon.name}")
+    confirm_app(app, confirm, f"this destroys all data in {addon.name}")
     click.echo(f"Resetting {addon.name}... ", nl=False)
     reply = client.run_addon_action(app, addon.name, "reset", confirm)
     click.echo("done")
@@ -191,7 +210,7 @@ def pg_psql(client: Client, database: str, app: str, command: str, no_tty: bool)
     database answers (the firewall lets only attached apps' dynos through).
     """
     addon = choose(_databases(client, app), app, database)
-    names = _attached_names(addon, app)
+    names = attached_names(addon, app)
     if not names:
         raise click.ClickException(f"{addon.name} is not attached to {app}")
     var = f"{names[0]}_URL"
@@ -208,7 +227,7 @@ def pg_psql(client: Client, database: str, app: str, command: str, no_tty: bool)
 
 def backup_rows(addon: pb.Addon, app: str, details: dict[str, Any]) -> list[list[str]]:
     """Pure: one row per backup of one database, newest first."""
-    source = _label(addon, app)
+    source = label(addon, app)
     rows = []
     for backup in reversed(details.get("backups") or []):
         taken = datetime.fromtimestamp(float(backup["created_at"])).astimezone()
@@ -255,7 +274,7 @@ def pg_backups(client: Client, app: str, as_json: bool) -> None:
 def pg_backups_capture(client: Client, database: str, app: str) -> None:
     """Take a backup of the database now (it stays usable meanwhile)."""
     addon = choose(_databases(client, app), app, database)
-    source = _label(addon, app)
+    source = label(addon, app)
     click.echo(f"{addon.name} ({source}) ----backup---> ", nl=False)
     # Every add-on action carries the app's name as confirmation; capturing
     # destroys nothing, so the command gives it without asking.
@@ -277,7 +296,7 @@ def pg_backups_restore(client: Client, backup: str, database: str, app: str, con
     """
     addon = choose(_databases(client, app), app, database)
     what = backup or "the latest backup"
-    _confirm(app, confirm, f"this replaces all data in {addon.name} with {what}")
+    confirm_app(app, confirm, f"this replaces all data in {addon.name} with {what}")
     click.echo(f"Restoring {what} to {addon.name}... ", nl=False)
     reply = client.run_addon_action(app, addon.name, "backup-restore", confirm, backup)
     click.echo(f"done: {reply.message}")
@@ -292,6 +311,6 @@ def pg_backups_restore(client: Client, backup: str, database: str, app: str, con
 def pg_backups_delete(client: Client, backup: str, database: str, app: str, confirm: str) -> None:
     """Delete one backup."""
     addon = choose(_databases(client, app), app, database)
-    _confirm(app, confirm, f"this deletes {backup} of {addon.name} for good")
+    confirm_app(app, confirm, f"this deletes {backup} of {addon.name} for good")
     reply = client.run_addon_action(app, addon.name, "backup-delete", confirm, backup)
     click.echo(reply.message[:1].upper() + reply.message[1:])

@@ -62,10 +62,16 @@ from slipway.cli.base import cli
     help="The built-in PostgreSQL's port (dynos of attached apps only).",
 )
 @click.option(
+    "--redis-ports",
+    default="6380-6479",
+    show_default=True,
+    help="The ports the built-in Redis add-ons get, one each (LOW-HIGH).",
+)
+@click.option(
     "--addons-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="PostgreSQL's data; must be searchable by the postgres user "
+    help="PostgreSQL's and Redis's data; must be searchable by the postgres and redis users "
     "[default: DATA_DIR/addons, or /var/lib/slipway/addons-* when DATA_DIR is private]",
 )
 @click.option(
@@ -88,6 +94,7 @@ def up(
     addons_port: int,
     addons_callback_port: int,
     postgres_port: int,
+    redis_ports: str,
     addons_dir: Path | None,
     addons_address: str,
     no_install: bool,
@@ -109,6 +116,7 @@ def up(
         addons_port=addons_port,
         callback_port=addons_callback_port,
         postgres_port=postgres_port,
+        redis_ports=redis_ports,
         addons_dir_option=addons_dir.resolve() if addons_dir else None,
         addons_address=addons_address or _default_addons_address(),
     )
@@ -144,8 +152,8 @@ def up(
         click.echo(f"  CLI:     logged in (saved in {settings.config_path()})")
         click.echo(f"  Data:    {cfg.data_dir}   (component logs in {cfg.data_dir / 'logs'})")
         click.echo(
-            f"  Add-ons: postgresql at {cfg.addons_address}:{cfg.postgres_port} "
-            f"(data in {cfg.addons_dir})"
+            f"  Add-ons: postgresql at {cfg.addons_address}:{cfg.postgres_port}, "
+            f"redis at {cfg.addons_address}:{cfg.redis_ports} (data in {cfg.addons_dir})"
         )
         click.echo("")
         click.echo(

@@ -1,9 +1,11 @@
 """slipway-addons: the built-in add-on providers of one add-ons host.
 
-Starts the PostgreSQL cluster, serves the partner API over HTTPS, writes the
-manifest the operator registers (``slipway-controller addons:register
-DATA_DIR/manifests/postgresql.json``), and keeps the cluster running: a
-cluster that dies is restarted; SIGTERM stops it with a fast shutdown.
+Starts the PostgreSQL cluster and every Redis add-on's server, serves the
+partner API over HTTPS, writes the manifests the operator registers
+(``slipway-controller addons:register DATA_DIR/manifests/postgresql.json``,
+``.../redis.json``), and keeps the engines running: one that dies is
+restarted; SIGTERM stops them (PostgreSQL with a fast shutdown, redis after
+flushing its append-only file).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import click
 from slipway import errors, log, sdnotify, tls
 from slipway.pki import Bundle
 from slipway.providers import manifest
-from slipway.providers.partner import PartnerServer
+from slipway.providers.partner import Backend, PartnerServer
 from slipway.providers.postgres import PostgresBackend, PostgresCluster, QuotaLoop
+from slipway.providers.redis import RedisBackend, RedisFleet
 from slipway.providers.resources import ResourceStore
 
 _log = log.get("addons")
@@ -51,6 +54,7 @@ async def serve(
     listen: str,
     advertise: str,
     postgres_port: int,
+    redis_ports: tuple[int, int],
     credentials: Bundle,
     quota_interval: float,
 ) -> None:
@@ -58,33 +62,42 @@ async def serve(
     cluster = PostgresCluster(
         data_dir / "postgresql", listen=[advertise], port=postgres_port, bundle=credentials
     )
-    backend = PostgresBackend(cluster, advertise)
     store = ResourceStore(data_dir / "resources")
     store.prepare()
-    password = manifest.service_password(data_dir / "secrets", backend.service)
+    fleet = RedisFleet(data_dir / "redis", store, address=advertise, bundle=credentials)
+    postgres = PostgresBackend(cluster, advertise)
+    redis = RedisBackend(fleet, advertise, redis_ports)
+    backends: dict[str, Backend] = {postgres.service: postgres, redis.service: redis}
+    ports = {
+        postgres.service: str(postgres_port),
+        redis.service: f"{redis_ports[0]}-{redis_ports[1]}",
+    }
+    passwords = {name: manifest.service_password(data_dir / "secrets", name) for name in backends}
     server = PartnerServer(
-        {backend.service: backend},
-        {backend.service: password},
+        backends,
+        passwords,
         store,
         listen,
         tls.server_context(credentials, require_client_cert=False),
     )
     await cluster.start()
+    await fleet.start_all()
     await server.start()
     host = listen.rpartition(":")[0].strip("[]")
     base_host = advertise if host in ("", "0.0.0.0") else host
-    doc = manifest.manifest(
-        backend,
-        password=password,
-        base_url=f"https://{base_host}:{server.port}",
-        ca_pem=credentials.ca_file.read_text(),
-        address=advertise,
-        ports=str(postgres_port),
-    )
-    path = data_dir / "manifests" / f"{backend.service}.json"
-    manifest.write(path, doc)
-    _log.info("manifest written", service=backend.service, path=str(path))
-    sdnotify.ready(f"add-ons serving {backend.service}")
+    for name, backend in backends.items():
+        doc = manifest.manifest(
+            backend,
+            password=passwords[name],
+            base_url=f"https://{base_host}:{server.port}",
+            ca_pem=credentials.ca_file.read_text(),
+            address=advertise,
+            ports=ports[name],
+        )
+        path = data_dir / "manifests" / f"{name}.json"
+        manifest.write(path, doc)
+        _log.info("manifest written", service=name, path=str(path))
+    sdnotify.ready(f"add-ons serving {', '.join(backends)}")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,8 +108,9 @@ async def serve(
             tasks = [
                 tg.create_task(server.run()),
                 tg.create_task(cluster.supervise()),
+                tg.create_task(fleet.supervise(server.lock)),
                 tg.create_task(
-                    QuotaLoop(backend, store, server.lock, interval=quota_interval).run()
+                    QuotaLoop(postgres, store, server.lock, interval=quota_interval).run()
                 ),
             ]
             await stop.wait()
@@ -104,13 +118,13 @@ async def serve(
             for task in tasks:
                 task.cancel()
     finally:
-        await cluster.stop()
+        await asyncio.gather(cluster.stop(), fleet.stop_all())
         _log.info("add-ons stopped")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """The built-in add-on providers (PostgreSQL) of an add-ons host."""
+    """The built-in add-on providers (PostgreSQL, Redis) of an add-ons host."""
 
 
 @cli.command("serve")
@@ -132,9 +146,15 @@ def cli() -> None:
     "--advertise-address",
     default="",
     help="The IPv4 address dynos dial for their databases (default: this host's address "
-    "on its default route). PostgreSQL listens there only.",
+    "on its default route). PostgreSQL and redis listen there only.",
 )
 @click.option("--postgres-port", type=click.IntRange(1, 65535), default=5433, show_default=True)
+@click.option(
+    "--redis-ports",
+    default="6380-6479",
+    show_default=True,
+    help="The ports Redis add-ons get, one each (LOW-HIGH): how many this host can hold.",
+)
 @click.option(
     "--quota-interval",
     type=float,
@@ -149,6 +169,7 @@ def serve_command(
     listen: str,
     advertise_address: str,
     postgres_port: int,
+    redis_ports: str,
     quota_interval: float,
     credentials: Bundle | None,
     insecure: bool,
@@ -168,6 +189,7 @@ def serve_command(
                 listen=listen,
                 advertise=advertise_address or default_address(),
                 postgres_port=postgres_port,
+                redis_ports=manifest.port_range(redis_ports),
                 credentials=credentials,
                 quota_interval=quota_interval,
             )

@@ -23,8 +23,20 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from slipway import pki
+from slipway import errors, pki
 from slipway.providers.partner import Backend
+
+
+def port_range(text: str) -> tuple[int, int]:
+    """ "5433" or "15500-15599" -> (first, last): a manifest's network ports."""
+    first, _, last = text.partition("-")
+    try:
+        low, high = int(first), int(last or first)
+    except ValueError:
+        raise errors.InvalidArgument(f"bad port range {text!r}: use 5433 or 15500-15599") from None
+    if not 1 <= low <= high <= 65535:
+        raise errors.InvalidArgument(f"bad port range {text!r}: use 5433 or 15500-15599")
+    return low, high
 
 
 def service_password(secrets_dir: Path, service: str) -> str:

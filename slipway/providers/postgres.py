@@ -31,21 +31,21 @@ import contextlib
 import hashlib
 import hmac
 import os
-import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slipway import engines, errors, pki
+from slipway import errors, pki
 from slipway import log as slog
 from slipway.backoff import Backoff
 from slipway.providers.partner import Outcome, PlanSpec
 from slipway.providers.resources import PROVISIONED, Resource, ResourceStore
+from slipway.providers.runas import RunAs, check_reachable, spawn_logged, stop_process
 
 log = slog.get("addons.postgresql")
 
@@ -130,60 +130,6 @@ def hba_text() -> str:
     )
 
 
-@dataclass(frozen=True)
-class RunAs:
-    uid: int
-    gid: int
-    user: str
-
-    @classmethod
-    def postgres(cls) -> RunAs:
-        """The postgres system user when we are root (PostgreSQL refuses root)."""
-        if os.geteuid() != 0:
-            entry = pwd.getpwuid(os.geteuid())
-            return cls(entry.pw_uid, entry.pw_gid, entry.pw_name)
-        try:
-            entry = pwd.getpwnam("postgres")
-        except KeyError:
-            raise errors.FailedPrecondition(
-                "there is no 'postgres' system user; run `make setup` (the postgresql "
-                "package makes it)"
-            ) from None
-        return cls(entry.pw_uid, entry.pw_gid, entry.pw_name)
-
-    def wrap(self, argv: Sequence[str], *, death_signal: str = "INT") -> list[str]:
-        """``argv`` as this user, signalled when we die (SIGINT: PostgreSQL's fast stop)."""
-        setpriv = engines.find_binary("setpriv")
-        if os.geteuid() != 0:
-            return [setpriv, "--pdeathsig", death_signal, "--", *argv]
-        return [
-            setpriv,
-            f"--reuid={self.uid}",
-            f"--regid={self.gid}",
-            "--init-groups",
-            "--pdeathsig",
-            death_signal,
-            "--",
-            *argv,
-        ]
-
-
-def _check_reachable(path: Path, who: RunAs) -> None:
-    """Every parent must be searchable by the postgres user, or it cannot start."""
-    for parent in [path, *path.parents]:
-        if not parent.exists():
-            continue
-        st = parent.stat()
-        if st.st_uid == who.uid:
-            continue
-        if not st.st_mode & 0o001 and not (st.st_gid == who.gid and st.st_mode & 0o010):
-            raise errors.FailedPrecondition(
-                f"{parent} is not searchable by the {who.user} user, so PostgreSQL cannot "
-                f"reach {path}; choose a data directory under a world-searchable path "
-                "(for example /var/lib/slipway)"
-            )
-
-
 class PostgresCluster:
     """One PostgreSQL server: init once, start, supervise, run admin SQL."""
 
@@ -204,7 +150,7 @@ class PostgresCluster:
         self.bundle = bundle
         self.max_connections = max_connections
         self.bin = find_bin_dir()
-        self.who = RunAs.postgres()
+        self.who = RunAs.system_user("postgres", "the postgresql package makes it")
         self.log_path = root / "postgresql.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
@@ -214,7 +160,7 @@ class PostgresCluster:
 
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _check_reachable(self.root, self.who)
+        check_reachable(self.root, self.who, "PostgreSQL")
         for path in (self.root, self.data, self.run_dir):
             path.mkdir(mode=0o700, exist_ok=True)
             os.chown(path, self.who.uid, self.who.gid)
@@ -280,14 +226,7 @@ class PostgresCluster:
     async def start(self, timeout: float = 60.0) -> None:
         await asyncio.to_thread(self.prepare)
         self._stopping = False
-        with open(self.log_path, "ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.proc = await spawn_logged(self.argv(), self.log_path)
         try:
             async with asyncio.timeout(timeout):
                 await self._wait_answering()
@@ -339,19 +278,8 @@ class PostgresCluster:
     async def stop(self, grace: float = 15.0) -> None:
         self._stopping = True
         self.ready.clear()
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
         # setpriv execs postgres: the pid is the postmaster's. SIGINT: fast shutdown.
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(2)
-        try:
-            async with asyncio.timeout(grace):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await stop_process(self.proc, signal.SIGINT, grace)
 
     async def sql(
         self, script: str, *, database: str = "postgres", timeout: float = SQL_TIMEOUT

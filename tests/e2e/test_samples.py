@@ -151,6 +151,50 @@ def test_python_with_the_built_in_postgres_and_a_release_phase_migration(
     page(platform, "ledger", '"visits"', "/json")
 
 
+def test_two_web_dynos_share_one_counter_in_the_built_in_redis(platform: Platform) -> None:
+    platform.cli("apps:create", "hits")
+    created = platform.cli("addons:create", "redis", "-a", "hits", "--wait").stdout
+    assert re.search(r"Created redis-\S+ as REDIS", created), created
+    url = urlsplit(json.loads(platform.cli("config", "-a", "hits", "--json").stdout)["REDIS_URL"])
+    assert url.scheme == "rediss" and url.password and not url.username, url
+
+    deploy(platform, "hits", "python-redis")
+    platform.cli("ps:scale", "web=2", "-a", "hits")
+    seen: dict[str, list[int]] = {}
+
+    def both_dynos_counted() -> bool:
+        got = json.loads(page(platform, "hits", '"hits"', "/json"))
+        seen.setdefault(got["dyno"], []).append(got["hits"])
+        return len(seen) == 2
+
+    assert eventually(both_dynos_counted, 120), seen
+    counts = sorted(n for ns in seen.values() for n in ns)
+    assert len(set(counts)) == len(counts), seen  # one counter: no number given twice
+
+    # An app the add-on is not attached to cannot even open a connection to it.
+    probe = (
+        "import socket; s = socket.socket(); s.settimeout(3); "
+        f"print('PROBE', s.connect_ex(({url.hostname!r}, {url.port})))"
+    )
+    other = platform.cli("run", "-a", "flask-poetry", "--", "python", "-c", probe, timeout=120)
+    assert "PROBE 11" in other.stdout, other.stdout + other.stderr
+
+    info = platform.cli("redis:info", "-a", "hits").stdout
+    assert "=== REDIS_URL" in info and "mini" in info and "noeviction" in info, info
+    assert re.search(r"Keys:\s+1\b", info), info
+    got = platform.cli("redis:cli", "-a", "hits", "-c", "GET hits", timeout=120).stdout
+    assert re.search(r"^\d+\s*$", got, re.M) and int(got.split()[-1]) >= counts[-1], got
+
+    set_policy = platform.cli("redis:maxmemory", "-a", "hits", "--policy", "allkeys-lru").stdout
+    assert "allkeys-lru" in set_policy, set_policy
+    assert "allkeys-lru" in platform.cli("redis:info", "-a", "hits").stdout
+    reset = platform.cli("redis:credentials", "-a", "hits", "--reset", "--confirm", "hits").stdout
+    assert "released as v" in reset, reset
+    # The dynos restart on the new URL and count on from where they were.
+    after = json.loads(page(platform, "hits", '"hits"', "/json"))
+    assert after["hits"] > counts[-1]
+
+
 def test_a_python_version_the_stack_lacks_fails_naming_what_it_has(
     platform: Platform, tmp_path: Path
 ) -> None:

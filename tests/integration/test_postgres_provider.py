@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import ssl
 import subprocess
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from slipway.providers.postgres import (
 )
 from slipway.providers.resources import ResourceStore
 from tests.harness import secure
+from tests.harness.enginedirs import searchable_dir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as its own user")
 
@@ -43,11 +42,8 @@ TINY = PlanSpec(
 
 @pytest.fixture(scope="module")
 def state_dir() -> Iterator[Path]:
-    # Not under pytest's tmp dirs: those are 0700 to root, and PostgreSQL runs as postgres.
-    path = Path(tempfile.mkdtemp(prefix="slipway-pg-", dir="/tmp"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with searchable_dir("slipway-pg-") as path:
+        yield path
 
 
 @dataclass

@@ -24,7 +24,10 @@ def test_a_searchable_data_dir_keeps_it_inside(tmp_path: Path) -> None:
     shared = Path("/tmp") / f"slipway-up-test-{tmp_path.name}"
     cfg = UpConfig(data_dir=shared)
     assert cfg.addons_dir == shared / "addons"
-    assert cfg.addons_manifest == shared / "addons" / "manifests" / "postgresql.json"
+    assert cfg.addons_manifests == [
+        shared / "addons" / "manifests" / "postgresql.json",
+        shared / "addons" / "manifests" / "redis.json",
+    ]
 
 
 def test_an_explicit_addons_dir_wins(tmp_path: Path) -> None:

@@ -53,8 +53,9 @@ class DynoSpec:
 
     @property
     def one_off(self) -> bool:
-        # run.N: `slipway run`; release.N: the release phase. Neither is ever restarted.
-        return self.name.startswith(("run.", "release."))
+        # run.N: `slipway run`; release.N: the release phase; scheduler.N: a
+        # scheduler job's run. None is ever restarted.
+        return self.name.startswith(("run.", "release.", "scheduler."))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

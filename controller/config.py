@@ -85,6 +85,11 @@ class ControllerConfig:
     addons_callback_url: str = ""
     addons_tick_seconds: float = 5.0
     addons_region: str = "local"
+    # Scheduler jobs (scheduler:create): how long a scheduler minute lasts (60;
+    # tests shrink it so a "10 minute" job runs every few seconds) and how often
+    # the leader looks for due jobs (a run starts at most this late).
+    scheduler_minute_seconds: float = 60.0
+    scheduler_tick_seconds: float = 5.0
     # This controller's certificate bundle (slipway.pki): its identity towards
     # etcd and NATS and the API's server certificate. None only with insecure.
     credentials: Bundle | None = None
@@ -110,6 +115,10 @@ class ControllerConfig:
             )
         if config.dyno_cycle_hours < 0:
             raise errors.InvalidArgument("dyno_cycle_hours must be 0 (off) or more")
+        if config.scheduler_minute_seconds <= 0 or config.scheduler_tick_seconds <= 0:
+            raise errors.InvalidArgument(
+                "scheduler_minute_seconds and scheduler_tick_seconds must be more than 0"
+            )
         if config.nats_replicas < 1:
             raise errors.InvalidArgument("nats_replicas must be at least 1")
         return config

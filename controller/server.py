@@ -29,6 +29,7 @@ from controller.config import ControllerConfig
 from controller.core.sizes import SizeTable
 from controller.loops.addons import AddonLoop
 from controller.loops.build_watcher import BuildWatcher
+from controller.loops.cron import CronLoop
 from controller.loops.gc import Collector
 from controller.loops.leader import Leadership
 from controller.loops.oneoff import OneOffs, Reaper
@@ -38,6 +39,7 @@ from controller.store.accounts import Accounts
 from controller.store.addons import Addons
 from controller.store.audit import AuditTrail
 from controller.store.build_records import BuildStore
+from controller.store.cron import Jobs
 from controller.store.placements import PlacementIndex
 from controller.store.state import State
 from slipway import etcdauth, pki, sdnotify, tls
@@ -102,7 +104,6 @@ class Controller:
             credentials=config.credentials,
         )
         self.run_service.audit = self.audit
-        self.reaper = Reaper(self.oneoffs, self.leadership, interval=config.resync_seconds)
         self.log_hub = LogHub(
             config.nats,
             replicas=config.nats_replicas,
@@ -114,6 +115,17 @@ class Controller:
             credentials=config.credentials,
         )
         self.api_log = ApiLog(self.log_hub, clock=clock)
+        self.reaper = Reaper(
+            self.oneoffs, self.leadership, interval=config.resync_seconds, app_log=self.api_log
+        )
+        # Scheduler jobs: any controller edits them; the leader runs them.
+        self.jobs = Jobs(self.state, minute_seconds=config.scheduler_minute_seconds)
+        self.cron_loop = CronLoop(
+            self.jobs,
+            self.leadership,
+            tick=config.scheduler_tick_seconds,
+            app_log=self.api_log,
+        )
         # Log drains: every controller sends its share (controller/bus/drains.py).
         self.drain_pool = DrainPool(
             self.etcd,
@@ -237,6 +249,7 @@ class Controller:
         )
         api.run_service = self.run_service
         api.addons = self.addons
+        api.jobs = self.jobs
         api.addons_wake = self.addon_loop.wake
         api.addon_provider = self.addon_loop.provider
         api.reconcile_passes = lambda: self.reconciler.passes
@@ -304,6 +317,7 @@ class Controller:
                 tg.create_task(self.api_log.run())
                 tg.create_task(self.drain_pool.run())
                 tg.create_task(self.addon_loop.run())
+                tg.create_task(self.cron_loop.run())
                 if self.addon_callbacks is not None:
                     tg.create_task(self.addon_callbacks.run())
         finally:

@@ -198,6 +198,20 @@ class Client:
     def remove_log_drain(self, app: str, drain: str) -> pb.RemoveLogDrainResponse:
         return self.platform("RemoveLogDrain", pb.RemoveLogDrainRequest(app=app, drain=drain))
 
+    def list_scheduler_jobs(self, app: str) -> pb.ListSchedulerJobsResponse:
+        return self.platform("ListSchedulerJobs", pb.ListSchedulerJobsRequest(app=app))
+
+    def create_scheduler_job(
+        self, app: str, every: str, command: str, *, at: str = "", size: str = ""
+    ) -> pb.SchedulerJobResponse:
+        request = pb.CreateSchedulerJobRequest(
+            app=app, every=every, at=at, command=command, size=size
+        )
+        return self.platform("CreateSchedulerJob", request)
+
+    def remove_scheduler_job(self, app: str, job: str) -> pb.SchedulerJobResponse:
+        return self.platform("RemoveSchedulerJob", pb.RemoveSchedulerJobRequest(app=app, job=job))
+
     def list_addon_services(self) -> pb.ListAddonServicesResponse:
         return self.platform("ListAddonServices", pb.ListAddonServicesRequest())
 

@@ -25,6 +25,8 @@
     {prefix}/leader                        controller leader election
     {prefix}/builds/{app}/{build_id}       Build record (JSON; the controller's builds module)
     {prefix}/runseq/{app}                  last one-off dyno number (run.N) of the app
+    {prefix}/schedjobs/{app}/{id}          a scheduler job (JSON; controller/core/cron.py)
+    {prefix}/schedseq/{app}                last scheduler dyno number (scheduler.N) of the app
     {prefix}/logdrains/{app}/{id}          a log drain (JSON; controller/core/drains.py)
     {prefix}/drainpool/{member}            a controller serving drains, under its lease
     {prefix}/drainowners/{id}              which pool member sends drain {id}, its lease
@@ -170,6 +172,16 @@ class Keys:
 
     def run_seq(self, app: str) -> bytes:
         return self._k("runseq", app)
+
+    # scheduler jobs (scheduler:create) and the counter naming their runs scheduler.N
+    def scheduler_job(self, app: str, job_id: str) -> bytes:
+        return self._k("schedjobs", app, job_id)
+
+    def scheduler_jobs(self, app: str | None = None) -> bytes:
+        return self._k("schedjobs", app, "") if app else self._k("schedjobs", "")
+
+    def scheduler_seq(self, app: str) -> bytes:
+        return self._k("schedseq", app)
 
     # log drains
     def log_drain(self, app: str, drain_id: str) -> bytes:

@@ -12,6 +12,7 @@ from controller.api.accounts_api import AccountRPCs
 from controller.api.addons_api import AddonRPCs
 from controller.api.auth import Access
 from controller.api.build_api import BuildRPCs, BuildServices
+from controller.api.cron_api import CronRPCs
 from controller.api.drains_api import DrainRPCs
 from controller.api.endpoint import unary
 from controller.api.logs_api import LogRPCs
@@ -25,6 +26,7 @@ from controller.core.access import Identity
 from controller.core.transitions import ScaleChange
 from controller.store.addons import Addons
 from controller.store.audit import AuditTrail
+from controller.store.cron import Jobs
 from controller.store.drains import Drains
 from controller.store.dynos import Dynos
 from controller.store.state import State
@@ -41,6 +43,7 @@ class PlatformAPI(
     BuildRPCs,
     LogRPCs,
     DrainRPCs,
+    CronRPCs,
     AddonRPCs,
     platform_pb2_grpc.PlatformServiceServicer,
 ):
@@ -65,6 +68,7 @@ class PlatformAPI(
         self.dynos = Dynos(state)
         self.drains = Drains(state)
         self.addons = Addons(state)
+        self.jobs = Jobs(state)
         self.addons_wake: Callable[[], None] = lambda: None
         self.addon_provider = ProviderClient()
         # Build RPCs (controller/api/build_api.py); None when builds are not wired.

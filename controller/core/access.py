@@ -128,6 +128,10 @@ RULES: dict[str, Rule] = {
     "ListLogDrains": _read(),
     "AddLogDrain": _change(Permission.MANAGE),
     "RemoveLogDrain": _change(Permission.MANAGE),
+    # scheduler jobs: a standing order to run commands with the app's secrets
+    "ListSchedulerJobs": _read(),
+    "CreateSchedulerJob": _change(Permission.MANAGE),
+    "RemoveSchedulerJob": _change(Permission.MANAGE),
     # add-ons (config var values come out through GetConfigVars only)
     "ListAddonServices": _read(None),
     "ListAddons": _read(),

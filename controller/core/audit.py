@@ -73,6 +73,8 @@ DETAILS: dict[str, Callable[[Any], str]] = {
     "StopDyno": lambda r: r.dyno,
     "AddLogDrain": lambda r: "a drain",  # drain URLs may carry passwords
     "RemoveLogDrain": lambda r: "a drain",
+    "CreateSchedulerJob": lambda r: f"every {r.every} {r.at} {r.command[:200]}".replace("  ", " "),
+    "RemoveSchedulerJob": lambda r: r.job,
     "AddCollaborator": _access,
     "UpdateCollaborator": _access,
     "RemoveCollaborator": _access,

@@ -110,6 +110,9 @@ class Placement:
     attach_token: str = field(default="", repr=False)
     # Set by ps:restart: plan() replaces this placement, new before old.
     restart_requested: bool = False
+    # One-offs the leader stops this many seconds after created_at (scheduler
+    # dynos: their job's interval, as on Heroku); 0: no limit.
+    stop_after: float = 0.0
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()

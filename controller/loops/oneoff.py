@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from controller.bus.apilog import ApiLog
+from controller.core.cron import SCHEDULER_TYPE
 from controller.core.scheduler import CRASHED, DOWN, Placement
 from controller.core.sizes import DEFAULT_SIZE, SizeTable
 from controller.loops.leader import Leadership
@@ -37,6 +39,8 @@ from slipway.records import NodeRecord, StatusRecord
 log = slog.get("controller.oneoff")
 
 RUN_TYPE = "run"
+# One-off types the reaper removes once they end (release.N is the release phase's).
+REAPED_TYPES = frozenset({RUN_TYPE, SCHEDULER_TYPE})
 MAX_COMMAND_BYTES = 16 * 1024
 
 
@@ -69,15 +73,25 @@ def next_run_number(raw: bytes | None) -> int:
 def finished_runs(
     placements: Iterable[Placement], statuses: dict[str, StatusRecord]
 ) -> list[Placement]:
-    """Detached run.N placements whose dyno has ended (pure; the reaper deletes them)."""
+    """Detached run.N and scheduler.N placements whose dyno has ended (pure; the
+    reaper deletes them)."""
     done = []
     for p in placements:
-        if p.kind != "oneoff" or p.type != RUN_TYPE:
+        if p.kind != "oneoff" or p.type not in REAPED_TYPES:
             continue
         status = statuses.get(p.instance_id)
         if status is not None and status.state in (DOWN, CRASHED):
             done.append(p)
     return done
+
+
+def overdue(placements: Iterable[Placement], now: float) -> list[Placement]:
+    """One-offs past their ``stop_after`` (scheduler dynos past their interval)."""
+    return [
+        p
+        for p in placements
+        if p.kind == "oneoff" and p.stop_after > 0 and now - p.created_at >= p.stop_after
+    ]
 
 
 def check_command(command: str) -> str:
@@ -206,14 +220,24 @@ class OneOffs:
 
 
 class Reaper:
-    """The leader removes finished detached runs and counters of destroyed apps."""
+    """The leader removes finished detached runs and scheduler runs, and stops
+    scheduler runs that outlived their interval."""
 
-    def __init__(self, oneoffs: OneOffs, leadership: Leadership, *, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        oneoffs: OneOffs,
+        leadership: Leadership,
+        *,
+        interval: float = 2.0,
+        app_log: ApiLog | None = None,
+    ) -> None:
         self.oneoffs = oneoffs
         self.etcd = oneoffs.etcd
         self.keys = oneoffs.keys
+        self.clock = oneoffs.clock
         self.leadership = leadership
         self.interval = interval
+        self.app_log = app_log
 
     async def run(self) -> None:
         await self.leadership.run_while_leading(
@@ -229,9 +253,23 @@ class Reaper:
             status = StatusRecord.decode(kv.value)
             statuses[status.instance_id] = status
         done = finished_runs(placements, statuses)
+        finished = {p.instance_id for p in done}
+        late = [p for p in overdue(placements, self.clock.now()) if p.instance_id not in finished]
         if not self.leadership.is_leader:
             return []
         for p in done:
             await self.etcd.delete(self.keys.dyno(p.app, p.instance_id))
             log.info("one-off dyno finished", app=p.app, dyno=p.name, node=p.node)
-        return done
+        for p in late:
+            # The agent stops the dyno the usual way (SIGTERM, grace, SIGKILL).
+            await self.etcd.delete(self.keys.dyno(p.app, p.instance_id))
+            log.info("one-off dyno stopped at its limit", app=p.app, dyno=p.name, node=p.node)
+            if self.app_log is not None:
+                self.app_log.emit(
+                    p.app,
+                    f"Stopping {p.name}: it ran for its job's whole interval"
+                    f" ({p.stop_after:.0f} s)",
+                    source="heroku",
+                    process=p.name,
+                )
+        return done + late

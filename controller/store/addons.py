@@ -59,6 +59,13 @@ class Addons:
     async def service(self, name: str) -> ServiceRecord:
         core.service_name(name)
         kv = await self.etcd.get(self.keys.addon_service(name))
+        if kv is None and name == "scheduler":
+            # Heroku's scheduler is an add-on; here it is part of the platform.
+            raise errors.NotFound(
+                "the scheduler needs no add-on on Slipway: add jobs with"
+                " `slipway scheduler:create -a APP --every 10m -- COMMAND`",
+                reason="service_not_found",
+            )
         if kv is None:
             known = ", ".join(s.name for s in await self.services()) or "none registered"
             raise errors.NotFound(

@@ -196,6 +196,7 @@ class State:
             k.formation(name),
             k.route_app(name),
             k.run_seq(name),
+            k.scheduler_seq(name),
             k.audit_seq(name),
         ]
         # Placements go with the app; agents then stop the dynos and drop their
@@ -204,6 +205,7 @@ class State:
             k.releases(name),
             k.dynos(name),
             k.log_drains(name),
+            k.scheduler_jobs(name),
             k.collaborators(name),
             k.audit_records(name),
             # What the app only uses is detached with it; the add-ons it owns are

@@ -18,6 +18,7 @@ from slipway.cli import (  # noqa: F401
     redis,
     releases,
     run,
+    scheduler,
     teams,
     up,
 )

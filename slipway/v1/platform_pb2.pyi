@@ -1096,6 +1096,84 @@ class RemoveLogDrainResponse(_message.Message):
     drain: LogDrain
     def __init__(self, drain: _Optional[_Union[LogDrain, _Mapping]] = ...) -> None: ...
 
+class SchedulerRun(_message.Message):
+    __slots__ = ("due_at", "started_at", "dyno", "release")
+    DUE_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DYNO_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    due_at: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    dyno: str
+    release: int
+    def __init__(self, due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dyno: _Optional[str] = ..., release: _Optional[int] = ...) -> None: ...
+
+class SchedulerJob(_message.Message):
+    __slots__ = ("id", "app", "command", "every", "at", "schedule", "size", "created_at", "created_by", "next_run_at", "recent_runs")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    RECENT_RUNS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    app: str
+    command: str
+    every: str
+    at: str
+    schedule: str
+    size: str
+    created_at: _timestamp_pb2.Timestamp
+    created_by: str
+    next_run_at: _timestamp_pb2.Timestamp
+    recent_runs: _containers.RepeatedCompositeFieldContainer[SchedulerRun]
+    def __init__(self, id: _Optional[str] = ..., app: _Optional[str] = ..., command: _Optional[str] = ..., every: _Optional[str] = ..., at: _Optional[str] = ..., schedule: _Optional[str] = ..., size: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., next_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recent_runs: _Optional[_Iterable[_Union[SchedulerRun, _Mapping]]] = ...) -> None: ...
+
+class ListSchedulerJobsRequest(_message.Message):
+    __slots__ = ("app",)
+    APP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    def __init__(self, app: _Optional[str] = ...) -> None: ...
+
+class ListSchedulerJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[SchedulerJob]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[SchedulerJob, _Mapping]]] = ...) -> None: ...
+
+class CreateSchedulerJobRequest(_message.Message):
+    __slots__ = ("app", "every", "at", "command", "size")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    every: str
+    at: str
+    command: str
+    size: str
+    def __init__(self, app: _Optional[str] = ..., every: _Optional[str] = ..., at: _Optional[str] = ..., command: _Optional[str] = ..., size: _Optional[str] = ...) -> None: ...
+
+class RemoveSchedulerJobRequest(_message.Message):
+    __slots__ = ("app", "job")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    job: str
+    def __init__(self, app: _Optional[str] = ..., job: _Optional[str] = ...) -> None: ...
+
+class SchedulerJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: SchedulerJob
+    def __init__(self, job: _Optional[_Union[SchedulerJob, _Mapping]] = ...) -> None: ...
+
 class AddonPlan(_message.Message):
     __slots__ = ("name", "description", "price_cents_per_month", "default")
     NAME_FIELD_NUMBER: _ClassVar[int]

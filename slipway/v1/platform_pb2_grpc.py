@@ -245,6 +245,21 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.FromString,
                 _registered_method=True)
+        self.ListSchedulerJobs = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListSchedulerJobs',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListSchedulerJobsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListSchedulerJobsResponse.FromString,
+                _registered_method=True)
+        self.CreateSchedulerJob = channel.unary_unary(
+                '/slipway.v1.PlatformService/CreateSchedulerJob',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.CreateSchedulerJobRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.SchedulerJobResponse.FromString,
+                _registered_method=True)
+        self.RemoveSchedulerJob = channel.unary_unary(
+                '/slipway.v1.PlatformService/RemoveSchedulerJob',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveSchedulerJobRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.SchedulerJobResponse.FromString,
+                _registered_method=True)
         self.ListAddonServices = channel.unary_unary(
                 '/slipway.v1.PlatformService/ListAddonServices',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.ListAddonServicesRequest.SerializeToString,
@@ -646,6 +661,30 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSchedulerJobs(self, request, context):
+        """Scheduler jobs: commands the leader runs as one-off dynos `scheduler.N` on
+        the app's current release, every 10 minutes, every hour at :MM or every day
+        at HH:MM UTC; each slot runs at most once, also across a failover.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSchedulerJob(self, request, context):
+        """Adds a job; its first run is at the next slot boundary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSchedulerJob(self, request, context):
+        """Removes a job, named by its id or a unique prefix of it; a run already
+        started goes on to its end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAddonServices(self, request, context):
         """The add-on services operators registered (slipway-controller addons:register),
         with their plans.
@@ -1022,6 +1061,21 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.RemoveLogDrain,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.SerializeToString,
+            ),
+            'ListSchedulerJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedulerJobs,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListSchedulerJobsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListSchedulerJobsResponse.SerializeToString,
+            ),
+            'CreateSchedulerJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedulerJob,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.CreateSchedulerJobRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.SchedulerJobResponse.SerializeToString,
+            ),
+            'RemoveSchedulerJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSchedulerJob,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveSchedulerJobRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.SchedulerJobResponse.SerializeToString,
             ),
             'ListAddonServices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAddonServices,
@@ -2258,6 +2312,87 @@ class PlatformService:
             '/slipway.v1.PlatformService/RemoveLogDrain',
             slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedulerJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListSchedulerJobs',
+            slipway_dot_v1_dot_platform__pb2.ListSchedulerJobsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListSchedulerJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedulerJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/CreateSchedulerJob',
+            slipway_dot_v1_dot_platform__pb2.CreateSchedulerJobRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.SchedulerJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSchedulerJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RemoveSchedulerJob',
+            slipway_dot_v1_dot_platform__pb2.RemoveSchedulerJobRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.SchedulerJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agent.model import DynoSpec, DynoState
 from agent.plan import Actual, Plan, plan
 
@@ -66,9 +68,10 @@ def test_crashed_restarts_when_cooloff_over() -> None:
         assert (p.restart, p.wake_at, p.start, p.stop) == (restart, wake, (), ()), a
 
 
-def test_one_off_dynos_are_never_restarted() -> None:
-    a = act("k1", DynoState.CRASHED, active=False, restart_at=NOW, name="run.1")
-    assert plan([s("k1", "run.1")], {"k1": a}, NOW).restart == ()
+@pytest.mark.parametrize("name", ["run.1", "release.4", "scheduler.7"])
+def test_one_off_dynos_are_never_restarted(name: str) -> None:
+    a = act("k1", DynoState.CRASHED, active=False, restart_at=NOW, name=name)
+    assert plan([s("k1", name)], {"k1": a}, NOW).restart == ()
 
 
 def test_wake_at_is_the_earliest_pending_restart() -> None:

@@ -314,3 +314,56 @@ def pg_backups_delete(client: Client, backup: str, database: str, app: str, conf
     confirm_app(app, confirm, f"this deletes {backup} of {addon.name} for good")
     reply = client.run_addon_action(app, addon.name, "backup-delete", confirm, backup)
     click.echo(reply.message[:1].upper() + reply.message[1:])
+
+
+@cli.command("pg:backups:schedule")
+@click.argument("database", required=False, default="")
+@click.option("--at", "at", required=True, metavar="HH:MM", help="Time of day, UTC.")
+@app_option
+@with_client
+def pg_backups_schedule(client: Client, database: str, at: str, app: str) -> None:
+    """Back the database up every day at a time (UTC).
+
+    \b
+      slipway pg:backups:schedule DATABASE_URL --at 02:00 -a myapp
+
+    Scheduled backups are named a001, a002, ... and the last 7 are kept, apart
+    from the ones you capture by hand.
+    """
+    addon = choose(_databases(client, app), app, database)
+    reply = client.run_addon_action(app, addon.name, "backup-schedule", app, at)
+    click.echo(reply.message[:1].upper() + reply.message[1:])
+
+
+@cli.command("pg:backups:unschedule")
+@click.argument("database", required=False, default="")
+@app_option
+@with_client
+def pg_backups_unschedule(client: Client, database: str, app: str) -> None:
+    """Stop the database's daily backups (the backups taken stay)."""
+    addon = choose(_databases(client, app), app, database)
+    reply = client.run_addon_action(app, addon.name, "backup-unschedule", app)
+    click.echo(reply.message[:1].upper() + reply.message[1:])
+
+
+@cli.command("pg:backups:schedules")
+@app_option
+@json_option
+@with_client
+def pg_backups_schedules(client: Client, app: str, as_json: bool) -> None:
+    """The daily backup schedules of the app's databases."""
+    rows = []
+    for addon in _databases(client, app):
+        details = json.loads(client.addon_details(app, addon.name).details_json or "{}")
+        if details.get("backup_schedule"):
+            rows.append({"addon": addon.name, "at": details["backup_schedule"]})
+    if as_json:
+        emit_json(rows)
+    elif rows:
+        for row in rows:
+            click.echo(f"{row['addon']}: daily at {row['at']} UTC")
+    else:
+        click.echo(
+            f"{app} has no backup schedules; add one with"
+            f" `slipway pg:backups:schedule --at 02:00 -a {app}`"
+        )

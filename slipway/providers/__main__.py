@@ -21,7 +21,12 @@ from slipway import errors, log, sdnotify, tls
 from slipway.pki import Bundle
 from slipway.providers import manifest
 from slipway.providers.partner import Backend, PartnerServer
-from slipway.providers.postgres import PostgresBackend, PostgresCluster, QuotaLoop
+from slipway.providers.postgres import (
+    BackupScheduleLoop,
+    PostgresBackend,
+    PostgresCluster,
+    QuotaLoop,
+)
 from slipway.providers.redis import RedisBackend, RedisFleet
 from slipway.providers.resources import ResourceStore
 
@@ -112,6 +117,7 @@ async def serve(
                 tg.create_task(
                     QuotaLoop(postgres, store, server.lock, interval=quota_interval).run()
                 ),
+                tg.create_task(BackupScheduleLoop(postgres, store, server.lock).run()),
             ]
             await stop.wait()
             sdnotify.stopping()

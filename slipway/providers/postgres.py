@@ -52,6 +52,11 @@ log = slog.get("addons.postgresql")
 SERVICE = "postgresql"
 PREFIX = "HEROKU_POSTGRESQL"
 SQL_TIMEOUT = 30.0
+# Scheduled backups (pg:backups:schedule) are kept apart from manual ones, the
+# last 7 on every plan, as Heroku keeps 7 daily backups.
+SCHEDULED_KEPT = 7
+MANUAL, SCHEDULED = "b", "a"  # backup id prefixes: b001 manual, a001 scheduled, as on Heroku
+DAY = 86400.0
 MB = 1024 * 1024
 # Heroku's Essential and Standard tiers, by their limits.
 PLANS = (
@@ -352,6 +357,45 @@ def _limit(plan: PlanSpec, key: str) -> int:
     return int(plan.limits.get(key, 0))
 
 
+def schedule_time(text: str) -> str:
+    """A daily backup time, ``HH:MM`` in UTC."""
+    text = text.strip().upper().removesuffix("UTC").strip()
+    hours, sep, minutes = text.partition(":")
+    if not (sep and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+        raise errors.InvalidArgument(f"give the time of day as HH:MM (UTC); not {text!r}")
+    if not (0 <= int(hours) <= 23 and 0 <= int(minutes) <= 59):
+        raise errors.InvalidArgument(f"{text!r} is not a time of day (00:00 to 23:59 UTC)")
+    return f"{int(hours):02d}:{minutes}"
+
+
+def day_slot(at: str, t: float) -> int:
+    """Which day's backup is the latest one due at ``t`` for a schedule at ``at``."""
+    hours, minutes = at.split(":")
+    return int((t - (int(hours) * 3600 + int(minutes) * 60)) // DAY)
+
+
+def scheduled_due(resource: Resource, now: float) -> int | None:
+    """The day slot a scheduled backup is due for, or None (pure)."""
+    schedule = resource.data.get("backup_schedule")
+    if resource.state != PROVISIONED or not schedule:
+        return None
+    slot = day_slot(schedule["at"], now)
+    return slot if slot > int(schedule.get("last_slot", slot)) else None
+
+
+def kept_backups(
+    backups: list[dict[str, Any]], new: dict[str, Any], limit: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Pure: (backups kept, backups expired) once ``new`` is added; only backups of
+    its own kind (manual or scheduled) count towards its ``limit``."""
+    kind = new["id"][0]
+    same = [b for b in backups if b["id"][0] == kind] + [new]
+    others = [b for b in backups if b["id"][0] != kind]
+    expired = same[:-limit] if limit else []
+    kept = sorted(others + same[len(expired) :], key=lambda b: (b["created_at"], b["id"]))
+    return kept, expired
+
+
 class PostgresBackend:
     """The partner API's calls as SQL on the shared cluster."""
 
@@ -451,15 +495,26 @@ class PostgresBackend:
             "read_only": bool(resource.data.get("over_quota")),
             "backups": list(resource.data.get("backups", [])),
             "backup_limit": _limit(plan, "backups"),
+            "backup_schedule": (resource.data.get("backup_schedule") or {}).get("at", ""),
+            "scheduled_backup_limit": SCHEDULED_KEPT,
         }
 
     async def action(self, resource: Resource, action: str, argument: str) -> Outcome:
         await self._ready()
         name = resource.data["name"]
         if action == "backup-capture":
-            return await self._capture(resource)
+            return await self.capture(resource)
         if action == "backup-restore":
             return await self._restore(resource, argument)
+        if action == "backup-schedule":
+            at = schedule_time(argument)
+            # From now on: a time already past today first runs tomorrow.
+            resource.data["backup_schedule"] = {"at": at, "last_slot": day_slot(at, time.time())}
+            return Outcome(None, f"daily backups of {name} scheduled at {at} UTC")
+        if action == "backup-unschedule":
+            if not resource.data.pop("backup_schedule", None):
+                raise errors.FailedPrecondition(f"{name} has no backup schedule")
+            return Outcome(None, f"daily backups of {name} stopped; its backups stay")
         if action == "backup-delete":
             found = _backup(resource, argument)
             (self._backups_dir(resource) / f"{found['id']}.dump").unlink(missing_ok=True)
@@ -492,32 +547,34 @@ class PostgresBackend:
     def _backups_dir(self, resource: Resource) -> Path:
         return self.cluster.root / "backups" / resource.uuid
 
-    async def _capture(self, resource: Resource) -> Outcome:
+    async def capture(self, resource: Resource, *, scheduled: bool = False) -> Outcome:
         """A logical backup (pg_dump's custom format) kept on the add-ons host; past
-        the plan's count the oldest goes, as Heroku expires manual backups."""
-        number = int(resource.data.get("backup_seq", 0)) + 1
-        backup_id = f"b{number:03d}"
+        the plan's count the oldest goes, as Heroku expires manual backups
+        (scheduled ones count apart: the last SCHEDULED_KEPT)."""
+        kind, seq = (SCHEDULED, "scheduled_backup_seq") if scheduled else (MANUAL, "backup_seq")
+        number = int(resource.data.get(seq, 0)) + 1
+        backup_id = f"{kind}{number:03d}"
         folder = self._backups_dir(resource)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = folder / f"{backup_id}.partial"
         await self.cluster.tool("pg_dump", "-Fc", "-d", resource.data["name"], "-f", str(partial))
         partial.chmod(0o600)
         partial.rename(folder / f"{backup_id}.dump")
-        resource.data["backup_seq"] = number
-        kept = [*resource.data.get("backups", [])]
-        kept.append(
-            {
-                "id": backup_id,
-                "created_at": time.time(),
-                "size_bytes": (folder / f"{backup_id}.dump").stat().st_size,
-            }
-        )
-        limit = _limit(self.plan(resource.plan), "backups") or 1
-        for old in kept[:-limit]:
+        resource.data[seq] = number
+        new = {
+            "id": backup_id,
+            "created_at": time.time(),
+            "size_bytes": (folder / f"{backup_id}.dump").stat().st_size,
+        }
+        if scheduled:
+            new["scheduled"] = True
+        limit = SCHEDULED_KEPT if scheduled else _limit(self.plan(resource.plan), "backups") or 1
+        kept, expired = kept_backups(list(resource.data.get("backups", [])), new, limit)
+        for old in expired:
             (folder / f"{old['id']}.dump").unlink(missing_ok=True)
-        resource.data["backups"] = kept[-limit:]
-        expired = [old["id"] for old in kept[:-limit]]
-        note = f" (expired {', '.join(expired)}: the plan keeps {limit})" if expired else ""
+        resource.data["backups"] = kept
+        gone = ", ".join(old["id"] for old in expired)
+        note = f" (expired {gone}: the plan keeps {limit})" if expired else ""
         return Outcome(None, f"backup {backup_id} captured{note}")
 
     async def _restore(self, resource: Resource, argument: str) -> Outcome:
@@ -562,16 +619,11 @@ def quota_changes(
     return to_limit, to_lift
 
 
-class QuotaLoop:
-    """Holds each add-on database to its plan's storage limit, level-based.
+class _ClusterLoop:
+    """A pass over the add-on databases every ``interval`` seconds while the
+    cluster is up; a failed pass is logged and the next one tries again."""
 
-    Over the limit, the database's new sessions start read-only
-    (``default_transaction_read_only``) and its current ones are closed, the
-    way Heroku revokes writes on an Essential database over its row or size
-    limit. An app can still ``DELETE`` after ``SET transaction_read_only =
-    off`` (which is also how a determined app would write on): this is a
-    limit for well-behaved apps and a clear signal, not a hard cap.
-    """
+    what = "databases"
 
     def __init__(
         self,
@@ -593,8 +645,25 @@ class QuotaLoop:
                 continue
             try:
                 await self.tick()
-            except errors.SlipwayError as exc:
-                log.warning("storage limits not checked", error=str(exc))
+            except (errors.SlipwayError, OSError) as exc:
+                log.warning("pass failed", loop=self.what, error=str(exc))
+
+    async def tick(self) -> object:
+        raise NotImplementedError
+
+
+class QuotaLoop(_ClusterLoop):
+    """Holds each add-on database to its plan's storage limit, level-based.
+
+    Over the limit, the database's new sessions start read-only
+    (``default_transaction_read_only``) and its current ones are closed, the
+    way Heroku revokes writes on an Essential database over its row or size
+    limit. An app can still ``DELETE`` after ``SET transaction_read_only =
+    off`` (which is also how a determined app would write on): this is a
+    limit for well-behaved apps and a clear signal, not a hard cap.
+    """
+
+    what = "storage limits"
 
     async def tick(self) -> None:
         resources = {
@@ -649,3 +718,54 @@ class QuotaLoop:
         else:
             fresh.data.pop("over_quota", None)
         self.store.put(fresh)
+
+
+class BackupScheduleLoop(_ClusterLoop):
+    """Takes each database's scheduled backup once a day at its time (UTC).
+
+    Level-based on the resource records: a day's backup not taken yet (the
+    daemon was down at the time, or pg_dump failed) is taken at the next pass
+    of that day; days missed entirely are not made up. The record's
+    ``last_slot`` is written only after the dump is kept, so a daemon killed
+    mid-dump takes it again when it comes back.
+    """
+
+    what = "scheduled backups"
+
+    def __init__(
+        self,
+        backend: PostgresBackend,
+        store: ResourceStore,
+        lock: Callable[[str], asyncio.Lock],
+        *,
+        interval: float = 60.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(backend, store, lock, interval=interval)
+        self.now = now
+
+    async def tick(self) -> list[str]:
+        """One pass; returns the ids of the backups it took."""
+        taken = []
+        for resource in self.store.all(SERVICE):
+            if scheduled_due(resource, self.now()) is None:
+                continue
+            async with self.lock(resource.uuid):
+                fresh = self.store.get(SERVICE, resource.uuid)
+                slot = scheduled_due(fresh, self.now()) if fresh is not None else None
+                if fresh is None or slot is None:
+                    continue
+                try:
+                    outcome = await self.backend.capture(fresh, scheduled=True)
+                except errors.SlipwayError as exc:
+                    log.warning(
+                        "scheduled backup failed", database=fresh.data.get("name"), error=str(exc)
+                    )
+                    continue
+                fresh.data["backup_schedule"]["last_slot"] = slot
+                self.store.put(fresh)
+                taken.append(fresh.data["backups"][-1]["id"] if fresh.data["backups"] else "")
+                log.info(
+                    "scheduled backup taken", database=fresh.data["name"], message=outcome.message
+                )
+        return taken

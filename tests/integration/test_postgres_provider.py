@@ -8,6 +8,7 @@ import json
 import os
 import ssl
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from slipway.providers import manifest
 from slipway.providers.partner import PartnerServer, PlanSpec
 from slipway.providers.postgres import (
     PLANS,
+    BackupScheduleLoop,
     PostgresBackend,
     PostgresCluster,
     QuotaLoop,
@@ -124,6 +126,21 @@ def partner_api(p: Provider, record: AddonRecord) -> tuple[dict[str, str], ssl.S
         tls.client_context(None, ca_only=secure.ca_file()),
         f"{p.service.base_url}/{record.id}",
     )
+
+
+async def run_action(
+    p: Provider, record: AddonRecord, action: str, argument: str = ""
+) -> tuple[int, dict[str, object]]:
+    """An add-on action as the controller sends it (pg:backups:*, pg:reset...)."""
+    headers, context, base = partner_api(p, record)
+    got = await http1.request(
+        "POST",
+        f"{base}/actions/{action}",
+        body=json.dumps({"uuid": record.id, "argument": argument}).encode(),
+        headers=headers,
+        context=context,
+    )
+    return got.status, json.loads(got.body)
 
 
 async def provision(p: Provider, record: AddonRecord) -> str:
@@ -270,14 +287,7 @@ async def test_backups_capture_restore_expire_and_delete(provider: Provider) -> 
     headers, context, base = partner_api(provider, record)
 
     async def act(action: str, argument: str = "") -> tuple[int, dict[str, object]]:
-        got = await http1.request(
-            "POST",
-            f"{base}/actions/{action}",
-            body=json.dumps({"uuid": record.id, "argument": argument}).encode(),
-            headers=headers,
-            context=context,
-        )
-        return got.status, json.loads(got.body)
+        return await run_action(provider, record, action, argument)
 
     status, body = await act("backup-restore")
     assert status == 409 and "no backups yet" in str(body["message"]), body
@@ -308,3 +318,52 @@ async def test_backups_capture_restore_expire_and_delete(provider: Provider) -> 
     gone = await provider.client.deprovision(provider.service, record)
     assert gone.outcome is Outcome.DONE
     assert not folder.exists()
+
+
+async def test_scheduled_backups_run_daily_once_and_keep_seven_apart_from_manual_ones(
+    provider: Provider,
+) -> None:
+    """pg:backups:schedule: the daemon's loop takes one backup per day at the time,
+    whatever how often it looks, and expires the oldest scheduled one past 7."""
+    record = provider.record(plan="tiny")
+    url = await provision(provider, record)
+    assert psql(url, "CREATE TABLE t AS SELECT 1 AS n").returncode == 0
+    headers, context, base = partner_api(provider, record)
+
+    async def act(action: str, argument: str = "") -> tuple[int, dict[str, object]]:
+        return await run_action(provider, record, action, argument)
+
+    status, body = await act("backup-schedule", "25:00")
+    assert status == 422 and "not a time of day" in str(body["message"]), body
+    assert (await act("backup-unschedule"))[0] == 409
+    at = time.strftime("%H:%M", time.gmtime(time.time() - 3600))  # an hour ago: tomorrow first
+    status, body = await act("backup-schedule", at)
+    assert status == 200 and f"scheduled at {at} UTC" in str(body["message"]), body
+    assert (await act("backup-capture"))[1]["message"] == "backup b001 captured"
+
+    day = [0]
+    loop = BackupScheduleLoop(
+        provider.backend,
+        provider.store,
+        provider.server.lock,
+        now=lambda: time.time() + day[0] * 86400,
+    )
+    assert await loop.tick() == [], "today's time has passed: the first is tomorrow"
+    day[0] = 1
+    assert await loop.tick() == ["a001"]
+    assert await loop.tick() == [], "once a day"
+    for n in range(2, 9):
+        day[0] = n
+        assert await loop.tick() == [f"a{n:03d}"]
+    info = json.loads((await http1.request("GET", base, headers=headers, context=context)).body)
+    assert info["backup_schedule"] == at
+    ids = [b["id"] for b in info["backups"]]
+    assert ids == ["b001"] + [f"a{n:03d}" for n in range(2, 9)], "a001 expired, b001 kept"
+    # A scheduled backup restores like any other.
+    assert psql(url, "DROP TABLE t").returncode == 0
+    assert (await act("backup-restore", "a008"))[0] == 200
+    assert psql(url, "SELECT count(*) FROM t").stdout.strip() == "1"
+
+    assert (await act("backup-unschedule"))[0] == 200
+    day[0] = 20
+    assert await loop.tick() == []

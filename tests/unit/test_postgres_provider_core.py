@@ -6,7 +6,20 @@ import base64
 import hashlib
 import hmac
 
-from slipway.providers.postgres import hba_text, object_name, quota_changes, scram_verifier
+import pytest
+
+from slipway import errors
+from slipway.providers.postgres import (
+    day_slot,
+    hba_text,
+    kept_backups,
+    object_name,
+    quota_changes,
+    schedule_time,
+    scheduled_due,
+    scram_verifier,
+)
+from slipway.providers.resources import PROVISIONED, Resource
 
 MB = 1024 * 1024
 
@@ -50,3 +63,35 @@ def test_names_and_access_rules() -> None:
     assert rules[-1][-1] == "reject" and not any(
         r[0] == "host" and r[-1] != "reject" for r in rules
     )
+
+
+def test_backup_times_are_utc_hours_and_minutes() -> None:
+    assert schedule_time("2:30") == "02:30"
+    assert schedule_time("02:30 UTC") == "02:30"
+    for bad in ("24:00", "02:60", "0230", "2:3", "noon", ""):
+        with pytest.raises(errors.InvalidArgument):
+            schedule_time(bad)
+
+
+def test_a_scheduled_backup_is_due_once_per_day_after_its_time() -> None:
+    at = "02:30"
+    day = 20_000 * 86400.0
+    before, after = day + 2 * 3600, day + 3 * 3600
+    assert day_slot(at, after) == day_slot(at, before) + 1
+    resource = Resource("u", "postgresql", "essential-0", state=PROVISIONED)
+    resource.data["backup_schedule"] = {"at": at, "last_slot": day_slot(at, before)}
+    assert scheduled_due(resource, before) is None
+    assert scheduled_due(resource, after) == day_slot(at, after)
+    resource.data["backup_schedule"]["last_slot"] = day_slot(at, after)
+    assert scheduled_due(resource, after + 20 * 3600) is None
+    assert scheduled_due(resource, after + 24 * 3600) == day_slot(at, after) + 1
+
+
+def test_manual_and_scheduled_backups_expire_apart() -> None:
+    backups = [{"id": f"b00{n}", "created_at": float(n)} for n in (1, 2)]
+    backups += [{"id": "a001", "created_at": 3.0}]
+    kept, expired = kept_backups(backups, {"id": "a002", "created_at": 4.0}, 1)
+    assert [b["id"] for b in kept] == ["b001", "b002", "a002"]
+    assert [b["id"] for b in expired] == ["a001"]
+    kept, expired = kept_backups(backups, {"id": "b003", "created_at": 4.0}, 2)
+    assert [b["id"] for b in kept] == ["b002", "a001", "b003"] and expired[0]["id"] == "b001"

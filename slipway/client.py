@@ -252,6 +252,16 @@ class Client:
         request = pb.GetAddonDetailsRequest(app=app, addon=addon)
         return self.platform("GetAddonDetails", request, timeout=PROVIDER_CALL_TIMEOUT)
 
+    def download_addon_backup(
+        self, app: str, addon: str, backup: str = "", *, timeout: float = 3600.0
+    ) -> Iterator[pb.DownloadAddonBackupResponse]:
+        """The backup's id and size, then its bytes; the deadline bounds the whole stream."""
+        request = pb.DownloadAddonBackupRequest(app=app, addon=addon, backup=backup)
+        try:
+            yield from self.platform("DownloadAddonBackup", request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc
+
     def run_addon_action(
         self, app: str, addon: str, action: str, confirm: str, argument: str = ""
     ) -> pb.RunAddonActionResponse:

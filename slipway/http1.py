@@ -240,7 +240,9 @@ def status_of(exc: errors.SlipwayError) -> int:
     return 503 if isinstance(exc, errors.Unavailable) else 500
 
 
-Handler = Callable[[Request], Awaitable[tuple[int, bytes]]]
+# (status, body) for JSON, or (status, body, content type).
+Answer = tuple[int, bytes] | tuple[int, bytes, str]
+Handler = Callable[[Request], Awaitable[Answer]]
 
 
 class JsonServer:
@@ -283,8 +285,9 @@ class JsonServer:
                 return
             if request is None:
                 return
-            status, body = await self._handler(request)
-            writer.write(response_bytes(status, body))
+            answer = await self._handler(request)
+            content_type = answer[2] if len(answer) == 3 else "application/json"
+            writer.write(response_bytes(answer[0], answer[1], content_type))
             await writer.drain()
         except (OSError, ssl.SSLError):
             pass

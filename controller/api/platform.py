@@ -11,6 +11,7 @@ from controller.api import convert
 from controller.api.accounts_api import AccountRPCs
 from controller.api.addons_api import AddonRPCs
 from controller.api.auth import Access
+from controller.api.backups_api import BackupRPCs
 from controller.api.build_api import BuildRPCs, BuildServices
 from controller.api.cron_api import CronRPCs
 from controller.api.drains_api import DrainRPCs
@@ -45,6 +46,7 @@ class PlatformAPI(
     DrainRPCs,
     CronRPCs,
     AddonRPCs,
+    BackupRPCs,
     platform_pb2_grpc.PlatformServiceServicer,
 ):
     def __init__(

@@ -111,6 +111,26 @@ class ProviderClient:
             raise errors.Unavailable(f"{service.name} answered {got.status} {message}".strip())
         return doc
 
+    async def backup_chunk(
+        self, service: ServiceRecord, addon: AddonRecord, backup: str, offset: int, length: int
+    ) -> bytes:
+        """Bytes of one of the add-on's backups (a Slipway extension the built-in
+        postgresql serves); raises what the user should read."""
+        url = (
+            f"{service.base_url}/{addon.provider_id or addon.id}/backups/{backup}"
+            f"?offset={offset}&length={length}"
+        )
+        got = await self._call(service, "GET", url, None)
+        if isinstance(got, Answer):
+            raise errors.Unavailable(f"{service.name} did not answer: {got.message}")
+        if got.status == 200:
+            return got.body
+        doc = _json(got.body)
+        message = str(doc.get("message", "")) if isinstance(doc, dict) else ""
+        if got.status == 404:
+            raise errors.NotFound(message or f"{service.name} has no backup {backup}")
+        raise errors.Unavailable(f"{service.name} answered {got.status} {message}".strip())
+
     async def action(
         self, service: ServiceRecord, addon: AddonRecord, action: str, argument: str = ""
     ) -> Answer:

@@ -132,6 +132,8 @@ RULES: dict[str, Rule] = {
     "ListSchedulerJobs": _read(),
     "CreateSchedulerJob": _change(Permission.MANAGE),
     "RemoveSchedulerJob": _change(Permission.MANAGE),
+    # a backup holds every row of the database: as secret as its URL
+    "DownloadAddonBackup": _read(Permission.OPERATE),
     # add-ons (config var values come out through GetConfigVars only)
     "ListAddonServices": _read(None),
     "ListAddons": _read(),

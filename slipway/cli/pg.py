@@ -13,6 +13,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -367,3 +368,58 @@ def pg_backups_schedules(client: Client, app: str, as_json: bool) -> None:
             f"{app} has no backup schedules; add one with"
             f" `slipway pg:backups:schedule --at 02:00 -a {app}`"
         )
+
+
+@cli.command("pg:backups:download")
+@click.argument("backup", required=False, default="")
+@click.argument("database", required=False, default="")
+@click.option(
+    "-o",
+    "--output",
+    default="latest.dump",
+    show_default=True,
+    metavar="FILE",
+    help="Where to write it (- for standard output).",
+)
+@app_option
+@with_client
+def pg_backups_download(client: Client, backup: str, database: str, output: str, app: str) -> None:
+    """Download BACKUP (default: the latest) of the database.
+
+    \b
+      slipway pg:backups:download -a myapp
+      pg_restore --no-owner -d postgres://localhost/mydb latest.dump
+
+    The file is pg_dump's custom format; it is written whole or not at all.
+    """
+    addon = choose(_databases(client, app), app, database)
+    to_stdout = output == "-"
+    target = Path(output)
+    partial = target.with_name(target.name + ".partial")
+    received = total = 0
+    shown = -1
+    sink = sys.stdout.buffer if to_stdout else partial.open("wb")
+    try:
+        for item in client.download_addon_backup(app, addon.name, backup):
+            if item.WhichOneof("body") == "backup":
+                total = item.backup.size_bytes
+                name = item.backup.id
+                click.echo(f"Downloading {name} of {addon.name} ({size(total)})...", err=True)
+                continue
+            sink.write(item.chunk)
+            received += len(item.chunk)
+            percent = received * 100 // total if total else 100
+            if percent // 10 != shown // 10:
+                shown = percent
+                click.echo(f"       {percent}%", err=True)
+        if received != total:
+            raise click.ClickException(f"got {received} of {total} bytes; try again")
+    except BaseException:
+        if not to_stdout:
+            sink.close()
+            partial.unlink(missing_ok=True)
+        raise
+    if not to_stdout:
+        sink.close()
+        partial.replace(target)
+        click.echo(f"Saved {name} to {target} ({size(received)})", err=True)

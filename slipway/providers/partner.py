@@ -10,6 +10,9 @@ its own credentials (Basic auth with the manifest's id and password):
     POST   /{service}/resources/{id}/actions/{action}
                                                  a service's own commands (rotate-credentials,
                                                  reset); 200 {config?, message}
+    GET    /{service}/resources/{id}/backups/{backup}?offset=N&length=L
+                                                 bytes of a backup the GET above lists
+                                                 (pg:backups:download), at most 512 KiB a call
 
 Every call on one resource runs under that resource's lock, and the resource
 file is written before the engine is touched (``resources.py``): a repeated
@@ -44,8 +47,11 @@ log = slog.get("addons.partner")
 MAX_BODY = 64 * 1024
 _PATH = re.compile(
     r"^/(?P<service>[a-z][a-z0-9-]{0,40})/resources"
-    r"(?:/(?P<id>[0-9a-f-]{36})(?:/actions/(?P<action>[a-z-]{1,40}))?)?/?$"
+    r"(?:/(?P<id>[0-9a-f-]{36})"
+    r"(?:/actions/(?P<action>[a-z-]{1,40})|/backups/(?P<backup>[a-z][0-9]{1,9}))?)?/?$"
 )
+# Bytes of a backup one call answers: under the HTTP client's 1 MB answer limit.
+BACKUP_CHUNK = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,27 @@ class Backend(Protocol):
         ...
 
 
+class BackupReader(Protocol):
+    """A backend whose resources have backups to download (the built-in postgresql)."""
+
+    async def read_backup(
+        self, resource: Resource, backup: str, offset: int, length: int
+    ) -> bytes: ...
+
+
+def byte_range(query: str) -> tuple[int, int]:
+    """``offset`` and ``length`` of a backup read, from the query string."""
+    values = dict(part.partition("=")[::2] for part in query.split("&") if part)
+    try:
+        offset = int(values.get("offset", "0"))
+        length = int(values.get("length", str(BACKUP_CHUNK)))
+    except ValueError:
+        raise errors.InvalidArgument("offset and length are whole numbers") from None
+    if offset < 0 or not 0 < length <= BACKUP_CHUNK:
+        raise errors.InvalidArgument(f"offset >= 0 and 0 < length <= {BACKUP_CHUNK}")
+    return offset, length
+
+
 def plan_named(backend: Backend, name: str) -> PlanSpec:
     if not name:
         return next((p for p in backend.plans if p.default), backend.plans[0])
@@ -116,7 +143,7 @@ class PartnerServer(http1.JsonServer):
         self.label = "partner api"
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def handle(self, request: http1.Request) -> tuple[int, bytes]:
+    async def handle(self, request: http1.Request) -> http1.Answer:
         match = _PATH.match(request.path.partition("?")[0])
         backend = self.backends.get(match.group("service")) if match else None
         if match is None or backend is None:
@@ -126,6 +153,7 @@ class PartnerServer(http1.JsonServer):
         if len(request.body) > MAX_BODY:
             return 413, http1.error_body("too_large", f"the body is over {MAX_BODY} bytes")
         resource_id, action = match.group("id"), match.group("action")
+        backup = match.group("backup")
         try:
             doc = _json_body(request.body)
             if resource_id is None:
@@ -137,6 +165,8 @@ class PartnerServer(http1.JsonServer):
                 resource = self.store.get(backend.service, resource_id)
                 if resource is None:
                     return 404, http1.error_body("not_found", f"no resource {resource_id}")
+                if backup is not None and request.method == "GET":
+                    return await self._read_backup(backend, resource, backup, request.path)
                 if action is not None and request.method == "POST":
                     return await self._action(backend, resource, action, doc)
                 if action is None and request.method == "PUT":
@@ -155,6 +185,16 @@ class PartnerServer(http1.JsonServer):
             if not isinstance(exc, errors.InvalidArgument | errors.NotFound):
                 log.error("partner call failed", service=backend.service, error=exc.message)
             return http1.status_of(exc), http1.error_body(exc.reason, exc.message)
+
+    async def _read_backup(
+        self, backend: Backend, resource: Resource, backup: str, path: str
+    ) -> tuple[int, bytes, str]:
+        reader = getattr(backend, "read_backup", None)
+        if reader is None:
+            raise errors.NotFound(f"{backend.service} keeps no backups")
+        offset, length = byte_range(path.partition("?")[2])
+        data = await reader(resource, backup, offset, length)
+        return 200, data, "application/octet-stream"
 
     def _authentic(self, service: str, request: http1.Request) -> bool:
         creds = http1.parse_basic_auth(request.headers.get("authorization", ""))

@@ -544,6 +544,17 @@ class PostgresBackend:
             f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC;\n'
         )
 
+    async def read_backup(self, resource: Resource, backup: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of a kept backup from ``offset`` (fewer at its end)."""
+        found = _backup(resource, backup)
+        path = self._backups_dir(resource) / f"{found['id']}.dump"
+        try:
+            with path.open("rb") as dump:
+                dump.seek(offset)
+                return dump.read(length)
+        except FileNotFoundError:
+            raise errors.NotFound(f"backup {found['id']} is gone (expired or deleted)") from None
+
     def _backups_dir(self, resource: Resource) -> Path:
         return self.cluster.root / "backups" / resource.uuid
 

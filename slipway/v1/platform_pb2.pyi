@@ -1315,6 +1315,34 @@ class AddonDetailsResponse(_message.Message):
     details_json: str
     def __init__(self, addon: _Optional[_Union[Addon, _Mapping]] = ..., details_json: _Optional[str] = ...) -> None: ...
 
+class DownloadAddonBackupRequest(_message.Message):
+    __slots__ = ("app", "addon", "backup")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    addon: str
+    backup: str
+    def __init__(self, app: _Optional[str] = ..., addon: _Optional[str] = ..., backup: _Optional[str] = ...) -> None: ...
+
+class AddonBackup(_message.Message):
+    __slots__ = ("id", "size_bytes", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    size_bytes: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DownloadAddonBackupResponse(_message.Message):
+    __slots__ = ("backup", "chunk")
+    BACKUP_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    backup: AddonBackup
+    chunk: bytes
+    def __init__(self, backup: _Optional[_Union[AddonBackup, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
 class RunAddonActionRequest(_message.Message):
     __slots__ = ("app", "addon", "action", "confirm", "argument")
     APP_FIELD_NUMBER: _ClassVar[int]

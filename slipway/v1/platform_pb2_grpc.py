@@ -315,6 +315,11 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.RunAddonActionRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.RunAddonActionResponse.FromString,
                 _registered_method=True)
+        self.DownloadAddonBackup = channel.unary_stream(
+                '/slipway.v1.PlatformService/DownloadAddonBackup',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.DownloadAddonBackupRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.DownloadAddonBackupResponse.FromString,
+                _registered_method=True)
         self.UploadSource = channel.stream_unary(
                 '/slipway.v1.PlatformService/UploadSource',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.UploadSourceRequest.SerializeToString,
@@ -771,6 +776,15 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadAddonBackup(self, request, context):
+        """Streams one of the add-on's backups (the built-in postgresql's pg_dump
+        files; `backup` "" is the latest): first `backup` (its id and size), then
+        its bytes in chunks of at most 512 KiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadSource(self, request_iterator, context):
         """Receives an app's source as a stream: the first message carries the app and
         the metadata (size, sha256, source_version), the next ones the tar.gz bytes
@@ -1131,6 +1145,11 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.RunAddonAction,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.RunAddonActionRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.RunAddonActionResponse.SerializeToString,
+            ),
+            'DownloadAddonBackup': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadAddonBackup,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.DownloadAddonBackupRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.DownloadAddonBackupResponse.SerializeToString,
             ),
             'UploadSource': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadSource,
@@ -2690,6 +2709,33 @@ class PlatformService:
             '/slipway.v1.PlatformService/RunAddonAction',
             slipway_dot_v1_dot_platform__pb2.RunAddonActionRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.RunAddonActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadAddonBackup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/slipway.v1.PlatformService/DownloadAddonBackup',
+            slipway_dot_v1_dot_platform__pb2.DownloadAddonBackupRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.DownloadAddonBackupResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -91,7 +91,7 @@ def test_fastapi_with_uv(platform: Platform) -> None:
 
 
 def test_python_with_the_built_in_postgres_and_a_release_phase_migration(
-    platform: Platform,
+    platform: Platform, tmp_path: Path
 ) -> None:
     platform.cli("apps:create", "ledger")
     created = platform.cli("addons:create", "postgresql", "-a", "ledger", "--wait").stdout
@@ -146,6 +146,19 @@ def test_python_with_the_built_in_postgres_and_a_release_phase_migration(
     assert re.search(r"Tables:\s+0\b", platform.cli("pg:info", "-a", "ledger").stdout)
     listed = platform.cli("pg:backups", "-a", "ledger").stdout
     assert re.search(r"^b001\s.*DATABASE_URL", listed, re.M), listed
+    # The dump downloads whole, and holds the table pg:reset just dropped.
+    dump = tmp_path / "ledger.dump"
+    got = platform.cli("pg:backups:download", "-a", "ledger", "-o", str(dump))
+    assert "Saved b001" in got.stderr, got.stderr
+    sizes = [
+        b["size_bytes"]
+        for b in json.loads(platform.cli("pg:backups", "-a", "ledger", "--json").stdout)
+    ]
+    assert dump.stat().st_size == int(sizes[0])
+    listing = subprocess.run(
+        ["pg_restore", "--list", str(dump)], capture_output=True, text=True, timeout=30
+    )
+    assert "TABLE public visits" in listing.stdout, listing.stdout + listing.stderr
     platform.cli("pg:backups:restore", "b001", "-a", "ledger", "--confirm", "ledger")
     assert re.search(r"Tables:\s+1\b", platform.cli("pg:info", "-a", "ledger").stdout)
     page(platform, "ledger", '"visits"', "/json")

@@ -18,7 +18,7 @@ import pytest
 
 from controller.bus.addon_provider import ProviderClient
 from controller.core.addons import AddonRecord, Outcome, ServiceRecord, parse_manifest
-from slipway import engines, http1, pki, tls
+from slipway import engines, errors, http1, pki, tls
 from slipway.providers import manifest
 from slipway.providers.partner import PartnerServer, PlanSpec
 from slipway.providers.postgres import (
@@ -367,3 +367,23 @@ async def test_scheduled_backups_run_daily_once_and_keep_seven_apart_from_manual
     assert (await act("backup-unschedule"))[0] == 200
     day[0] = 20
     assert await loop.tick() == []
+
+
+async def test_a_backup_downloads_in_chunks_byte_for_byte(provider: Provider) -> None:
+    """What pg:backups:download relays: any range of a kept dump, nothing else."""
+    record = provider.record(plan="tiny")
+    url = await provision(provider, record)
+    assert psql(url, "CREATE TABLE t AS SELECT generate_series(1, 5000) AS n").returncode == 0
+    assert (await run_action(provider, record, "backup-capture"))[0] == 200
+    dump = (provider.cluster.root / "backups" / record.id / "b001.dump").read_bytes()
+    assert dump.startswith(b"PGDMP")
+    got = b""
+    while len(got) < len(dump):
+        chunk = await provider.client.backup_chunk(provider.service, record, "b001", len(got), 4096)
+        assert 0 < len(chunk) <= 4096
+        got += chunk
+    assert got == dump
+    with pytest.raises(errors.NotFound, match="no backup 'b009'"):
+        await provider.client.backup_chunk(provider.service, record, "b009", 0, 10)
+    with pytest.raises(errors.Unavailable, match="length"):
+        await provider.client.backup_chunk(provider.service, record, "b001", 0, 10**7)

@@ -24,6 +24,8 @@ What each role does on NATS, and so may do (``*`` one token, ``>`` the rest):
                 (``builds.output.*``, ``builds.status.*``) and its build lines
                 (``logs.*.builder``), reads sources, reads and writes slugs and
                 caches.
+    addons      reads and writes the built-in postgresql's backups
+                (``OBJ_addonbackups``); nothing else.
 
 Streams and buckets are created by the controller only. Other roles check that
 they exist (stream info) and wait for them: see ``create=`` in
@@ -146,10 +148,19 @@ def permissions(role: Role) -> Permissions:
                 f"{buildproto.CONSUMER}",
             ),
         )
+    if role is Role.ADDONS:
+        return Permissions(
+            publish=(
+                _STREAM_NAMES,
+                *read_bucket(objstore.ADDON_BACKUPS),
+                *write_bucket(objstore.ADDON_BACKUPS),
+            ),
+            subscribe=(_inbox(role),),
+        )
     raise ValueError(f"no NATS user for role {role.value}")  # ENGINE: servers, not clients
 
 
-CLIENT_ROLES = (Role.CONTROLLER, Role.NODE, Role.ROUTER, Role.BUILDER, Role.ROOT)
+CLIENT_ROLES = (Role.CONTROLLER, Role.NODE, Role.ROUTER, Role.BUILDER, Role.ADDONS, Role.ROOT)
 
 
 def _q(text: str | Path) -> str:

@@ -32,6 +32,9 @@ SLUGS = "slugs"
 SOURCES = "sources"
 CACHES = "caches"
 BUCKETS = (SLUGS, SOURCES, CACHES)
+# The built-in postgresql's backups (pg:backups), written by the add-ons hosts.
+# Apart from BUCKETS: the builders and nodes have no business with it.
+ADDON_BACKUPS = "addonbackups"
 CHUNK_SIZE = 128 * 1024
 # How long a put or get keeps trying while JetStream has no answer: after a
 # server dies, the streams it led elect new leaders (seconds, longer on a
@@ -158,6 +161,10 @@ class ObjectStores:
     async def ensure_buckets(self) -> None:
         for bucket in BUCKETS:
             await self._store(bucket)
+
+    async def ensure(self, bucket: str) -> None:
+        """Make (or, with ``create=False``, find) one bucket."""
+        await self._store(bucket)
 
     async def put_file(self, bucket: str, name: str, path: Path) -> int:
         return await retrying(lambda: self._put_file(bucket, name, path), f"put {bucket}/{name}")

@@ -46,7 +46,7 @@ class Role(StrEnum):
     ROUTER = "router"
     BUILDER = "builder"
     ENGINE = "engine"  # etcd and nats-server themselves
-    ADDONS = "addons"  # the built-in add-on providers: no etcd or NATS user at all
+    ADDONS = "addons"  # the built-in add-on providers: no etcd user; on NATS their backups only
 
 
 def common_name(role: Role, name: str = "") -> str:

@@ -290,6 +290,8 @@ def components(cfg: UpConfig) -> list[Component]:
         str(cfg.postgres_port),
         "--redis-ports",
         cfg.redis_ports,
+        "--nats",
+        cfg.nats_url,
         *_creds(cfg, pki.Role.ADDONS),
     )
     if cfg.addons_address:

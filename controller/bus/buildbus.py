@@ -41,6 +41,7 @@ class BuildBus:
         js = nc.jetstream()
         stores = objstore.ObjectStores(js, replicas=self.replicas)
         await stores.ensure_buckets()
+        await stores.ensure(objstore.ADDON_BACKUPS)
         await buildproto.ensure_streams(js, replicas=self.replicas)
         self._stores = stores
 

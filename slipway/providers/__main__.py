@@ -29,6 +29,7 @@ from slipway.providers.postgres import (
 )
 from slipway.providers.redis import RedisBackend, RedisFleet
 from slipway.providers.resources import ResourceStore
+from slipway.providers.vault import BackupVault
 
 _log = log.get("addons")
 
@@ -62,6 +63,7 @@ async def serve(
     redis_ports: tuple[int, int],
     credentials: Bundle,
     quota_interval: float,
+    nats: list[str],
 ) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     cluster = PostgresCluster(
@@ -70,7 +72,10 @@ async def serve(
     store = ResourceStore(data_dir / "resources")
     store.prepare()
     fleet = RedisFleet(data_dir / "redis", store, address=advertise, bundle=credentials)
-    postgres = PostgresBackend(cluster, advertise)
+    vault = BackupVault(nats, credentials) if nats else None
+    if vault is None:
+        _log.warning("no --nats: database backups are kept on this host only")
+    postgres = PostgresBackend(cluster, advertise, vault=vault)
     redis = RedisBackend(fleet, advertise, redis_ports)
     backends: dict[str, Backend] = {postgres.service: postgres, redis.service: redis}
     ports = {
@@ -125,6 +130,8 @@ async def serve(
                 task.cancel()
     finally:
         await asyncio.gather(cluster.stop(), fleet.stop_all())
+        if vault is not None:
+            await vault.close()
         _log.info("add-ons stopped")
 
 
@@ -168,6 +175,13 @@ def cli() -> None:
     show_default=True,
     help="Seconds between checks of each database's size against its plan.",
 )
+@click.option(
+    "--nats",
+    envvar="SLIPWAY_NATS",
+    default="",
+    help="NATS servers (comma-separated) whose object store keeps the database backups; "
+    "without it backups stay on this host only.",
+)
 @tls.credentials_options
 @click.option("--log-level", default=None)
 def serve_command(
@@ -177,6 +191,7 @@ def serve_command(
     postgres_port: int,
     redis_ports: str,
     quota_interval: float,
+    nats: str,
     credentials: Bundle | None,
     insecure: bool,
     log_level: str | None,
@@ -198,6 +213,7 @@ def serve_command(
                 redis_ports=manifest.port_range(redis_ports),
                 credentials=credentials,
                 quota_interval=quota_interval,
+                nats=[n.strip() for n in nats.split(",") if n.strip()],
             )
         )
     except errors.SlipwayError as exc:

@@ -46,6 +46,7 @@ from slipway.backoff import Backoff
 from slipway.providers.partner import Outcome, PlanSpec
 from slipway.providers.resources import PROVISIONED, Resource, ResourceStore
 from slipway.providers.runas import RunAs, check_reachable, spawn_logged, stop_process
+from slipway.providers.vault import BackupVault
 
 log = slog.get("addons.postgresql")
 
@@ -411,11 +412,14 @@ class PostgresBackend:
         *,
         plans: tuple[PlanSpec, ...] = PLANS,
         new_password: Callable[[], str] = lambda: secrets.token_hex(24),
+        vault: BackupVault | None = None,
     ) -> None:
         self.cluster = cluster
         self.host = host  # the address dynos dial
         self.plans = plans
         self.new_password = new_password
+        # Where backups are kept for good; None: on this host only (development).
+        self.vault = vault
 
     def plan(self, name: str) -> PlanSpec:
         for plan in self.plans:
@@ -471,6 +475,8 @@ class PostgresBackend:
             f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);\nDROP ROLE IF EXISTS "{name}";\n'
         )
         # Heroku keeps a destroyed database's backups no longer either.
+        for backup in resource.data.get("backups", []):
+            await self._forget(resource, backup["id"])
         shutil.rmtree(self._backups_dir(resource), ignore_errors=True)
 
     async def info(self, resource: Resource) -> dict[str, Any]:
@@ -517,7 +523,7 @@ class PostgresBackend:
             return Outcome(None, f"daily backups of {name} stopped; its backups stay")
         if action == "backup-delete":
             found = _backup(resource, argument)
-            (self._backups_dir(resource) / f"{found['id']}.dump").unlink(missing_ok=True)
+            await self._forget(resource, found["id"])
             resource.data["backups"] = [b for b in resource.data["backups"] if b is not found]
             return Outcome(None, f"deleted backup {found['id']}")
         if action == "rotate-credentials":
@@ -547,7 +553,7 @@ class PostgresBackend:
     async def read_backup(self, resource: Resource, backup: str, offset: int, length: int) -> bytes:
         """``length`` bytes of a kept backup from ``offset`` (fewer at its end)."""
         found = _backup(resource, backup)
-        path = self._backups_dir(resource) / f"{found['id']}.dump"
+        path = await self._local_dump(resource, found["id"])
         try:
             with path.open("rb") as dump:
                 dump.seek(offset)
@@ -557,6 +563,33 @@ class PostgresBackend:
 
     def _backups_dir(self, resource: Resource) -> Path:
         return self.cluster.root / "backups" / resource.uuid
+
+    @staticmethod
+    def _object_name(resource: Resource, backup_id: str) -> str:
+        return f"{resource.uuid}/{backup_id}.dump"
+
+    async def _local_dump(self, resource: Resource, backup_id: str) -> Path:
+        """This host's copy of a backup, fetched back from the object store if gone."""
+        path = self._backups_dir(resource) / f"{backup_id}.dump"
+        if not path.exists() and self.vault is not None:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            await self.vault.get(self._object_name(resource, backup_id), path)
+            path.chmod(0o600)
+            log.info("backup fetched from the object store", backup=backup_id)
+        return path
+
+    async def _forget(self, resource: Resource, backup_id: str) -> None:
+        """A backup gone from this host and from the object store."""
+        (self._backups_dir(resource) / f"{backup_id}.dump").unlink(missing_ok=True)
+        if self.vault is None:
+            return
+        try:
+            await self.vault.delete(self._object_name(resource, backup_id))
+        except errors.SlipwayError as exc:
+            # Left in the bucket (an operator can remove it); the record forgets it.
+            log.warning(
+                "backup not deleted from the object store", backup=backup_id, error=str(exc)
+            )
 
     async def capture(self, resource: Resource, *, scheduled: bool = False) -> Outcome:
         """A logical backup (pg_dump's custom format) kept on the add-ons host; past
@@ -570,19 +603,27 @@ class PostgresBackend:
         partial = folder / f"{backup_id}.partial"
         await self.cluster.tool("pg_dump", "-Fc", "-d", resource.data["name"], "-f", str(partial))
         partial.chmod(0o600)
-        partial.rename(folder / f"{backup_id}.dump")
+        dump = folder / f"{backup_id}.dump"
+        partial.rename(dump)
+        if self.vault is not None:
+            try:
+                await self.vault.put(self._object_name(resource, backup_id), dump)
+            except errors.SlipwayError:
+                dump.unlink(missing_ok=True)  # a backup is one kept for good, or none
+                raise
         resource.data[seq] = number
         new = {
             "id": backup_id,
             "created_at": time.time(),
             "size_bytes": (folder / f"{backup_id}.dump").stat().st_size,
+            "kept_in": "object store" if self.vault is not None else "this add-ons host",
         }
         if scheduled:
             new["scheduled"] = True
         limit = SCHEDULED_KEPT if scheduled else _limit(self.plan(resource.plan), "backups") or 1
         kept, expired = kept_backups(list(resource.data.get("backups", [])), new, limit)
         for old in expired:
-            (folder / f"{old['id']}.dump").unlink(missing_ok=True)
+            await self._forget(resource, old["id"])
         resource.data["backups"] = kept
         gone = ", ".join(old["id"] for old in expired)
         note = f" (expired {gone}: the plan keeps {limit})" if expired else ""
@@ -594,7 +635,7 @@ class PostgresBackend:
         found = _backup(resource, argument)
         name = resource.data["name"]
         await self._recreate(name)
-        dump = self._backups_dir(resource) / f"{found['id']}.dump"
+        dump = await self._local_dump(resource, found["id"])
         # Restored as the add-on's role, so it owns what comes back.
         await self.cluster.tool(
             "pg_restore", "--no-owner", "--no-acl", f"--role={name}", "-d", name, str(dump)

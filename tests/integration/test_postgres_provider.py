@@ -18,7 +18,7 @@ import pytest
 
 from controller.bus.addon_provider import ProviderClient
 from controller.core.addons import AddonRecord, Outcome, ServiceRecord, parse_manifest
-from slipway import engines, errors, http1, pki, tls
+from slipway import engines, errors, http1, objstore, pki, tls
 from slipway.providers import manifest
 from slipway.providers.partner import PartnerServer, PlanSpec
 from slipway.providers.postgres import (
@@ -30,6 +30,7 @@ from slipway.providers.postgres import (
     find_bin_dir,
 )
 from slipway.providers.resources import ResourceStore
+from slipway.providers.vault import BackupVault
 from tests.harness import secure
 from tests.harness.enginedirs import searchable_dir
 
@@ -387,3 +388,43 @@ async def test_a_backup_downloads_in_chunks_byte_for_byte(provider: Provider) ->
         await provider.client.backup_chunk(provider.service, record, "b009", 0, 10)
     with pytest.raises(errors.Unavailable, match="length"):
         await provider.client.backup_chunk(provider.service, record, "b001", 0, 10**7)
+
+
+async def test_backups_are_kept_in_the_object_store_and_come_back_from_it(
+    provider: Provider, nats_url: str
+) -> None:
+    """With NATS, a backup is kept in the cluster's object store; the host's copy is
+    only a cache: restore and download fetch it back when it is gone."""
+    root = await objstore.connect([nats_url], credentials=secure.root())
+    try:
+        stores = objstore.ObjectStores(root.jetstream())
+        await stores.ensure(objstore.ADDON_BACKUPS)  # as a controller does
+        provider.backend.vault = BackupVault([nats_url], secure.bundle(pki.Role.ADDONS))
+        record = provider.record(plan="tiny")
+        url = await provision(provider, record)
+        assert psql(url, "CREATE TABLE t AS SELECT 7 AS n").returncode == 0
+        status, body = await run_action(provider, record, "backup-capture")
+        assert status == 200, body
+        name = f"{record.id}/b001.dump"
+        assert await stores.exists(objstore.ADDON_BACKUPS, name)
+
+        local = provider.cluster.root / "backups" / record.id / "b001.dump"
+        local.unlink()  # the add-ons host lost its copy
+        assert psql(url, "DROP TABLE t").returncode == 0
+        assert (await run_action(provider, record, "backup-restore", "b001"))[0] == 200
+        assert psql(url, "SELECT n FROM t").stdout.strip() == "7"
+        local.unlink()
+        chunk = await provider.client.backup_chunk(provider.service, record, "b001", 0, 5)
+        assert chunk == b"PGDMP"
+
+        assert (await run_action(provider, record, "backup-capture"))[0] == 200
+        assert (await run_action(provider, record, "backup-delete", "b001"))[0] == 200
+        assert not await stores.exists(objstore.ADDON_BACKUPS, name)
+        assert await stores.exists(objstore.ADDON_BACKUPS, f"{record.id}/b002.dump")
+        gone = await provider.client.deprovision(provider.service, record)
+        assert gone.outcome is Outcome.DONE
+        assert not await stores.exists(objstore.ADDON_BACKUPS, f"{record.id}/b002.dump")
+    finally:
+        if provider.backend.vault is not None:
+            await provider.backend.vault.close()
+        await root.close()

@@ -69,6 +69,14 @@ def may_subscribe(role: Role, subject: str) -> bool:
         (Role.BUILDER, "$JS.API.STREAM.UPDATE.BUILDS", False),
         (Role.BUILDER, "$JS.API.STREAM.DELETE.OBJ_slugs", False),
         (Role.NODE, "builds.status.b1", False),
+        # The add-ons hosts: their backups bucket and nothing else.
+        (Role.ADDONS, "$O.addonbackups.C.x", True),
+        (Role.ADDONS, "$JS.API.STREAM.INFO.OBJ_addonbackups", True),
+        (Role.ADDONS, "$O.slugs.C.x", False),
+        (Role.ADDONS, "$JS.API.STREAM.INFO.OBJ_sources", False),
+        (Role.ADDONS, "$JS.API.STREAM.CREATE.OBJ_addonbackups", False),
+        (Role.ADDONS, "logs.demo.node", False),
+        (Role.BUILDER, "$O.addonbackups.C.x", False),
         # The controller and root: everything.
         (Role.CONTROLLER, "$JS.API.STREAM.CREATE.LOGS", True),
         (Role.ROOT, "$O.sources.C.x", True),
@@ -97,6 +105,8 @@ def test_no_role_but_the_controller_and_root_gets_wildcard_jetstream() -> None:
         (Role.ROUTER, "_INBOX.router.abc", False),
         (Role.ROUTER, "logs.demo.router", False),
         (Role.CONTROLLER, "logs.demo.router", True),
+        (Role.ADDONS, "_INBOX.addons.abc", True),
+        (Role.ADDONS, "_INBOX.node.abc", False),
     ],
 )
 def test_subscribe_permissions(role: Role, subject: str, allowed: bool) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from slipway.v1 import platform_pb2 as pb
 SERVICE = "postgresql"
 GB = 1024**3
 MB = 1024**2
+POLL_SECONDS = 1.0
 
 
 def _databases(client: Client, app: str) -> list[pb.Addon]:
@@ -236,11 +238,19 @@ def backup_rows(addon: pb.Addon, app: str, details: dict[str, Any]) -> list[list
             [
                 backup["id"],
                 taken.strftime("%Y-%m-%d %H:%M:%S %z"),
-                size(int(backup["size_bytes"])),
+                backup_status(backup),
+                size(int(backup["size_bytes"])) if backup.get("size_bytes") else "-",
                 source,
             ]
         )
     return rows
+
+
+def backup_status(backup: dict[str, Any]) -> str:
+    state = str(backup.get("state", "completed"))
+    if state == "failed":
+        return f"Failed: {backup.get('error', '')}".strip()
+    return state.capitalize()
 
 
 @cli.command("pg:backups")
@@ -250,9 +260,9 @@ def backup_rows(addon: pb.Addon, app: str, details: dict[str, Any]) -> list[list
 def pg_backups(client: Client, app: str, as_json: bool) -> None:
     """The backups of the app's databases, newest first.
 
-    Backups are logical (pg_dump's custom format) and kept on the add-ons host; each
-    plan keeps a number of them (essential: 5, standard: 25) and a capture past it
-    expires the oldest.
+    Backups are logical (pg_dump's custom format) and kept in the cluster's object
+    store; each plan keeps a number of captured ones (essential: 5, standard: 25)
+    and a capture past it expires the oldest; scheduled ones (a001...) are kept 7.
     """
     rows: list[list[str]] = []
     out = []
@@ -263,25 +273,56 @@ def pg_backups(client: Client, app: str, as_json: bool) -> None:
     if as_json:
         emit_json(out)
     elif rows:
-        table(["ID", "Taken", "Size", "Database"], rows)
+        table(["ID", "Taken", "Status", "Size", "Database"], rows)
     else:
         click.echo(f"{app} has no backups; capture one with `slipway pg:backups:capture -a {app}`")
 
 
 @cli.command("pg:backups:capture")
 @click.argument("database", required=False, default="")
+@click.option(
+    "--timeout",
+    default=3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to watch the capture (it goes on after that).",
+)
 @app_option
 @with_client
-def pg_backups_capture(client: Client, database: str, app: str) -> None:
-    """Take a backup of the database now (it stays usable meanwhile)."""
+def pg_backups_capture(client: Client, database: str, timeout: float, app: str) -> None:
+    """Take a backup of the database now (it stays usable meanwhile).
+
+    The capture runs on the add-ons host; Ctrl-C stops watching it, not the
+    capture (`slipway pg:backups` shows how it ended).
+    """
     addon = choose(_databases(client, app), app, database)
     source = label(addon, app)
     click.echo(f"{addon.name} ({source}) ----backup---> ", nl=False)
     # Every add-on action carries the app's name as confirmation; capturing
     # destroys nothing, so the command gives it without asking.
     reply = client.run_addon_action(app, addon.name, "backup-capture", app)
-    click.echo(reply.message.removeprefix("backup ").split(" ", 1)[0])
-    click.echo(reply.message[:1].upper() + reply.message[1:])
+    backup_id = reply.message.removeprefix("backup ").split(" ", 1)[0]
+    click.echo(backup_id)
+    click.echo("Capturing... ", nl=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        details = json.loads(client.addon_details(app, addon.name).details_json or "{}")
+        found = next((b for b in details.get("backups") or [] if b["id"] == backup_id), None)
+        state = found.get("state", "completed") if found else "gone"
+        if state == "completed" and found is not None:
+            click.echo(f"done, {size(int(found['size_bytes']))}")
+            click.echo(f"Backup {backup_id} complete (`slipway pg:backups:download {backup_id}`)")
+            return
+        if state != "running":
+            click.echo("failed")
+            raise click.ClickException(
+                f"backup {backup_id} failed: {found.get('error', '') if found else 'it is gone'}"
+            )
+        if time.monotonic() > deadline:
+            click.echo("still running")
+            click.echo(f"It goes on; `slipway pg:backups -a {app}` shows when it is done.")
+            return
+        time.sleep(POLL_SECONDS)
 
 
 @cli.command("pg:backups:restore")

@@ -142,6 +142,11 @@ class PartnerServer(http1.JsonServer):
         self.store = store
         self.label = "partner api"
         self._locks: dict[str, asyncio.Lock] = {}
+        for backend in self.backends.values():
+            # Backends with work of their own (background backups) write records too.
+            bind = getattr(backend, "bind", None)
+            if bind is not None:
+                bind(store, self.lock)
 
     async def handle(self, request: http1.Request) -> http1.Answer:
         match = _PATH.match(request.path.partition("?")[0])

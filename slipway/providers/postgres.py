@@ -85,6 +85,10 @@ PLANS = (
 )
 # pg_dump and pg_restore answer within the controller's 30 s provider call.
 DUMP_TIMEOUT = 25.0
+# A capture runs in the background, so it may take this long (restores are
+# still made within a provider call: DUMP_TIMEOUT).
+CAPTURE_TIMEOUT = 6 * 3600.0
+RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 MAX_CONNECTIONS = 400  # the cluster's own, above the plans' sum on a typical host
 
 
@@ -340,16 +344,34 @@ class PostgresCluster:
         return out.decode()
 
 
-def _backup(resource: Resource, backup_id: str) -> dict[str, Any]:
-    """The backup named ``backup_id``, or the latest one when it is ""."""
+def backup_state(backup: dict[str, Any]) -> str:
+    return str(backup.get("state", COMPLETED))  # records before captures ran in the background
+
+
+def _backup(resource: Resource, backup_id: str, *, usable: bool = True) -> dict[str, Any]:
+    """The backup named ``backup_id``, or the latest complete one when it is "".
+    ``usable``: it must be complete (to restore or download it)."""
     kept: list[dict[str, Any]] = resource.data.get("backups", [])
+    done = [b for b in kept if backup_state(b) == COMPLETED]
     if not kept:
         raise errors.FailedPrecondition("this database has no backups yet; capture one first")
     if not backup_id:
-        return kept[-1]
+        if not done:
+            raise errors.FailedPrecondition(
+                "this database has no complete backups yet; wait for the capture"
+            )
+        return done[-1]
     for found in kept:
-        if found["id"] == backup_id:
-            return found
+        if found["id"] != backup_id:
+            continue
+        state = backup_state(found)
+        if usable and state == RUNNING:
+            raise errors.FailedPrecondition(f"backup {backup_id} is still being captured")
+        if usable and state == FAILED:
+            raise errors.FailedPrecondition(
+                f"backup {backup_id} failed: {found.get('error', 'unknown error')}"
+            )
+        return found
     known = ", ".join(b["id"] for b in kept)
     raise errors.NotFound(f"no backup {backup_id!r}; this database has {known}")
 
@@ -420,6 +442,22 @@ class PostgresBackend:
         self.new_password = new_password
         # Where backups are kept for good; None: on this host only (development).
         self.vault = vault
+        # Set by bind(): background captures record their outcome themselves.
+        self._store: ResourceStore | None = None
+        self._lock: Callable[[str], asyncio.Lock] | None = None
+        self.captures: dict[str, asyncio.Task[None]] = {}  # backup object name -> task
+
+    def bind(self, store: ResourceStore, lock: Callable[[str], asyncio.Lock]) -> None:
+        """The records and per-resource locks (the partner server's). A capture left
+        running by a daemon that stopped is marked failed: its dump never finished."""
+        self._store, self._lock = store, lock
+        for resource in store.all(SERVICE):
+            running = [b for b in resource.data.get("backups", []) if backup_state(b) == RUNNING]
+            for backup in running:
+                backup.update(state=FAILED, error="interrupted: the add-ons daemon stopped")
+                (self._backups_dir(resource) / f"{backup['id']}.partial").unlink(missing_ok=True)
+            if running:
+                store.put(resource)
 
     def plan(self, name: str) -> PlanSpec:
         for plan in self.plans:
@@ -509,7 +547,7 @@ class PostgresBackend:
         await self._ready()
         name = resource.data["name"]
         if action == "backup-capture":
-            return await self.capture(resource)
+            return self.start_capture(resource)
         if action == "backup-restore":
             return await self._restore(resource, argument)
         if action == "backup-schedule":
@@ -522,7 +560,9 @@ class PostgresBackend:
                 raise errors.FailedPrecondition(f"{name} has no backup schedule")
             return Outcome(None, f"daily backups of {name} stopped; its backups stay")
         if action == "backup-delete":
-            found = _backup(resource, argument)
+            found = _backup(resource, argument, usable=False)
+            if backup_state(found) == RUNNING:
+                raise errors.FailedPrecondition(f"backup {found['id']} is still being captured")
             await self._forget(resource, found["id"])
             resource.data["backups"] = [b for b in resource.data["backups"] if b is not found]
             return Outcome(None, f"deleted backup {found['id']}")
@@ -591,43 +631,102 @@ class PostgresBackend:
                 "backup not deleted from the object store", backup=backup_id, error=str(exc)
             )
 
-    async def capture(self, resource: Resource, *, scheduled: bool = False) -> Outcome:
-        """A logical backup (pg_dump's custom format) kept on the add-ons host; past
-        the plan's count the oldest goes, as Heroku expires manual backups
-        (scheduled ones count apart: the last SCHEDULED_KEPT)."""
+    def start_capture(self, resource: Resource, *, scheduled: bool = False) -> Outcome:
+        """Begin a logical backup (pg_dump's custom format) in the background: the
+        record shows it ``running`` at once, ``completed`` or ``failed`` once done
+        (pg:backups:capture waits for that). Past the plan's count the oldest goes,
+        as Heroku expires manual backups (scheduled ones count apart: the last
+        SCHEDULED_KEPT). The caller holds the resource's lock and writes the record."""
+        if self._store is None or self._lock is None:
+            raise errors.Unavailable("backups are not set up on this add-ons host")
+        running = [b["id"] for b in resource.data.get("backups", []) if backup_state(b) == RUNNING]
+        if running:
+            raise errors.FailedPrecondition(
+                f"backup {running[0]} of this database is still being captured; wait for it"
+            )
         kind, seq = (SCHEDULED, "scheduled_backup_seq") if scheduled else (MANUAL, "backup_seq")
         number = int(resource.data.get(seq, 0)) + 1
         backup_id = f"{kind}{number:03d}"
-        folder = self._backups_dir(resource)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial = folder / f"{backup_id}.partial"
-        await self.cluster.tool("pg_dump", "-Fc", "-d", resource.data["name"], "-f", str(partial))
-        partial.chmod(0o600)
-        dump = folder / f"{backup_id}.dump"
-        partial.rename(dump)
-        if self.vault is not None:
-            try:
-                await self.vault.put(self._object_name(resource, backup_id), dump)
-            except errors.SlipwayError:
-                dump.unlink(missing_ok=True)  # a backup is one kept for good, or none
-                raise
         resource.data[seq] = number
-        new = {
+        entry: dict[str, Any] = {
             "id": backup_id,
             "created_at": time.time(),
-            "size_bytes": (folder / f"{backup_id}.dump").stat().st_size,
+            "size_bytes": 0,
+            "state": RUNNING,
             "kept_in": "object store" if self.vault is not None else "this add-ons host",
         }
         if scheduled:
-            new["scheduled"] = True
+            entry["scheduled"] = True
+        resource.data["backups"] = [*resource.data.get("backups", []), entry]
+        name = self._object_name(resource, backup_id)
+        self.captures[name] = asyncio.create_task(
+            self._capture(resource.uuid, resource.data["name"], backup_id, scheduled)
+        )
+        return Outcome(None, f"backup {backup_id} started")
+
+    async def _capture(self, uuid: str, database: str, backup_id: str, scheduled: bool) -> None:
+        assert self._store is not None and self._lock is not None
+        folder = self.cluster.root / "backups" / uuid
+        dump = folder / f"{backup_id}.dump"
+        name = f"{uuid}/{backup_id}.dump"
+        error = ""
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            partial = folder / f"{backup_id}.partial"
+            try:
+                await self.cluster.tool(
+                    "pg_dump", "-Fc", "-d", database, "-f", str(partial), timeout=CAPTURE_TIMEOUT
+                )
+                partial.chmod(0o600)
+                partial.rename(dump)
+            finally:
+                partial.unlink(missing_ok=True)
+            if self.vault is not None:
+                await self.vault.put(name, dump)
+        except (errors.SlipwayError, OSError) as exc:
+            error = exc.message if isinstance(exc, errors.SlipwayError) else str(exc)
+            dump.unlink(missing_ok=True)  # a backup is one kept for good, or none
+            log.warning("backup failed", database=database, backup=backup_id, error=error)
+        finally:
+            self.captures.pop(name, None)
+        async with self._lock(uuid):
+            resource = self._store.get(SERVICE, uuid)
+            if resource is None or resource.state != PROVISIONED:
+                # Deprovisioned meanwhile: nothing of it may stay.
+                dump.unlink(missing_ok=True)
+                if self.vault is not None and not error:
+                    with contextlib.suppress(errors.SlipwayError):
+                        await self.vault.delete(name)
+                return
+            await self._finish(resource, backup_id, error, scheduled)
+            self._store.put(resource)
+
+    async def _finish(
+        self, resource: Resource, backup_id: str, error: str, scheduled: bool
+    ) -> None:
+        backups = list(resource.data.get("backups", []))
+        entry = next((b for b in backups if b["id"] == backup_id), None)
+        if entry is None:
+            return
+        if error:
+            entry.update(state=FAILED, error=error)
+            resource.data["backups"] = backups
+            return
+        entry.update(
+            state=COMPLETED,
+            size_bytes=(self._backups_dir(resource) / f"{backup_id}.dump").stat().st_size,
+            finished_at=time.time(),
+        )
+        others = [b for b in backups if b is not entry]
         limit = SCHEDULED_KEPT if scheduled else _limit(self.plan(resource.plan), "backups") or 1
-        kept, expired = kept_backups(list(resource.data.get("backups", [])), new, limit)
+        kept, expired = kept_backups(others, entry, limit)
         for old in expired:
             await self._forget(resource, old["id"])
         resource.data["backups"] = kept
-        gone = ", ".join(old["id"] for old in expired)
-        note = f" (expired {gone}: the plan keeps {limit})" if expired else ""
-        return Outcome(None, f"backup {backup_id} captured{note}")
+        if expired:
+            gone = ", ".join(old["id"] for old in expired)
+            log.info("backups expired", backup=backup_id, expired=gone, limit=limit)
+        log.info("backup captured", backup=backup_id, size_bytes=entry["size_bytes"])
 
     async def _restore(self, resource: Resource, argument: str) -> Outcome:
         """The database becomes what the backup holds: emptied first, so tables made
@@ -808,16 +907,19 @@ class BackupScheduleLoop(_ClusterLoop):
                 if fresh is None or slot is None:
                     continue
                 try:
-                    outcome = await self.backend.capture(fresh, scheduled=True)
+                    outcome = self.backend.start_capture(fresh, scheduled=True)
                 except errors.SlipwayError as exc:
+                    # One still running (a capture by hand): the next pass tries again.
                     log.warning(
-                        "scheduled backup failed", database=fresh.data.get("name"), error=str(exc)
+                        "scheduled backup not started",
+                        database=fresh.data.get("name"),
+                        error=str(exc),
                     )
                     continue
                 fresh.data["backup_schedule"]["last_slot"] = slot
                 self.store.put(fresh)
-                taken.append(fresh.data["backups"][-1]["id"] if fresh.data["backups"] else "")
+                taken.append(fresh.data["backups"][-1]["id"])
                 log.info(
-                    "scheduled backup taken", database=fresh.data["name"], message=outcome.message
+                    "scheduled backup started", database=fresh.data["name"], message=outcome.message
                 )
         return taken

@@ -144,6 +144,19 @@ async def run_action(
     return got.status, json.loads(got.body)
 
 
+async def capture(p: Provider, record: AddonRecord) -> str:
+    """pg:backups:capture: the action answers at once; the dump runs in the
+    background and the record says when it is done."""
+    status, body = await run_action(p, record, "backup-capture")
+    assert status == 200 and str(body["message"]).endswith(" started"), body
+    await asyncio.gather(*p.backend.captures.values())
+    backup_id = str(body["message"]).split()[1]
+    got = await p.client.details(p.service, record)
+    (entry,) = [b for b in got["backups"] if b["id"] == backup_id]  # type: ignore[union-attr]
+    assert entry["state"] == "completed", entry
+    return backup_id
+
+
 async def provision(p: Provider, record: AddonRecord) -> str:
     answer = await p.client.provision(p.service, record, "https://127.0.0.1:1/unused")
     assert answer.outcome is Outcome.DONE, answer.message
@@ -292,10 +305,9 @@ async def test_backups_capture_restore_expire_and_delete(provider: Provider) -> 
 
     status, body = await act("backup-restore")
     assert status == 409 and "no backups yet" in str(body["message"]), body
-    status, body = await act("backup-capture")
-    assert status == 200 and body["message"] == "backup b001 captured", body
+    assert await capture(provider, record) == "b001"
     assert psql(url, "INSERT INTO t VALUES (2); CREATE TABLE later (x int)").returncode == 0
-    assert (await act("backup-capture"))[1]["message"] == "backup b002 captured"
+    assert await capture(provider, record) == "b002"
 
     status, body = await act("backup-restore", "b001")
     assert status == 200, body
@@ -306,8 +318,7 @@ async def test_backups_capture_restore_expire_and_delete(provider: Provider) -> 
     assert (await act("backup-restore"))[0] == 200  # the latest: b002
     assert psql(url, "SELECT count(*) FROM t").stdout.strip() == "2"
 
-    status, body = await act("backup-capture")
-    assert body["message"] == "backup b003 captured (expired b001: the plan keeps 2)", body
+    assert await capture(provider, record) == "b003"  # the plan keeps 2: b001 expires
     info = json.loads((await http1.request("GET", base, headers=headers, context=context)).body)
     assert [b["id"] for b in info["backups"]] == ["b002", "b003"]
     status, body = await act("backup-restore", "b001")
@@ -340,7 +351,7 @@ async def test_scheduled_backups_run_daily_once_and_keep_seven_apart_from_manual
     at = time.strftime("%H:%M", time.gmtime(time.time() - 3600))  # an hour ago: tomorrow first
     status, body = await act("backup-schedule", at)
     assert status == 200 and f"scheduled at {at} UTC" in str(body["message"]), body
-    assert (await act("backup-capture"))[1]["message"] == "backup b001 captured"
+    assert await capture(provider, record) == "b001"
 
     day = [0]
     loop = BackupScheduleLoop(
@@ -352,10 +363,12 @@ async def test_scheduled_backups_run_daily_once_and_keep_seven_apart_from_manual
     assert await loop.tick() == [], "today's time has passed: the first is tomorrow"
     day[0] = 1
     assert await loop.tick() == ["a001"]
+    await asyncio.gather(*provider.backend.captures.values())
     assert await loop.tick() == [], "once a day"
     for n in range(2, 9):
         day[0] = n
         assert await loop.tick() == [f"a{n:03d}"]
+        await asyncio.gather(*provider.backend.captures.values())
     info = json.loads((await http1.request("GET", base, headers=headers, context=context)).body)
     assert info["backup_schedule"] == at
     ids = [b["id"] for b in info["backups"]]
@@ -375,7 +388,7 @@ async def test_a_backup_downloads_in_chunks_byte_for_byte(provider: Provider) ->
     record = provider.record(plan="tiny")
     url = await provision(provider, record)
     assert psql(url, "CREATE TABLE t AS SELECT generate_series(1, 5000) AS n").returncode == 0
-    assert (await run_action(provider, record, "backup-capture"))[0] == 200
+    await capture(provider, record)
     dump = (provider.cluster.root / "backups" / record.id / "b001.dump").read_bytes()
     assert dump.startswith(b"PGDMP")
     got = b""
@@ -403,8 +416,7 @@ async def test_backups_are_kept_in_the_object_store_and_come_back_from_it(
         record = provider.record(plan="tiny")
         url = await provision(provider, record)
         assert psql(url, "CREATE TABLE t AS SELECT 7 AS n").returncode == 0
-        status, body = await run_action(provider, record, "backup-capture")
-        assert status == 200, body
+        await capture(provider, record)
         name = f"{record.id}/b001.dump"
         assert await stores.exists(objstore.ADDON_BACKUPS, name)
 
@@ -417,7 +429,7 @@ async def test_backups_are_kept_in_the_object_store_and_come_back_from_it(
         chunk = await provider.client.backup_chunk(provider.service, record, "b001", 0, 5)
         assert chunk == b"PGDMP"
 
-        assert (await run_action(provider, record, "backup-capture"))[0] == 200
+        await capture(provider, record)
         assert (await run_action(provider, record, "backup-delete", "b001"))[0] == 200
         assert not await stores.exists(objstore.ADDON_BACKUPS, name)
         assert await stores.exists(objstore.ADDON_BACKUPS, f"{record.id}/b002.dump")
@@ -428,3 +440,36 @@ async def test_backups_are_kept_in_the_object_store_and_come_back_from_it(
         if provider.backend.vault is not None:
             await provider.backend.vault.close()
         await root.close()
+
+
+async def test_a_capture_runs_in_the_background_one_at_a_time_and_a_restart_fails_it(
+    provider: Provider,
+) -> None:
+    record = provider.record(plan="tiny")
+    await provision(provider, record)
+    resource = provider.store.get("postgresql", record.id)
+    assert resource is not None
+    started = provider.backend.start_capture(resource)
+    assert started.message == "backup b001 started"
+    (entry,) = resource.data["backups"]
+    assert entry["state"] == "running"
+    with pytest.raises(errors.FailedPrecondition, match="b001 of this database is still"):
+        provider.backend.start_capture(resource)
+    with pytest.raises(errors.FailedPrecondition, match="still being captured"):
+        await provider.backend.read_backup(resource, "b001", 0, 10)
+    provider.store.put(resource)
+    await asyncio.gather(*provider.backend.captures.values())
+    done = provider.store.get("postgresql", record.id)
+    assert done is not None and done.data["backups"][0]["state"] == "completed"
+
+    # A daemon that stopped mid-capture: the next one marks it failed, says why.
+    done.data["backups"].append({"id": "b002", "created_at": 1.0, "state": "running"})
+    provider.store.put(done)
+    provider.backend.bind(provider.store, provider.server.lock)
+    after = provider.store.get("postgresql", record.id)
+    assert after is not None
+    assert after.data["backups"][1]["state"] == "failed"
+    assert "interrupted" in after.data["backups"][1]["error"]
+    with pytest.raises(errors.FailedPrecondition, match="b002 failed: interrupted"):
+        await provider.backend.read_backup(after, "b002", 0, 10)
+    assert (await run_action(provider, record, "backup-delete", "b002"))[0] == 200

@@ -75,12 +75,15 @@ def test_backups_are_listed_newest_first_with_their_database() -> None:
         "backups": [
             {"id": "b001", "created_at": 1_790_000_000.0, "size_bytes": 2048},
             {"id": "b002", "created_at": 1_790_000_600.0, "size_bytes": 3 * 1024 * 1024},
+            {"id": "b003", "created_at": 1_790_000_900.0, "size_bytes": 0, "state": "running"},
+            {"id": "b004", "created_at": 1_790_001_000.0, "state": "failed", "error": "disk"},
         ]
     }
     rows = backup_rows(db, "shop", details)
-    assert [r[0] for r in rows] == ["b002", "b001"]
-    assert rows[0][2] == "3.0 MB" and rows[1][2] == "2 kB"
-    assert rows[0][3] == "DATABASE_URL"  # the other app's name for it is not shown
+    assert [r[0] for r in rows] == ["b004", "b003", "b002", "b001"]
+    assert [r[2] for r in rows] == ["Failed: disk", "Running", "Completed", "Completed"]
+    assert rows[2][3] == "3.0 MB" and rows[3][3] == "2 kB" and rows[1][3] == "-"
+    assert rows[0][4] == "DATABASE_URL"  # the other app's name for it is not shown
     assert backup_rows(db, "shop", {}) == []
 
 

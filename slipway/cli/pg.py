@@ -103,6 +103,11 @@ def info_lines(addon: pb.Addon, details: dict[str, Any]) -> list[tuple[str, str]
     status = "Available"
     if details.get("read_only"):
         status = "Read-only: over its plan's storage limit (delete data or upgrade)"
+    restore = details.get("restore") or {}
+    if restore.get("state") == "running":
+        status = f"Restoring {restore.get('backup', '')}"
+    elif restore.get("state") == "failed":
+        status += f" (the last restore, of {restore.get('backup')}, failed: {restore.get('error')})"
     return [
         ("Plan", f"{addon.plan} ({details.get('plan_description', '')})".replace(" ()", "")),
         ("Status", status),
@@ -330,18 +335,43 @@ def pg_backups_capture(client: Client, database: str, timeout: float, app: str) 
 @click.argument("database", required=False, default="")
 @app_option
 @click.option("--confirm", default="", metavar="APP", help="The app's name, to go ahead.")
+@click.option(
+    "--timeout",
+    default=3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to watch the restore (it goes on after that).",
+)
 @with_client
-def pg_backups_restore(client: Client, backup: str, database: str, app: str, confirm: str) -> None:
+def pg_backups_restore(
+    client: Client, backup: str, database: str, app: str, confirm: str, timeout: float
+) -> None:
     """Make the database what BACKUP (default: the latest) holds.
 
     Everything written since is gone, tables made since included; the URL stays.
+    The restore runs on the add-ons host; Ctrl-C stops watching it, not the restore.
     """
     addon = choose(_databases(client, app), app, database)
     what = backup or "the latest backup"
     confirm_app(app, confirm, f"this replaces all data in {addon.name} with {what}")
-    click.echo(f"Restoring {what} to {addon.name}... ", nl=False)
     reply = client.run_addon_action(app, addon.name, "backup-restore", confirm, backup)
-    click.echo(f"done: {reply.message}")
+    backup_id = reply.message.removeprefix("restore of backup ").split(" ", 1)[0]
+    click.echo(f"Restoring {backup_id} to {addon.name}... ", nl=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        details = json.loads(client.addon_details(app, addon.name).details_json or "{}")
+        state = details.get("restore") or {}
+        if state.get("backup") == backup_id and state.get("state") == "completed":
+            click.echo("done")
+            return
+        if state.get("backup") == backup_id and state.get("state") == "failed":
+            click.echo("failed")
+            raise click.ClickException(f"restore of {backup_id} failed: {state.get('error', '')}")
+        if time.monotonic() > deadline:
+            click.echo("still running")
+            click.echo(f"It goes on; `slipway pg:info -a {app}` shows when it is done.")
+            return
+        time.sleep(POLL_SECONDS)
 
 
 @cli.command("pg:backups:delete")

@@ -445,7 +445,8 @@ class PostgresBackend:
         # Set by bind(): background captures record their outcome themselves.
         self._store: ResourceStore | None = None
         self._lock: Callable[[str], asyncio.Lock] | None = None
-        self.captures: dict[str, asyncio.Task[None]] = {}  # backup object name -> task
+        # Captures and restores under way: "capture:NAME" / "restore:NAME" -> task.
+        self.tasks: dict[str, asyncio.Task[None]] = {}
 
     def bind(self, store: ResourceStore, lock: Callable[[str], asyncio.Lock]) -> None:
         """The records and per-resource locks (the partner server's). A capture left
@@ -456,7 +457,15 @@ class PostgresBackend:
             for backup in running:
                 backup.update(state=FAILED, error="interrupted: the add-ons daemon stopped")
                 (self._backups_dir(resource) / f"{backup['id']}.partial").unlink(missing_ok=True)
-            if running:
+            restore = resource.data.get("restore") or {}
+            cut_short = restore.get("state") == RUNNING
+            if cut_short:
+                restore.update(
+                    state=FAILED,
+                    error="interrupted: the add-ons daemon stopped; the database may be partly"
+                    " restored, restore it again",
+                )
+            if running or cut_short:
                 store.put(resource)
 
     def plan(self, name: str) -> PlanSpec:
@@ -541,6 +550,7 @@ class PostgresBackend:
             "backup_limit": _limit(plan, "backups"),
             "backup_schedule": (resource.data.get("backup_schedule") or {}).get("at", ""),
             "scheduled_backup_limit": SCHEDULED_KEPT,
+            "restore": dict(resource.data.get("restore") or {}),
         }
 
     async def action(self, resource: Resource, action: str, argument: str) -> Outcome:
@@ -549,7 +559,7 @@ class PostgresBackend:
         if action == "backup-capture":
             return self.start_capture(resource)
         if action == "backup-restore":
-            return await self._restore(resource, argument)
+            return self.start_restore(resource, argument)
         if action == "backup-schedule":
             at = schedule_time(argument)
             # From now on: a time already past today first runs tomorrow.
@@ -639,11 +649,7 @@ class PostgresBackend:
         SCHEDULED_KEPT). The caller holds the resource's lock and writes the record."""
         if self._store is None or self._lock is None:
             raise errors.Unavailable("backups are not set up on this add-ons host")
-        running = [b["id"] for b in resource.data.get("backups", []) if backup_state(b) == RUNNING]
-        if running:
-            raise errors.FailedPrecondition(
-                f"backup {running[0]} of this database is still being captured; wait for it"
-            )
+        self._check_idle(resource)
         kind, seq = (SCHEDULED, "scheduled_backup_seq") if scheduled else (MANUAL, "backup_seq")
         number = int(resource.data.get(seq, 0)) + 1
         backup_id = f"{kind}{number:03d}"
@@ -659,7 +665,7 @@ class PostgresBackend:
             entry["scheduled"] = True
         resource.data["backups"] = [*resource.data.get("backups", []), entry]
         name = self._object_name(resource, backup_id)
-        self.captures[name] = asyncio.create_task(
+        self.tasks[f"capture:{name}"] = asyncio.create_task(
             self._capture(resource.uuid, resource.data["name"], backup_id, scheduled)
         )
         return Outcome(None, f"backup {backup_id} started")
@@ -688,7 +694,7 @@ class PostgresBackend:
             dump.unlink(missing_ok=True)  # a backup is one kept for good, or none
             log.warning("backup failed", database=database, backup=backup_id, error=error)
         finally:
-            self.captures.pop(name, None)
+            self.tasks.pop(f"capture:{name}", None)
         async with self._lock(uuid):
             resource = self._store.get(SERVICE, uuid)
             if resource is None or resource.state != PROVISIONED:
@@ -728,19 +734,76 @@ class PostgresBackend:
             log.info("backups expired", backup=backup_id, expired=gone, limit=limit)
         log.info("backup captured", backup=backup_id, size_bytes=entry["size_bytes"])
 
-    async def _restore(self, resource: Resource, argument: str) -> Outcome:
-        """The database becomes what the backup holds: emptied first, so tables made
-        since are gone too; the URL stays."""
+    def start_restore(self, resource: Resource, argument: str) -> Outcome:
+        """Begin making the database what the backup holds, in the background:
+        emptied first, so tables made since are gone too; the URL stays. The
+        record's ``restore`` says ``running``, then ``completed`` or ``failed``."""
+        if self._store is None or self._lock is None:
+            raise errors.Unavailable("backups are not set up on this add-ons host")
         found = _backup(resource, argument)
-        name = resource.data["name"]
-        await self._recreate(name)
-        dump = await self._local_dump(resource, found["id"])
-        # Restored as the add-on's role, so it owns what comes back.
-        await self.cluster.tool(
-            "pg_restore", "--no-owner", "--no-acl", f"--role={name}", "-d", name, str(dump)
+        self._check_idle(resource)
+        resource.data["restore"] = {"backup": found["id"], "state": RUNNING, "at": time.time()}
+        name = self._object_name(resource, found["id"])
+        self.tasks[f"restore:{name}"] = asyncio.create_task(
+            self._restore(resource.uuid, resource.data["name"], found["id"])
         )
-        resource.data.pop("over_quota", None)
-        return Outcome(None, f"restored backup {found['id']}")
+        return Outcome(None, f"restore of backup {found['id']} started")
+
+    def _check_idle(self, resource: Resource) -> None:
+        """One backup operation at a time per database: a dump taken during a
+        restore, or a restore over a running dump, would hold neither state."""
+        restore = resource.data.get("restore") or {}
+        if restore.get("state") == RUNNING:
+            raise errors.FailedPrecondition(
+                f"backup {restore['backup']} is being restored into this database; wait for it"
+            )
+        running = [b["id"] for b in resource.data.get("backups", []) if backup_state(b) == RUNNING]
+        if running:
+            raise errors.FailedPrecondition(
+                f"backup {running[0]} of this database is still being captured; wait for it"
+            )
+
+    async def _restore(self, uuid: str, database: str, backup_id: str) -> None:
+        assert self._store is not None and self._lock is not None
+        resource = self._store.get(SERVICE, uuid)
+        error = ""
+        try:
+            if resource is None:
+                raise errors.NotFound("the database is gone")
+            # Fetched before anything is dropped: a backup that cannot be read
+            # leaves the database as it was.
+            dump = await self._local_dump(resource, backup_id)
+            await self._recreate(database)
+            # Restored as the add-on's role, so it owns what comes back.
+            await self.cluster.tool(
+                "pg_restore",
+                "--no-owner",
+                "--no-acl",
+                f"--role={database}",
+                "-d",
+                database,
+                str(dump),
+                timeout=CAPTURE_TIMEOUT,
+            )
+        except (errors.SlipwayError, OSError) as exc:
+            error = exc.message if isinstance(exc, errors.SlipwayError) else str(exc)
+            log.warning("restore failed", database=database, backup=backup_id, error=error)
+        finally:
+            self.tasks.pop(f"restore:{uuid}/{backup_id}.dump", None)
+        async with self._lock(uuid):
+            fresh = self._store.get(SERVICE, uuid)
+            if fresh is None:
+                return
+            fresh.data["restore"] = {
+                "backup": backup_id,
+                "state": FAILED if error else COMPLETED,
+                "at": time.time(),
+                **({"error": error} if error else {}),
+            }
+            if not error:
+                fresh.data.pop("over_quota", None)
+                log.info("backup restored", database=database, backup=backup_id)
+            self._store.put(fresh)
 
     async def _ready(self) -> None:
         if not self.cluster.ready.is_set():

@@ -149,12 +149,23 @@ async def capture(p: Provider, record: AddonRecord) -> str:
     background and the record says when it is done."""
     status, body = await run_action(p, record, "backup-capture")
     assert status == 200 and str(body["message"]).endswith(" started"), body
-    await asyncio.gather(*p.backend.captures.values())
+    await asyncio.gather(*p.backend.tasks.values())
     backup_id = str(body["message"]).split()[1]
     got = await p.client.details(p.service, record)
     (entry,) = [b for b in got["backups"] if b["id"] == backup_id]  # type: ignore[union-attr]
     assert entry["state"] == "completed", entry
     return backup_id
+
+
+async def restore(p: Provider, record: AddonRecord, backup: str = "") -> str:
+    """pg:backups:restore: started by the action, done in the background."""
+    status, body = await run_action(p, record, "backup-restore", backup)
+    assert status == 200 and str(body["message"]).endswith(" started"), body
+    await asyncio.gather(*p.backend.tasks.values())
+    got = await p.client.details(p.service, record)
+    state = got["restore"]
+    assert isinstance(state, dict) and state["state"] == "completed", state
+    return str(state["backup"])
 
 
 async def provision(p: Provider, record: AddonRecord) -> str:
@@ -309,13 +320,12 @@ async def test_backups_capture_restore_expire_and_delete(provider: Provider) -> 
     assert psql(url, "INSERT INTO t VALUES (2); CREATE TABLE later (x int)").returncode == 0
     assert await capture(provider, record) == "b002"
 
-    status, body = await act("backup-restore", "b001")
-    assert status == 200, body
+    assert await restore(provider, record, "b001") == "b001"
     assert psql(url, "SELECT count(*) FROM t").stdout.strip() == "1"
     assert "does not exist" in psql(url, "SELECT * FROM later").stderr
     # Restored tables belong to the add-on's role: the app may still change them.
     assert psql(url, "ALTER TABLE t ADD COLUMN m int; DROP TABLE t").returncode == 0
-    assert (await act("backup-restore"))[0] == 200  # the latest: b002
+    assert await restore(provider, record) == "b002"  # the latest
     assert psql(url, "SELECT count(*) FROM t").stdout.strip() == "2"
 
     assert await capture(provider, record) == "b003"  # the plan keeps 2: b001 expires
@@ -363,19 +373,19 @@ async def test_scheduled_backups_run_daily_once_and_keep_seven_apart_from_manual
     assert await loop.tick() == [], "today's time has passed: the first is tomorrow"
     day[0] = 1
     assert await loop.tick() == ["a001"]
-    await asyncio.gather(*provider.backend.captures.values())
+    await asyncio.gather(*provider.backend.tasks.values())
     assert await loop.tick() == [], "once a day"
     for n in range(2, 9):
         day[0] = n
         assert await loop.tick() == [f"a{n:03d}"]
-        await asyncio.gather(*provider.backend.captures.values())
+        await asyncio.gather(*provider.backend.tasks.values())
     info = json.loads((await http1.request("GET", base, headers=headers, context=context)).body)
     assert info["backup_schedule"] == at
     ids = [b["id"] for b in info["backups"]]
     assert ids == ["b001"] + [f"a{n:03d}" for n in range(2, 9)], "a001 expired, b001 kept"
     # A scheduled backup restores like any other.
     assert psql(url, "DROP TABLE t").returncode == 0
-    assert (await act("backup-restore", "a008"))[0] == 200
+    assert await restore(provider, record, "a008") == "a008"
     assert psql(url, "SELECT count(*) FROM t").stdout.strip() == "1"
 
     assert (await act("backup-unschedule"))[0] == 200
@@ -423,7 +433,7 @@ async def test_backups_are_kept_in_the_object_store_and_come_back_from_it(
         local = provider.cluster.root / "backups" / record.id / "b001.dump"
         local.unlink()  # the add-ons host lost its copy
         assert psql(url, "DROP TABLE t").returncode == 0
-        assert (await run_action(provider, record, "backup-restore", "b001"))[0] == 200
+        assert await restore(provider, record, "b001") == "b001"
         assert psql(url, "SELECT n FROM t").stdout.strip() == "7"
         local.unlink()
         chunk = await provider.client.backup_chunk(provider.service, record, "b001", 0, 5)
@@ -458,18 +468,29 @@ async def test_a_capture_runs_in_the_background_one_at_a_time_and_a_restart_fail
     with pytest.raises(errors.FailedPrecondition, match="still being captured"):
         await provider.backend.read_backup(resource, "b001", 0, 10)
     provider.store.put(resource)
-    await asyncio.gather(*provider.backend.captures.values())
+    await asyncio.gather(*provider.backend.tasks.values())
     done = provider.store.get("postgresql", record.id)
     assert done is not None and done.data["backups"][0]["state"] == "completed"
+    assert provider.backend.start_restore(done, "").message.endswith("b001 started")
+    with pytest.raises(errors.FailedPrecondition, match="b001 is being restored"):
+        provider.backend.start_capture(done)
+    provider.store.put(done)
+    await asyncio.gather(*provider.backend.tasks.values())
+    done = provider.store.get("postgresql", record.id)
+    assert done is not None and done.data["restore"]["state"] == "completed"
 
-    # A daemon that stopped mid-capture: the next one marks it failed, says why.
+    # A daemon that stopped mid-capture or mid-restore: the next one marks it
+    # failed and says why.
     done.data["backups"].append({"id": "b002", "created_at": 1.0, "state": "running"})
+    done.data["restore"] = {"backup": "b001", "state": "running", "at": 1.0}
     provider.store.put(done)
     provider.backend.bind(provider.store, provider.server.lock)
     after = provider.store.get("postgresql", record.id)
     assert after is not None
     assert after.data["backups"][1]["state"] == "failed"
     assert "interrupted" in after.data["backups"][1]["error"]
+    assert after.data["restore"]["state"] == "failed"
+    assert "partly restored" in after.data["restore"]["error"]
     with pytest.raises(errors.FailedPrecondition, match="b002 failed: interrupted"):
         await provider.backend.read_backup(after, "b002", 0, 10)
     assert (await run_action(provider, record, "backup-delete", "b002"))[0] == 200

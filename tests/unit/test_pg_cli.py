@@ -93,3 +93,13 @@ def test_an_action_argument_is_a_short_plain_word() -> None:
     for bad in ("../b001", "b 1", "x" * 65):
         with pytest.raises(errors.InvalidArgument, match="invalid add-on action argument"):
             action_argument(bad)
+
+
+def test_pg_info_says_when_a_restore_runs_or_failed() -> None:
+    db = addon("postgresql-a-1", ("shop", "DATABASE"))
+    running = dict(info_lines(db, {"restore": {"backup": "b002", "state": "running"}}))
+    assert running["Status"] == "Restoring b002"
+    failed = {"restore": {"backup": "b002", "state": "failed", "error": "disk full"}}
+    assert "b002, failed: disk full" in dict(info_lines(db, failed))["Status"]
+    done = {"restore": {"backup": "b002", "state": "completed"}}
+    assert dict(info_lines(db, done))["Status"] == "Available"

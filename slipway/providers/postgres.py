@@ -530,13 +530,21 @@ class PostgresBackend:
         await self._ready()
         name = resource.data["name"]
         plan = self.plan(resource.plan)
-        row = await self.cluster.sql(
-            f"SELECT pg_database_size({literal(name)}), "
-            f"(SELECT count(*) FROM pg_stat_activity WHERE datname = {literal(name)}), "
-            "current_setting('server_version')"
-        )
-        size, connections, version = row.split("|")
-        tables = await self.cluster.sql("SELECT count(*) FROM pg_stat_user_tables", database=name)
+        restore = resource.data.get("restore") or {}
+        if restore.get("state") == RUNNING:
+            # Dropped and made again by the restore: its figures mean nothing yet.
+            size, connections, tables = "0", "0", "0"
+            version = await self.cluster.sql("SELECT current_setting('server_version')")
+        else:
+            row = await self.cluster.sql(
+                f"SELECT pg_database_size({literal(name)}), "
+                f"(SELECT count(*) FROM pg_stat_activity WHERE datname = {literal(name)}), "
+                "current_setting('server_version')"
+            )
+            size, connections, version = row.split("|")
+            tables = await self.cluster.sql(
+                "SELECT count(*) FROM pg_stat_user_tables", database=name
+            )
         return {
             "plan_description": plan.description,
             "data_size_bytes": int(size),
@@ -883,7 +891,10 @@ class QuotaLoop(_ClusterLoop):
         resources = {
             r.data["name"]: r
             for r in self.store.all(SERVICE)
-            if r.state == PROVISIONED and "name" in r.data
+            # One being restored may not exist this instant.
+            if r.state == PROVISIONED
+            and "name" in r.data
+            and (r.data.get("restore") or {}).get("state") != RUNNING
         }
         if not resources:
             return

@@ -45,6 +45,7 @@ SAMPLES = {
     "fastapi-uv": ROOT / "examples" / "fastapi-uv",
     "node": ROOT / "examples" / "node",
     "express-yarn": ROOT / "examples" / "express-yarn",
+    "express-pnpm": ROOT / "examples" / "express-pnpm",
     "go-web": ROOT / "examples" / "go-web",
     "java-maven": ROOT / "examples" / "java-maven",
 }

@@ -268,3 +268,15 @@ def test_express_with_yarn_on_the_node_engines_asks_for(platform: Platform) -> N
     assert "devDependencies present: false" in body
     again = deploy(platform, "express-yarn", "express-yarn")
     assert "Using node 20." in again and "from the build cache" in again
+
+
+def test_express_with_pnpm_from_its_lockfile(platform: Platform) -> None:
+    out = deploy(platform, "express-pnpm", "express-pnpm")
+    assert "Installing pnpm 9.15.4 from the npm registry" in out  # packageManager
+    assert "Installing dependencies with pnpm (pnpm-lock.yaml found)" in out
+    assert "Running build" in out and "Pruning devDependencies" in out
+    body = page(platform, "express-pnpm", "<h1>Express with pnpm</h1>")
+    assert "built by pnpm pnpm/9.15.4" in body
+    assert "devDependencies present: false" in body and "node_modules/.pnpm: true" in body
+    again = deploy(platform, "express-pnpm", "express-pnpm")
+    assert "Using pnpm 9.15.4 from the build cache" in again

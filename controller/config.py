@@ -66,7 +66,8 @@ class ControllerConfig:
     logs_max_age_seconds: float = 7 * 24 * 3600.0
     logs_tail_buffer: int = 2000
     # One-off dynos (slipway run): an attached dyno ends after this long with no
-    # input and no output, and after run_max_seconds whatever it does; its
+    # input and no output, and after run_max_seconds whatever it does (a detached
+    # one too, as on Heroku); its
     # placement lives under a lease of run_lease_seconds the session keeps alive.
     run_idle_seconds: float = 3600.0
     run_max_seconds: float = 86400.0

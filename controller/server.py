@@ -93,7 +93,11 @@ class Controller:
         self._init_builds(config)
         # One-off dynos (slipway run): any controller relays; the leader reaps.
         self.oneoffs = OneOffs(
-            self.state, self.sizes, lease_seconds=config.run_lease_seconds, clock=clock
+            self.state,
+            self.sizes,
+            lease_seconds=config.run_lease_seconds,
+            detached_max_seconds=config.run_max_seconds,
+            clock=clock,
         )
         self.run_service = RunService(
             self.oneoffs,

@@ -110,9 +110,13 @@ class OneOffs:
         sizes: SizeTable,
         *,
         lease_seconds: int = 10,
+        detached_max_seconds: float = 86400.0,
         clock: Clock = SystemClock(),
     ) -> None:
         self.clock = clock
+        # A detached run is stopped after this long, as Heroku stops one-off dynos
+        # after 24 h (an attached one: the session's own limit, run_api.py).
+        self.detached_max_seconds = detached_max_seconds
         self.state = state
         self.etcd = state.etcd
         self.keys = state.keys
@@ -173,6 +177,7 @@ class OneOffs:
             rows=req.rows if req.tty else 0,
             cols=req.cols if req.tty else 0,
             attach_token=secrets.token_urlsafe(32) if req.attach else "",
+            stop_after=0.0 if req.attach else self.detached_max_seconds,
         )
         lease_id: int | None = None
         if req.attach:
@@ -267,8 +272,8 @@ class Reaper:
             if self.app_log is not None:
                 self.app_log.emit(
                     p.app,
-                    f"Stopping {p.name}: it ran for its job's whole interval"
-                    f" ({p.stop_after:.0f} s)",
+                    f"Stopping {p.name}: it reached its time limit of {p.stop_after:.0f} s"
+                    + (" (its job's interval)" if p.type == SCHEDULER_TYPE else ""),
                     source="heroku",
                     process=p.name,
                 )

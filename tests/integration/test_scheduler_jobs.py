@@ -19,7 +19,7 @@ from controller.core.scheduler import Placement
 from controller.core.sizes import SizeTable
 from controller.loops.cron import CronLoop
 from controller.loops.leader import Leadership
-from controller.loops.oneoff import OneOffs, Reaper
+from controller.loops.oneoff import OneOffs, Reaper, RunRequest
 from controller.store.cron import Jobs
 from controller.store.state import State
 from slipway import errors
@@ -178,3 +178,18 @@ async def test_a_run_still_going_after_its_interval_is_stopped_by_the_reaper(
         (stopped,) = await reaper.reap_once()
         assert stopped.name == "scheduler.1"
         assert await r.placements("shop") == [], "the agent then stops the dyno"
+
+
+async def test_a_detached_run_is_stopped_after_the_one_off_limit(
+    etcd_endpoint: str, etcd_prefix: str
+) -> None:
+    async with rig(etcd_endpoint, etcd_prefix) as r:
+        oneoffs = OneOffs(r.state, r.state.sizes, detached_max_seconds=3600.0, clock=r.clock)
+        started = await oneoffs.start(RunRequest("shop", "sleep infinity", attach=False))
+        assert started.placement.stop_after == 3600.0
+        reaper = Reaper(oneoffs, r.loop().leadership)
+        r.clock.advance(3599)
+        assert await reaper.reap_once() == []
+        r.clock.advance(1)
+        (stopped,) = await reaper.reap_once()
+        assert stopped.name == started.placement.name and await r.placements("shop") == []

@@ -948,11 +948,12 @@ class QuotaLoop(_ClusterLoop):
 class BackupScheduleLoop(_ClusterLoop):
     """Takes each database's scheduled backup once a day at its time (UTC).
 
-    Level-based on the resource records: a day's backup not taken yet (the
-    daemon was down at the time, or pg_dump failed) is taken at the next pass
-    of that day; days missed entirely are not made up. The record's
-    ``last_slot`` is written only after the dump is kept, so a daemon killed
-    mid-dump takes it again when it comes back.
+    Level-based on the resource records: a day's backup not started yet (the
+    daemon was down at the time, or another capture or a restore was running)
+    is started at the next pass of that day; days missed entirely are not made
+    up. The record's ``last_slot`` is written when the capture starts: one that
+    then fails (or is cut short by a restart, see ``PostgresBackend.bind``)
+    shows as failed and is not taken again that day.
     """
 
     what = "scheduled backups"

@@ -19,6 +19,7 @@ import click
 from nats.aio.client import Client as NATS
 
 from builder.build import BuildRunner, Limits
+from builder.cachecopy import LocalCaches
 from builder.jobs import BuildQueue, QueueSettings
 from builder.sandbox import DEFAULT_MEMORY_MB, DEFAULT_PIDS, RuncSandbox
 from slipway import archive, buildproto, conffile, errors, log, objstore, sdnotify, tls
@@ -64,7 +65,9 @@ async def serve(
     settings = dataclasses.replace(settings, create_streams=create)
     stores = objstore.ObjectStores(nc.jetstream(), replicas=settings.replicas, create=create)
     await _wait_for_streams(stores, nc, settings)
-    runner = BuildRunner(stores, sandbox, data_dir / "builds", limits)
+    runner = BuildRunner(
+        stores, sandbox, data_dir / "builds", limits, LocalCaches(data_dir / "caches")
+    )
     queue = BuildQueue(nc, runner, name=name, slots=slots, settings=settings)
 
     loop = asyncio.get_running_loop()

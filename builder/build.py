@@ -1,7 +1,7 @@
 """One build attempt from source object to stored slug.
 
     sources/{job.source} -> check + unpack -> work/app
-    caches/{app}         -> unpack         -> work/tmp/cache
+    caches/{app}         -> unpack         -> work/tmp/cache   (a local copy when identical)
     Pipeline (detect, compile, release in the sandbox)
     work/app -> slug tar.gz -> slugs/{sha256}
     work/tmp/cache -> caches/{app}         (only after success)
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from builder import buildpacks as bp
 from builder import slug as slugs
+from builder.cachecopy import LocalCaches, hex_digest
 from builder.pipeline import Pipeline, Workdir
 from builder.sandbox import OnLine, Sandbox
 from slipway import archive, errors, log, objstore
@@ -41,9 +42,15 @@ class Limits:
 
 class BuildRunner:
     def __init__(
-        self, stores: objstore.ObjectStores, sandbox: Sandbox, work_root: Path, limits: Limits
+        self,
+        stores: objstore.ObjectStores,
+        sandbox: Sandbox,
+        work_root: Path,
+        limits: Limits,
+        local_caches: LocalCaches | None = None,
     ) -> None:
         self._stores = stores
+        self._local_caches = local_caches
         self._sandbox = sandbox
         self._work_root = work_root
         self._limits = limits
@@ -129,10 +136,11 @@ class BuildRunner:
     ) -> archive.TreeState | None:
         """Unpack the app's build cache into ``work.cache``; the state of what
         was restored (see archive.tree_state), None if nothing was."""
-        tgz = work.root / "cache.tgz"
         try:
-            await self._stores.get_file(objstore.CACHES, job.app, tgz)
+            tgz, reused, is_copy = await self._fetch_cache(job.app, work)
         except errors.NotFound:
+            if self._local_caches is not None:
+                await asyncio.to_thread(self._local_caches.forget, job.app)
             await out("-----> No build cache for this app yet")
             return None
         try:
@@ -147,7 +155,7 @@ class BuildRunner:
             )
             await out(
                 f"-----> Restoring build cache ({archive.human_size(tgz.stat().st_size)}, "
-                f"{info.members} entries)"
+                f"{info.members} entries{', copy kept on this builder' if reused else ''})"
             )
             return await asyncio.to_thread(archive.tree_state, work.cache)
         except (errors.InvalidArgument, errors.ResourceExhausted) as exc:
@@ -155,9 +163,33 @@ class BuildRunner:
             await out(f"-----> Build cache ignored: {exc}")
             await asyncio.to_thread(shutil.rmtree, work.cache, True)
             work.cache.mkdir(parents=True, exist_ok=True)
+            if self._local_caches is not None:
+                await asyncio.to_thread(self._local_caches.forget, job.app)
             return None
         finally:
-            tgz.unlink(missing_ok=True)
+            if not is_copy:
+                tgz.unlink(missing_ok=True)
+
+    async def _fetch_cache(self, app: str, work: Workdir) -> tuple[Path, bool, bool]:
+        """The app's cache archive; whether it was this builder's copy, identical
+        to the store's by digest (no download); and whether the path is that
+        copy's (to keep) rather than a download's (to delete). NotFound when the
+        store has none."""
+        copies = self._local_caches
+        if copies is not None:
+            wanted = hex_digest(await self._stores.digest(objstore.CACHES, app))
+            if wanted is not None and (path := copies.lookup(app, wanted)) is not None:
+                return path, True, True
+        tgz = work.root / "cache.tgz"
+        await self._stores.get_file(objstore.CACHES, app, tgz)
+        if copies is None:
+            return tgz, False, False
+        # The digest of the bytes fetched, not of the info read before: the
+        # object may have been replaced in between.
+        digest = await asyncio.to_thread(archive.sha256_file, tgz)
+        await asyncio.to_thread(copies.keep, app, tgz, digest)
+        kept = copies.lookup(app, digest)
+        return (kept, False, True) if kept is not None else (tgz, False, False)
 
     async def _save_cache(
         self, job: BuildJob, work: Workdir, out: OnLine, restored: archive.TreeState | None
@@ -184,6 +216,8 @@ class BuildRunner:
             await out(f"-----> Build cache not saved: {exc}")
             return
         await self._stores.put_file(objstore.CACHES, job.app, packed.path)
+        if self._local_caches is not None:
+            await asyncio.to_thread(self._local_caches.keep, job.app, packed.path, packed.digest)
         await out(f"-----> Saving build cache ({archive.human_size(packed.size)})")
         if changed:
             # Says which buildpack step keeps a warm build from reusing the cache.

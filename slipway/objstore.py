@@ -209,6 +209,18 @@ class ObjectStores:
             return False
         return not info.deleted
 
+    async def digest(self, bucket: str, name: str) -> str:
+        """The object's digest as the store records it ("SHA-256=..."): a
+        local copy with the same digest has the same bytes."""
+        store = await self._store(bucket)
+        try:
+            info = await store.get_info(name)
+        except nats.js.errors.ObjectNotFoundError as exc:
+            raise errors.NotFound(f"{bucket}/{name} is not in the object store") from exc
+        if info.deleted:
+            raise errors.NotFound(f"{bucket}/{name} is not in the object store")
+        return str(info.digest or "")
+
     async def delete(self, bucket: str, name: str) -> bool:
         store = await self._store(bucket)
         try:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from builder.build import BuildRunner, Limits
+from builder.cachecopy import LocalCaches
 from builder.jobs import BuildQueue, QueueSettings
 from builder.sandbox import RuncSandbox
 from slipway import archive, engines, objstore
@@ -137,7 +138,7 @@ async def client(builder_nats_url: str, tmp_path: Path, limits: Limits) -> Async
     network = SandboxNetwork(state / "net")
     sandbox = RuncSandbox(state / "sandbox", build_stack(state), network=network)
     await sandbox.prepare()
-    runner = BuildRunner(stores, sandbox, state / "builds", limits)
+    runner = BuildRunner(stores, sandbox, state / "builds", limits, LocalCaches(state / "caches"))
     queue = BuildQueue(nc, runner, name="test-builder", settings=QueueSettings())
     task = asyncio.create_task(queue.run())
     try:
@@ -243,6 +244,7 @@ async def test_python_app_builds_and_second_build_uses_cache(
         second.text
     )
     assert "-----> Build cache unchanged" in second.text  # not packed and stored again
+    assert "copy kept on this builder" in second.text  # not fetched again either
     assert "hello from python-app (six 1.16.0)" in await serve_slug(client, second.final, "web")
     print(f"\npython-app build times: cold {cold:.1f}s, warm {warm:.1f}s")
 
@@ -414,3 +416,54 @@ async def test_tarball_with_dotdot_is_refused(client: Client, tmp_path: Path) ->
     assert "'..'" in (w.final.error or "")
     assert not (tmp_path / "builder" / "builds" / "escaped.txt").exists()
     assert not any((tmp_path / "builder").rglob("escaped.txt"))
+
+
+def counting_buildpack(root: Path) -> Path:
+    """A buildpack that prints the counter in its cache and stores it plus one."""
+    pack = root / "counting-buildpack"
+    (pack / "bin").mkdir(parents=True)
+    scripts = {
+        "detect": "echo Counting\n",
+        "compile": (
+            'printf "cache counter: %s\\n" "$(cat "$2/counter" 2>/dev/null || echo none)"\n'
+            'echo $(( $(cat "$2/counter" 2>/dev/null || echo 0) + 1 )) > "$2/counter"\n'
+        ),
+        "release": "echo '--- {}'\n",
+    }
+    for name, body in scripts.items():
+        path = pack / "bin" / name
+        path.write_text("#!/usr/bin/env bash\n" + body)
+        path.chmod(0o755)
+    return pack
+
+
+async def test_builder_reuses_its_copy_of_the_cache_only_while_identical(
+    client: Client, tmp_path: Path
+) -> None:
+    app = f"cnt-{uuid.uuid4().hex[:6]}"
+    pack = [str(counting_buildpack(tmp_path))]
+    source = await client.upload_dir(FIXTURES / "hello-app")
+
+    first = await client.build(app, source, buildpacks=pack)
+    assert "cache counter: none" in first.text, first.text
+    second = await client.build(app, source, buildpacks=pack)
+    assert "cache counter: 1" in second.text, second.text
+    assert "copy kept on this builder" in second.text
+
+    # Another builder saved a newer cache meanwhile: this builder's copy is stale.
+    other = tmp_path / "other-cache"
+    other.mkdir()
+    (other / "counter").write_text("7\n")
+    packed = archive.pack_dir(other, tmp_path / "other.tgz", what="build cache")
+    await client.stores.put_file(objstore.CACHES, app, packed.path)
+    third = await client.build(app, source, buildpacks=pack)
+    assert "cache counter: 7" in third.text, third.text
+    assert "copy kept on this builder" not in third.text
+    fourth = await client.build(app, source, buildpacks=pack)
+    assert "cache counter: 8" in fourth.text, fourth.text
+
+    # A purged cache is gone for this builder too.
+    await client.stores.delete(objstore.CACHES, app)
+    fifth = await client.build(app, source, buildpacks=pack)
+    assert "No build cache for this app yet" in fifth.text
+    assert "cache counter: none" in fifth.text, fifth.text

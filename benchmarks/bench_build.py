@@ -46,6 +46,7 @@ SAMPLES = {
     "node": ROOT / "examples" / "node",
     "express-yarn": ROOT / "examples" / "express-yarn",
     "express-pnpm": ROOT / "examples" / "express-pnpm",
+    "express-yarn-berry": ROOT / "examples" / "express-yarn-berry",
     "go-web": ROOT / "examples" / "go-web",
     "java-maven": ROOT / "examples" / "java-maven",
 }

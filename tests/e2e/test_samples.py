@@ -218,6 +218,17 @@ def test_a_python_version_the_stack_lacks_fails_naming_what_it_has(
     assert "asks for Python 3.8.18, but stack slipway-24 provides Python 3.11" in out
 
 
+def test_a_yarn_release_the_registry_lacks_fails_naming_it(
+    platform: Platform, tmp_path: Path
+) -> None:
+    files = {
+        "package.json": '{"name": "no-such-yarn", "packageManager": "yarn@4.99.1"}\n',
+        "yarn.lock": "__metadata:\n  version: 8\n",
+    }
+    out = refused(platform, tmp_path, "no-such-yarn", files)
+    assert "yarn 4.99.1 could not be installed from the npm registry" in out
+
+
 def test_go_with_a_module_dependency_and_the_toolchain_go_mod_asks_for(
     platform: Platform,
 ) -> None:
@@ -261,7 +272,7 @@ def test_a_java_version_the_stack_lacks_fails_naming_what_it_has(
 def test_express_with_yarn_on_the_node_engines_asks_for(platform: Platform) -> None:
     out = deploy(platform, "express-yarn", "express-yarn")
     assert "Downloading node 20." in out  # engines.node 20.x; the stack has 18
-    assert "Installing dependencies with yarn (yarn.lock found)" in out
+    assert "Installing dependencies with yarn 1.22.22 (yarn.lock found)" in out
     assert "Running build" in out and "Pruning devDependencies" in out
     body = page(platform, "express-yarn", "<h1>Express with yarn</h1>")
     assert "node v20." in body and "built with node v20." in body
@@ -280,3 +291,18 @@ def test_express_with_pnpm_from_its_lockfile(platform: Platform) -> None:
     assert "devDependencies present: false" in body and "node_modules/.pnpm: true" in body
     again = deploy(platform, "express-pnpm", "express-pnpm")
     assert "Using pnpm 9.15.4 from the build cache" in again
+
+
+def test_express_with_yarn_berry_and_plug_n_play(platform: Platform) -> None:
+    out = deploy(platform, "express-berry", "express-yarn-berry")
+    assert "Installing yarn 4.5.3 from the npm registry" in out  # packageManager
+    assert "Installing dependencies with yarn 4.5.3 (yarn.lock found)" in out
+    assert "Running build" in out and "Pruning devDependencies" in out
+    assert "Plug'n'Play install: node loads /app/.pnp.cjs" in out
+    body = page(platform, "express-berry", "<h1>Express with Yarn Berry</h1>")
+    assert "built by yarn/4.5.3" in body
+    assert "node_modules present: false" in body and "Plug'n'Play: true" in body
+    assert "devDependencies present: false" in body
+    again = deploy(platform, "express-berry", "express-yarn-berry")
+    assert "Using yarn 4.5.3 from the build cache" in again
+    assert "Build cache unchanged" in again  # packages came from the cached .yarn/cache

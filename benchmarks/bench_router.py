@@ -45,6 +45,17 @@ BODY = "hello from the benchmark backend\n"
 APP = "bench"
 BASE = "bench.test"
 PACED_CONNS = 100
+NATIVE_SERVER = """
+import sys, time
+from router.dataplane import NativePlane
+port, host, backend = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+plane = NativePlane()
+plane.set_routes({host: ("bench", [("127.0.0.1:" + backend, "web.1")])})
+plane.listen("127.0.0.1", port)
+while True:
+    time.sleep(0.1)
+    plane.take_logs()
+"""
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -308,7 +319,23 @@ def main() -> None:
             engines.wait_for_port("127.0.0.1", ha_port, 10, procs[-1])
 
             host = f"{APP}.{BASE}"
-            contenders = {"router": router_port, "nginx": nginx_port, "haproxy": ha_port}
+            # The compiled data plane on its own (router/native): the same route,
+            # one worker thread, its log lines collected every 100 ms (not yet
+            # published to NATS: that stays the control plane's part).
+            native_port = engines.free_port()
+            native = start(
+                [sys.executable, "-c", NATIVE_SERVER, str(native_port), host, str(backend)],
+                tmp / "native.log",
+                cwd=ROOT,
+            )
+            procs.append(native)
+            engines.wait_for_port("127.0.0.1", native_port, 10, native)
+            contenders = {
+                "router": router_port,
+                "native": native_port,
+                "nginx": nginx_port,
+                "haproxy": ha_port,
+            }
             if args.profile:
                 wrk(router_port, host, args.duration)
                 print("router alive:", router.poll())
@@ -321,7 +348,12 @@ def main() -> None:
             for port in contenders.values():
                 wrk(port, host, 1.0)
             results: dict[str, list[dict[str, float]]] = {k: [] for k in contenders}
-            pids_of = {"router": [router.pid], "nginx": [procs[2].pid], "haproxy": [procs[3].pid]}
+            pids_of = {
+                "router": [router.pid],
+                "native": [native.pid],
+                "nginx": [procs[2].pid],
+                "haproxy": [procs[3].pid],
+            }
             for rnd in range(args.rounds):
                 for name, port in contenders.items():
                     pids = pids_of[name]
@@ -361,6 +393,9 @@ def main() -> None:
             r, n, h = med["router"], med["nginx"], med["haproxy"]
             print(f"router/nginx   throughput {r['rps'] / n['rps']:.2f}x  (target >= 0.90x)")
             print(f"router/haproxy throughput {r['rps'] / h['rps']:.2f}x  (target >= 1.00x)")
+            x = med["native"]
+            print(f"native/nginx   throughput {x['rps'] / n['rps']:.2f}x  (the data plane alone)")
+            print(f"native/haproxy throughput {x['rps'] / h['rps']:.2f}x")
             print(
                 f"p99 router - nginx at 50 connections (saturated): {r['p99'] - n['p99']:+.2f} ms"
             )

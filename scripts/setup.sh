@@ -57,5 +57,8 @@ if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
+# The router's compiled data plane, cached by source digest.
+bash scripts/build_native.sh
+
 # The stack images (slipway/stackimage.py), cached by recipe digest in SLIPWAY_STACKS_DIR.
 .venv/bin/slipway-stack build --quiet

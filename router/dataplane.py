@@ -1,0 +1,121 @@
+"""The compiled data plane (router/native, module ``slipway_dataplane``) as the
+Python control plane drives it.
+
+The data plane owns its listening sockets and every client and dyno
+connection; Python hands it immutable snapshots (the route table, the error
+pages rendered once) and collects what it leaves behind (log lines batched
+per app, counters). Nothing on the request path calls into Python.
+
+What the native plane covers so far: routing by default and custom domain,
+random choice, keep-alive on both sides with a pool per dyno, Content-Length
+and chunked bodies both ways, interim 1xx answers, the router's added headers,
+the smuggling refusals, H12/H13/H14/H17/H19/H21/H27 and the router log line.
+Still only in the Python proxy (router/proxy.py, router/exchange.py): quarantine
+and retries, in-flight limits and the backlog (H11), least-loaded choice,
+H20 while booting, maintenance and blank apps, Upgrades, body idle timeouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from router import errors_page as pages
+from router.table import RouteTable
+
+# The answers the data plane gives on its own, by the key it uses.
+PAGE_KEYS: Mapping[str, pages.RouterError] = {
+    "bad_request": pages.BAD_REQUEST,
+    "no_such_app": pages.NO_SUCH_APP,
+    "H12": pages.H12,
+    "H13": pages.H13,
+    "H14": pages.H14,
+    "H17": pages.H17,
+    "H19": pages.H19,
+    "H21": pages.H21,
+}
+
+Snapshot = dict[str, tuple[str, list[tuple[str, str]]]]
+
+
+def rendered_pages() -> dict[str, tuple[str, str, int, bytes, bytes]]:
+    """Every page as the data plane takes it: (code, desc, status, keep-alive, close)."""
+    return {
+        key: (
+            err.code,
+            err.desc,
+            err.status,
+            pages.render_response(err, keep_alive=True),
+            pages.render_response(err, keep_alive=False),
+        )
+        for key, err in PAGE_KEYS.items()
+    }
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def snapshot(table: RouteTable) -> Snapshot:
+    """Host name -> (app, [(dyno address, dyno name)]): every name an app answers to."""
+    by_app = {
+        app: (app, [(_address(d.host, d.port), d.name) for d in table.dyno_list.get(app, ())])
+        for app in table.apps
+    }
+    hosts: Snapshot = {app + table.base_suffix: route for app, route in by_app.items()}
+    for domain, app in table.domains.items():
+        if app in by_app:
+            hosts[domain] = by_app[app]
+    return hosts
+
+
+@dataclass(frozen=True)
+class PlaneSettings:
+    workers: int = 1
+    public_port: int = 80
+    proto: str = "http"
+    connect_timeout: float = 5.0
+    response_timeout: float = 30.0
+    idle_timeout: float = 90.0
+
+
+class NativePlane:
+    """One data plane: its threads, listeners and connections."""
+
+    def __init__(self, settings: PlaneSettings = PlaneSettings()) -> None:
+        import slipway_dataplane  # built by scripts/build_native.sh
+
+        self._plane = slipway_dataplane.DataPlane(
+            workers=settings.workers,
+            public_port=settings.public_port,
+            proto=settings.proto,
+            connect_timeout=settings.connect_timeout,
+            response_timeout=settings.response_timeout,
+            idle_timeout=settings.idle_timeout,
+        )
+        self._plane.set_pages(rendered_pages())
+
+    def listen(self, host: str, port: int) -> int:
+        """Starts accepting on host:port (0: any free port); the bound port."""
+        return int(self._plane.listen(_address(host, port)))
+
+    def follow(self, table: RouteTable) -> None:
+        """Hands over the table now and after every change to it."""
+        self._plane.set_routes(snapshot(table))
+        table.listeners.append(lambda: self._plane.set_routes(snapshot(table)))
+
+    def set_routes(self, routes: Snapshot) -> None:
+        self._plane.set_routes(routes)
+
+    def take_logs(self) -> list[tuple[str, list[str]]]:
+        """The router lines since the last call, per app, in the order served."""
+        return [
+            (app, batch.decode(errors="replace").splitlines())
+            for app, batch in self._plane.take_logs()
+        ]
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._plane.counters())
+
+    def stop(self) -> None:
+        self._plane.stop()

@@ -1,0 +1,495 @@
+//! HTTP/1.1 as the data path needs it: request heads checked and rewritten for
+//! the dyno, response heads read for their framing, bodies relayed verbatim
+//! with that framing enforced. Nothing here owns a socket.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub const MAX_HEADERS: usize = 128;
+const RELAY_CHUNK: usize = 64 * 1024;
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// How a message's body ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Why a request is refused before any dyno sees it (answered 400).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused(pub &'static str);
+
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    pub host: String,
+    /// Headers the dyno receives as they came (names as the client spelled them).
+    pub kept: Vec<(String, Vec<u8>)>,
+    pub forwarded_for: Option<Vec<u8>>,
+    pub request_id: Option<String>,
+    pub framing: Framing,
+    pub keep_alive: bool,
+    pub head_len: usize,
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+fn is_router_set(name: &str) -> bool {
+    matches!(
+        name,
+        "x-forwarded-proto" | "x-forwarded-port" | "x-request-start" | "x-request-id" | "via"
+    )
+}
+
+fn valid_request_id(value: &[u8]) -> bool {
+    (20..=200).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-'))
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The host a Host header names, lower-cased, without its port.
+pub fn host_name(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value).trim().to_ascii_lowercase();
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("").to_string();
+    }
+    text.split(':').next().unwrap_or("").to_string()
+}
+
+/// A complete request head at the start of `buf`, None while it is incomplete.
+pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(Refused("request head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refused("too many headers")),
+        Err(_) => return Err(Refused("malformed request")),
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Err(Refused("request head too large"));
+    }
+    let http10 = req.version == Some(0);
+    let mut host: Option<String> = None;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = http10;
+    let mut kept = Vec::with_capacity(req.headers.len());
+    let mut forwarded_for: Option<Vec<u8>> = None;
+    let mut request_id = None;
+    for h in req.headers.iter() {
+        let lower = h.name.to_ascii_lowercase();
+        match lower.as_str() {
+            "host" => {
+                if host.is_some() {
+                    return Err(Refused("more than one Host header"));
+                }
+                host = Some(host_name(h.value));
+                kept.push((h.name.to_string(), h.value.to_vec()));
+            }
+            "content-length" => {
+                let n = parse_length(h.value).ok_or(Refused("invalid Content-Length"))?;
+                if length.is_some() {
+                    return Err(Refused("more than one Content-Length"));
+                }
+                length = Some(n);
+                kept.push((h.name.to_string(), h.value.to_vec()));
+            }
+            "transfer-encoding" => {
+                if chunked || !h.value.eq_ignore_ascii_case(b"chunked") {
+                    return Err(Refused("unsupported Transfer-Encoding"));
+                }
+                chunked = true;
+                kept.push((h.name.to_string(), h.value.to_vec()));
+            }
+            "connection" => {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        close = false;
+                    }
+                }
+            }
+            "x-forwarded-for" => {
+                forwarded_for = Some(h.value.to_vec());
+            }
+            "x-request-id" => {
+                if valid_request_id(h.value) {
+                    request_id = Some(String::from_utf8_lossy(h.value).into_owned());
+                }
+            }
+            name if is_hop_by_hop(name) || is_router_set(name) => {}
+            _ => kept.push((h.name.to_string(), h.value.to_vec())),
+        }
+    }
+    if chunked && length.is_some() {
+        return Err(Refused("both Content-Length and Transfer-Encoding"));
+    }
+    let host = match host {
+        Some(h) if !h.is_empty() => h,
+        _ if http10 => String::new(),
+        _ => return Err(Refused("no Host header")),
+    };
+    let framing = if chunked {
+        Framing::Chunked
+    } else {
+        match length {
+            Some(0) | None => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    Ok(Some(RequestHead {
+        method: req.method.unwrap_or("GET").to_string(),
+        target: req.path.unwrap_or("/").to_string(),
+        host,
+        kept,
+        forwarded_for,
+        request_id,
+        framing,
+        keep_alive: !close,
+        head_len,
+    }))
+}
+
+/// The head the dyno receives: the kept headers plus the router's own.
+pub fn dyno_request_head(
+    head: &RequestHead,
+    client_ip: &str,
+    proto: &str,
+    port: u16,
+    request_id: &str,
+    start_ms: u128,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + head.target.len() + head.kept.len() * 32);
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.kept {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(prior) = &head.forwarded_for {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(proto.as_bytes());
+    out.extend_from_slice(format!("\r\nX-Forwarded-Port: {port}\r\nX-Request-Start: {start_ms}\r\nX-Request-Id: {request_id}\r\nVia: 1.1 slipway\r\nConnection: keep-alive\r\n\r\n").as_bytes());
+    out
+}
+
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub framing: Framing,
+    /// The client's connection stays open after this response.
+    pub keep_client: bool,
+    /// The dyno's connection may carry another request.
+    pub reuse_dyno: bool,
+    pub head_len: usize,
+    /// The head the client receives (the dyno's, minus its connection headers).
+    pub client_head: Vec<u8>,
+}
+
+/// A complete response head at the start of `buf`; None while incomplete; Err
+/// for a response the client must not get (answered as the dyno's failure).
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    client_keep_alive: bool,
+) -> Result<Option<ResponseHead>, Refused> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(Refused("response head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Refused("malformed response")),
+    };
+    let status = resp.code.unwrap_or(502);
+    let mut length = None;
+    let mut chunked = false;
+    let mut close = resp.version == Some(0);
+    let mut out = Vec::with_capacity(head_len + 32);
+    out.extend_from_slice(
+        format!("HTTP/1.1 {} {}\r\n", status, resp.reason.unwrap_or("")).as_bytes(),
+    );
+    for h in resp.headers.iter() {
+        let lower = h.name.to_ascii_lowercase();
+        match lower.as_str() {
+            "content-length" => {
+                let n =
+                    parse_length(h.value).ok_or(Refused("invalid Content-Length from the dyno"))?;
+                if length.is_some_and(|m| m != n) {
+                    return Err(Refused("conflicting Content-Length from the dyno"));
+                }
+                length = Some(n);
+            }
+            "transfer-encoding" => {
+                if !h.value.eq_ignore_ascii_case(b"chunked") {
+                    return Err(Refused("unsupported Transfer-Encoding from the dyno"));
+                }
+                chunked = true;
+            }
+            "connection" => {
+                for token in h.value.split(|b| *b == b',') {
+                    if token.trim_ascii().eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    }
+                }
+                continue;
+            }
+            "keep-alive" | "proxy-connection" => continue,
+            _ => {}
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = if head_request || status == 204 || status == 304 || (100..200).contains(&status)
+    {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        if n == 0 {
+            Framing::Empty
+        } else {
+            Framing::Length(n)
+        }
+    } else {
+        Framing::UntilClose
+    };
+    // A body that ends with the dyno's connection ends the client's too.
+    let keep_client = client_keep_alive && framing != Framing::UntilClose;
+    let reuse_dyno = !close && framing != Framing::UntilClose;
+    out.extend_from_slice(if keep_client {
+        b"Connection: keep-alive\r\n\r\n" as &[u8]
+    } else {
+        b"Connection: close\r\n\r\n"
+    });
+    Ok(Some(ResponseHead {
+        status,
+        framing,
+        keep_client,
+        reuse_dyno,
+        head_len,
+        client_head: out,
+    }))
+}
+
+/// A socket with the bytes read from it but not consumed yet.
+pub struct Buffered<S> {
+    pub stream: S,
+    pub buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + Unpin> Buffered<S> {
+    pub fn new(stream: S) -> Self {
+        Buffered {
+            stream,
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    /// Reads more; false at end of stream.
+    pub async fn fill(&mut self) -> std::io::Result<bool> {
+        // Straight into the buffer's spare room: no copy through the stack.
+        self.buf.reserve(16 * 1024);
+        let n = self.stream.read_buf(&mut self.buf).await?;
+        Ok(n > 0)
+    }
+
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let rest = self.buf.split_off(n);
+        std::mem::replace(&mut self.buf, rest)
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.buf.drain(..n);
+    }
+}
+
+#[derive(Debug)]
+pub enum RelayError {
+    /// The sender ended or broke the framing: the message is incomplete.
+    Source,
+    /// The receiver is gone.
+    Sink,
+}
+
+/// Copies one body framed as `framing` from `src` to `dst`; returns the bytes
+/// relayed. Bytes after the body stay in `src.buf` (a pipelined request).
+pub async fn relay_body<S, D>(
+    src: &mut Buffered<S>,
+    dst: &mut D,
+    framing: Framing,
+) -> Result<u64, RelayError>
+where
+    S: AsyncRead + Unpin,
+    D: AsyncWrite + Unpin,
+{
+    match framing {
+        Framing::Empty => Ok(0),
+        Framing::Length(n) => relay_exact(src, dst, n).await.map(|()| n),
+        Framing::UntilClose => {
+            let mut total = 0u64;
+            loop {
+                if !src.buf.is_empty() {
+                    total += src.buf.len() as u64;
+                    dst.write_all(&src.buf)
+                        .await
+                        .map_err(|_| RelayError::Sink)?;
+                    src.buf.clear();
+                }
+                match src.fill().await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(total),
+                    Err(_) => return Err(RelayError::Source),
+                }
+            }
+        }
+        Framing::Chunked => relay_chunked(src, dst).await,
+    }
+}
+
+async fn relay_exact<S, D>(
+    src: &mut Buffered<S>,
+    dst: &mut D,
+    mut left: u64,
+) -> Result<(), RelayError>
+where
+    S: AsyncRead + Unpin,
+    D: AsyncWrite + Unpin,
+{
+    while left > 0 {
+        if src.buf.is_empty() && !src.fill().await.map_err(|_| RelayError::Source)? {
+            return Err(RelayError::Source);
+        }
+        let n = (src.buf.len() as u64).min(left).min(RELAY_CHUNK as u64) as usize;
+        dst.write_all(&src.buf[..n])
+            .await
+            .map_err(|_| RelayError::Sink)?;
+        src.consume(n);
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+async fn line<S: AsyncRead + Unpin>(src: &mut Buffered<S>) -> Result<Vec<u8>, RelayError> {
+    loop {
+        if let Some(at) = src.buf.windows(2).position(|w| w == b"\r\n") {
+            return Ok(src.take(at + 2));
+        }
+        if src.buf.len() > MAX_CHUNK_LINE {
+            return Err(RelayError::Source);
+        }
+        if !src.fill().await.map_err(|_| RelayError::Source)? {
+            return Err(RelayError::Source);
+        }
+    }
+}
+
+/// The size a chunk-size line names (extensions ignored); None if invalid.
+pub fn chunk_size(line: &[u8]) -> Option<u64> {
+    let text = line.strip_suffix(b"\r\n")?;
+    let digits = text.split(|b| *b == b';').next()?;
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+async fn relay_chunked<S, D>(src: &mut Buffered<S>, dst: &mut D) -> Result<u64, RelayError>
+where
+    S: AsyncRead + Unpin,
+    D: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    loop {
+        let size_line = line(src).await?;
+        let size = chunk_size(&size_line).ok_or(RelayError::Source)?;
+        dst.write_all(&size_line)
+            .await
+            .map_err(|_| RelayError::Sink)?;
+        if size == 0 {
+            // Trailers, then the empty line that ends the message.
+            loop {
+                let trailer = line(src).await?;
+                dst.write_all(&trailer)
+                    .await
+                    .map_err(|_| RelayError::Sink)?;
+                if trailer == b"\r\n" {
+                    return Ok(total);
+                }
+            }
+        }
+        relay_exact(src, dst, size).await?;
+        total += size;
+        if line(src).await? != b"\r\n" {
+            return Err(RelayError::Source);
+        }
+        dst.write_all(b"\r\n").await.map_err(|_| RelayError::Sink)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(parse_request(both).is_err());
+        let two = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert!(parse_request(two).is_err());
+        let odd = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert!(parse_request(odd).is_err());
+        assert!(parse_request(b"GET / HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"1a\r\n"), Some(26));
+        assert_eq!(chunk_size(b"0;ext=1\r\n"), Some(0));
+        assert_eq!(chunk_size(b"-1\r\n"), None);
+        assert_eq!(chunk_size(b"\r\n"), None);
+    }
+}

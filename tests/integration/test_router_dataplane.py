@@ -1,0 +1,280 @@
+"""The native data plane over real sockets: a real HTTP/1.1 dyno behind it and
+raw clients in front (so the exact bytes on the wire are what is checked)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from router.dataplane import NativePlane, PlaneSettings
+from slipway import engines
+from tests.harness.wait import eventually
+
+HOST = "demo.example.test"
+
+
+class Dyno(BaseHTTPRequestHandler):
+    """Echoes what it received as JSON; /chunked answers with a chunked body."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[dict[str, object]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _answer(self) -> None:
+        body = self._body()
+        record = {
+            "method": self.command,
+            "path": self.path,
+            "peer_port": self.client_address[1],
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+            "body_len": len(body),
+        }
+        Dyno.seen.append(record)
+        out = json.dumps(record).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(out), 7):
+                piece = out[i : i + 7]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    do_GET = do_POST = do_HEAD = _answer
+
+
+@pytest.fixture
+def dyno() -> Iterator[int]:
+    Dyno.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Dyno)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def plane(dyno: int) -> Iterator[tuple[NativePlane, int]]:
+    native = NativePlane(PlaneSettings(public_port=8080, response_timeout=5))
+    closed = engines.free_port()  # nothing listens there: connection refused
+    native.set_routes(
+        {
+            HOST: ("demo", [(f"127.0.0.1:{dyno}", "web.1")]),
+            "idle.example.test": ("idle", []),
+            "broken.example.test": ("broken", [(f"127.0.0.1:{closed}", "web.1")]),
+        }
+    )
+    port = native.listen("127.0.0.1", 0)
+    try:
+        yield native, port
+    finally:
+        native.stop()
+
+
+def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One response off ``sock`` (Content-Length or chunked); extra bytes stay in ``buf``."""
+
+    def fill() -> None:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed mid-response")
+        buf.extend(chunk)
+
+    while b"\r\n\r\n" not in buf:
+        fill()
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    buf[:] = rest
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            while b"\r\n" not in buf:
+                fill()
+            size_line, _, rest = bytes(buf).partition(b"\r\n")
+            buf[:] = rest
+            size = int(size_line, 16)
+            while len(buf) < size + 2:
+                fill()
+            body += bytes(buf[:size])
+            buf[:] = buf[size + 2 :]
+            if size == 0:
+                return status, headers, body
+    length = int(headers.get("content-length", "0"))
+    while len(buf) < length:
+        fill()
+    body = bytes(buf[:length])
+    buf[:] = buf[length:]
+    return status, headers, body
+
+
+def collect_logs(native: NativePlane, lines: int) -> dict[str, list[str]]:
+    """Batches taken until ``lines`` lines came: a line is written just after
+    its response, so a client can read the answer before the line exists."""
+    got: dict[str, list[str]] = {}
+
+    def enough() -> bool:
+        taken = native.take_logs()
+        assert len({app for app, _ in taken}) == len(taken), "one batch per app"
+        for app, batch in taken:
+            got.setdefault(app, []).extend(batch)
+        return sum(map(len, got.values())) >= lines
+
+    eventually(enough)
+    return got
+
+
+def request(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        return read_response(sock, bytearray())
+
+
+def test_a_request_reaches_the_dyno_with_the_routers_headers(
+    plane: tuple[NativePlane, int],
+) -> None:
+    _, port = plane
+    status, headers, body = request(
+        port,
+        b"GET /hello?x=1 HTTP/1.1\r\nHost: Demo.Example.Test:8080\r\n"
+        b"X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.9\r\n"
+        b"Proxy-Connection: keep-alive\r\nUser-Agent: test\r\n\r\n",
+    )
+    assert status == 200 and headers["connection"] == "keep-alive"
+    seen = json.loads(body)
+    got = seen["headers"]
+    assert seen["path"] == "/hello?x=1"
+    assert got["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"  # appended to
+    assert got["x-forwarded-proto"] == "http"  # the client's own is not believed
+    assert got["x-forwarded-port"] == "8080"
+    assert got["via"] == "1.1 slipway"
+    assert len(got["x-request-id"]) == 32 and int(got["x-request-start"]) > 0
+    assert got["user-agent"] == "test" and "proxy-connection" not in got
+
+
+def test_a_valid_client_request_id_is_kept(plane: tuple[NativePlane, int]) -> None:
+    _, port = plane
+    rid = "abcdefghij0123456789-ok"
+    _, _, body = request(
+        port, f"GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Request-Id: {rid}\r\n\r\n".encode()
+    )
+    assert json.loads(body)["headers"]["x-request-id"] == rid
+
+
+def test_keep_alive_both_sides_and_bodies_in_both_framings(
+    plane: tuple[NativePlane, int],
+) -> None:
+    _, port = plane
+    payload = bytes(range(256)) * 400  # 100 KiB
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        buf = bytearray()
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: "
+            + HOST.encode()
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(payload)
+            + payload
+        )
+        status, _, body = read_response(sock, buf)
+        first = json.loads(body)
+        assert status == 200 and first["body_len"] == len(payload)
+        assert first["body_sha256"] == hashlib.sha256(payload).hexdigest()
+
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (payload[:1000], payload[1000:]))
+        sock.sendall(
+            b"POST /chunked HTTP/1.1\r\nHost: "
+            + HOST.encode()
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunks
+            + b"0\r\n\r\n"
+        )
+        status, headers, body = read_response(sock, buf)  # chunked back, relayed as is
+        second = json.loads(body)
+        assert status == 200 and headers["transfer-encoding"] == "chunked"
+        assert second["body_sha256"] == hashlib.sha256(payload).hexdigest()
+
+        sock.sendall(b"GET /third HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\n\r\n")
+        _, _, body = read_response(sock, buf)
+        third = json.loads(body)
+    # The body-less request went over the pooled connection the chunked one left.
+    assert third["peer_port"] == second["peer_port"]
+
+
+def test_errors_answer_with_the_routers_pages(plane: tuple[NativePlane, int]) -> None:
+    native, port = plane
+    status, _, body = request(port, b"GET / HTTP/1.1\r\nHost: nope.example.test\r\n\r\n")
+    assert status == 404 and b"No such app" in body
+    status, headers, body = request(port, b"GET / HTTP/1.1\r\nHost: idle.example.test\r\n\r\n")
+    assert status == 503 and b"H14" in body and headers["retry-after"] == "10"
+    status, _, body = request(port, b"GET / HTTP/1.1\r\nHost: broken.example.test\r\n\r\n")
+    assert status == 503 and b"H21" in body
+
+    logs = collect_logs(native, 2)  # an unknown host has no app to log to
+    (h14,) = logs["idle"]
+    assert h14.startswith(
+        'at=error code=H14 desc="No web processes running" method=GET path="/" '
+        "host=idle.example.test "
+    )
+    assert "status=503" in h14 and "dyno=none" in h14
+    assert "code=H21" in logs["broken"][0]
+    assert native.take_logs() == []  # each line is handed over once
+
+
+def test_smuggling_shapes_never_reach_the_dyno(plane: tuple[NativePlane, int]) -> None:
+    _, port = plane
+    attacks = [
+        b"POST / HTTP/1.1\r\nHost: demo.example.test\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: demo.example.test\r\nContent-Length: 4\r\n"
+        b"Content-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\nHost: demo.example.test\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: demo.example.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ]
+    for raw in attacks:
+        status, headers, _ = request(port, raw)
+        assert status == 400 and headers["connection"] == "close", raw
+    assert Dyno.seen == []
+
+
+def test_log_lines_come_in_one_batch_per_app(plane: tuple[NativePlane, int]) -> None:
+    native, port = plane
+    for n in range(5):
+        request(port, f"GET /n/{n} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    batches = collect_logs(native, 5)
+    assert list(batches) == ["demo"]
+    lines = batches["demo"]
+    assert [line.split(" path=")[1].split()[0] for line in lines] == [f'"/n/{n}"' for n in range(5)]
+    assert all(line.startswith("at=info method=GET ") and "dyno=web.1" in line for line in lines)
+    assert all("status=200" in line and "protocol=http" in line for line in lines)
+    assert native.counters()["requests"] == 5

@@ -50,7 +50,8 @@ import sys, time
 from router.dataplane import NativePlane
 port, host, backend = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 plane = NativePlane()
-plane.set_routes({host: ("bench", [("127.0.0.1:" + backend, "web.1")])})
+dynos = [("127.0.0.1:" + backend, "web.1")]
+plane.set_routes({host: ("bench", 1, True, False, False, False, dynos)})
 plane.listen("127.0.0.1", port)
 while True:
     time.sleep(0.1)

@@ -7,12 +7,15 @@ pages rendered once) and collects what it leaves behind (log lines batched
 per app, counters). Nothing on the request path calls into Python.
 
 What the native plane covers so far: routing by default and custom domain,
-random choice, keep-alive on both sides with a pool per dyno, Content-Length
-and chunked bodies both ways, interim 1xx answers, the router's added headers,
-the smuggling refusals, H12/H13/H14/H17/H19/H21/H27 and the router log line.
-Still only in the Python proxy (router/proxy.py, router/exchange.py): quarantine
-and retries, in-flight limits and the backlog (H11), least-loaded choice,
-H20 while booting, maintenance and blank apps, Upgrades, body idle timeouts.
+admission (H80 maintenance, H81 blank, H10 crashed, H14, booting dynos held
+until one is routed or H20), random and least-loaded choice, per-dyno
+in-flight limits and the app backlog (H11), quarantine and retry of connect
+failures (H19/H21, H99 when none is left), keep-alive on both sides with a pool
+per dyno, Content-Length and chunked bodies both ways, interim 1xx answers,
+the router's added headers, the smuggling refusals, H12/H13/H17/H27 and the
+router log line. Still only in the Python proxy (router/proxy.py,
+router/exchange.py): Upgrades, body idle timeouts, header size limits,
+metrics, NATS publishing.
 """
 
 from __future__ import annotations
@@ -21,21 +24,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from router import errors_page as pages
-from router.table import RouteTable
+from router.table import BALANCE_LEAST_LOADED, RouteTable
 
 # The answers the data plane gives on its own, by the key it uses.
 PAGE_KEYS: Mapping[str, pages.RouterError] = {
     "bad_request": pages.BAD_REQUEST,
     "no_such_app": pages.NO_SUCH_APP,
+    "H10": pages.H10,
+    "H11": pages.H11,
     "H12": pages.H12,
     "H13": pages.H13,
     "H14": pages.H14,
     "H17": pages.H17,
     "H19": pages.H19,
+    "H20": pages.H20,
     "H21": pages.H21,
+    "H80": pages.H80,
+    "H81": pages.H81,
+    "H99": pages.H99,
 }
 
-Snapshot = dict[str, tuple[str, list[tuple[str, str]]]]
+# host -> (app, web, released, maintenance, crashed, least_loaded, [(address, dyno)])
+RouteEntry = tuple[str, int, bool, bool, bool, bool, list[tuple[str, str]]]
+Snapshot = dict[str, RouteEntry]
 
 
 def rendered_pages() -> dict[str, tuple[str, str, int, bytes, bytes]]:
@@ -57,10 +68,18 @@ def _address(host: str, port: int) -> str:
 
 
 def snapshot(table: RouteTable) -> Snapshot:
-    """Host name -> (app, [(dyno address, dyno name)]): every name an app answers to."""
-    by_app = {
-        app: (app, [(_address(d.host, d.port), d.name) for d in table.dyno_list.get(app, ())])
-        for app in table.apps
+    """Host name -> the app's route (flags and dynos), for every name an app answers to."""
+    by_app: dict[str, RouteEntry] = {
+        name: (
+            name,
+            max(app.web, 0),
+            app.released,
+            app.maintenance,
+            app.crashed,
+            app.balance == BALANCE_LEAST_LOADED,
+            [(_address(d.host, d.port), d.name) for d in table.dyno_list.get(name, ())],
+        )
+        for name, app in table.apps.items()
     }
     hosts: Snapshot = {app + table.base_suffix: route for app, route in by_app.items()}
     for domain, app in table.domains.items():
@@ -77,6 +96,11 @@ class PlaneSettings:
     connect_timeout: float = 5.0
     response_timeout: float = 30.0
     idle_timeout: float = 90.0
+    quarantine: float = 5.0
+    max_attempts: int = 3
+    max_inflight_per_dyno: int = 50
+    backlog_per_dyno: int = 50
+    boot_timeout: float = 75.0
 
 
 class NativePlane:
@@ -92,6 +116,11 @@ class NativePlane:
             connect_timeout=settings.connect_timeout,
             response_timeout=settings.response_timeout,
             idle_timeout=settings.idle_timeout,
+            quarantine=settings.quarantine,
+            max_attempts=settings.max_attempts,
+            max_inflight_per_dyno=settings.max_inflight_per_dyno,
+            backlog_per_dyno=settings.backlog_per_dyno,
+            boot_timeout=settings.boot_timeout,
         )
         self._plane.set_pages(rendered_pages())
 

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from router.dataplane import NativePlane, PlaneSettings
+from router.dataplane import NativePlane, PlaneSettings, RouteEntry
 from slipway import engines
 from tests.harness.wait import eventually
 
@@ -83,15 +83,29 @@ def dyno() -> Iterator[int]:
         server.server_close()
 
 
+def route(
+    app: str,
+    dynos: list[tuple[str, str]],
+    *,
+    web: int | None = None,
+    released: bool = True,
+    maintenance: bool = False,
+    crashed: bool = False,
+    least_loaded: bool = False,
+) -> RouteEntry:
+    wanted = len(dynos) if web is None else web
+    return (app, wanted, released, maintenance, crashed, least_loaded, dynos)
+
+
 @pytest.fixture
 def plane(dyno: int) -> Iterator[tuple[NativePlane, int]]:
     native = NativePlane(PlaneSettings(public_port=8080, response_timeout=5))
     closed = engines.free_port()  # nothing listens there: connection refused
     native.set_routes(
         {
-            HOST: ("demo", [(f"127.0.0.1:{dyno}", "web.1")]),
-            "idle.example.test": ("idle", []),
-            "broken.example.test": ("broken", [(f"127.0.0.1:{closed}", "web.1")]),
+            HOST: route("demo", [(f"127.0.0.1:{dyno}", "web.1")]),
+            "idle.example.test": route("idle", []),
+            "broken.example.test": route("broken", [(f"127.0.0.1:{closed}", "web.1")]),
         }
     )
     port = native.listen("127.0.0.1", 0)
@@ -237,16 +251,20 @@ def test_errors_answer_with_the_routers_pages(plane: tuple[NativePlane, int]) ->
     status, headers, body = request(port, b"GET / HTTP/1.1\r\nHost: idle.example.test\r\n\r\n")
     assert status == 503 and b"H14" in body and headers["retry-after"] == "10"
     status, _, body = request(port, b"GET / HTTP/1.1\r\nHost: broken.example.test\r\n\r\n")
-    assert status == 503 and b"H21" in body
+    assert status == 503 and b"H99" in body  # its only dyno refused: quarantined, none left
+    assert native.counters()["quarantines"] == 1
+    status, _, body = request(port, b"GET / HTTP/1.1\r\nHost: broken.example.test\r\n\r\n")
+    assert status == 503 and b"H99" in body
+    assert native.counters()["quarantines"] == 1  # still quarantined: not even tried
 
-    logs = collect_logs(native, 2)  # an unknown host has no app to log to
+    logs = collect_logs(native, 3)  # an unknown host has no app to log to
     (h14,) = logs["idle"]
     assert h14.startswith(
         'at=error code=H14 desc="No web processes running" method=GET path="/" '
         "host=idle.example.test "
     )
     assert "status=503" in h14 and "dyno=none" in h14
-    assert "code=H21" in logs["broken"][0]
+    assert all("code=H99" in line for line in logs["broken"]) and len(logs["broken"]) == 2
     assert native.take_logs() == []  # each line is handed over once
 
 
@@ -278,3 +296,121 @@ def test_log_lines_come_in_one_batch_per_app(plane: tuple[NativePlane, int]) -> 
     assert all(line.startswith("at=info method=GET ") and "dyno=web.1" in line for line in lines)
     assert all("status=200" in line and "protocol=http" in line for line in lines)
     assert native.counters()["requests"] == 5
+
+
+def get(port: int, host: str, path: str = "/") -> tuple[int, bytes]:
+    status, _, body = request(port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return status, body
+
+
+def test_a_refused_connect_is_retried_on_another_dyno(dyno: int) -> None:
+    native = NativePlane(PlaneSettings(quarantine=60))
+    dead = f"127.0.0.1:{engines.free_port()}"
+    native.set_routes({HOST: route("demo", [(dead, "web.1"), (f"127.0.0.1:{dyno}", "web.2")])})
+    port = native.listen("127.0.0.1", 0)
+    try:
+        answers = [get(port, HOST, f"/r{n}")[0] for n in range(20)]
+        assert answers == [200] * 20  # none failed: the dead dyno was skipped
+        assert native.counters()["quarantines"] == 1  # tried once, then left alone
+        lines = collect_logs(native, 20)["demo"]
+        assert all("dyno=web.2" in line for line in lines)
+    finally:
+        native.stop()
+
+
+def test_admission_pages(dyno: int) -> None:
+    native = NativePlane()
+    live = [(f"127.0.0.1:{dyno}", "web.1")]
+    native.set_routes(
+        {
+            "down.example.test": route("down", live, maintenance=True),
+            "blank.example.test": route("blank", [], web=0, released=False),
+            "crashed.example.test": route("crashed", [], web=1, crashed=True),
+        }
+    )
+    port = native.listen("127.0.0.1", 0)
+    try:
+        assert get(port, "down.example.test")[0] == 503
+        assert b"H80" in get(port, "down.example.test")[1]
+        assert b"H81" in get(port, "blank.example.test")[1]
+        assert b"H10" in get(port, "crashed.example.test")[1]
+        assert Dyno.seen == []
+    finally:
+        native.stop()
+
+
+def test_requests_wait_for_booting_dynos_then_h20(dyno: int) -> None:
+    native = NativePlane(PlaneSettings(boot_timeout=30))
+    booting = route("boot", [], web=1)
+    native.set_routes({"boot.example.test": booting})
+    port = native.listen("127.0.0.1", 0)
+    try:
+        held: list[tuple[int, bytes]] = []
+        thread = threading.Thread(target=lambda: held.append(get(port, "boot.example.test")))
+        thread.start()
+        # Held, not answered, while no dyno is routed: a table change elsewhere
+        # does not end the hold either.
+        eventually(lambda: native.counters()["requests"] == 1)
+        native.set_routes({"boot.example.test": booting, HOST: route("demo", [])})
+        thread.join(0.3)
+        assert thread.is_alive() and held == []
+        native.set_routes({"boot.example.test": route("boot", [(f"127.0.0.1:{dyno}", "web.1")])})
+        thread.join(10)
+        assert held and held[0][0] == 200
+    finally:
+        native.stop()
+
+    quick = NativePlane(PlaneSettings(boot_timeout=0.2))
+    quick.set_routes({"boot.example.test": booting})
+    port = quick.listen("127.0.0.1", 0)
+    try:
+        status, body = get(port, "boot.example.test")
+        assert status == 503 and b"H20" in body
+    finally:
+        quick.stop()
+
+
+def test_busy_dynos_queue_requests_then_h11() -> None:
+    """One slot per dyno, room for one waiting request: the third is H11."""
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            entered.release()
+            release.wait(10)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    native = NativePlane(PlaneSettings(max_inflight_per_dyno=1, backlog_per_dyno=1))
+    native.set_routes({HOST: route("demo", [(f"127.0.0.1:{server.server_address[1]}", "web.1")])})
+    port = native.listen("127.0.0.1", 0)
+    try:
+        answers: list[int] = []
+        clients = [
+            threading.Thread(target=lambda: answers.append(get(port, HOST)[0])) for _ in range(2)
+        ]
+        clients[0].start()
+        assert entered.acquire(timeout=10)  # the first is at the dyno
+        clients[1].start()
+        eventually(lambda: native.counters()["waiting"] == 1)  # the second waits
+        status, body = get(port, HOST)
+        assert status == 503 and b"H11" in body  # the backlog is full
+        release.set()
+        for c in clients:
+            c.join(10)
+        assert sorted(answers) == [200, 200]  # the waiting one got the freed slot
+        assert entered.acquire(timeout=1)  # and reached the dyno after the first
+    finally:
+        native.stop()
+        server.shutdown()
+        server.server_close()

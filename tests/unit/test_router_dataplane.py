@@ -30,12 +30,21 @@ def test_snapshot_names_every_host_an_app_answers_to() -> None:
         revision=3,
     )
     routes = snapshot(t)
-    demo = ("demo", [("10.0.0.1:5000", "web.1"), ("[fd00::2]:5001", "web.2")])
+    dynos = [("10.0.0.1:5000", "web.1"), ("[fd00::2]:5001", "web.2")]
+    demo = ("demo", 2, True, False, False, False, dynos)
     assert routes == {
         "demo.example.test": demo,
         "www.demo.org": demo,
-        "idle.example.test": ("idle", []),  # known, no dynos: H14, not "no such app"
+        # known, no dynos wanted: H14, not "no such app"; not released: H81
+        "idle.example.test": ("idle", 0, False, False, False, False, []),
     }
+
+
+def test_snapshot_carries_the_app_flags() -> None:
+    t = RouteTable(K, "example.test")
+    record = {"web": 1, "released": True, "maintenance": True, "crashed": True}
+    t.replace([kv(K.route_app("flags"), {**record, "balance": "least-loaded"})], revision=1)
+    assert snapshot(t)["flags.example.test"] == ("flags", 1, True, True, True, True, [])
 
 
 def test_pages_are_whole_responses_in_both_connection_modes() -> None:

@@ -30,7 +30,7 @@ struct DataPlane {
 #[pymethods]
 impl DataPlane {
     #[new]
-    #[pyo3(signature = (*, workers=1, public_port=80, proto="http", connect_timeout=5.0, response_timeout=30.0, idle_timeout=90.0, log_bytes_per_app=1<<20))]
+    #[pyo3(signature = (*, workers=1, public_port=80, proto="http", connect_timeout=5.0, response_timeout=30.0, idle_timeout=90.0, log_bytes_per_app=1<<20, quarantine=5.0, max_attempts=3, max_inflight_per_dyno=50, backlog_per_dyno=50, boot_timeout=75.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         workers: usize,
@@ -40,12 +40,22 @@ impl DataPlane {
         response_timeout: f64,
         idle_timeout: f64,
         log_bytes_per_app: usize,
+        quarantine: f64,
+        max_attempts: u32,
+        max_inflight_per_dyno: u32,
+        backlog_per_dyno: usize,
+        boot_timeout: f64,
     ) -> PyResult<Self> {
         if workers == 0 {
             return Err(PyValueError::new_err("workers must be at least 1"));
         }
         let settings = Settings {
             connect_timeout: Duration::from_secs_f64(connect_timeout),
+            quarantine: Duration::from_secs_f64(quarantine),
+            max_attempts: max_attempts.max(1),
+            max_inflight_per_dyno: max_inflight_per_dyno.max(1),
+            backlog_per_dyno,
+            boot_timeout: Duration::from_secs_f64(boot_timeout),
             response_timeout: Duration::from_secs_f64(response_timeout),
             idle_timeout: Duration::from_secs_f64(idle_timeout),
             public_port,
@@ -92,10 +102,15 @@ impl DataPlane {
         })
     }
 
-    /// Replaces the route table: {host: (app, [(address, dyno name), ...])}.
-    fn set_routes(&self, routes: HashMap<String, (String, Vec<(String, String)>)>) -> PyResult<()> {
+    /// Replaces the route table: {host: (app, web, released, maintenance,
+    /// crashed, least_loaded, [(address, dyno name), ...])}.
+    #[allow(clippy::type_complexity)]
+    fn set_routes(
+        &self,
+        routes: HashMap<String, (String, u32, bool, bool, bool, bool, Vec<(String, String)>)>,
+    ) -> PyResult<()> {
         let mut table = HashMap::with_capacity(routes.len());
-        for (host, (app, dynos)) in routes {
+        for (host, (app, web, released, maintenance, crashed, least_loaded, dynos)) in routes {
             let mut parsed = Vec::with_capacity(dynos.len());
             for (address, name) in dynos {
                 let addr: SocketAddr = address
@@ -103,16 +118,18 @@ impl DataPlane {
                     .map_err(|_| PyValueError::new_err(format!("not a dyno address: {address}")))?;
                 parsed.push(Dyno { addr, name });
             }
-            table.insert(
-                host.to_ascii_lowercase(),
-                Arc::new(Route { app, dynos: parsed }),
-            );
+            let route = Route {
+                app,
+                web,
+                released,
+                maintenance,
+                crashed,
+                least_loaded,
+                dynos: parsed,
+            };
+            table.insert(host.to_ascii_lowercase(), Arc::new(route));
         }
-        *self
-            .shared
-            .routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.shared.set_routes(table);
         Ok(())
     }
 
@@ -155,6 +172,8 @@ impl DataPlane {
                 c.log_lines_dropped.load(Ordering::Relaxed),
             ),
             ("panics", c.panics.load(Ordering::Relaxed)),
+            ("quarantines", c.quarantines.load(Ordering::Relaxed)),
+            ("waiting", self.shared.waiting()),
         ])
     }
 

@@ -2,7 +2,7 @@
 //! route table snapshot it reads, and the log lines and counters it leaves for
 //! the Python control plane to collect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
 
 use crate::http1::{self, Buffered, Framing, RelayError, RequestHead};
 
@@ -20,7 +21,44 @@ pub struct Dyno {
 
 pub struct Route {
     pub app: String,
+    /// Web dynos the formation wants: more than zero with none routed yet
+    /// means they are booting (requests are held), zero means H14.
+    pub web: u32,
+    pub released: bool,
+    pub maintenance: bool,
+    pub crashed: bool,
+    pub least_loaded: bool,
     pub dynos: Vec<Dyno>,
+}
+
+/// What to do with a request to an app, before any dyno is chosen.
+pub fn admission(route: &Route) -> Option<&'static str> {
+    if route.maintenance {
+        Some("H80")
+    } else if !route.released {
+        Some("H81")
+    } else if route.crashed {
+        Some("H10")
+    } else if route.dynos.is_empty() && route.web == 0 {
+        Some("H14")
+    } else {
+        None
+    }
+}
+
+enum Choice {
+    Dyno(usize),
+    Error(&'static str),
+    Wait,
+}
+
+/// This router's own view of dynos: requests in flight, quarantine, and the
+/// requests of each app waiting for a free slot.
+#[derive(Default)]
+struct Balance {
+    inflight: HashMap<SocketAddr, u32>,
+    quarantined: HashMap<SocketAddr, Instant>,
+    backlog: HashMap<String, VecDeque<oneshot::Sender<()>>>,
 }
 
 /// One error answer, rendered by the control plane.
@@ -34,6 +72,11 @@ pub struct Page {
 
 pub struct Settings {
     pub connect_timeout: Duration,
+    pub quarantine: Duration,
+    pub max_attempts: u32,
+    pub max_inflight_per_dyno: u32,
+    pub backlog_per_dyno: usize,
+    pub boot_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub public_port: u16,
@@ -47,6 +90,7 @@ pub struct Counters {
     pub errors: AtomicU64,
     pub log_lines_dropped: AtomicU64,
     pub panics: AtomicU64,
+    pub quarantines: AtomicU64,
 }
 
 pub struct Shared {
@@ -57,6 +101,44 @@ pub struct Shared {
     pool: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
     logs: Mutex<HashMap<String, Vec<u8>>>,
     seq: AtomicU64,
+    balance: Mutex<Balance>,
+    /// Bumped on every new route table: wakes requests held while dynos boot.
+    table_version: watch::Sender<u64>,
+}
+
+/// One request counted in flight on a dyno until dropped; dropping it hands
+/// the slot to the app's next waiting request.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    addr: SocketAddr,
+    app: &'a str,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut balance = self
+            .shared
+            .balance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = balance.inflight.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                balance.inflight.remove(&self.addr);
+            }
+        }
+        if let Some(waiting) = balance.backlog.get_mut(self.app) {
+            // The first waiter still waiting gets the slot.
+            while let Some(waiter) = waiting.pop_front() {
+                if waiter.send(()).is_ok() {
+                    break;
+                }
+            }
+            if waiting.is_empty() {
+                balance.backlog.remove(self.app);
+            }
+        }
+    }
 }
 
 const POOL_PER_DYNO: usize = 32;
@@ -71,7 +153,142 @@ impl Shared {
             pool: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            balance: Mutex::new(Balance::default()),
+            table_version: watch::channel(0).0,
         }
+    }
+
+    pub fn set_routes(&self, table: HashMap<String, Arc<Route>>) {
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.table_version.send_modify(|v| *v += 1);
+    }
+
+    fn route(&self, host: &str) -> Option<Arc<Route>> {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+            .cloned()
+    }
+
+    fn quarantine(&self, addr: SocketAddr) {
+        let mut balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
+        balance
+            .quarantined
+            .insert(addr, Instant::now() + self.settings.quarantine);
+        self.counters.quarantines.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A dyno for this request (counted in flight), an error, or wait for a slot.
+    fn choose<'a>(
+        &'a self,
+        route: &'a Route,
+        tried: &[SocketAddr],
+    ) -> (Choice, Option<InFlight<'a>>) {
+        let mut balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        balance.quarantined.retain(|_, until| *until > now);
+        let limit = self.settings.max_inflight_per_dyno;
+        if !route.least_loaded && tried.is_empty() && balance.quarantined.is_empty() {
+            // Fast path: a first attempt with nothing quarantined; one random
+            // pick with a free slot is the answer, with no list built.
+            let pick = (self.next_random() % route.dynos.len() as u64) as usize;
+            let addr = route.dynos[pick].addr;
+            let load = balance.inflight.entry(addr).or_insert(0);
+            if *load < limit {
+                *load += 1;
+                return (
+                    Choice::Dyno(pick),
+                    Some(InFlight {
+                        shared: self,
+                        addr,
+                        app: &route.app,
+                    }),
+                );
+            }
+        }
+        let usable: Vec<usize> = (0..route.dynos.len())
+            .filter(|&i| {
+                let addr = route.dynos[i].addr;
+                !tried.contains(&addr) && !balance.quarantined.contains_key(&addr)
+            })
+            .collect();
+        if usable.is_empty() {
+            return (Choice::Error("H99"), None);
+        }
+        let load = |i: usize| {
+            balance
+                .inflight
+                .get(&route.dynos[i].addr)
+                .copied()
+                .unwrap_or(0)
+        };
+        let free: Vec<usize> = usable
+            .iter()
+            .copied()
+            .filter(|&i| load(i) < limit)
+            .collect();
+        if free.is_empty() {
+            let waiting = balance.backlog.get(&route.app).map_or(0, VecDeque::len);
+            let room = waiting < self.settings.backlog_per_dyno * route.dynos.len();
+            return (
+                if room {
+                    Choice::Wait
+                } else {
+                    Choice::Error("H11")
+                },
+                None,
+            );
+        }
+        let pick = if free.len() == 1 {
+            free[0]
+        } else if route.least_loaded {
+            // Power of two choices: two distinct random dynos, the less busy one.
+            let a = (self.next_random() % free.len() as u64) as usize;
+            let mut b = (self.next_random() % (free.len() as u64 - 1)) as usize;
+            if b >= a {
+                b += 1;
+            }
+            if load(free[a]) <= load(free[b]) {
+                free[a]
+            } else {
+                free[b]
+            }
+        } else {
+            free[(self.next_random() % free.len() as u64) as usize]
+        };
+        let addr = route.dynos[pick].addr;
+        *balance.inflight.entry(addr).or_insert(0) += 1;
+        (
+            Choice::Dyno(pick),
+            Some(InFlight {
+                shared: self,
+                addr,
+                app: &route.app,
+            }),
+        )
+    }
+
+    /// Requests waiting in every app's backlog now.
+    pub fn waiting(&self) -> u64 {
+        let balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
+        balance
+            .backlog
+            .values()
+            .map(|q| q.iter().filter(|w| !w.is_closed()).count() as u64)
+            .sum()
+    }
+
+    /// Queues for the app's next free slot; the receiver fires when one frees.
+    fn wait_for_slot(&self, app: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
+        balance
+            .backlog
+            .entry(app.to_string())
+            .or_default()
+            .push_back(tx);
+        rx
     }
 
     /// Every app's lines since the last call, newline-separated, one batch per app.
@@ -228,11 +445,6 @@ async fn proxy_one(
     peer: SocketAddr,
 ) -> bool {
     let started = Instant::now();
-    let routes = shared
-        .routes
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
     let request_id = head
         .request_id
         .clone()
@@ -240,25 +452,74 @@ async fn proxy_one(
     let client_ip = peer.ip().to_string();
     // A request whose body is not read cannot be followed by another on the connection.
     let keep_after_page = head.keep_alive && head.framing == Framing::Empty;
-    let Some(route) = routes.get(&head.host).cloned() else {
+    // Subscribed before the lookup: a table that lands in between still wakes a held request.
+    let mut versions = shared.table_version.subscribe();
+    let Some(mut route) = shared.route(&head.host) else {
         write_page(shared, &mut client.stream, "no_such_app", keep_after_page).await;
         return keep_after_page;
     };
     let mut dyno_name = String::new();
-    let outcome = if route.dynos.is_empty() {
-        page_outcome(shared, client, "H14", keep_after_page).await
-    } else {
-        let dyno = &route.dynos[(shared.next_random() % route.dynos.len() as u64) as usize];
-        dyno_name = dyno.name.clone();
-        let out_head = http1::dyno_request_head(
-            head,
-            &client_ip,
-            &shared.settings.proto,
-            shared.settings.public_port,
-            &request_id,
-            now_ms(),
-        );
-        exchange(shared, client, head, dyno.addr, &out_head, keep_after_page).await
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let boot_deadline = tokio::time::Instant::now() + shared.settings.boot_timeout;
+    let outcome = loop {
+        if let Some(key) = admission(&route) {
+            break page_outcome(shared, client, key, keep_after_page).await;
+        }
+        if route.dynos.is_empty() {
+            // Web dynos wanted, none up yet: held until a table brings one.
+            match tokio::time::timeout_at(boot_deadline, versions.changed()).await {
+                Ok(Ok(())) => {
+                    match shared.route(&head.host) {
+                        Some(fresh) => route = fresh,
+                        None => {
+                            break page_outcome(shared, client, "no_such_app", keep_after_page)
+                                .await
+                        }
+                    }
+                    continue;
+                }
+                _ => break page_outcome(shared, client, "H20", keep_after_page).await,
+            }
+        }
+        let (choice, inflight) = shared.choose(&route, &tried);
+        match choice {
+            Choice::Error(key) => break page_outcome(shared, client, key, keep_after_page).await,
+            Choice::Wait => {
+                let slot = shared.wait_for_slot(&route.app);
+                if tokio::time::timeout(shared.settings.response_timeout, slot)
+                    .await
+                    .is_err()
+                {
+                    break page_outcome(shared, client, "H12", keep_after_page).await;
+                }
+            }
+            Choice::Dyno(i) => {
+                let dyno = &route.dynos[i];
+                dyno_name = dyno.name.clone();
+                let out_head = http1::dyno_request_head(
+                    head,
+                    &client_ip,
+                    &shared.settings.proto,
+                    shared.settings.public_port,
+                    &request_id,
+                    now_ms(),
+                );
+                let result =
+                    exchange(shared, client, head, dyno.addr, &out_head, keep_after_page).await;
+                drop(inflight);
+                match result {
+                    Ok(outcome) => break outcome,
+                    Err(key) => {
+                        // Nothing reached the dyno: quarantine it here, try another.
+                        shared.quarantine(dyno.addr);
+                        tried.push(dyno.addr);
+                        if tried.len() as u32 >= shared.settings.max_attempts {
+                            break page_outcome(shared, client, key, keep_after_page).await;
+                        }
+                    }
+                }
+            }
+        }
     };
     if !outcome.code.is_empty() {
         shared.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -328,7 +589,7 @@ async fn exchange(
     addr: SocketAddr,
     out_head: &[u8],
     keep_after_page: bool,
-) -> Outcome {
+) -> Result<Outcome, &'static str> {
     let connect_started = Instant::now();
     // A pooled connection the dyno closed meanwhile fails on first use; a
     // request without a body is then sent once more on a fresh connection.
@@ -339,7 +600,7 @@ async fn exchange(
             Some(conn) if head.framing == Framing::Empty => (conn, true),
             _ => match connect(shared, addr).await {
                 Ok(conn) => (conn, false),
-                Err(key) => return page_outcome(shared, client, key, keep_after_page).await,
+                Err(key) => return Err(key),
             },
         };
         let connect_ms = connect_started.elapsed().as_millis();
@@ -348,22 +609,22 @@ async fn exchange(
             if reused && attempts > 0 {
                 continue;
             }
-            return page_outcome(shared, client, "H13", keep_after_page).await;
+            return Ok(page_outcome(shared, client, "H13", keep_after_page).await);
         }
         match http1::relay_body(client, &mut dyno.stream, head.framing).await {
             Ok(_) => {}
             Err(RelayError::Source) => {
                 // The client stopped sending its body: nothing to answer.
-                return Outcome {
+                return Ok(Outcome {
                     status: 499,
                     bytes: 0,
                     keep_client: false,
                     code: "H27".into(),
                     desc: "Client Request Interrupted".into(),
                     connect_ms,
-                };
+                });
             }
-            Err(RelayError::Sink) => return page_outcome(shared, client, "H13", false).await,
+            Err(RelayError::Sink) => return Ok(page_outcome(shared, client, "H13", false).await),
         }
         let response = loop {
             match http1::parse_response(&dyno.buf, head.method == "HEAD", head.keep_alive) {
@@ -387,7 +648,7 @@ async fn exchange(
         let response = match response {
             Ok(r) => r,
             Err("H13") if reused && attempts > 0 && dyno.buf.is_empty() => continue,
-            Err(key) => return page_outcome(shared, client, key, false).await,
+            Err(key) => return Ok(page_outcome(shared, client, key, false).await),
         };
         dyno.consume(response.head_len);
         // A body already read whole goes out with its head in one write (one
@@ -404,14 +665,14 @@ async fn exchange(
             }
         }
         if client.stream.write_all(&head_bytes).await.is_err() {
-            return Outcome {
+            return Ok(Outcome {
                 status: response.status,
                 bytes: 0,
                 keep_client: false,
                 code: String::new(),
                 desc: String::new(),
                 connect_ms,
-            };
+            });
         }
         let relayed = http1::relay_body(&mut dyno, &mut client.stream, framing).await;
         let (bytes, keep_client) = match relayed {
@@ -421,13 +682,13 @@ async fn exchange(
         if relayed.is_ok() && response.reuse_dyno && dyno.buf.is_empty() {
             shared.give_back(addr, dyno.stream);
         }
-        return Outcome {
+        return Ok(Outcome {
             status: response.status,
             bytes,
             keep_client,
             code: String::new(),
             desc: String::new(),
             connect_ms,
-        };
+        });
     }
 }

@@ -29,6 +29,9 @@ from router.table import BALANCE_LEAST_LOADED, RouteTable
 # The answers the data plane gives on its own, by the key it uses.
 PAGE_KEYS: Mapping[str, pages.RouterError] = {
     "bad_request": pages.BAD_REQUEST,
+    "header_too_large": pages.HEADER_TOO_LARGE,
+    "uri_too_long": pages.URI_TOO_LONG,
+    "not_implemented": pages.NOT_IMPLEMENTED,
     "no_such_app": pages.NO_SUCH_APP,
     "H10": pages.H10,
     "H11": pages.H11,
@@ -95,12 +98,16 @@ class PlaneSettings:
     proto: str = "http"
     connect_timeout: float = 5.0
     response_timeout: float = 30.0
-    idle_timeout: float = 90.0
+    # Between requests on a client keep-alive connection (the router's
+    # client_keepalive_timeout).
+    idle_timeout: float = 55.0
     quarantine: float = 5.0
-    max_attempts: int = 3
+    max_attempts: int = 10
     max_inflight_per_dyno: int = 50
     backlog_per_dyno: int = 50
     boot_timeout: float = 75.0
+    upstream_idle_timeout: float = 1.5
+    upstream_pool_size: int = 64
 
 
 class NativePlane:
@@ -121,6 +128,8 @@ class NativePlane:
             max_inflight_per_dyno=settings.max_inflight_per_dyno,
             backlog_per_dyno=settings.backlog_per_dyno,
             boot_timeout=settings.boot_timeout,
+            upstream_idle_timeout=settings.upstream_idle_timeout,
+            upstream_pool_size=settings.upstream_pool_size,
         )
         self._plane.set_pages(rendered_pages())
 

@@ -8,13 +8,15 @@ class DataPlane:
         proto: str = "http",
         connect_timeout: float = 5.0,
         response_timeout: float = 30.0,
-        idle_timeout: float = 90.0,
+        idle_timeout: float = 55.0,
         log_bytes_per_app: int = 1048576,
         quarantine: float = 5.0,
-        max_attempts: int = 3,
+        max_attempts: int = 10,
         max_inflight_per_dyno: int = 50,
         backlog_per_dyno: int = 50,
         boot_timeout: float = 75.0,
+        upstream_idle_timeout: float = 1.5,
+        upstream_pool_size: int = 64,
     ) -> None: ...
     def listen(self, address: str) -> int: ...
     def set_routes(

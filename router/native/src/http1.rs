@@ -5,6 +5,8 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The request line and each header line (Heroku's 8 KiB).
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
 pub const MAX_HEADERS: usize = 128;
 const RELAY_CHUNK: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4096;
@@ -18,9 +20,26 @@ pub enum Framing {
     UntilClose,
 }
 
-/// Why a request is refused before any dyno sees it (answered 400).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Refused(pub &'static str);
+/// Why a request is refused before any dyno sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    BadRequest,
+    HeaderTooLarge,
+    UriTooLong,
+    NotImplemented,
+}
+
+impl Refused {
+    /// The page it is answered with (see router/dataplane.py).
+    pub fn page(self) -> &'static str {
+        match self {
+            Refused::BadRequest => "bad_request",
+            Refused::HeaderTooLarge => "header_too_large",
+            Refused::UriTooLong => "uri_too_long",
+            Refused::NotImplemented => "not_implemented",
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct RequestHead {
@@ -33,6 +52,8 @@ pub struct RequestHead {
     pub request_id: Option<String>,
     pub framing: Framing,
     pub keep_alive: bool,
+    /// The protocol asked for with `Connection: upgrade` (a WebSocket, say).
+    pub upgrade: Option<Vec<u8>>,
     pub head_len: usize,
 }
 
@@ -86,45 +107,66 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
     let mut req = httparse::Request::new(&mut slots);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-            return Err(Refused("request head too large"))
+        Ok(httparse::Status::Partial) => {
+            let first_line = buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len());
+            if first_line > MAX_LINE_BYTES {
+                return Err(Refused::UriTooLong);
+            }
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(Refused::HeaderTooLarge);
+            }
+            return Ok(None);
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Refused("too many headers")),
-        Err(_) => return Err(Refused("malformed request")),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refused::HeaderTooLarge),
+        Err(_) => return Err(Refused::BadRequest),
     };
     if head_len > MAX_HEAD_BYTES {
-        return Err(Refused("request head too large"));
+        return Err(Refused::HeaderTooLarge);
+    }
+    let target = req.path.unwrap_or("/");
+    if target.len() > MAX_LINE_BYTES {
+        return Err(Refused::UriTooLong);
     }
     let http10 = req.version == Some(0);
     let mut host: Option<String> = None;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut close = http10;
+    let mut wants_upgrade = false;
+    let mut upgrade: Option<Vec<u8>> = None;
+    let mut named_by_connection: Vec<String> = Vec::new();
     let mut kept = Vec::with_capacity(req.headers.len());
     let mut forwarded_for: Option<Vec<u8>> = None;
     let mut request_id = None;
     for h in req.headers.iter() {
+        if h.name.len() + h.value.len() > MAX_LINE_BYTES {
+            return Err(Refused::HeaderTooLarge);
+        }
         let lower = h.name.to_ascii_lowercase();
         match lower.as_str() {
             "host" => {
-                if host.is_some() {
-                    return Err(Refused("more than one Host header"));
+                if host.is_some()
+                    || h.value.is_empty()
+                    || h.value.iter().any(|b| matches!(b, b' ' | b'\t' | b','))
+                {
+                    return Err(Refused::BadRequest);
                 }
                 host = Some(host_name(h.value));
                 kept.push((h.name.to_string(), h.value.to_vec()));
             }
             "content-length" => {
-                let n = parse_length(h.value).ok_or(Refused("invalid Content-Length"))?;
+                let n = parse_length(h.value).ok_or(Refused::BadRequest)?;
                 if length.is_some() {
-                    return Err(Refused("more than one Content-Length"));
+                    return Err(Refused::BadRequest);
                 }
                 length = Some(n);
                 kept.push((h.name.to_string(), h.value.to_vec()));
             }
             "transfer-encoding" => {
-                if chunked || !h.value.eq_ignore_ascii_case(b"chunked") {
-                    return Err(Refused("unsupported Transfer-Encoding"));
+                // Anything but one plain "chunked" could change how the dyno
+                // splits the stream into requests.
+                if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Err(Refused::NotImplemented);
                 }
                 chunked = true;
                 kept.push((h.name.to_string(), h.value.to_vec()));
@@ -136,12 +178,22 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         close = false;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        wants_upgrade = true;
+                    } else if !token.is_empty() {
+                        named_by_connection
+                            .push(String::from_utf8_lossy(token).to_ascii_lowercase());
                     }
                 }
             }
-            "x-forwarded-for" => {
-                forwarded_for = Some(h.value.to_vec());
-            }
+            "upgrade" => upgrade = Some(h.value.to_vec()),
+            "x-forwarded-for" => match &mut forwarded_for {
+                Some(prior) => {
+                    prior.extend_from_slice(b", ");
+                    prior.extend_from_slice(h.value);
+                }
+                None => forwarded_for = Some(h.value.to_vec()),
+            },
             "x-request-id" => {
                 if valid_request_id(h.value) {
                     request_id = Some(String::from_utf8_lossy(h.value).into_owned());
@@ -152,12 +204,16 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
         }
     }
     if chunked && length.is_some() {
-        return Err(Refused("both Content-Length and Transfer-Encoding"));
+        return Err(Refused::BadRequest);
+    }
+    if !named_by_connection.is_empty() {
+        // Headers the client marked hop-by-hop in its Connection header.
+        kept.retain(|(name, _)| !named_by_connection.contains(&name.to_ascii_lowercase()));
     }
     let host = match host {
         Some(h) if !h.is_empty() => h,
         _ if http10 => String::new(),
-        _ => return Err(Refused("no Host header")),
+        _ => return Err(Refused::BadRequest),
     };
     let framing = if chunked {
         Framing::Chunked
@@ -169,13 +225,14 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
     };
     Ok(Some(RequestHead {
         method: req.method.unwrap_or("GET").to_string(),
-        target: req.path.unwrap_or("/").to_string(),
+        target: target.to_string(),
         host,
         kept,
         forwarded_for,
         request_id,
         framing,
         keep_alive: !close,
+        upgrade: if wants_upgrade { upgrade } else { None },
         head_len,
     }))
 }
@@ -208,7 +265,15 @@ pub fn dyno_request_head(
     out.extend_from_slice(client_ip.as_bytes());
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
     out.extend_from_slice(proto.as_bytes());
-    out.extend_from_slice(format!("\r\nX-Forwarded-Port: {port}\r\nX-Request-Start: {start_ms}\r\nX-Request-Id: {request_id}\r\nVia: 1.1 slipway\r\nConnection: keep-alive\r\n\r\n").as_bytes());
+    out.extend_from_slice(format!("\r\nX-Forwarded-Port: {port}\r\nX-Request-Start: {start_ms}\r\nX-Request-Id: {request_id}\r\nVia: 1.1 slipway\r\n").as_bytes());
+    match &head.upgrade {
+        Some(protocol) => {
+            out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: ");
+            out.extend_from_slice(protocol);
+            out.extend_from_slice(b"\r\n\r\n");
+        }
+        None => out.extend_from_slice(b"Connection: keep-alive\r\n\r\n"),
+    }
     out
 }
 
@@ -237,10 +302,10 @@ pub fn parse_response(
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-            return Err(Refused("response head too large"))
+            return Err(Refused::BadRequest)
         }
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(Refused("malformed response")),
+        Err(_) => return Err(Refused::BadRequest),
     };
     let status = resp.code.unwrap_or(502);
     let mut length = None;
@@ -254,16 +319,15 @@ pub fn parse_response(
         let lower = h.name.to_ascii_lowercase();
         match lower.as_str() {
             "content-length" => {
-                let n =
-                    parse_length(h.value).ok_or(Refused("invalid Content-Length from the dyno"))?;
+                let n = parse_length(h.value).ok_or(Refused::BadRequest)?;
                 if length.is_some_and(|m| m != n) {
-                    return Err(Refused("conflicting Content-Length from the dyno"));
+                    return Err(Refused::BadRequest);
                 }
                 length = Some(n);
             }
             "transfer-encoding" => {
                 if !h.value.eq_ignore_ascii_case(b"chunked") {
-                    return Err(Refused("unsupported Transfer-Encoding from the dyno"));
+                    return Err(Refused::BadRequest);
                 }
                 chunked = true;
             }
@@ -300,6 +364,18 @@ pub fn parse_response(
     // A body that ends with the dyno's connection ends the client's too.
     let keep_client = client_keep_alive && framing != Framing::UntilClose;
     let reuse_dyno = !close && framing != Framing::UntilClose;
+    if status == 101 {
+        // Switching protocols: the connection becomes the upgraded protocol's.
+        out.extend_from_slice(b"Connection: Upgrade\r\n\r\n");
+        return Ok(Some(ResponseHead {
+            status,
+            framing: Framing::Empty,
+            keep_client: false,
+            reuse_dyno: false,
+            head_len,
+            client_head: out,
+        }));
+    }
     out.extend_from_slice(if keep_client {
         b"Connection: keep-alive\r\n\r\n" as &[u8]
     } else {

@@ -77,6 +77,8 @@ pub struct Settings {
     pub max_inflight_per_dyno: u32,
     pub backlog_per_dyno: usize,
     pub boot_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+    pub upstream_pool_size: usize,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub public_port: u16,
@@ -98,7 +100,7 @@ pub struct Shared {
     pub pages: RwLock<Arc<HashMap<String, Page>>>,
     pub settings: Settings,
     pub counters: Counters,
-    pool: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
+    pool: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
     logs: Mutex<HashMap<String, Vec<u8>>>,
     seq: AtomicU64,
     balance: Mutex<Balance>,
@@ -140,8 +142,6 @@ impl Drop for InFlight<'_> {
         }
     }
 }
-
-const POOL_PER_DYNO: usize = 32;
 
 impl Shared {
     pub fn new(settings: Settings) -> Self {
@@ -322,16 +322,22 @@ impl Shared {
         format!("{:016x}{:016x}", self.next_random(), self.next_random())
     }
 
+    /// The most recently used idle connection to the dyno, if one has been
+    /// idle for less than the app servers' usual keep-alive (older ones the
+    /// dyno may be closing right now: dropped).
     fn pooled(&self, addr: SocketAddr) -> Option<TcpStream> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.get_mut(&addr).and_then(Vec::pop)
+        let idle = pool.get_mut(&addr)?;
+        let fresh_after = Instant::now().checked_sub(self.settings.upstream_idle_timeout)?;
+        idle.retain(|(_, since)| *since > fresh_after);
+        idle.pop().map(|(conn, _)| conn)
     }
 
     fn give_back(&self, addr: SocketAddr, conn: TcpStream) {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let idle = pool.entry(addr).or_default();
-        if idle.len() < POOL_PER_DYNO {
-            idle.push(conn);
+        if idle.len() < self.settings.upstream_pool_size {
+            idle.push((conn, Instant::now()));
         }
     }
 }
@@ -396,8 +402,8 @@ async fn serve_client(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) 
                     Ok(Ok(true)) => continue,
                     _ => return,
                 },
-                Err(_) => {
-                    write_page(&shared, &mut client.stream, "bad_request", false).await;
+                Err(why) => {
+                    write_page(&shared, &mut client.stream, why.page(), false).await;
                     return;
                 }
             }
@@ -651,6 +657,13 @@ async fn exchange(
             Err(key) => return Ok(page_outcome(shared, client, key, false).await),
         };
         dyno.consume(response.head_len);
+        if response.status == 101 {
+            if head.upgrade.is_none() {
+                // Switching protocols nobody asked for: the dyno is broken.
+                return Ok(page_outcome(shared, client, "H17", false).await);
+            }
+            return Ok(tunnel(client, dyno, response.client_head, connect_ms).await);
+        }
         // A body already read whole goes out with its head in one write (one
         // syscall, one packet), as most small answers arrive.
         let mut head_bytes = response.client_head;
@@ -690,5 +703,37 @@ async fn exchange(
             desc: String::new(),
             connect_ms,
         });
+    }
+}
+
+/// An upgraded connection (a WebSocket, say): bytes both ways until either
+/// side closes; the connection is never pooled or reused afterwards.
+async fn tunnel(
+    client: &mut Buffered<TcpStream>,
+    mut dyno: Buffered<TcpStream>,
+    head: Vec<u8>,
+    connect_ms: u128,
+) -> Outcome {
+    let mut first = head;
+    first.extend_from_slice(&dyno.buf);
+    dyno.buf.clear();
+    let mut bytes = 0u64;
+    if client.stream.write_all(&first).await.is_ok()
+        && (client.buf.is_empty() || dyno.stream.write_all(&client.buf).await.is_ok())
+    {
+        client.buf.clear();
+        if let Ok((_, to_client)) =
+            tokio::io::copy_bidirectional(&mut client.stream, &mut dyno.stream).await
+        {
+            bytes = to_client;
+        }
+    }
+    Outcome {
+        status: 101,
+        bytes,
+        keep_client: false,
+        code: String::new(),
+        desc: String::new(),
+        connect_ms,
     }
 }

@@ -42,6 +42,7 @@ PAGE_KEYS: Mapping[str, pages.RouterError] = {
     "H19": pages.H19,
     "H20": pages.H20,
     "H21": pages.H21,
+    "H28": pages.H28,
     "H80": pages.H80,
     "H81": pages.H81,
     "H99": pages.H99,
@@ -108,6 +109,7 @@ class PlaneSettings:
     boot_timeout: float = 75.0
     upstream_idle_timeout: float = 1.5
     upstream_pool_size: int = 64
+    body_idle_timeout: float = 55.0
 
 
 class NativePlane:
@@ -130,6 +132,7 @@ class NativePlane:
             boot_timeout=settings.boot_timeout,
             upstream_idle_timeout=settings.upstream_idle_timeout,
             upstream_pool_size=settings.upstream_pool_size,
+            body_idle_timeout=settings.body_idle_timeout,
         )
         self._plane.set_pages(rendered_pages())
 

@@ -17,6 +17,7 @@ class DataPlane:
         boot_timeout: float = 75.0,
         upstream_idle_timeout: float = 1.5,
         upstream_pool_size: int = 64,
+        body_idle_timeout: float = 55.0,
     ) -> None: ...
     def listen(self, address: str) -> int: ...
     def set_routes(

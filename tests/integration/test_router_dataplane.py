@@ -489,3 +489,51 @@ def test_an_upgraded_connection_is_a_tunnel_both_ways() -> None:
     finally:
         native.stop()
         server.close()
+
+
+def test_a_stalled_body_either_way_ends_with_h28_or_h15(dyno: int) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop_stalling = threading.Event()
+
+    def stalling_dyno() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            stop_stalling.wait(10)
+
+    threading.Thread(target=stalling_dyno, daemon=True).start()
+    native = NativePlane(PlaneSettings(body_idle_timeout=0.3))
+    native.set_routes(
+        {
+            HOST: route("demo", [(f"127.0.0.1:{dyno}", "web.1")]),
+            "stall.example.test": route(
+                "stall", [(f"127.0.0.1:{server.getsockname()[1]}", "web.1")]
+            ),
+        }
+    )
+    port = native.listen("127.0.0.1", 0)
+    try:
+        # The client stops sending its body: 408 H28.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                f"POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 10\r\n\r\nabc".encode()
+            )
+            status, _, body = read_response(sock, bytearray())
+            assert status == 408 and b"Request timeout" in body
+        # The dyno stops sending its answer: the client is cut off after what came.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: stall.example.test\r\n\r\n")
+            received = b""
+            while chunk := sock.recv(4096):
+                received += chunk
+            assert received.endswith(b"\r\n\r\n0123456789")
+        logs = collect_logs(native, 2)
+        assert "code=H28" in logs["demo"][0] and "status=408" in logs["demo"][0]
+        assert "code=H15" in logs["stall"][0] and "bytes=10" in logs["stall"][0]
+    finally:
+        stop_stalling.set()
+        native.stop()
+        server.close()

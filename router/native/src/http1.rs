@@ -2,6 +2,8 @@
 //! the dyno, response heads read for their framing, bodies relayed verbatim
 //! with that framing enforced. Nothing here owns a socket.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -418,6 +420,15 @@ impl<S: AsyncRead + Unpin> Buffered<S> {
         std::mem::replace(&mut self.buf, rest)
     }
 
+    /// Reads more within `idle`; false at end of stream.
+    async fn fill_within(&mut self, idle: Duration) -> Result<bool, RelayError> {
+        match tokio::time::timeout(idle, self.fill()).await {
+            Ok(Ok(more)) => Ok(more),
+            Ok(Err(_)) => Err(RelayError::Source),
+            Err(_) => Err(RelayError::Idle),
+        }
+    }
+
     pub fn consume(&mut self, n: usize) {
         self.buf.drain(..n);
     }
@@ -429,40 +440,40 @@ pub enum RelayError {
     Source,
     /// The receiver is gone.
     Sink,
+    /// The sender sent nothing for the idle window.
+    Idle,
 }
 
-/// Copies one body framed as `framing` from `src` to `dst`; returns the bytes
-/// relayed. Bytes after the body stay in `src.buf` (a pipelined request).
+/// Copies one body framed as `framing` from `src` to `dst`, adding to `sent`
+/// the body bytes relayed (also when it fails half-way). Bytes after the body
+/// stay in `src.buf` (a pipelined request).
 pub async fn relay_body<S, D>(
     src: &mut Buffered<S>,
     dst: &mut D,
     framing: Framing,
-) -> Result<u64, RelayError>
+    idle: Duration,
+    sent: &mut u64,
+) -> Result<(), RelayError>
 where
     S: AsyncRead + Unpin,
     D: AsyncWrite + Unpin,
 {
     match framing {
-        Framing::Empty => Ok(0),
-        Framing::Length(n) => relay_exact(src, dst, n).await.map(|()| n),
-        Framing::UntilClose => {
-            let mut total = 0u64;
-            loop {
-                if !src.buf.is_empty() {
-                    total += src.buf.len() as u64;
-                    dst.write_all(&src.buf)
-                        .await
-                        .map_err(|_| RelayError::Sink)?;
-                    src.buf.clear();
-                }
-                match src.fill().await {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(total),
-                    Err(_) => return Err(RelayError::Source),
-                }
+        Framing::Empty => Ok(()),
+        Framing::Length(n) => relay_exact(src, dst, n, idle, sent).await,
+        Framing::UntilClose => loop {
+            if !src.buf.is_empty() {
+                dst.write_all(&src.buf)
+                    .await
+                    .map_err(|_| RelayError::Sink)?;
+                *sent += src.buf.len() as u64;
+                src.buf.clear();
             }
-        }
-        Framing::Chunked => relay_chunked(src, dst).await,
+            if !src.fill_within(idle).await? {
+                return Ok(());
+            }
+        },
+        Framing::Chunked => relay_chunked(src, dst, idle, sent).await,
     }
 }
 
@@ -470,13 +481,15 @@ async fn relay_exact<S, D>(
     src: &mut Buffered<S>,
     dst: &mut D,
     mut left: u64,
+    idle: Duration,
+    sent: &mut u64,
 ) -> Result<(), RelayError>
 where
     S: AsyncRead + Unpin,
     D: AsyncWrite + Unpin,
 {
     while left > 0 {
-        if src.buf.is_empty() && !src.fill().await.map_err(|_| RelayError::Source)? {
+        if src.buf.is_empty() && !src.fill_within(idle).await? {
             return Err(RelayError::Source);
         }
         let n = (src.buf.len() as u64).min(left).min(RELAY_CHUNK as u64) as usize;
@@ -485,11 +498,15 @@ where
             .map_err(|_| RelayError::Sink)?;
         src.consume(n);
         left -= n as u64;
+        *sent += n as u64;
     }
     Ok(())
 }
 
-async fn line<S: AsyncRead + Unpin>(src: &mut Buffered<S>) -> Result<Vec<u8>, RelayError> {
+async fn line<S: AsyncRead + Unpin>(
+    src: &mut Buffered<S>,
+    idle: Duration,
+) -> Result<Vec<u8>, RelayError> {
     loop {
         if let Some(at) = src.buf.windows(2).position(|w| w == b"\r\n") {
             return Ok(src.take(at + 2));
@@ -497,7 +514,7 @@ async fn line<S: AsyncRead + Unpin>(src: &mut Buffered<S>) -> Result<Vec<u8>, Re
         if src.buf.len() > MAX_CHUNK_LINE {
             return Err(RelayError::Source);
         }
-        if !src.fill().await.map_err(|_| RelayError::Source)? {
+        if !src.fill_within(idle).await? {
             return Err(RelayError::Source);
         }
     }
@@ -513,14 +530,18 @@ pub fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
-async fn relay_chunked<S, D>(src: &mut Buffered<S>, dst: &mut D) -> Result<u64, RelayError>
+async fn relay_chunked<S, D>(
+    src: &mut Buffered<S>,
+    dst: &mut D,
+    idle: Duration,
+    sent: &mut u64,
+) -> Result<(), RelayError>
 where
     S: AsyncRead + Unpin,
     D: AsyncWrite + Unpin,
 {
-    let mut total = 0u64;
     loop {
-        let size_line = line(src).await?;
+        let size_line = line(src, idle).await?;
         let size = chunk_size(&size_line).ok_or(RelayError::Source)?;
         dst.write_all(&size_line)
             .await
@@ -528,18 +549,17 @@ where
         if size == 0 {
             // Trailers, then the empty line that ends the message.
             loop {
-                let trailer = line(src).await?;
+                let trailer = line(src, idle).await?;
                 dst.write_all(&trailer)
                     .await
                     .map_err(|_| RelayError::Sink)?;
                 if trailer == b"\r\n" {
-                    return Ok(total);
+                    return Ok(());
                 }
             }
         }
-        relay_exact(src, dst, size).await?;
-        total += size;
-        if line(src).await? != b"\r\n" {
+        relay_exact(src, dst, size, idle, sent).await?;
+        if line(src, idle).await? != b"\r\n" {
             return Err(RelayError::Source);
         }
         dst.write_all(b"\r\n").await.map_err(|_| RelayError::Sink)?;

@@ -30,7 +30,7 @@ struct DataPlane {
 #[pymethods]
 impl DataPlane {
     #[new]
-    #[pyo3(signature = (*, workers=1, public_port=80, proto="http", connect_timeout=5.0, response_timeout=30.0, idle_timeout=55.0, log_bytes_per_app=1<<20, quarantine=5.0, max_attempts=10, max_inflight_per_dyno=50, backlog_per_dyno=50, boot_timeout=75.0, upstream_idle_timeout=1.5, upstream_pool_size=64))]
+    #[pyo3(signature = (*, workers=1, public_port=80, proto="http", connect_timeout=5.0, response_timeout=30.0, idle_timeout=55.0, log_bytes_per_app=1<<20, quarantine=5.0, max_attempts=10, max_inflight_per_dyno=50, backlog_per_dyno=50, boot_timeout=75.0, upstream_idle_timeout=1.5, upstream_pool_size=64, body_idle_timeout=55.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         workers: usize,
@@ -47,6 +47,7 @@ impl DataPlane {
         boot_timeout: f64,
         upstream_idle_timeout: f64,
         upstream_pool_size: usize,
+        body_idle_timeout: f64,
     ) -> PyResult<Self> {
         if workers == 0 {
             return Err(PyValueError::new_err("workers must be at least 1"));
@@ -60,6 +61,7 @@ impl DataPlane {
             boot_timeout: Duration::from_secs_f64(boot_timeout),
             upstream_idle_timeout: Duration::from_secs_f64(upstream_idle_timeout),
             upstream_pool_size,
+            body_idle_timeout: Duration::from_secs_f64(body_idle_timeout),
             response_timeout: Duration::from_secs_f64(response_timeout),
             idle_timeout: Duration::from_secs_f64(idle_timeout),
             public_port,

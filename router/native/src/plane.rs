@@ -78,6 +78,8 @@ pub struct Settings {
     pub backlog_per_dyno: usize,
     pub boot_timeout: Duration,
     pub upstream_idle_timeout: Duration,
+    /// Rolling window while a body flows either way (H28 client side, H15 dyno side).
+    pub body_idle_timeout: Duration,
     pub upstream_pool_size: usize,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
@@ -617,8 +619,18 @@ async fn exchange(
             }
             return Ok(page_outcome(shared, client, "H13", keep_after_page).await);
         }
-        match http1::relay_body(client, &mut dyno.stream, head.framing).await {
+        let mut sent_up = 0u64;
+        match http1::relay_body(
+            client,
+            &mut dyno.stream,
+            head.framing,
+            shared.settings.body_idle_timeout,
+            &mut sent_up,
+        )
+        .await
+        {
             Ok(_) => {}
+            Err(RelayError::Idle) => return Ok(page_outcome(shared, client, "H28", false).await),
             Err(RelayError::Source) => {
                 // The client stopped sending its body: nothing to answer.
                 return Ok(Outcome {
@@ -687,10 +699,29 @@ async fn exchange(
                 connect_ms,
             });
         }
-        let relayed = http1::relay_body(&mut dyno, &mut client.stream, framing).await;
+        let mut sent = inline;
+        let relayed = http1::relay_body(
+            &mut dyno,
+            &mut client.stream,
+            framing,
+            shared.settings.body_idle_timeout,
+            &mut sent,
+        )
+        .await;
         let (bytes, keep_client) = match relayed {
-            Ok(n) => (n + inline, response.keep_client),
-            Err(_) => (0, false),
+            Ok(()) => (sent, response.keep_client),
+            Err(RelayError::Idle) => {
+                // The answer had started: the client can only be cut off.
+                return Ok(Outcome {
+                    status: response.status,
+                    bytes: sent,
+                    keep_client: false,
+                    code: "H15".into(),
+                    desc: "Idle connection".into(),
+                    connect_ms,
+                });
+            }
+            Err(_) => (sent, false),
         };
         if relayed.is_ok() && response.reuse_dyno && dyno.buf.is_empty() {
             shared.give_back(addr, dyno.stream);

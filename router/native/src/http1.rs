@@ -309,7 +309,15 @@ pub fn parse_response(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(Refused::BadRequest),
     };
-    let status = resp.code.unwrap_or(502);
+    if resp.headers.len() >= MAX_HEADERS {
+        // One is kept for the router's Connection header.
+        return Err(Refused::BadRequest);
+    }
+    let status = resp.code.unwrap_or(0);
+    if status < 100 {
+        // "HTTP/1.1 024" parses as 24: no such status exists.
+        return Err(Refused::BadRequest);
+    }
     let mut length = None;
     let mut chunked = false;
     let mut close = resp.version == Some(0);

@@ -49,7 +49,10 @@ pub struct RequestHead {
     pub target: String,
     pub host: String,
     /// Headers the dyno receives as they came (names as the client spelled them).
-    pub kept: Vec<(String, Vec<u8>)>,
+    /// The head's own bytes, which `kept` points into.
+    pub raw: Vec<u8>,
+    /// Headers the dyno receives as they came: (name, value) ranges of `raw`.
+    pub kept: Vec<(Span, Span)>,
     pub forwarded_for: Option<Vec<u8>>,
     pub request_id: Option<String>,
     pub framing: Framing,
@@ -59,25 +62,64 @@ pub struct RequestHead {
     pub head_len: usize,
 }
 
-fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "upgrade"
-    )
+/// A byte range of a head: no copy per header on the request path.
+#[derive(Clone, Copy, Debug)]
+pub struct Span {
+    start: u32,
+    len: u32,
 }
 
-fn is_router_set(name: &str) -> bool {
-    matches!(
-        name,
-        "x-forwarded-proto" | "x-forwarded-port" | "x-request-start" | "x-request-id" | "via"
-    )
+impl Span {
+    fn of(part: &[u8], whole: &[u8]) -> Span {
+        let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+        Span { start: start as u32, len: part.len() as u32 }
+    }
+
+    pub fn get(self, raw: &[u8]) -> &[u8] {
+        &raw[self.start as usize..(self.start + self.len) as usize]
+    }
+}
+
+/// The headers the router reads or drops, by name, case-insensitively and
+/// without allocating.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Known {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    ForwardedFor,
+    RequestId,
+    Dropped,
+    Other,
+}
+
+fn known(name: &str) -> Known {
+    const DROPPED: [&str; 10] = [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-request-start",
+        "via",
+    ];
+    let is = |k: &str| name.eq_ignore_ascii_case(k);
+    match name.len() {
+        4 if is("host") => Known::Host,
+        14 if is("content-length") => Known::ContentLength,
+        17 if is("transfer-encoding") => Known::TransferEncoding,
+        10 if is("connection") => Known::Connection,
+        7 if is("upgrade") => Known::Upgrade,
+        15 if is("x-forwarded-for") => Known::ForwardedFor,
+        12 if is("x-request-id") => Known::RequestId,
+        _ if DROPPED.iter().any(|d| d.len() == name.len() && is(d)) => Known::Dropped,
+        _ => Known::Other,
+    }
 }
 
 fn valid_request_id(value: &[u8]) -> bool {
@@ -137,16 +179,16 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
     let mut wants_upgrade = false;
     let mut upgrade: Option<Vec<u8>> = None;
     let mut named_by_connection: Vec<String> = Vec::new();
-    let mut kept = Vec::with_capacity(req.headers.len());
+    let mut kept: Vec<(Span, Span)> = Vec::with_capacity(req.headers.len());
     let mut forwarded_for: Option<Vec<u8>> = None;
     let mut request_id = None;
     for h in req.headers.iter() {
         if h.name.len() + h.value.len() > MAX_LINE_BYTES {
             return Err(Refused::HeaderTooLarge);
         }
-        let lower = h.name.to_ascii_lowercase();
-        match lower.as_str() {
-            "host" => {
+        let span = (Span::of(h.name.as_bytes(), buf), Span::of(h.value, buf));
+        match known(h.name) {
+            Known::Host => {
                 if host.is_some()
                     || h.value.is_empty()
                     || h.value.iter().any(|b| matches!(b, b' ' | b'\t' | b','))
@@ -154,26 +196,26 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
                     return Err(Refused::BadRequest);
                 }
                 host = Some(host_name(h.value));
-                kept.push((h.name.to_string(), h.value.to_vec()));
+                kept.push(span);
             }
-            "content-length" => {
+            Known::ContentLength => {
                 let n = parse_length(h.value).ok_or(Refused::BadRequest)?;
                 if length.is_some() {
                     return Err(Refused::BadRequest);
                 }
                 length = Some(n);
-                kept.push((h.name.to_string(), h.value.to_vec()));
+                kept.push(span);
             }
-            "transfer-encoding" => {
+            Known::TransferEncoding => {
                 // Anything but one plain "chunked" could change how the dyno
                 // splits the stream into requests.
                 if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                     return Err(Refused::NotImplemented);
                 }
                 chunked = true;
-                kept.push((h.name.to_string(), h.value.to_vec()));
+                kept.push(span);
             }
-            "connection" => {
+            Known::Connection => {
                 for token in h.value.split(|b| *b == b',') {
                     let token = token.trim_ascii();
                     if token.eq_ignore_ascii_case(b"close") {
@@ -188,21 +230,21 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
                     }
                 }
             }
-            "upgrade" => upgrade = Some(h.value.to_vec()),
-            "x-forwarded-for" => match &mut forwarded_for {
+            Known::Upgrade => upgrade = Some(h.value.to_vec()),
+            Known::ForwardedFor => match &mut forwarded_for {
                 Some(prior) => {
                     prior.extend_from_slice(b", ");
                     prior.extend_from_slice(h.value);
                 }
                 None => forwarded_for = Some(h.value.to_vec()),
             },
-            "x-request-id" => {
+            Known::RequestId => {
                 if valid_request_id(h.value) {
                     request_id = Some(String::from_utf8_lossy(h.value).into_owned());
                 }
             }
-            name if is_hop_by_hop(name) || is_router_set(name) => {}
-            _ => kept.push((h.name.to_string(), h.value.to_vec())),
+            Known::Dropped => {}
+            Known::Other => kept.push(span),
         }
     }
     if chunked && length.is_some() {
@@ -210,7 +252,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
     }
     if !named_by_connection.is_empty() {
         // Headers the client marked hop-by-hop in its Connection header.
-        kept.retain(|(name, _)| !named_by_connection.contains(&name.to_ascii_lowercase()));
+        kept.retain(|(name, _)| {
+            let name = name.get(buf);
+            !named_by_connection.iter().any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        });
     }
     let host = match host {
         Some(h) if !h.is_empty() => h,
@@ -229,6 +274,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
         method: req.method.unwrap_or("GET").to_string(),
         target: target.to_string(),
         host,
+        raw: buf[..head_len].to_vec(),
         kept,
         forwarded_for,
         request_id,
@@ -254,9 +300,9 @@ pub fn dyno_request_head(
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &head.kept {
-        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(name.get(&head.raw));
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
+        out.extend_from_slice(value.get(&head.raw));
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");

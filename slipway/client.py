@@ -499,7 +499,8 @@ class Client:
         iterating (closing the generator cancels the call); it also outlives the
         controller serving it: when its stream breaks (or ends, which a tail never
         does on its own) it is opened again on the next controller, resuming after
-        the last line's sequence, so each line comes once and in order.
+        the last line's cursor (its message's sequence and its index in that
+        message), so each line comes once and in order.
         ``on_resume(address, reason)`` hears of each such break. A few rounds over
         every address without a line in between mean an outage: the tail gives up.
         """
@@ -507,7 +508,8 @@ class Client:
         deadline = None if tail else (timeout or self.timeout)
         tries = 3 * len(self.addresses) if tail else len(self.addresses)
         backoff = Backoff(initial=0.2, maximum=2.0)
-        last_seq = 0  # of the last line passed on; 0 while none (or an older controller)
+        # (seq, index) of the last line passed on; seq 0 while none (or an older controller)
+        last = (0, 0)
         received = False
         while True:
             address = self.addresses[self._current]
@@ -519,16 +521,17 @@ class Client:
                 for response in call:
                     backoff.reset()
                     for entry in response.lines:
-                        if entry.seq and entry.seq <= last_seq:
+                        at = (entry.seq, entry.index)
+                        if entry.seq and at <= last:
                             continue  # already passed on (a resumed stream never repeats)
-                        received, last_seq = True, max(last_seq, entry.seq)
+                        received, last = True, max(last, at)
                         yield entry
-                if not tail or (received and not last_seq):
+                if not tail or (received and not last[0]):
                     return
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
                 # Once lines came, only a tail that knows where it stands may go on.
-                resumable = not received or (tail and last_seq > 0)
+                resumable = not received or (tail and last[0] > 0)
                 if code not in _FAILOVER or not resumable:
                     raise self.error(exc) from exc
                 failure, reason = exc, details or "unavailable"
@@ -537,7 +540,7 @@ class Client:
             if backoff.attempts + 1 >= tries:
                 raise self.unreachable(reason) from failure
             if received:
-                request.after_seq = last_seq
+                request.after_seq, request.after_index = last
                 if on_resume is not None and backoff.attempts == 0:
                     on_resume(address, reason)
             self._current = (self._current + 1) % len(self.addresses)

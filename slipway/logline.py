@@ -2,10 +2,19 @@
 
 Every producer (agents for dyno output and dyno-manager events, routers for
 request lines, the controller for api events, builders for build events)
-publishes one JSON message per line on ``logs.{app}.{origin}``, the origin
-being the kind of component that published it (``router``, ``node``, ``builder``,
-``controller``). A JetStream stream (``LOGS``, bounded per subject: per app and
-origin) keeps each app's recent history; readers take ``logs.{app}.>``.
+publishes on ``logs.{app}.{origin}``, the origin being the kind of component
+that published it (``router``, ``node``, ``builder``, ``controller``). A
+JetStream stream (``LOGS``, bounded per subject: per app and origin, counted in
+messages) keeps each app's recent history; readers take ``logs.{app}.>``.
+
+A message is a batch of one or more lines: each line the JSON object
+:meth:`LogLine.encode` makes (which never holds a raw newline), joined by single
+newline bytes (JSON Lines), one trailing newline allowed. Most producers send
+batches of one (:func:`encode_batch` makes any batch, :func:`decode_batch` reads);
+the router sends one message per app per short interval. A line's place in the
+log is its cursor ``(seq, index)``: the message's stream sequence and the line's
+0-based position in it (:func:`decode_batch`). A malformed or untrusted line is
+skipped and keeps its position, so the other lines' cursors do not move.
 
 With TLS each kind of component may publish on its own origin only (see
 :mod:`slipway.natsauth`), and readers drop a line whose origin could not have
@@ -19,7 +28,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import nats.js.api
@@ -33,6 +43,7 @@ STREAM = "LOGS"
 SUBJECT_PREFIX = "logs"
 SOURCES = ("app", "heroku", "api")
 # History kept per app (Heroku keeps 1500 lines); `logs -n` shows at most this many.
+# The stream counts messages, so a batching producer's subject keeps more lines.
 MAX_LINES_PER_APP = 1500
 # Whole-stream bounds, so many apps (or huge lines) cannot fill the disk either.
 STREAM_MAX_BYTES = 1024 * 1024 * 1024
@@ -99,6 +110,8 @@ class LogLine:
     # The LOGS stream sequence, known once read back from the stream (0 before); not
     # part of the encoded form, which the stream itself numbers.
     seq: int = 0
+    # The line's position within its message (see decode_batch); not encoded either.
+    index: int = 0
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -117,6 +130,8 @@ class LogLine:
         """With ``subject`` (the message's), a line its origin could not have
         written raises ValueError, like a malformed one."""
         obj = json.loads(data)
+        if not isinstance(obj, dict):
+            raise ValueError("a log line is a JSON object")
         line = cls(
             app=str(obj.get("app", "")),
             source=str(obj["source"]),
@@ -133,6 +148,30 @@ class LogLine:
 
         stamp = datetime.fromtimestamp(self.ts, UTC).isoformat(timespec="microseconds")
         return f"{stamp} {self.source}[{self.process}]: {self.message}"
+
+
+def encode_batch(lines: Iterable[LogLine]) -> bytes:
+    """One message holding ``lines`` in order (see the module docstring)."""
+    encoded = [line.encode() for line in lines]
+    if not encoded:
+        raise ValueError("a log message holds at least one line")
+    return b"\n".join(encoded)
+
+
+def decode_batch(data: bytes, subject: str | None = None) -> list[LogLine]:
+    """The readable lines of one message, in order, each with its ``index``; with
+    ``subject``, lines its origin could not have written are skipped too."""
+    pieces = data.split(b"\n")
+    if pieces[-1] == b"":
+        pieces.pop()  # the trailing newline ends the last line, it starts none
+    lines = []
+    for index, piece in enumerate(pieces):
+        try:
+            line = LogLine.decode(piece, subject)
+        except (ValueError, KeyError, TypeError):
+            continue
+        lines.append(replace(line, index=index))
+    return lines
 
 
 def split_message(message: str, limit: int = MAX_LINE_BYTES) -> list[str]:

@@ -34,6 +34,7 @@ def entry(line: LogLine) -> pb.LogEntry:
         process=line.process,
         message=line.message,
         seq=line.seq,
+        index=line.index,
     )
 
 
@@ -69,7 +70,12 @@ class LogRPCs:
         if self.log_hub is None:
             raise errors.Unavailable("logs are not enabled on this controller")
         lines_read = self.log_hub.read(
-            request.app, num, flt, tail=request.tail, after_seq=request.after_seq
+            request.app,
+            num,
+            flt,
+            tail=request.tail,
+            after_seq=request.after_seq,
+            after_index=request.after_index,
         )
         async for lines in lines_read:
             for response in responses(lines):

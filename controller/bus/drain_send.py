@@ -1,11 +1,14 @@
 """Sending drain batches: syslog over TCP or TLS, and logplex POSTs over HTTPS.
 
-Both senders take lines in order, each tagged with its LOGS stream sequence,
-and say which sequences are *confirmed*: safe to acknowledge in JetStream.
-Lines handed to a sender are its own from then on, even when ``send`` raises
-:class:`DeliveryError`: it sends them again (first, in order) on the next call,
-so the caller never hands the same line over twice. ``outstanding()`` says how
-many it holds unconfirmed; the caller bounds that.
+Both senders take lines in order, each tagged with the LOGS stream sequence of
+the message holding it, and say which lines are *confirmed*: one sequence per
+confirmed line, so a message of several lines (a batch) is named once for each,
+and the caller acknowledges it in JetStream once all are (see
+:mod:`controller.bus.drains`). Lines handed to a sender are its own from then
+on, even when ``send`` raises :class:`DeliveryError`: it sends them again
+(first, in order) on the next call, so the caller never hands the same line
+over twice. ``outstanding()`` says how many it holds unconfirmed; the caller
+bounds that.
 
 - HTTPS: lines are confirmed by a 2xx answer to the POST carrying them.
 - syslog: TCP has no application-level acknowledgement, so a batch counts as
@@ -28,7 +31,7 @@ from typing import Protocol
 from controller.core.drains import DrainURL, logplex_body, octet_frame, syslog_message
 from slipway.logline import LogLine
 
-Item = tuple[int, LogLine]  # (LOGS stream sequence, line)
+Item = tuple[int, LogLine]  # (LOGS stream sequence of its message, line)
 CONNECT_TIMEOUT = 10.0
 IO_TIMEOUT = 30.0
 MAX_RESPONSE_HEAD = 16 * 1024
@@ -40,11 +43,12 @@ class DeliveryError(Exception):
 
 class Sender(Protocol):
     async def send(self, items: Sequence[Item]) -> list[int]:
-        """Hand ``items`` over; returns the sequences now confirmed (maybe earlier ones)."""
+        """Hand ``items`` over; returns the sequences of the lines now confirmed
+        (maybe earlier ones), one entry per line and each line once."""
         ...
 
     def confirmed(self) -> list[int]:
-        """Sequences confirmed since the last call, without sending anything."""
+        """Lines confirmed since the last call (as ``send`` says them), sending nothing."""
         ...
 
     def outstanding(self) -> int:

@@ -10,14 +10,19 @@ drains it sends under one etcd lease. A member that dies stops refreshing it;
 when the lease lapses its drains have no owner and the survivors take them on
 their next pass (their fair share first, see ``core.drains.claims``).
 
-Delivery is at least once. The durable consumer acknowledges everything up to
-a sequence (AckAll) once the sender confirmed it. A new owner restarts the
-consumer just after its acknowledged floor, so lines come in order after a
-takeover, the unconfirmed ones again. While a receiver is down the worker keeps
-reading the app's lines into a bounded buffer; past ``buffer_lines`` the oldest
-are dropped and counted, and once the receiver takes lines again one
-``L10`` line in the app's log says how many were lost. Routers and dynos never
-wait for a drain: they publish to the stream, whatever drains do.
+Delivery is at least once. A message may hold several lines (a batch, see
+:mod:`slipway.logline`); the worker acknowledges it once the sender confirmed
+every one of them (or the worker dropped them, counted), each message on its
+own (AckExplicit). A new owner restarts the consumer just after the
+acknowledged floor (below it every message is acknowledged), so lines come in
+order after a takeover, the unconfirmed ones again: a message sent in part
+before the takeover is sent again whole, so its first lines may arrive twice.
+
+While a receiver is down the worker keeps reading the app's lines into a
+bounded buffer; past ``buffer_lines`` the oldest are dropped and counted, and
+once the receiver takes lines again one ``L10`` line in the app's log says how
+many were lost. Routers and dynos never wait for a drain: they publish to the
+stream, whatever drains do.
 """
 
 from __future__ import annotations
@@ -77,8 +82,9 @@ class DrainWorker:
         self.delivered = 0
         self.errors = 0
         self.failing = False  # the last delivery failed
-        # Messages read and not yet acknowledged, by stream sequence.
-        self._msgs: dict[int, Msg] = {}
+        # Messages read and not yet acknowledged, by stream sequence, with how many
+        # of their lines are neither confirmed by the sender nor dropped.
+        self._msgs: dict[int, tuple[Msg, int]] = {}
 
     async def _consumer_start(self) -> int:
         """Where to (re)start: just after what was acknowledged, or after ``start_after``."""
@@ -88,7 +94,8 @@ class DrainWorker:
         except nats.js.errors.NotFoundError:
             return self.record.start_after + 1
         floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-        # Recreated so that lines handed out to a dead owner come again first, in order.
+        # Recreated so that lines handed out to a dead owner come again first, in
+        # order; those of a message it confirmed in part too (at least once).
         await self.js.delete_consumer(logline.STREAM, name)
         return max(floor, self.record.start_after) + 1
 
@@ -99,7 +106,9 @@ class DrainWorker:
             filter_subject=logline.app_filter(self.record.app),
             deliver_policy=nats.js.api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
-            ack_policy=nats.js.api.AckPolicy.ALL,
+            # Not AckAll: a message dropped while the receiver is away would then
+            # also acknowledge the earlier ones the sender still holds unconfirmed.
+            ack_policy=nats.js.api.AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT,
             max_deliver=-1,
             max_ack_pending=self.buffer_lines + MAX_OUTSTANDING + 4 * BATCH,
@@ -114,10 +123,13 @@ class DrainWorker:
         retry_at = 0.0
         try:
             while True:
-                await self._read(sub, wait=0.2 if self.buffer else 1.0)
+                if self._may_read():
+                    await self._read(sub, wait=0.2 if self.buffer else 1.0)
+                elif self.sender.outstanding() >= MAX_OUTSTANDING:
+                    await asyncio.sleep(0.05)  # nothing to do until the sender confirms
                 now = time.monotonic()
                 if now < retry_at:
-                    await self._ack(self.sender.confirmed())
+                    await self._confirm(self.sender.confirmed())
                     await asyncio.sleep(min(0.2, retry_at - now))
                     continue
                 try:
@@ -143,6 +155,13 @@ class DrainWorker:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # type: ignore[attr-defined]
 
+    def _may_read(self) -> bool:
+        """Whether to fetch more messages now. The consumer's ack window bounds the
+        messages held, but a batch holds many lines: the buffer is bounded in lines
+        too (the rest waits in the stream), except while the receiver is away, when
+        reading on keeps the newest lines (see the overflow rule in :meth:`_read`)."""
+        return self.failing or len(self.buffer) < self.buffer_lines + MAX_OUTSTANDING
+
     async def _read(self, sub: object, wait: float) -> None:
         try:
             msgs = await sub.fetch(BATCH, timeout=wait)  # type: ignore[attr-defined]
@@ -155,22 +174,22 @@ class DrainWorker:
             if seq <= self.highest:
                 continue  # redelivered while we held it: already buffered or sent
             self.highest = seq
-            self._msgs[seq] = msg
-            try:
-                line = LogLine.decode(msg.data, msg.subject)
-            except (ValueError, KeyError, TypeError):
-                line = LogLine(self.record.app, "heroku", "logplex", "(unreadable line)", 0.0)
-            self.buffer.append((seq, line))
+            lines = logline.decode_batch(msg.data, msg.subject)
+            if not lines:
+                # Said in its place, so a receiver sees that something was there;
+                # an unreadable line among readable ones is skipped, as readers do.
+                lines = [LogLine(self.record.app, "heroku", "logplex", "(unreadable line)", 0.0)]
+            self._msgs[seq] = (msg, len(lines))
+            self.buffer.extend((seq, line) for line in lines)
         # Lines waiting for a receiver that is away: the newest buffer_lines are
         # kept, as the stream itself keeps an app's newest lines. (A receiver that
-        # takes lines is not dropped for: the consumer's ack window bounds it.)
+        # takes lines is not dropped for: reading waits for it, see _may_read.)
         over = len(self.buffer) - self.buffer_lines
         if over > 0 and self.failing:
             dropped = [self.buffer.popleft()[0] for _ in range(over)]
             self.dropped += len(dropped)
             self.dropped_since = self.dropped_since or self.clock()
-            await self._ack(dropped)
-            self.delivered -= len(dropped)
+            await self._settle(dropped)
 
     async def _deliver(self) -> None:
         if not self.buffer and not self.sender.outstanding():
@@ -185,19 +204,25 @@ class DrainWorker:
             self.failing = True
             raise
         self.failing = False
-        await self._ack(confirmed)
+        await self._confirm(confirmed)
 
-    async def _ack(self, seqs: list[int]) -> None:
-        """Acknowledge up to the highest of ``seqs`` (AckAll: one ack covers all before)."""
-        if not seqs:
-            return
-        top = max(seqs)
+    async def _confirm(self, seqs: list[int]) -> None:
         self.delivered += len(seqs)
-        done = [seq for seq in self._msgs if seq <= top]
-        msg = self._msgs.get(max(done)) if done else None
-        for seq in done:
+        await self._settle(seqs)
+
+    async def _settle(self, seqs: list[int]) -> None:
+        """``seqs`` has one entry per line the sender confirmed or the worker dropped
+        (each line once: see :class:`Sender`); a message is acknowledged once none
+        of its lines is left."""
+        for seq in seqs:
+            entry = self._msgs.get(seq)
+            if entry is None:
+                continue
+            msg, left = entry
+            if left > 1:
+                self._msgs[seq] = (msg, left - 1)
+                continue
             del self._msgs[seq]
-        if msg is not None:
             await msg.ack()
 
     async def _report_dropped(self) -> None:

@@ -2,16 +2,20 @@
 
     producers --core NATS logs.{app}--> JetStream LOGS (bounded per app)
         --ordered ephemeral consumer (deliver all of logs.{app})--> LogReader
+            (each message a batch of lines: logline.decode_batch)
             history: seq <= last seq at start -> deque(maxlen=N) of matching lines
             live:    seq >  last seq at start -> TailBuffer (bounded) -> gRPC stream
 
-Every line carries its stream sequence, the same on every controller, so a client
-whose controller died resumes on another with ``after_seq``: the consumer then
-starts just past it and every kept line after it is history (``num`` is ignored).
+Every line carries its cursor: its message's stream sequence, the same on every
+controller, and its index in that message. A client whose controller died
+resumes on another with ``after_seq`` and ``after_index``: the consumer then
+starts at that message, whose later lines come first, and every kept line after
+the cursor is history (``num`` is ignored).
 
-The stream keeps at most ``max_per_app`` lines per app, so replaying an app's
-whole subject to find its last N matching lines is bounded work, and filters
-apply before counting (``-n 10 --dyno web.1`` shows web.1's last ten lines).
+The stream keeps at most ``max_per_app`` messages per app and origin, so
+replaying an app's whole subject to find its last N matching lines is bounded
+work; ``num`` counts lines, whatever messages held them, and filters apply
+before counting (``-n 10 --dyno web.1`` shows web.1's last ten lines).
 
 :meth:`LogHub.read` is an iterator of batches for StreamLogs; :meth:`LogHub.open_read`
 is the same read as an :class:`OpenLog` its owner pulls with a timeout (the build
@@ -98,13 +102,14 @@ class Gap:
     """Lines dropped for a slow reader at this point of its stream."""
 
     count: int
-    # The last dropped line's sequence: a stream resumed after this note goes on past
+    # The last dropped line's cursor: a stream resumed after this note goes on past
     # the lines it reports, so they are neither shown late nor counted twice.
     seq: int = 0
+    index: int = 0
 
     def line(self, app: str, now: float) -> LogLine:
         text = f"{self.count} lines dropped (reader too slow)"
-        return LogLine(app, "heroku", "logs", text, now, self.seq)
+        return LogLine(app, "heroku", "logs", text, now, self.seq, self.index)
 
 
 class TailBuffer:
@@ -115,7 +120,7 @@ class TailBuffer:
         self._items: deque[LogLine | Gap] = deque()
         self._lines = 0
         self._gap = 0  # dropped since the last queued line
-        self._gap_seq = 0  # the sequence of the last of them
+        self._gap_at = (0, 0)  # the cursor of the last of them
         self.dropped = 0
         self._ready = asyncio.Event()
 
@@ -123,11 +128,11 @@ class TailBuffer:
         """Queue ``line``; False (and counted) when the reader is ``limit`` lines behind."""
         if self._lines >= self.limit:
             self._gap += 1
-            self._gap_seq = line.seq
+            self._gap_at = (line.seq, line.index)
             self.dropped += 1
             return False
         if self._gap:
-            self._items.append(Gap(self._gap, self._gap_seq))
+            self._items.append(Gap(self._gap, *self._gap_at))
             self._gap = 0
         self._items.append(line)
         self._lines += 1
@@ -143,7 +148,7 @@ class TailBuffer:
                 self._lines -= 1
             out.append(item)
         if not self._items and self._gap and len(out) < most:
-            out.append(Gap(self._gap, self._gap_seq))
+            out.append(Gap(self._gap, *self._gap_at))
             self._gap = 0
         return out
 
@@ -161,12 +166,13 @@ class LogReader:
 
     ``last_seq`` is the app subject's last stream sequence when the read began (0:
     no history). The consumer delivers in sequence order, so the history is complete
-    at the first message at or past ``last_seq``; the line at ``last_seq`` itself may
-    already be gone (discarded by the per-app limit), hence "at or past".
+    at the first message at or past ``last_seq``; the message at ``last_seq`` itself
+    may already be gone (discarded by the per-app limit), hence "at or past".
 
-    ``after_seq`` (a resumed stream) makes every line after it history, not just the
-    last ``num``: the client has seen the lines up to it and none after. The kept
-    history bounds that list as it bounds the replay.
+    A resumed stream (``after_seq``) makes every line after the cursor
+    ``(after_seq, after_index)`` history, not just the last ``num``: the client has
+    seen the lines up to it and none after. The kept history bounds that list as it
+    bounds the replay (in messages: batches make it longer in lines).
     """
 
     def __init__(
@@ -176,32 +182,37 @@ class LogReader:
         last_seq: int,
         tail: TailBuffer | None,
         after_seq: int = 0,
+        after_index: int = 0,
     ) -> None:
         self.filter = flt
         self.last_seq = last_seq
-        self.after_seq = after_seq
+        self.after = (after_seq, after_index) if after_seq else (0, 0)
         self.history: deque[LogLine] = deque(maxlen=None if after_seq else num)
         self.tail = tail
         self.history_done = asyncio.Event()
-        if last_seq <= after_seq:  # nothing kept (0), or nothing new since the resume point
+        # At last_seq == after_seq the message may hold lines past after_index: its
+        # delivery (the consumer's first) ends the history then.
+        if last_seq < after_seq or not last_seq:
             self.history_done.set()
 
-    def on_line(self, seq: int, line: LogLine | None) -> None:
-        """``line`` is None for an undecodable message (it still moves the position)."""
-        if seq <= self.after_seq:
-            return  # the client has it already (the consumer starts past it anyway)
-        if line is not None:
-            line = replace(line, seq=seq)
+    def on_message(self, seq: int, lines: Sequence[LogLine]) -> None:
+        """``lines`` are a message's readable lines (:func:`logline.decode_batch`);
+        a message without any still moves the position."""
+        if seq < self.after[0]:
+            return  # the client has it already (the consumer starts at after_seq anyway)
+        # The client has the resume message's lines up to after_index.
+        fresh = [replace(line, seq=seq) for line in lines if (seq, line.index) > self.after]
         if not self.history_done.is_set():
             if seq <= self.last_seq:
-                if line is not None and self.filter.matches(line):
-                    self.history.append(line)
+                self.history.extend(line for line in fresh if self.filter.matches(line))
                 if seq == self.last_seq:
                     self.history_done.set()
                 return
             self.history_done.set()
-        if self.tail is not None and line is not None and self.filter.matches(line):
-            self.tail.offer(line)
+        if self.tail is not None:
+            for line in fresh:
+                if self.filter.matches(line):
+                    self.tail.offer(line)
 
 
 async def _history_end(reader: LogReader, sub: object, check_every: float = 1.0) -> None:
@@ -218,12 +229,13 @@ async def _history_end(reader: LogReader, sub: object, check_every: float = 1.0)
 
 
 def consumer_config(after_seq: int) -> nats.js.api.ConsumerConfig:
-    """Where a reader's consumer starts: the app's first kept line, or just past
-    ``after_seq`` (JetStream starts at the oldest kept line when that one is gone)."""
+    """Where a reader's consumer starts: the app's first kept message, or the message
+    ``after_seq``, whose lines past the resume index the client has not seen
+    (JetStream starts at the oldest kept message when that one is gone)."""
     if not after_seq:
         return nats.js.api.ConsumerConfig(deliver_policy=nats.js.api.DeliverPolicy.ALL)
     return nats.js.api.ConsumerConfig(
-        deliver_policy=nats.js.api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1
+        deliver_policy=nats.js.api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq
     )
 
 
@@ -320,23 +332,28 @@ class LogHub:
 
     @contextlib.asynccontextmanager
     async def open_read(
-        self, app: str, num: int, flt: LogFilter, *, tail: bool, after_seq: int = 0
+        self,
+        app: str,
+        num: int,
+        flt: LogFilter,
+        *,
+        tail: bool,
+        after_seq: int = 0,
+        after_index: int = 0,
     ) -> AsyncIterator[OpenLog]:
         """One read of the app's log, open until the block ends: the last ``num``
-        matching lines (with ``after_seq``: all those after it), then with ``tail``
-        live lines, each pulled when the caller wants them (see :class:`OpenLog`)."""
+        matching lines (with ``after_seq``: all those after line ``after_index`` of
+        that message), then with ``tail`` live lines, each pulled when the caller
+        wants them (see :class:`OpenLog`)."""
         js = self.nc.jetstream()
         last_seq = await self.last_seq(app)
         buffer = TailBuffer(self.tail_buffer) if tail else None
-        reader = LogReader(num, flt, last_seq, buffer, after_seq)
+        reader = LogReader(num, flt, last_seq, buffer, after_seq, after_index)
 
         async def on_msg(msg: Msg) -> None:
             # Runs in the subscription's task: must stay quick and never wait.
-            try:
-                line: LogLine | None = LogLine.decode(msg.data, msg.subject)
-            except (ValueError, KeyError, TypeError):
-                line = None
-            reader.on_line(int(msg.metadata.sequence.stream), line)
+            lines = logline.decode_batch(msg.data, msg.subject)
+            reader.on_message(int(msg.metadata.sequence.stream), lines)
 
         sub = await js.subscribe(
             logline.app_filter(app),
@@ -361,11 +378,15 @@ class LogHub:
         *,
         tail: bool,
         after_seq: int = 0,
+        after_index: int = 0,
         batch: int = 500,
     ) -> AsyncIterator[list[LogLine]]:
-        """The last ``num`` matching lines (with ``after_seq``: all those after it) in
-        one batch, then with ``tail`` live batches. Lines carry their ``seq``."""
-        async with self.open_read(app, num, flt, tail=tail, after_seq=after_seq) as opened:
+        """The last ``num`` matching lines (with ``after_seq``: all those after the
+        cursor) in one batch, then with ``tail`` live batches. Lines carry their
+        ``seq`` and ``index``."""
+        async with self.open_read(
+            app, num, flt, tail=tail, after_seq=after_seq, after_index=after_index
+        ) as opened:
             history = await opened.history()
             if history or not tail:
                 yield history

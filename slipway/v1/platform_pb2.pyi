@@ -925,34 +925,38 @@ class PurgeBuildCacheResponse(_message.Message):
     def __init__(self, purged: _Optional[bool] = ...) -> None: ...
 
 class StreamLogsRequest(_message.Message):
-    __slots__ = ("app", "num", "tail", "source", "dyno", "after_seq")
+    __slots__ = ("app", "num", "tail", "source", "dyno", "after_seq", "after_index")
     APP_FIELD_NUMBER: _ClassVar[int]
     NUM_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DYNO_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
     app: str
     num: int
     tail: bool
     source: str
     dyno: str
     after_seq: int
-    def __init__(self, app: _Optional[str] = ..., num: _Optional[int] = ..., tail: _Optional[bool] = ..., source: _Optional[str] = ..., dyno: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    after_index: int
+    def __init__(self, app: _Optional[str] = ..., num: _Optional[int] = ..., tail: _Optional[bool] = ..., source: _Optional[str] = ..., dyno: _Optional[str] = ..., after_seq: _Optional[int] = ..., after_index: _Optional[int] = ...) -> None: ...
 
 class LogEntry(_message.Message):
-    __slots__ = ("at", "source", "process", "message", "seq")
+    __slots__ = ("at", "source", "process", "message", "seq", "index")
     AT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PROCESS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     at: _timestamp_pb2.Timestamp
     source: str
     process: str
     message: str
     seq: int
-    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., process: _Optional[str] = ..., message: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+    index: int
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., process: _Optional[str] = ..., message: _Optional[str] = ..., seq: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class StreamLogsResponse(_message.Message):
     __slots__ = ("lines",)

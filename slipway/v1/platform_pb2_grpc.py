@@ -856,8 +856,9 @@ class PlatformServiceServicer:
         Sends the app's last `num` log lines matching the filters, then, with `tail`,
         new lines as they arrive until the client cancels (no deadline then). Lines
         dropped because this reader fell behind are counted and reported in-stream as
-        a `heroku[logs]: N lines dropped (reader too slow)` line. With `after_seq` it
-        resumes a stream that broke (say its controller died): see StreamLogsRequest.
+        a `heroku[logs]: N lines dropped (reader too slow)` line. With `after_seq` and
+        `after_index` it resumes a stream that broke (say its controller died): see
+        StreamLogsRequest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

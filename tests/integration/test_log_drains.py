@@ -208,6 +208,22 @@ async def publish(nats_url: str, app: str, numbers: range) -> None:
         await nc.close()
 
 
+async def publish_batches(nats_url: str, app: str, numbers: range, per_message: int) -> None:
+    """Router lines, ``per_message`` to a message, as the router batches an interval's."""
+    nc = await secure.nats_connect(nats_url)
+    js = nc.jetstream()
+    subject = logline.subject(app, logline.Origin.ROUTER)
+    try:
+        for start in range(numbers.start, numbers.stop, per_message):
+            lines = [
+                LogLine(app, "heroku", "router", f"line-{n:05d} at=info status=200")
+                for n in range(start, min(start + per_message, numbers.stop))
+            ]
+            await js.publish(subject, logline.encode_batch(lines))
+    finally:
+        await nc.close()
+
+
 async def undelivered(nats_url: str, consumer: str) -> int | None:
     """Lines of the drain's consumer not yet read by its worker; None before the
     pool has started the drain (it makes the consumer on its next pass)."""
@@ -355,6 +371,43 @@ def test_https_drain_gets_every_line_with_logplex_framing_across_receiver_restar
     assert post.headers["authorization"] == "Basic " + base64.b64encode(b"user:s3cret").decode()
     first = next(f for f in receiver.messages() if "line-" in f)
     assert re.match(r"<190>1 \S+Z d\.[0-9a-f-]+ app web\.1 - - line-\d{5} from the app$", first)
+
+
+def test_a_drain_gets_every_line_of_router_batches_across_receiver_restart_and_sender_kill(
+    controllers: list[ControllerProcess], nats_url: str, certs: Certs
+) -> None:
+    ctl = controllers[0]
+    ctl.cli("apps:create", "batched", check=True)
+    # 70 lines a message: the sender's batches of 100 lines cut messages in two, so
+    # messages are often confirmed in part when the receiver or the sender goes.
+    per_message = 70
+
+    async def scenario() -> HttpsReceiver:
+        receiver = HttpsReceiver(certs)
+        await receiver.start()
+        url = f"https://127.0.0.1:{receiver.port}/logs"
+        await asyncio.to_thread(ctl.cli, "drains:add", url, "-a", "batched", check=True)
+        await asyncio.to_thread(wait_for_drain, ctl, nats_url, "batched")
+        await publish_batches(nats_url, "batched", range(0, 2000), per_message)
+        await wait_async(lambda: len(set(numbers_in(receiver.messages()))) >= 2000, 90)
+
+        await receiver.stop()
+        await publish_batches(nats_url, "batched", range(2000, 3000), per_message)
+        await receiver.start()
+        await wait_async(lambda: len(set(numbers_in(receiver.messages()))) >= 3000, 90)
+
+        sender = next(c for c in controllers if "drain started" in c.log_path.read_text())
+        assert sender.proc is not None
+        sender.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(sender.proc.wait, 10)
+        await publish_batches(nats_url, "batched", range(3000, 5000), per_message)
+        await wait_async(lambda: len(set(numbers_in(receiver.messages()))) >= 5000, 120)
+        return receiver
+
+    receiver = asyncio.run(scenario())
+    assert_all_in_order(receiver.messages(), 5000)
+    first = next(f for f in receiver.messages() if "line-00000" in f)
+    assert re.match(r"<190>1 \S+Z d\.[0-9a-f-]+ heroku router - - line-00000 at=info", first)
 
 
 def test_a_receiver_away_past_the_buffer_gets_one_l10_line_with_the_count(

@@ -25,18 +25,33 @@ from slipway.v1 import platform_pb2_grpc
 from tests.harness import secure
 from tests.harness.controller import ControllerProcess
 from tests.harness.wait import eventually
-from tests.integration.test_logs_stream import app_lines, new_app, publish, subject_count
+from tests.integration.test_logs_stream import (
+    app_lines,
+    new_app,
+    publish,
+    publish_batches,
+    router_batches,
+    subject_count,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 def read(
-    controller: ControllerProcess, app: str, *, after_seq: int, num: int = 1, dyno: str = ""
+    controller: ControllerProcess,
+    app: str,
+    *,
+    after_seq: int,
+    after_index: int = 0,
+    num: int = 1,
+    dyno: str = "",
 ) -> list[pb.LogEntry]:
-    """History after ``after_seq`` straight from StreamLogs (the CLI has no flag for it)."""
+    """History after a line straight from StreamLogs (the CLI has no flag for it)."""
     with grpc.secure_channel(controller.address, secure.channel_credentials()) as channel:
         stub = platform_pb2_grpc.PlatformServiceStub(channel)
-        request = pb.StreamLogsRequest(app=app, num=num, dyno=dyno, after_seq=after_seq)
+        request = pb.StreamLogsRequest(
+            app=app, num=num, dyno=dyno, after_seq=after_seq, after_index=after_index
+        )
         metadata = [("authorization", f"Bearer {controller.token}")]
         return [e for r in stub.StreamLogs(request, metadata=metadata, timeout=30) for e in r.lines]
 
@@ -68,6 +83,35 @@ def test_after_seq_resumes_with_filters_and_ignores_num(controller: ControllerPr
     worker = read(controller, app, after_seq=seqs[4], dyno="worker")
     assert [e.message for e in worker] == ["n 6", "n 9"]
     assert read(controller, app, after_seq=seqs[9]) == []
+
+
+def test_resume_inside_a_router_batch_sends_exactly_the_lines_after_it(
+    controller: ControllerProcess,
+) -> None:
+    app = new_app(controller)
+    publish_batches(controller.nats_url, router_batches(app, [5, 4]))
+    publish(controller.nats_url, app_lines(app, ["web after the batches"]))
+    publish_batches(controller.nats_url, router_batches(app, [3], first=9))
+    texts = [f"request {i}" for i in range(9)] + ["web after the batches"]
+    texts += [f"request {i}" for i in range(9, 12)]
+
+    def all_kept() -> list[pb.LogEntry]:
+        got = history(controller, app, 100)
+        return got if len(got) == len(texts) else []
+
+    kept = eventually(all_kept, 15)
+    assert [e.message for e in kept] == texts
+    assert [e.index for e in kept] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 0, 1, 2]
+    cursors = [(e.seq, e.index) for e in kept]
+    assert cursors == sorted(set(cursors))
+
+    # Each line as the last one a client had: the rest, each line once, in order.
+    for i, e in enumerate(kept):
+        resumed = read(controller, app, after_seq=e.seq, after_index=e.index)
+        assert [r.message for r in resumed] == texts[i + 1 :], (i, e.seq, e.index)
+        assert [(r.seq, r.index) for r in resumed] == cursors[i + 1 :]
+    router = read(controller, app, after_seq=kept[2].seq, after_index=2, dyno="router")
+    assert [r.message for r in router] == [f"request {i}" for i in (3, 4, 5, 6, 7, 8, 9, 10, 11)]
 
 
 def test_after_seq_older_than_the_kept_history_starts_at_the_oldest_kept_line(

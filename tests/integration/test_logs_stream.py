@@ -1,7 +1,8 @@
 """`slipway logs` against a real controller, etcd and nats-server.
 
 Lines are published on ``logs.{app}`` exactly as producers do (JSON LogLine on
-core NATS); the controller's LOGS stream stores them and StreamLogs reads them.
+core NATS, one per message or, as the router does, several per message); the
+controller's LOGS stream stores them and StreamLogs reads them.
 Each test uses its own app names: the NATS server (and its LOGS stream) is
 shared by the whole session.
 """
@@ -76,6 +77,37 @@ def publish(nats_url: str, lines: list[LogLine]) -> None:
             await nc.close()
 
     asyncio.run(go())
+
+
+def publish_batches(nats_url: str, batches: list[list[LogLine]]) -> None:
+    """Each list as one message (JSON Lines), as the router publishes an interval's lines."""
+
+    async def go() -> None:
+        nc = await secure.nats_connect(nats_url)
+        try:
+            for lines in batches:
+                subject = logline.subject(lines[0].app, origin(lines[0]))
+                await nc.publish(subject, logline.encode_batch(lines))
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    asyncio.run(go())
+
+
+def router_batches(app: str, sizes: list[int], first: int = 0) -> list[list[LogLine]]:
+    """Router lines ``request N`` numbered across batches of these sizes."""
+    now = time.time()
+    batches, n = [], first
+    for size in sizes:
+        batches.append(
+            [
+                LogLine(app, "heroku", "router", f"request {i}", now + i * 1e-6)
+                for i in range(n, n + size)
+            ]
+        )
+        n += size
+    return batches
 
 
 def app_lines(app: str, texts: list[str], process: str = "web.1") -> list[LogLine]:
@@ -170,6 +202,48 @@ def test_source_and_dyno_filters(controller: ControllerProcess) -> None:
     assert bad.returncode == 1 and "bad dyno filter" in bad.stderr
     missing = logs(controller, "-a", "no-such-app")
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_history_counts_the_lines_of_router_batches(controller: ControllerProcess) -> None:
+    app = new_app(controller)
+    # 20 messages of 100 lines: all kept (the stream counts messages), 2000 lines.
+    publish_batches(controller.nats_url, router_batches(app, [100] * 20))
+    publish(controller.nats_url, app_lines(app, ["web says hi"]))
+    eventually(lambda: messages(logs(controller, "-a", app, "-n", "1").stdout) == ["web says hi"])
+
+    def shown(*args: str) -> list[str]:
+        out = logs(controller, "-a", app, *args)
+        assert out.returncode == 0, out.stderr
+        return messages(out.stdout)
+
+    assert shown("-n", "3") == ["request 1998", "request 1999", "web says hi"]
+    assert shown() == [f"request {i}" for i in range(1901, 2000)] + ["web says hi"]
+    assert shown("-n", "1500") == [f"request {i}" for i in range(501, 2000)] + ["web says hi"]
+    assert shown("--dyno", "router", "-n", "150") == [f"request {i}" for i in range(1850, 2000)]
+    assert shown("--source", "app") == ["web says hi"]
+    out = logs(controller, "-a", app, "-n", "2")
+    assert out.stdout.splitlines()[0].split(" ", 1)[1] == "heroku[router]: request 1999"
+
+
+def test_a_tail_gets_every_line_of_a_live_batch(controller: ControllerProcess) -> None:
+    app = new_app(controller)
+    publish(controller.nats_url, app_lines(app, ["ready"]))
+    with grpc.secure_channel(controller.address, secure.channel_credentials()) as channel:
+        stub = platform_pb2_grpc.PlatformServiceStub(channel)
+        request = pb.StreamLogsRequest(app=app, num=1, tail=True)
+        metadata = [("authorization", f"Bearer {controller.token}")]
+        stream = stub.StreamLogs(request, metadata=metadata, timeout=60)
+        try:
+            assert [e.message for e in next(stream).lines] == ["ready"]
+            publish_batches(controller.nats_url, router_batches(app, [3, 2]))
+            got: list[pb.LogEntry] = []
+            while len(got) < 5:
+                got.extend(next(stream).lines)
+        finally:
+            stream.cancel()
+    assert [e.message for e in got] == [f"request {i}" for i in range(5)]
+    assert [e.index for e in got] == [0, 1, 2, 0, 1]
+    assert got[0].seq == got[2].seq < got[3].seq == got[4].seq
 
 
 def test_tail_receives_new_lines_and_ctrl_c_ends_it(controller: ControllerProcess) -> None:

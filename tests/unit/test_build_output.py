@@ -135,8 +135,8 @@ async def test_open_log_live_returns_nothing_after_its_timeout_then_lines() -> N
     reader = LogReader(10, LogFilter(dyno="release.3"), last_seq=0, tail=buffer)
     opened = OpenLog("app", reader, sub=None, buffer=buffer)
     assert await opened.live(10, timeout=0.01) == []
-    reader.on_line(1, app("release.3", "one"))
-    reader.on_line(2, app("release.3", "dropped"))
+    reader.on_message(1, [app("release.3", "one")])
+    reader.on_message(2, [app("release.3", "dropped")])
     live = await opened.live(10, timeout=0.01)
     assert [(x.process, x.message) for x in live] == [
         ("release.3", "one"),

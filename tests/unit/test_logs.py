@@ -68,7 +68,7 @@ def test_line_count() -> None:
 
 def feed(reader: LogReader, seqs: list[int], process: str = "web.1") -> None:
     for seq in seqs:
-        reader.on_line(seq, line(process, f"#{seq}"))
+        reader.on_message(seq, [line(process, f"#{seq}")])
 
 
 def messages(items: list[LogLine | Gap]) -> list[str]:
@@ -108,7 +108,7 @@ def test_no_history_means_live_at_once_and_bad_messages_only_move_on() -> None:
     tail = TailBuffer(10)
     reader = LogReader(5, LogFilter(), last_seq=0, tail=tail)
     assert reader.history_done.is_set()
-    reader.on_line(1, None)
+    reader.on_message(1, [])  # nothing readable in it
     feed(reader, [2])
     assert messages(tail.take_nowait(10)) == ["#2"]
 

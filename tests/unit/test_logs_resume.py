@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 import nats.js.api
@@ -27,7 +27,7 @@ def line(process: str, message: str) -> LogLine:
 
 def feed(reader: LogReader, seqs: list[int], process: str = "web.1") -> None:
     for seq in seqs:
-        reader.on_line(seq, line(process, f"#{seq}"))
+        reader.on_message(seq, [line(process, f"#{seq}")])
 
 
 def test_lines_carry_their_sequence_into_history_tail_and_entries() -> None:
@@ -59,20 +59,26 @@ def test_resume_keeps_filters() -> None:
     assert [x.message for x in reader.history] == ["#3", "#4", "#8"]
 
 
-def test_resume_past_the_last_kept_line_is_live_at_once() -> None:
+def test_resume_at_the_last_kept_line_sends_only_new_lines() -> None:
     tail = TailBuffer(10)
     reader = LogReader(100, LogFilter(), last_seq=9, tail=tail, after_seq=9)
-    assert reader.history_done.is_set()
     feed(reader, [9, 12])  # 9 is the client's last line: never again
+    assert reader.history_done.is_set()
     assert list(reader.history) == []
     assert [x.message for x in tail.take_nowait(10) if isinstance(x, LogLine)] == ["#12"]
 
 
-def test_consumer_starts_at_the_first_kept_line_or_just_past_the_resume_point() -> None:
+def test_resume_past_the_last_kept_line_is_live_at_once() -> None:
+    reader = LogReader(100, LogFilter(), last_seq=9, tail=TailBuffer(10), after_seq=11)
+    assert reader.history_done.is_set()
+
+
+def test_consumer_starts_at_the_first_kept_line_or_at_the_resume_message() -> None:
     assert consumer_config(0).deliver_policy == nats.js.api.DeliverPolicy.ALL
     resumed = consumer_config(41)
     assert resumed.deliver_policy == nats.js.api.DeliverPolicy.BY_START_SEQUENCE
-    assert resumed.opt_start_seq == 42
+    # The resume message itself: its lines past the resume index are still to send.
+    assert resumed.opt_start_seq == 41
 
 
 def test_a_dropped_lines_note_carries_the_last_dropped_sequence() -> None:
@@ -94,18 +100,21 @@ LOG = [
 
 @dataclass
 class StandIn(platform_pb2_grpc.PlatformServiceServicer):
-    """Serves ``LOG`` after ``after_seq``; past ``break_after`` lines it aborts with
-    UNAVAILABLE (as a killed controller's stream breaks), or with ``end`` just ends."""
+    """Serves ``log`` after (``after_seq``, ``after_index``); past ``break_after``
+    lines it aborts with UNAVAILABLE (as a killed controller's stream breaks), or
+    with ``end`` just ends."""
 
     break_after: int | None = None
     end: bool = False
     requests: list[pb.StreamLogsRequest] = field(default_factory=list)
+    log: list[pb.LogEntry] = field(default_factory=lambda: LOG)
 
     def StreamLogs(
         self, request: pb.StreamLogsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StreamLogsResponse]:
         self.requests.append(pb.StreamLogsRequest.FromString(request.SerializeToString()))
-        lines = [e for e in LOG if e.seq > request.after_seq]
+        after = (request.after_seq, request.after_index)
+        lines = [e for e in self.log if (e.seq, e.index) > after]
         if self.break_after is not None:
             lines = lines[: self.break_after]
         for e in lines:
@@ -185,3 +194,59 @@ def test_a_tail_with_nothing_reachable_gives_up_after_a_few_rounds(
         with pytest.raises(errors.Unavailable, match=f"cannot reach the controller at {address}"):
             list(client.stream_logs("a", tail=True))
     assert len(always_down.requests) == 3
+
+
+# Batches: several lines in one stream message, told apart by their index.
+
+BATCHED = [
+    pb.LogEntry(source="heroku", process="router", message=f"r {seq}.{index}", seq=seq, index=index)
+    for seq, count in ((10, 3), (12, 1), (15, 4))
+    for index in range(count)
+]
+
+
+def test_a_tail_broken_inside_a_batch_resumes_at_the_next_line_of_it(
+    serve: list[tuple[grpc.Server, str]],
+) -> None:
+    first = StandIn(break_after=2, log=BATCHED)
+    second = StandIn(break_after=4, log=BATCHED)
+    third = StandIn(log=BATCHED)
+    addresses = [start(serve, first), start(serve, second), start(serve, third)]
+    with Client(addresses, "t") as client:
+        lines = client.stream_logs("a", tail=True)
+        got = [next(lines).message for _ in range(len(BATCHED))]
+        lines.close()
+    assert got == [e.message for e in BATCHED]
+    assert [(r.after_seq, r.after_index) for r in second.requests] == [(10, 1)]
+    assert [(r.after_seq, r.after_index) for r in third.requests] == [(15, 1)]
+
+
+def batch(seq: int, *texts: str, process: str = "router") -> tuple[int, list[LogLine]]:
+    return seq, [
+        LogLine("a", "heroku", process, text, 1.0, index=i) for i, text in enumerate(texts)
+    ]
+
+
+def test_resume_inside_a_batch_sends_its_later_lines_then_the_rest() -> None:
+    tail = TailBuffer(10)
+    reader = LogReader(1, LogFilter(), last_seq=12, tail=tail, after_seq=10, after_index=1)
+    for seq, lines in (batch(10, "a", "b", "c", "d"), batch(12, "e", "f"), batch(13, "g")):
+        reader.on_message(seq, lines)
+    assert [(x.message, x.seq, x.index) for x in reader.history] == [
+        ("c", 10, 2),
+        ("d", 10, 3),
+        ("e", 12, 0),
+        ("f", 12, 1),
+    ]
+    assert [(x.message, x.seq) for x in tail.take_nowait(10) if isinstance(x, LogLine)] == [
+        ("g", 13)
+    ]
+
+
+def test_a_dropped_lines_note_inside_a_batch_carries_the_last_dropped_index() -> None:
+    buf = TailBuffer(1)
+    for line in batch(5, "a", "b", "c")[1]:
+        buf.offer(replace(line, seq=5))
+    assert [(x.seq, x.index) for x in buf.take_nowait(10)] == [(5, 0), (5, 2)]
+    note = entry(Gap(2, 5, 2).line("a", 1.0))
+    assert (note.process, note.seq, note.index) == ("logs", 5, 2)

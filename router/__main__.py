@@ -1,19 +1,15 @@
-"""``slipway-router``: load config, set up logging, run one or more workers.
+"""``slipway-router``: load config, set up logging, run the router.
 
-With ``--workers N`` (N > 1) the parent forks N workers that each bind the
-same listen addresses with SO_REUSEPORT (the kernel spreads connections
-between them) and supervises them: SIGTERM/SIGINT are passed on, and the
-parent exits when they have.
+``--workers N`` sets the data plane's threads: they all take connections from
+the same listeners and share one route table, quarantine list and pool, so a
+router is one process whatever its size.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import signal
-import sys
-import threading
 from collections.abc import Callable
 
 import click
@@ -50,7 +46,7 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     type=click.IntRange(1, 256),
     default=1,
     envvar="SLIPWAY_ROUTER_WORKERS",
-    help="Worker processes sharing the listen ports via SO_REUSEPORT.",
+    help="Data plane threads, all serving every listen address (about one per core).",
 )
 @click.option(
     "--etcd",
@@ -82,7 +78,7 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     "--metrics-listen",
     default="",
     envvar="SLIPWAY_ROUTER_METRICS",
-    help="HOST:PORT for Prometheus metrics (worker N uses PORT+N); empty: off.",
+    help="HOST:PORT for Prometheus metrics; empty: off.",
 )
 @click.option(
     "--forwarded-proto",
@@ -152,21 +148,16 @@ def main(
         credentials=credentials,
     )
     log.configure("router", log_level)
-    if workers == 1:
-        run_worker(config, 0, on_listening=lambda: sdnotify.ready("listening"))
-        return
-    supervise(config)
+    run(config, on_listening=lambda: sdnotify.ready("listening"))
 
 
-def run_worker(
-    config: RouterConfig, index: int, on_listening: Callable[[], object] | None = None
-) -> None:
+def run(config: RouterConfig, on_listening: Callable[[], object] | None = None) -> None:
     import uvloop
 
     from router.server import Router
 
     async def serve() -> None:
-        router = Router(config, worker=index)
+        router = Router(config)
         loop = asyncio.get_running_loop()
         signals = 0
 
@@ -175,7 +166,7 @@ def run_worker(
             signals += 1
             if signals > 1:
                 os._exit(1)  # a second signal forces the exit
-            sdnotify.stopping()  # a no-op in forked workers: they have no NOTIFY_SOCKET
+            sdnotify.stopping()
             router.stop()
 
         async def notify_listening() -> None:
@@ -185,7 +176,7 @@ def run_worker(
             try:
                 await wait_set(router.watcher.ready, _READY_TABLE_WAIT)
             except TimeoutError:
-                logger.warning("route table not loaded yet; reporting ready", worker=index)
+                logger.warning("route table not loaded yet; reporting ready")
             if on_listening is not None:
                 on_listening()
 
@@ -198,50 +189,6 @@ def run_worker(
             notifier.cancel()
 
     uvloop.run(serve())
-
-
-def supervise(config: RouterConfig) -> None:
-    ctx = multiprocessing.get_context("fork")
-    # Workers report "listening" here; systemd only hears the parent (NotifyAccess=main),
-    # so the parent says READY=1 once every worker listens.
-    listening = ctx.SimpleQueue()
-    notify_socket = os.environ.pop("NOTIFY_SOCKET", None)  # workers must not notify
-    procs = [
-        ctx.Process(
-            target=run_worker,
-            args=(config, i, lambda i=i: listening.put(i)),
-            name=f"router-{i}",
-        )
-        for i in range(config.workers)
-    ]
-    for proc in procs:
-        proc.start()
-    if notify_socket is not None:
-        os.environ["NOTIFY_SOCKET"] = notify_socket
-
-    def await_workers() -> None:
-        for _ in procs:
-            listening.get()
-        sdnotify.ready(f"{len(procs)} workers listening")
-
-    threading.Thread(target=await_workers, name="router-ready", daemon=True).start()
-
-    def forward(signum: int, _frame: object) -> None:
-        for proc in procs:
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signum)
-
-    def on_stop(signum: int, frame: object) -> None:
-        sdnotify.stopping()
-        forward(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    code = 0
-    for proc in procs:
-        proc.join()
-        code = code or (proc.exitcode or 0)
-    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -80,9 +80,9 @@ class LogConfig:
     """Router log shipping to NATS."""
 
     servers: tuple[str, ...] = ()
-    # Lines waiting to be published; beyond this, new lines are counted and dropped.
+    # Lines waiting to be published; beyond this the oldest are counted and dropped.
     queue_size: int = 10_000
-    batch_size: int = 500
+    # How often the data plane's lines are collected and published (one message per app).
     flush_interval: float = 0.05
 
 

@@ -3,25 +3,15 @@ Python control plane drives it.
 
 The data plane owns its listening sockets and every client and dyno
 connection; Python hands it immutable snapshots (the route table, the error
-pages rendered once) and collects what it leaves behind (log lines batched
-per app, counters). Nothing on the request path calls into Python.
-
-What the native plane covers so far: routing by default and custom domain,
-admission (H80 maintenance, H81 blank, H10 crashed, H14, booting dynos held
-until one is routed or H20), random and least-loaded choice, per-dyno
-in-flight limits and the app backlog (H11), quarantine and retry of connect
-failures (H19/H21, H99 when none is left), keep-alive on both sides with a pool
-per dyno, Content-Length and chunked bodies both ways, interim 1xx answers,
-the router's added headers, the smuggling refusals, H12/H13/H17/H27 and the
-router log line. Still only in the Python proxy (router/proxy.py,
-router/exchange.py): Upgrades, body idle timeouts, header size limits,
-metrics, NATS publishing.
+pages rendered once, the settings) and collects what it leaves behind (log
+lines batched per app, counters). Nothing on the request path calls into
+Python. router/native/src/plane.rs says what the data path does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from router import errors_page as pages
 from router.table import BALANCE_LEAST_LOADED, RouteTable
@@ -39,6 +29,7 @@ PAGE_KEYS: Mapping[str, pages.RouterError] = {
     "H13": pages.H13,
     "H14": pages.H14,
     "H17": pages.H17,
+    "H18": pages.H18,
     "H19": pages.H19,
     "H20": pages.H20,
     "H21": pages.H21,
@@ -94,8 +85,10 @@ def snapshot(table: RouteTable) -> Snapshot:
 
 @dataclass(frozen=True)
 class PlaneSettings:
+    """Every data plane setting; the names are the ones plane.rs reads."""
+
+    # Threads taking connections from every listener.
     workers: int = 1
-    public_port: int = 80
     proto: str = "http"
     connect_timeout: float = 5.0
     response_timeout: float = 30.0
@@ -110,6 +103,8 @@ class PlaneSettings:
     upstream_idle_timeout: float = 1.5
     upstream_pool_size: int = 64
     body_idle_timeout: float = 55.0
+    # Log bytes an app may have waiting between two collections; beyond: dropped, counted.
+    log_bytes_per_app: int = 1 << 20
 
 
 class NativePlane:
@@ -118,22 +113,7 @@ class NativePlane:
     def __init__(self, settings: PlaneSettings = PlaneSettings()) -> None:
         import slipway_dataplane  # built by scripts/build_native.sh
 
-        self._plane = slipway_dataplane.DataPlane(
-            workers=settings.workers,
-            public_port=settings.public_port,
-            proto=settings.proto,
-            connect_timeout=settings.connect_timeout,
-            response_timeout=settings.response_timeout,
-            idle_timeout=settings.idle_timeout,
-            quarantine=settings.quarantine,
-            max_attempts=settings.max_attempts,
-            max_inflight_per_dyno=settings.max_inflight_per_dyno,
-            backlog_per_dyno=settings.backlog_per_dyno,
-            boot_timeout=settings.boot_timeout,
-            upstream_idle_timeout=settings.upstream_idle_timeout,
-            upstream_pool_size=settings.upstream_pool_size,
-            body_idle_timeout=settings.body_idle_timeout,
-        )
+        self._plane = slipway_dataplane.DataPlane(asdict(settings))
         self._plane.set_pages(rendered_pages())
 
     def listen(self, host: str, port: int) -> int:
@@ -148,15 +128,25 @@ class NativePlane:
     def set_routes(self, routes: Snapshot) -> None:
         self._plane.set_routes(routes)
 
-    def take_logs(self) -> list[tuple[str, list[str]]]:
-        """The router lines since the last call, per app, in the order served."""
-        return [
-            (app, batch.decode(errors="replace").splitlines())
-            for app, batch in self._plane.take_logs()
-        ]
+    def take_logs(self) -> list[tuple[str, bytes]]:
+        """Per app, its router lines since the last call: LogLine JSON objects,
+        one per line, in the order served."""
+        return self._plane.take_logs()
 
     def counters(self) -> dict[str, int]:
         return dict(self._plane.counters())
+
+    def answers(self) -> list[tuple[int, str, int]]:
+        """(status, H code or "", count) of every answer given so far."""
+        return self._plane.answers()
+
+    def quarantined(self) -> list[str]:
+        """The dyno addresses this router has quarantined now ("host:port")."""
+        return self._plane.quarantined()
+
+    def drain(self) -> None:
+        """Stops accepting; keep-alive connections close once their request is done."""
+        self._plane.drain()
 
     def stop(self) -> None:
         self._plane.stop()

@@ -1,113 +1,125 @@
-"""Router log lines: Heroku's format, shipped to NATS in batches off the hot path.
+"""Router log lines to NATS: one message per app per flush, off the request path.
 
-A request only appends a ready string to a bounded in-memory queue
-(:meth:`LogShipper.emit` never awaits, never blocks). A background task
-publishes what is queued every ``flush_interval`` on ``logs.{app}`` as
-:class:`slipway.logline.LogLine` JSON (source ``heroku``, process ``router``).
-When NATS is down the queue fills; past ``queue_size`` new lines are dropped
-and counted, and requests carry on.
+The data plane writes each request's line (Heroku's router format) as the
+JSON object :class:`slipway.logline.LogLine` decodes, and hands them over in
+per-app batches. :class:`LogShipper` collects those every ``flush_interval``
+and publishes each app's batch as one message on ``logs.{app}.router`` (a
+message holds several lines: see :mod:`slipway.logline`), split only where a
+batch would pass :data:`MAX_MESSAGE_BYTES`. The shipper never looks inside a
+line, so a busy router spends no Python time per request on logs.
+
+While NATS is away batches wait, up to ``queue_size`` lines in all; past that
+the oldest waiting batches are dropped and their lines counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from router.config import LogConfig
 from slipway import log, objstore
 from slipway.backoff import Backoff
-from slipway.logline import Origin, subject
-from slipway.pki import Bundle
+from slipway.logline import LogLine, Origin, subject
 
 logger = log.get(__name__)
 
-# json.dumps for a plain str, minus the encoder set-up (the C function json uses).
-_json_str = json.encoder.encode_basestring_ascii
+# Well under nats-server's default max_payload (1 MiB).
+MAX_MESSAGE_BYTES = 512 * 1024
+
+Batches = Callable[[], list[tuple[str, bytes]]]
 
 
-def _quote(text: str) -> str:
-    if '"' in text or "\\" in text or not text.isprintable():
-        text = json.dumps(text, ensure_ascii=False)[1:-1]
-    return f'"{text}"'
-
-
-def format_line(
-    *,
-    method: str,
-    path: str,
-    host: str,
-    request_id: str,
-    fwd: str,
-    dyno: str,
-    connect_ms: int,
-    service_ms: int,
-    status: int,
-    bytes_sent: int,
-    protocol: str,
-    code: str = "",
-    desc: str = "",
-) -> str:
-    """``at=info method=GET path="/" host=... status=200 bytes=13 protocol=http``."""
-    prefix = f'at=error code={code} desc="{desc}" ' if code else "at=info "
-    return (
-        f"{prefix}method={method} path={_quote(path)} host={host} request_id={request_id} "
-        f'fwd="{fwd}" dyno={dyno or "none"} connect={connect_ms}ms service={service_ms}ms '
-        f"status={status} bytes={bytes_sent} protocol={protocol}"
-    )
+def split_batch(batch: bytes, limit: int = MAX_MESSAGE_BYTES) -> list[bytes]:
+    """``batch`` (lines ending in newlines) cut at line ends into pieces of at most
+    ``limit`` bytes; a single line longer than that is a piece of its own."""
+    if len(batch) <= limit:
+        return [batch]
+    pieces: list[bytes] = []
+    start = 0
+    while start < len(batch):
+        end = batch.rfind(b"\n", start, start + limit) + 1
+        if end <= start:  # one line longer than the limit
+            end = batch.find(b"\n", start) + 1 or len(batch)
+        pieces.append(batch[start:end])
+        start = end
+    return pieces
 
 
 class LogShipper:
-    """``credentials``: the router's bundle, for NATS over TLS (None: plaintext)."""
+    """``source``: the data plane's ``take_logs`` (None: lines only come from
+    :meth:`emit`). ``credentials``: the router's bundle, for NATS over TLS."""
 
-    def __init__(self, config: LogConfig, *, credentials: Bundle | None = None) -> None:
+    def __init__(
+        self, config: LogConfig, *, source: Batches | None = None, credentials: Any = None
+    ) -> None:
         self.config = config
+        self.source = source
         self.credentials = credentials
-        self._queue: deque[tuple[str, str, float]] = deque()
-        self._limit = config.queue_size
+        self._waiting: deque[tuple[str, bytes, int]] = deque()  # (app, lines, line count)
+        self._waiting_lines = 0
+        self._emitted: dict[str, list[bytes]] = {}
         self.dropped = 0
-        self.published = 0
+        self.published = 0  # lines
+        self.messages = 0
         self._nc: Any = None
-        self._wake = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return self._nc is not None and bool(self._nc.is_connected)
 
     def emit(self, app: str, message: str) -> None:
-        """Queue one line; never blocks. Dropped (and counted) when the queue is full."""
-        queue = self._queue
-        if len(queue) >= self._limit:
-            self.dropped += 1
-            return
-        queue.append((app, message, time.time()))
-        if len(queue) >= self.config.batch_size:
-            self._wake.set()
+        """Queue one line written here rather than by the data plane."""
+        line = LogLine(app, "heroku", "router", message).encode()
+        self._emitted.setdefault(app, []).append(line + b"\n")
+
+    def collect(self) -> None:
+        """Takes what the data plane and :meth:`emit` left since the last call."""
+        batches = self.source() if self.source is not None else []
+        if self._emitted:
+            batches += [(app, b"".join(lines)) for app, lines in self._emitted.items()]
+            self._emitted = {}
+        for app, lines in batches:
+            for piece in split_batch(lines):
+                count = piece.count(b"\n")
+                self._waiting.append((app, piece, count))
+                self._waiting_lines += count
+        excess = self._waiting_lines - self.config.queue_size
+        while excess > 0:
+            # The oldest lines go first, a whole batch or its first lines.
+            app, lines, count = self._waiting.popleft()
+            if count > excess:
+                cut = 0
+                for _ in range(excess):
+                    cut = lines.index(b"\n", cut) + 1
+                self._waiting.appendleft((app, lines[cut:], count - excess))
+                count = excess
+            self._waiting_lines -= count
+            self.dropped += count
+            excess -= count
 
     async def run(self) -> None:
-        if not self.config.servers:
-            # No NATS configured: lines are dropped (and counted) as they come.
-            while True:
-                await asyncio.sleep(1.0)
-                self.dropped += len(self._queue)
-                self._queue.clear()
-        connector = asyncio.create_task(self._connect())
+        connector = asyncio.create_task(self._connect()) if self.config.servers else None
         try:
             while True:
-                try:
-                    async with asyncio.timeout(self.config.flush_interval):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-                self._wake.clear()
-                await self._publish_batch()
+                await asyncio.sleep(self.config.flush_interval)
+                self.collect()
+                if connector is None:
+                    # No NATS configured: lines are dropped (and counted) as they come.
+                    self.dropped += self._waiting_lines
+                    self._waiting.clear()
+                    self._waiting_lines = 0
+                    continue
+                await self.publish_waiting()
         finally:
-            connector.cancel()
+            if connector is not None:
+                connector.cancel()
             if self._nc is not None:
                 try:
-                    await asyncio.wait_for(self._publish_batch(), 1.0)
+                    self.collect()
+                    await asyncio.wait_for(self.publish_waiting(), 1.0)
                     await asyncio.wait_for(self._nc.drain(), 2.0)
                 except Exception:
                     pass
@@ -129,7 +141,7 @@ class LogShipper:
                     connect_timeout=2,
                     error_cb=quiet,
                     name="slipway-router",
-                    **objstore.tls_options(self.credentials),  # type: ignore[arg-type]
+                    **objstore.tls_options(self.credentials),
                 )
                 logger.info("nats connected")
             except Exception as exc:
@@ -139,22 +151,17 @@ class LogShipper:
                 )
                 await asyncio.sleep(delay)
 
-    async def _publish_batch(self) -> None:
+    async def publish_waiting(self) -> None:
+        """Publishes waiting batches in order; stops at the first failure (kept for later)."""
         nc = self._nc
-        queue = self._queue
-        if not queue or nc is None or not nc.is_connected:
-            return
-        batch = min(len(queue), self.config.batch_size * 4)
-        for _ in range(batch):
-            app, message, ts = queue.popleft()
-            # LogLine.encode's JSON, built by hand: this runs once per request.
-            payload = (
-                f'{{"ts":{ts!r},"source":"heroku","process":"router",'
-                f'"message":{_json_str(message)},"app":{_json_str(app)}}}'
-            ).encode()
+        while self._waiting and nc is not None and nc.is_connected:
+            app, lines, count = self._waiting[0]
             try:
-                await nc.publish(subject(app, Origin.ROUTER), payload)
-            except Exception:
-                self.dropped += 1
-                continue
-            self.published += 1
+                await nc.publish(subject(app, Origin.ROUTER), lines)
+            except Exception as exc:
+                logger.debug("router log batch not published", app=app, error=str(exc))
+                return
+            self._waiting.popleft()
+            self._waiting_lines -= count
+            self.published += count
+            self.messages += 1

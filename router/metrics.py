@@ -1,55 +1,53 @@
-"""Per-router counters and a Prometheus text endpoint.
-
-Counters are plain ints bumped on the hot path; rendering happens only when
-scraped. With several workers, worker N serves on the metrics port + N, since
-each worker counts for itself.
-"""
+"""The router's Prometheus text endpoint: the data plane's counters, read
+when scraped, plus gauges the control plane registers."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Callable
 
+from router.dataplane import NativePlane
 from slipway import log
 
 logger = log.get(__name__)
 
+# counters() key -> (metric name, type)
+_PLANE_METRICS = {
+    "connections_active": ("slipway_router_connections_active", "gauge"),
+    "connections_total": ("slipway_router_connections_total", "counter"),
+    "requests_active": ("slipway_router_requests_active", "gauge"),
+    "upstream_connects": ("slipway_router_upstream_connects_total", "counter"),
+    "upstream_reuses": ("slipway_router_upstream_reuses_total", "counter"),
+    "upstream_retries": ("slipway_router_upstream_retries_total", "counter"),
+    "upstream_idle": ("slipway_router_upstream_idle", "gauge"),
+    "bad_requests": ("slipway_router_bad_requests_total", "counter"),
+    "quarantines": ("slipway_router_quarantines_total", "counter"),
+    "waiting": ("slipway_router_backlog", "gauge"),
+    "held_booting": ("slipway_router_held_booting", "gauge"),
+    "panics": ("slipway_router_dataplane_panics_total", "counter"),
+}
+
 
 class Metrics:
-    def __init__(self) -> None:
-        self.requests: Counter[tuple[int, str]] = Counter()  # (status, H code or "")
-        self.connections_active = 0
-        self.connections_total = 0
-        self.upstream_connects = 0
-        self.upstream_reuses = 0
-        self.upstream_retries = 0
-        self.bad_requests = 0
+    def __init__(self, plane: NativePlane) -> None:
+        self.plane = plane
         # Filled in by the router: gauges read at scrape time.
         self.gauges: dict[str, Callable[[], float]] = {}
-
-    def request(self, status: int, code: str) -> None:
-        self.requests[(status, code)] += 1
 
     def render(self) -> str:
         lines = [
             "# HELP slipway_router_requests_total Requests answered, by status and H code.",
             "# TYPE slipway_router_requests_total counter",
         ]
-        for (status, code), count in sorted(self.requests.items()):
+        for status, code, count in sorted(self.plane.answers()):
             lines.append(
                 f'slipway_router_requests_total{{status="{status}",code="{code}"}} {count}'
             )
-        plain = {
-            "slipway_router_connections_active": ("gauge", self.connections_active),
-            "slipway_router_connections_total": ("counter", self.connections_total),
-            "slipway_router_upstream_connects_total": ("counter", self.upstream_connects),
-            "slipway_router_upstream_reuses_total": ("counter", self.upstream_reuses),
-            "slipway_router_upstream_retries_total": ("counter", self.upstream_retries),
-            "slipway_router_bad_requests_total": ("counter", self.bad_requests),
-        }
-        for name, (kind, value) in plain.items():
-            lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+        counters = self.plane.counters()
+        for key, (name, kind) in _PLANE_METRICS.items():
+            lines += [f"# TYPE {name} {kind}", f"{name} {counters[key]}"]
+        name = "slipway_router_quarantined_dynos"
+        lines += [f"# TYPE {name} gauge", f"{name} {len(self.plane.quarantined())}"]
         for name, read in sorted(self.gauges.items()):
             kind = "counter" if name.endswith("_total") else "gauge"
             lines += [f"# TYPE {name} {kind}", f"{name} {_number(read())}"]

@@ -1,35 +1,52 @@
-"""One router worker: the route table watcher, the log shipper, the metrics
-endpoint, the deadline ticker and the listening sockets, under one TaskGroup.
+"""The router process: the Python control plane around one native data plane.
 
-Timeouts are not one timer per request: every connection carries a single
-``deadline`` (a float) that the hot path moves forward, and one ticker task
-checks them every ``limits.tick`` seconds. That keeps timer handles off the
-per-request path at the cost of up to one tick of lateness.
+Python watches etcd and hands the data plane a new route table snapshot on
+every change, collects its log batches for NATS, serves ``/metrics`` from its
+counters and runs lifecycle: listening, readiness and drain. The data plane
+(router/dataplane.py, router/native) owns every socket and does all the
+per-request work on its own threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 
-from router.balancer import Balancer
 from router.config import RouterConfig
-from router.exchange import Shared
+from router.dataplane import NativePlane, PlaneSettings
 from router.logs import LogShipper
 from router.metrics import Metrics, MetricsServer
-from router.proxy import ClientProtocol
 from router.table import RouteTable, TableWatcher
-from router.upstream import UpstreamPool
 from slipway import log
 from slipway.keys import Keys
 
 logger = log.get(__name__)
 
+# Requests under way when a stop begins get this long to finish.
+DRAIN_TIMEOUT = 10.0
+
+
+def plane_settings(config: RouterConfig) -> PlaneSettings:
+    limits = config.limits
+    return PlaneSettings(
+        workers=config.workers,
+        proto=config.forwarded_proto,
+        connect_timeout=limits.connect_timeout,
+        response_timeout=limits.first_byte_timeout,
+        idle_timeout=limits.client_keepalive_timeout,
+        quarantine=limits.quarantine,
+        max_attempts=limits.max_attempts,
+        max_inflight_per_dyno=limits.max_inflight_per_dyno,
+        backlog_per_dyno=limits.backlog_per_dyno,
+        boot_timeout=limits.boot_timeout,
+        upstream_idle_timeout=limits.upstream_idle_timeout,
+        upstream_pool_size=limits.upstream_pool_size,
+        body_idle_timeout=limits.idle_timeout,
+    )
+
 
 class Router:
-    def __init__(self, config: RouterConfig, *, worker: int = 0) -> None:
+    def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        self.worker = worker
         self.keys = Keys(config.etcd_prefix)
         self.table = RouteTable(self.keys, config.base_domain)
         self.watcher = TableWatcher(
@@ -41,16 +58,14 @@ class Router:
             resync_interval=config.resync_interval,
             credentials=config.credentials,
         )
-        self.balancer = Balancer(config.limits)
-        self.pool = UpstreamPool(
-            config.limits.upstream_idle_timeout, config.limits.upstream_pool_size
+        self.plane = NativePlane(plane_settings(config))
+        self.shipper = LogShipper(
+            config.logs, source=self.plane.take_logs, credentials=config.credentials
         )
-        self.shipper = LogShipper(config.logs, credentials=config.credentials)
-        self.metrics = Metrics()
+        self.metrics = Metrics(self.plane)
         self.addresses: list[tuple[str, int]] = []
         self.listening = asyncio.Event()
         self._stop = asyncio.Event()
-        self.shared: Shared | None = None
         self.metrics_server: MetricsServer | None = None
         self._register_gauges()
 
@@ -60,17 +75,11 @@ class Router:
         g["slipway_router_route_dynos"] = lambda: sum(len(d) for d in self.table.dynos.values())
         g["slipway_router_route_revision"] = lambda: self.table.revision
         g["slipway_router_etcd_connected"] = lambda: int(self.watcher.connected)
-        g["slipway_router_quarantined_dynos"] = lambda: sum(
-            1 for a in list(self.balancer.quarantined) if self.balancer.is_quarantined(a)
-        )
-        g["slipway_router_quarantines_total"] = lambda: self.balancer.quarantines_total
-        g["slipway_router_upstream_idle"] = self.pool.idle_count
         g["slipway_router_logs_published_total"] = lambda: self.shipper.published
-        g["slipway_router_logs_dropped_total"] = lambda: self.shipper.dropped
-        g["slipway_router_backlog"] = lambda: sum(len(q) for q in self.balancer.backlog.values())
-        g["slipway_router_held_booting"] = lambda: (
-            len(self.shared.boot_waiters) if self.shared else 0
+        g["slipway_router_logs_dropped_total"] = lambda: (
+            self.shipper.dropped + self.plane.counters()["log_lines_dropped"]
         )
+        g["slipway_router_dataplane_threads"] = lambda: self.config.workers
         if self.config.credentials is not None:
             # Read once: a new certificate takes a restart, like every daemon's.
             expires = int(self.config.credentials.identity().not_after.timestamp())
@@ -81,84 +90,45 @@ class Router:
         self._stop.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         config = self.config
-        shared = self.shared = Shared(
-            loop,
-            config.limits,
-            self.table,
-            self.balancer,
-            self.pool,
-            self.shipper,
-            self.metrics,
-            config.forwarded_proto,
-        )
-        servers: list[asyncio.Server] = []
+        self.plane.follow(self.table)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.watcher.run(), name="route-watcher")
                 tg.create_task(self.shipper.run(), name="log-shipper")
-                tg.create_task(self._tick(shared), name="deadlines")
                 if config.metrics_listen is not None:
                     m = config.metrics_listen
-                    port = m.port + self.worker if m.port else 0
-                    self.metrics_server = MetricsServer(self.metrics, m.host, port)
+                    self.metrics_server = MetricsServer(self.metrics, m.host, m.port)
                     tg.create_task(self.metrics_server.run(), name="metrics")
                 for listen in config.listen:
-                    server = await loop.create_server(
-                        lambda: ClientProtocol(shared),
-                        listen.host,
-                        listen.port,
-                        reuse_port=config.workers > 1,
-                        backlog=4096,
-                    )
-                    servers.append(server)
-                    for sock in server.sockets:
-                        if sock.family in (socket.AF_INET, socket.AF_INET6):
-                            host, port = sock.getsockname()[:2]
-                            self.addresses.append((host, port))
+                    port = self.plane.listen(listen.host, listen.port)
+                    self.addresses.append((listen.host, port))
                 logger.info(
                     "router listening",
                     addresses=[f"{h}:{p}" for h, p in self.addresses],
-                    worker=self.worker,
+                    threads=config.workers,
                 )
                 self.listening.set()
                 await self._stop.wait()
-                await self._drain(servers, shared)
+                await self._drain()
                 raise _Stopped
         except* _Stopped:
             pass
         finally:
-            for server in servers:
-                server.close()
-            self.pool.close_all()
+            self.plane.stop()
 
-    async def _drain(self, servers: list[asyncio.Server], shared: Shared) -> None:
-        for server in servers:
-            server.close()
-        # Idle keep-alive connections close now; busy ones get up to 10 s.
-        for client in list(shared.clients):
-            if not client.queue:
-                client.close()
+    async def _drain(self) -> None:
+        self.plane.drain()
         try:
-            async with asyncio.timeout(10.0):
-                # Polling: there is no single event for "every connection is idle".
-                while any(c.queue for c in shared.clients):  # noqa: ASYNC110
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                # Polling: the data plane has no event to await from Python.
+                while self.plane.counters()["requests_active"]:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         except TimeoutError:
-            logger.warning("shutting down with requests in flight")
-        for client in list(shared.clients):
-            client.close()
-
-    async def _tick(self, shared: Shared) -> None:
-        loop = asyncio.get_running_loop()
-        tick = self.config.limits.tick
-        while True:
-            await asyncio.sleep(tick)
-            now = loop.time()
-            for client in [c for c in shared.clients if c.deadline <= now]:
-                client.on_deadline(now)
-            self.pool.sweep(now)
+            logger.warning(
+                "shutting down with requests in flight",
+                requests=self.plane.counters()["requests_active"],
+            )
 
 
 class _Stopped(Exception):

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from router.headers import host_name
 from slipway import errors, log
 from slipway.backoff import Backoff
 from slipway.etcd import KV, Etcd
@@ -91,30 +90,7 @@ class RouteTable:
         self.revision = 0
         self.loaded = False
         # raw Host header -> app name (or None); cleared whenever the table changes.
-        self._host_cache: dict[bytes, tuple[str | None, str]] = {}
         self.listeners: list[Callable[[], None]] = []
-
-    # -- lookups (hot path) -------------------------------------------------
-    def app_for_host(self, raw_host: bytes) -> str | None:
-        return self.lookup(raw_host)[0]
-
-    def lookup(self, raw_host: bytes) -> tuple[str | None, str]:
-        """Host header -> (app name or None, normalised host name)."""
-        cache = self._host_cache
-        try:
-            return cache[raw_host]
-        except KeyError:
-            pass
-        host = host_name(raw_host)
-        app: str | None = self.domains.get(host)
-        if app is None and host.endswith(self.base_suffix):
-            label = host[: -len(self.base_suffix)]
-            if label and "." not in label:
-                app = label
-        if len(cache) > 10_000:  # bounded: a client can send any Host it likes
-            cache.clear()
-        found = cache[raw_host] = (app, host)
-        return found
 
     # -- changes ------------------------------------------------------------
     def replace(self, kvs: Iterable[KV], revision: int) -> None:
@@ -140,7 +116,6 @@ class RouteTable:
         self._changed()
 
     def _changed(self) -> None:
-        self._host_cache.clear()
         for listener in self.listeners:
             listener()
 

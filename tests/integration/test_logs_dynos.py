@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from router.config import LogConfig
-from router.logs import LogShipper, format_line
+from router.logs import LogShipper
 from slipway import logline, pki
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import types_pb2
@@ -49,19 +49,8 @@ def ship_router_line(nats_url: str, app: str) -> None:
         task = asyncio.create_task(shipper.run())
         shipper.emit(
             app,
-            format_line(
-                method="GET",
-                path="/",
-                host=f"{app}.localhost",
-                request_id="abc",
-                fwd="127.0.0.1",
-                dyno="web.1",
-                connect_ms=1,
-                service_ms=2,
-                status=200,
-                bytes_sent=13,
-                protocol="http",
-            ),
+            f'at=info method=GET path="/" host={app}.localhost request_id=abc '
+            'fwd="127.0.0.1" dyno=web.1 connect=1ms service=2ms status=200 bytes=13 protocol=http',
         )
 
         async def published() -> bool:

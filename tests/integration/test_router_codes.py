@@ -54,6 +54,11 @@ async def scene(
             await dyno.stop()
 
 
+def held_booting(rt: RunningRouter) -> int:
+    """Requests the router holds while the app's web dynos boot."""
+    return rt.router.plane.counters()["held_booting"]
+
+
 async def _ready(value: bool) -> bool:
     return value
 
@@ -101,14 +106,13 @@ async def test_h20_when_no_web_dyno_comes_up_within_the_boot_timeout(
         assert_page(res.body, "H20")
         line = await tap.wait_for("code=H20", 'path="/boot"')
         assert 'desc="App boot timeout"' in line.message and "status=503" in line.message
-        assert rt.router.shared is not None and not rt.router.shared.boot_waiters
+        assert rt.router.plane.counters()["held_booting"] == 0
 
 
 async def held_request(rt: RunningRouter, path: str) -> asyncio.Task:  # type: ignore[type-arg]
     """A request sent in the background, returned once the router holds it for a boot."""
     held = asyncio.create_task(request(rt.port, path))
-    gauge = rt.router.metrics.gauges["slipway_router_held_booting"]
-    await eventually_async(lambda: _ready(gauge() == 1), timeout=10)
+    await eventually_async(lambda: _ready(held_booting(rt) == 1), timeout=10)
     assert not held.done()
     return held
 
@@ -126,7 +130,7 @@ async def test_a_request_held_while_booting_is_served_by_the_first_dyno_up(
                 await r.dyno("demo", dyno)  # the dyno reports up: its route appears
                 res = await asyncio.wait_for(held, 10)
                 assert res.status == 200
-                assert rt.router.metrics.gauges["slipway_router_held_booting"]() == 0
+                assert held_booting(rt) == 0
     finally:
         await dyno.stop()
 
@@ -177,7 +181,7 @@ async def test_h11_backlog_too_deep(etcd_endpoint, etcd_prefix, nats_url):
         first = asyncio.create_task(request(rt.port, "/1"))
         await eventually_async(lambda: _ready(len(dyno.requests) == 1))
         second = asyncio.create_task(request(rt.port, "/2"))  # waits in the backlog
-        await eventually_async(lambda: _ready(rt.router.balancer.backlog_depth("demo") == 1))
+        await eventually_async(lambda: _ready(rt.router.plane.counters()["waiting"] == 1))
         res = await request(rt.port, "/3")  # 1 in flight + 1 waiting: full
         assert res.status == 503
         assert_page(res.body, "H11")
@@ -294,7 +298,7 @@ async def test_h99_every_dyno_quarantined(etcd_endpoint, etcd_prefix, nats_url):
         assert res.headers["retry-after"] == "5"
         await tap.wait_for("code=H99", 'desc="Platform error"')
         assert all(
-            rt.router.balancer.is_quarantined(d.address) for d in rt.router.table.dyno_list["demo"]
+            d.address in rt.router.plane.quarantined() for d in rt.router.table.dyno_list["demo"]
         )
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -14,6 +15,7 @@ import pytest
 
 from router.dataplane import NativePlane, PlaneSettings, RouteEntry
 from slipway import engines
+from slipway.logline import decode_batch
 from tests.harness.wait import eventually
 
 HOST = "demo.example.test"
@@ -99,7 +101,7 @@ def route(
 
 @pytest.fixture
 def plane(dyno: int) -> Iterator[tuple[NativePlane, int]]:
-    native = NativePlane(PlaneSettings(public_port=8080, response_timeout=5))
+    native = NativePlane(PlaneSettings(response_timeout=5))
     closed = engines.free_port()  # nothing listens there: connection refused
     native.set_routes(
         {
@@ -162,7 +164,12 @@ def collect_logs(native: NativePlane, lines: int) -> dict[str, list[str]]:
         taken = native.take_logs()
         assert len({app for app, _ in taken}) == len(taken), "one batch per app"
         for app, batch in taken:
-            got.setdefault(app, []).extend(batch)
+            decoded = decode_batch(batch, f"logs.{app}.router")
+            assert all(
+                x.app == app and (x.source, x.process) == ("heroku", "router") for x in decoded
+            )
+            assert len(decoded) == batch.count(b"\n"), "every line is readable"
+            got.setdefault(app, []).extend(x.message for x in decoded)
         return sum(map(len, got.values())) >= lines
 
     eventually(enough)
@@ -191,9 +198,9 @@ def test_a_request_reaches_the_dyno_with_the_routers_headers(
     assert seen["path"] == "/hello?x=1"
     assert got["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"  # appended to
     assert got["x-forwarded-proto"] == "http"  # the client's own is not believed
-    assert got["x-forwarded-port"] == "8080"
+    assert got["x-forwarded-port"] == str(port)  # the port the client connected to
     assert got["via"] == "1.1 slipway"
-    assert len(got["x-request-id"]) == 32 and int(got["x-request-start"]) > 0
+    assert uuid.UUID(got["x-request-id"]).version == 4 and int(got["x-request-start"]) > 0
     assert got["user-agent"] == "test" and "proxy-connection" not in got
 
 

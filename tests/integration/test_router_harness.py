@@ -29,7 +29,7 @@ from router.server import Router
 from slipway import pki
 from slipway.etcd import Etcd
 from slipway.keys import Keys
-from slipway.logline import LogLine, app_filter
+from slipway.logline import LogLine, app_filter, decode_batch
 from tests.harness import secure
 from tests.harness.wait import eventually_async
 
@@ -373,7 +373,7 @@ class LogTap:
         self._nc = await secure.nats_connect(nats_url)
 
         async def on_msg(msg: nats.aio.msg.Msg) -> None:
-            self.lines.append(LogLine.decode(msg.data, msg.subject))
+            self.lines.extend(decode_batch(msg.data, msg.subject))
 
         await self._nc.subscribe(app_filter(app), cb=on_msg)
         await self._nc.flush()

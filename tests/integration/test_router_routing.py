@@ -92,11 +92,11 @@ async def test_quarantine_is_per_router_and_clients_see_no_errors(etcd_endpoint,
         for _ in range(30):
             statuses[(await request(seer.port)).status] += 1
         assert statuses == {200: 30}  # refusals were retried on web.1
-        assert seer.router.balancer.is_quarantined(bad_address)
-        assert seer.router.balancer.quarantines_total == 1  # then skipped while quarantined
+        assert bad_address in seer.router.plane.quarantined()
+        assert seer.router.plane.counters()["quarantines"] == 1  # then skipped while quarantined
         # the other router never saw a refusal, so it quarantines nothing
-        assert not other.router.balancer.is_quarantined(bad_address)
-        assert other.router.balancer.quarantines_total == 0
+        assert bad_address not in other.router.plane.quarantined()
+        assert other.router.plane.counters()["quarantines"] == 0
     await good.stop()
 
 
@@ -206,7 +206,7 @@ async def test_connect_timeout_quarantines_and_retries(etcd_endpoint, etcd_prefi
             results = [await request(rt.port) for _ in range(20)]
             assert [res.status for res in results] == [200] * 20
             assert {res.body for res in results} == {b"hello from web.1"}
-            assert rt.router.balancer.is_quarantined(address)
+            assert address in rt.router.plane.quarantined()
     finally:
         for s in fillers:
             s.close()

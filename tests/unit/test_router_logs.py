@@ -1,72 +1,18 @@
-"""Router log lines: Heroku's format, and the bounded queue that never blocks."""
+"""Router log shipping: the data plane's batches published one message per app,
+cut at line ends, bounded while NATS is away."""
 
 from __future__ import annotations
 
 import asyncio
 
 from router.config import LogConfig
-from router.logs import LogShipper, format_line
-from slipway.logline import LogLine
+from router.logs import LogShipper, split_batch
+from slipway.logline import LogLine, decode_batch, encode_batch
 from tests.harness.wait import eventually_async
 
 
-def test_info_line_in_heroku_format() -> None:
-    line = format_line(
-        method="GET",
-        path="/",
-        host="demo.example.test",
-        request_id="a1b2c3d4-e5f6-4890-abcd-ef1234567890",
-        fwd="1.2.3.4",
-        dyno="web.1",
-        connect_ms=1,
-        service_ms=18,
-        status=200,
-        bytes_sent=13,
-        protocol="http",
-    )
-    assert line == (
-        'at=info method=GET path="/" host=demo.example.test '
-        "request_id=a1b2c3d4-e5f6-4890-abcd-ef1234567890 "
-        'fwd="1.2.3.4" dyno=web.1 connect=1ms service=18ms status=200 bytes=13 protocol=http'
-    )
-
-
-def test_error_line_carries_code_and_desc() -> None:
-    line = format_line(
-        method="POST",
-        path="/x",
-        host="h",
-        request_id="r",
-        fwd="f",
-        dyno="",
-        connect_ms=0,
-        service_ms=30000,
-        status=503,
-        bytes_sent=0,
-        protocol="https",
-        code="H12",
-        desc="Request timeout",
-    )
-    assert line.startswith('at=error code=H12 desc="Request timeout" method=POST path="/x" ')
-    assert "dyno=none" in line and "service=30000ms" in line and line.endswith("protocol=https")
-
-
-def test_path_is_quoted_safely() -> None:
-    line = format_line(
-        method="GET",
-        path='/a"b\\c\n',
-        host="h",
-        request_id="r",
-        fwd="f",
-        dyno="web.1",
-        connect_ms=0,
-        service_ms=0,
-        status=200,
-        bytes_sent=0,
-        protocol="http",
-    )
-    assert 'path="/a\\"b\\\\c\\n"' in line
-    assert "\n" not in line
+def lines(app: str, *messages: str) -> bytes:
+    return encode_batch(LogLine(app, "heroku", "router", m, ts=1.0) for m in messages) + b"\n"
 
 
 class FakeNats:
@@ -80,44 +26,81 @@ class FakeNats:
         self.sent.append((subject, payload))
 
 
-async def test_emit_is_bounded_and_counts_drops() -> None:
-    shipper = LogShipper(LogConfig(servers=("nats://x",), queue_size=3))
-    for i in range(5):
-        shipper.emit("demo", f"line {i}")
+class FakePlane:
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, bytes]] = []
+
+    def take_logs(self) -> list[tuple[str, bytes]]:
+        taken, self.pending = self.pending, []
+        return taken
+
+
+def test_split_batch_cuts_at_line_ends() -> None:
+    batch = b"aaaa\nbb\ncccccc\nd\n"
+    assert split_batch(batch, limit=100) == [batch]
+    assert split_batch(batch, limit=8) == [b"aaaa\nbb\n", b"cccccc\n", b"d\n"]
+    # A line longer than the limit travels alone, whole.
+    assert split_batch(b"x\n" + b"y" * 20 + b"\nz\n", limit=8) == [
+        b"x\n",
+        b"y" * 20 + b"\n",
+        b"z\n",
+    ]
+
+
+async def test_one_message_per_app_with_every_line_in_order() -> None:
+    plane = FakePlane()
+    shipper = LogShipper(LogConfig(servers=("nats://x",)), source=plane.take_logs)
+    plane.pending = [("demo", lines("demo", "a", "b", "c")), ("api", lines("api", "x"))]
+    shipper.emit("demo", "from the control plane")
+    fake = FakeNats()
+    shipper._nc = fake
+    shipper.collect()
+    await shipper.publish_waiting()
+    assert [s for s, _ in fake.sent] == ["logs.demo.router", "logs.api.router", "logs.demo.router"]
+    demo = decode_batch(fake.sent[0][1], fake.sent[0][0])
+    assert [(line.message, line.index) for line in demo] == [("a", 0), ("b", 1), ("c", 2)]
+    emitted = decode_batch(fake.sent[2][1], fake.sent[2][0])
+    assert [(x.source, x.process, x.message) for x in emitted] == [
+        ("heroku", "router", "from the control plane")
+    ]
+    assert shipper.published == 5 and shipper.messages == 3
+
+
+async def test_the_oldest_lines_are_dropped_past_the_bound() -> None:
+    plane = FakePlane()
+    shipper = LogShipper(LogConfig(servers=("nats://x",), queue_size=3), source=plane.take_logs)
+    plane.pending = [("demo", lines("demo", "1", "2"))]
+    shipper.collect()
+    plane.pending = [("demo", lines("demo", "3", "4", "5"))]
+    shipper.collect()
     assert shipper.dropped == 2
     fake = FakeNats()
     shipper._nc = fake
-    await shipper._publish_batch()
-    assert shipper.published == 3
-    assert [s for s, _ in fake.sent] == ["logs.demo.router"] * 3
-    line = LogLine.decode(fake.sent[0][1])
-    assert (line.app, line.source, line.process, line.message) == (
-        "demo",
-        "heroku",
-        "router",
-        "line 0",
-    )
-    assert line.ts > 0
+    await shipper.publish_waiting()
+    kept = [line.message for _, data in fake.sent for line in decode_batch(data)]
+    assert kept == ["3", "4", "5"]
 
 
 async def test_nothing_published_while_disconnected() -> None:
-    shipper = LogShipper(LogConfig(servers=("nats://x",), queue_size=10))
+    plane = FakePlane()
+    shipper = LogShipper(LogConfig(servers=("nats://x",)), source=plane.take_logs)
     fake = FakeNats()
     fake.is_connected = False
     shipper._nc = fake
-    shipper.emit("demo", "kept for later")
-    await shipper._publish_batch()
+    plane.pending = [("demo", lines("demo", "kept for later"))]
+    shipper.collect()
+    await shipper.publish_waiting()
     assert fake.sent == [] and shipper.dropped == 0
     fake.is_connected = True
-    await shipper._publish_batch()
+    await shipper.publish_waiting()
     assert len(fake.sent) == 1
 
 
 async def test_without_nats_lines_are_dropped_and_counted() -> None:
-    shipper = LogShipper(LogConfig(servers=()))
+    plane = FakePlane()
+    shipper = LogShipper(LogConfig(servers=(), flush_interval=0.01), source=plane.take_logs)
+    plane.pending = [("demo", lines("demo", "x", "y"))]
     task = asyncio.create_task(shipper.run())
-    shipper.emit("demo", "x")
-    shipper.emit("demo", "y")
 
     async def dropped() -> bool:
         return shipper.dropped == 2

@@ -19,6 +19,9 @@ pub enum Framing {
     Empty,
     Length(u64),
     Chunked,
+    /// Chunked from the sender, the bare data to the receiver (an HTTP/1.0
+    /// client, which knows no chunking: its body ends with the connection).
+    Dechunked,
     UntilClose,
 }
 
@@ -59,6 +62,10 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// The protocol asked for with `Connection: upgrade` (a WebSocket, say).
     pub upgrade: Option<Vec<u8>>,
+    /// `Expect: 100-continue` with a body: the client waits for the dyno's
+    /// 100 before sending it (the header is passed on, the 100 relayed back).
+    pub expect_continue: bool,
+    pub http10: bool,
     pub head_len: usize,
 }
 
@@ -72,7 +79,10 @@ pub struct Span {
 impl Span {
     fn of(part: &[u8], whole: &[u8]) -> Span {
         let start = part.as_ptr() as usize - whole.as_ptr() as usize;
-        Span { start: start as u32, len: part.len() as u32 }
+        Span {
+            start: start as u32,
+            len: part.len() as u32,
+        }
     }
 
     pub fn get(self, raw: &[u8]) -> &[u8] {
@@ -91,6 +101,7 @@ enum Known {
     Upgrade,
     ForwardedFor,
     RequestId,
+    Expect,
     Dropped,
     Other,
 }
@@ -117,6 +128,7 @@ fn known(name: &str) -> Known {
         7 if is("upgrade") => Known::Upgrade,
         15 if is("x-forwarded-for") => Known::ForwardedFor,
         12 if is("x-request-id") => Known::RequestId,
+        6 if is("expect") => Known::Expect,
         _ if DROPPED.iter().any(|d| d.len() == name.len() && is(d)) => Known::Dropped,
         _ => Known::Other,
     }
@@ -142,14 +154,31 @@ pub fn host_name(value: &[u8]) -> String {
     if let Some(rest) = text.strip_prefix('[') {
         return rest.split(']').next().unwrap_or("").to_string();
     }
-    text.split(':').next().unwrap_or("").to_string()
+    // "demo.example.com." is the same name, fully qualified.
+    let name = text.split(':').next().unwrap_or("");
+    name.strip_suffix('.').unwrap_or(name).to_string()
+}
+
+fn bare_line_feed(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 /// A complete request head at the start of `buf`, None while it is incomplete.
 pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
-    let head_len = match req.parse(buf) {
+    let parsed = req.parse(buf);
+    let scanned = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => buf.len(),
+    };
+    if bare_line_feed(&buf[..scanned]) {
+        // Lines ended by LF alone are read differently by different servers.
+        return Err(Refused::BadRequest);
+    }
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             let first_line = buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len());
@@ -167,6 +196,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
     if head_len > MAX_HEAD_BYTES {
         return Err(Refused::HeaderTooLarge);
     }
+    if req.method == Some("CONNECT") {
+        // Tunnels to arbitrary hosts are not a router's business.
+        return Err(Refused::NotImplemented);
+    }
     let target = req.path.unwrap_or("/");
     if target.len() > MAX_LINE_BYTES {
         return Err(Refused::UriTooLong);
@@ -182,6 +215,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
     let mut kept: Vec<(Span, Span)> = Vec::with_capacity(req.headers.len());
     let mut forwarded_for: Option<Vec<u8>> = None;
     let mut request_id = None;
+    let mut expect_continue = false;
     for h in req.headers.iter() {
         if h.name.len() + h.value.len() > MAX_LINE_BYTES {
             return Err(Refused::HeaderTooLarge);
@@ -243,6 +277,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
                     request_id = Some(String::from_utf8_lossy(h.value).into_owned());
                 }
             }
+            Known::Expect => {
+                expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+                kept.push(span);
+            }
             Known::Dropped => {}
             Known::Other => kept.push(span),
         }
@@ -254,7 +292,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
         // Headers the client marked hop-by-hop in its Connection header.
         kept.retain(|(name, _)| {
             let name = name.get(buf);
-            !named_by_connection.iter().any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+            !named_by_connection
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
         });
     }
     let host = match host {
@@ -281,6 +321,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Refused> {
         framing,
         keep_alive: !close,
         upgrade: if wants_upgrade { upgrade } else { None },
+        // HTTP/1.0 clients cannot take an interim answer (RFC 9110, 10.1.1).
+        expect_continue: expect_continue && !http10 && framing != Framing::Empty,
+        http10,
         head_len,
     }))
 }
@@ -320,7 +363,8 @@ pub fn dyno_request_head(
             out.extend_from_slice(protocol);
             out.extend_from_slice(b"\r\n\r\n");
         }
-        None => out.extend_from_slice(b"Connection: keep-alive\r\n\r\n"),
+        // HTTP/1.1 connections persist without saying so.
+        None => out.extend_from_slice(b"\r\n"),
     }
     out
 }
@@ -432,6 +476,7 @@ pub fn parse_response(
             client_head: out,
         }));
     }
+    out.extend_from_slice(b"Via: 1.1 slipway\r\n");
     out.extend_from_slice(if keep_client {
         b"Connection: keep-alive\r\n\r\n" as &[u8]
     } else {
@@ -445,6 +490,30 @@ pub fn parse_response(
         head_len,
         client_head: out,
     }))
+}
+
+impl ResponseHead {
+    /// The same answer for an HTTP/1.0 client: a chunked body goes out as its
+    /// bare data, ended by closing the connection.
+    pub fn for_http10_client(&mut self) {
+        if self.framing != Framing::Chunked {
+            return;
+        }
+        self.framing = Framing::Dechunked;
+        self.keep_client = false;
+        let mut out = Vec::with_capacity(self.client_head.len());
+        for line in self.client_head.split_inclusive(|b| *b == b'\n') {
+            let lower = line.to_ascii_lowercase();
+            if lower.starts_with(b"transfer-encoding:") || lower.starts_with(b"connection:") {
+                continue;
+            }
+            if line == b"\r\n" {
+                out.extend_from_slice(b"Connection: close\r\n");
+            }
+            out.extend_from_slice(line);
+        }
+        self.client_head = out;
+    }
 }
 
 /// A socket with the bytes read from it but not consumed yet.
@@ -490,8 +559,10 @@ impl<S: AsyncRead + Unpin> Buffered<S> {
 
 #[derive(Debug)]
 pub enum RelayError {
-    /// The sender ended or broke the framing: the message is incomplete.
+    /// The sender ended or failed before the message was complete.
     Source,
+    /// The sender broke the framing (a bad chunk size line, say).
+    Malformed,
     /// The receiver is gone.
     Sink,
     /// The sender sent nothing for the idle window.
@@ -527,7 +598,8 @@ where
                 return Ok(());
             }
         },
-        Framing::Chunked => relay_chunked(src, dst, idle, sent).await,
+        Framing::Chunked => relay_chunked(src, dst, idle, sent, false).await,
+        Framing::Dechunked => relay_chunked(src, dst, idle, sent, true).await,
     }
 }
 
@@ -566,7 +638,7 @@ async fn line<S: AsyncRead + Unpin>(
             return Ok(src.take(at + 2));
         }
         if src.buf.len() > MAX_CHUNK_LINE {
-            return Err(RelayError::Source);
+            return Err(RelayError::Malformed);
         }
         if !src.fill_within(idle).await? {
             return Err(RelayError::Source);
@@ -584,11 +656,13 @@ pub fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
+/// `bare`: only the chunks' data reaches `dst` (no size lines, no trailers).
 async fn relay_chunked<S, D>(
     src: &mut Buffered<S>,
     dst: &mut D,
     idle: Duration,
     sent: &mut u64,
+    bare: bool,
 ) -> Result<(), RelayError>
 where
     S: AsyncRead + Unpin,
@@ -596,17 +670,21 @@ where
 {
     loop {
         let size_line = line(src, idle).await?;
-        let size = chunk_size(&size_line).ok_or(RelayError::Source)?;
-        dst.write_all(&size_line)
-            .await
-            .map_err(|_| RelayError::Sink)?;
+        let size = chunk_size(&size_line).ok_or(RelayError::Malformed)?;
+        if !bare {
+            dst.write_all(&size_line)
+                .await
+                .map_err(|_| RelayError::Sink)?;
+        }
         if size == 0 {
             // Trailers, then the empty line that ends the message.
             loop {
                 let trailer = line(src, idle).await?;
-                dst.write_all(&trailer)
-                    .await
-                    .map_err(|_| RelayError::Sink)?;
+                if !bare {
+                    dst.write_all(&trailer)
+                        .await
+                        .map_err(|_| RelayError::Sink)?;
+                }
                 if trailer == b"\r\n" {
                     return Ok(());
                 }
@@ -614,9 +692,37 @@ where
         }
         relay_exact(src, dst, size, idle, sent).await?;
         if line(src, idle).await? != b"\r\n" {
-            return Err(RelayError::Source);
+            return Err(RelayError::Malformed);
         }
-        dst.write_all(b"\r\n").await.map_err(|_| RelayError::Sink)?;
+        if !bare {
+            dst.write_all(b"\r\n").await.map_err(|_| RelayError::Sink)?;
+        }
+    }
+}
+
+/// False when the start of a chunked body, as far as it is in `buf`, is
+/// already malformed: refused before any dyno is connected to.
+pub fn chunked_prefix_valid(buf: &[u8]) -> bool {
+    let mut at = 0usize;
+    loop {
+        let rest = &buf[at..];
+        let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return rest.len() <= MAX_CHUNK_LINE;
+        };
+        let Some(size) = chunk_size(&rest[..end + 2]) else {
+            return false;
+        };
+        if size == 0 {
+            return true; // trailers are checked as they are relayed
+        }
+        let data_end = (at + end + 2).saturating_add(size as usize);
+        if data_end + 2 > buf.len() {
+            return true;
+        }
+        if &buf[data_end..data_end + 2] != b"\r\n" {
+            return false;
+        }
+        at = data_end + 2;
     }
 }
 
@@ -633,6 +739,30 @@ mod tests {
         let odd = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
         assert!(parse_request(odd).is_err());
         assert!(parse_request(b"GET / HTTP/1.1\r\n\r\n").is_err());
+        assert!(parse_request(b"GET / HTTP/1.1\nHost: a\r\n\n").is_err());
+        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: a\n").is_err());
+    }
+
+    #[test]
+    fn chunked_prefixes() {
+        assert!(chunked_prefix_valid(b""));
+        assert!(chunked_prefix_valid(b"5\r\nhel"));
+        assert!(chunked_prefix_valid(b"5\r\nhello\r\n0\r\n\r\n"));
+        assert!(!chunked_prefix_valid(b"zz\r\nabc\r\n"));
+        assert!(!chunked_prefix_valid(b"fffffffffffffffffff\r\nabc\r\n"));
+        assert!(!chunked_prefix_valid(b"3\r\nabcdef\r\n"));
+    }
+
+    #[test]
+    fn http10_clients_get_bare_bodies() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n";
+        let mut head = parse_response(raw, false, true).unwrap().unwrap();
+        head.for_http10_client();
+        let text = String::from_utf8(head.client_head.clone()).unwrap();
+        assert!(!text.to_ascii_lowercase().contains("transfer-encoding"));
+        assert!(text.ends_with("X-A: 1\r\nVia: 1.1 slipway\r\nConnection: close\r\n\r\n"));
+        assert_eq!(head.framing, Framing::Dechunked);
+        assert!(!head.keep_client);
     }
 
     #[test]

@@ -83,9 +83,29 @@ pub struct Settings {
     pub upstream_pool_size: usize,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
-    pub public_port: u16,
     pub proto: String,
     pub log_bytes_per_app: usize,
+}
+
+impl Default for Settings {
+    /// Heroku's numbers, as router/config.py's Limits has them.
+    fn default() -> Self {
+        Settings {
+            connect_timeout: Duration::from_secs(5),
+            quarantine: Duration::from_secs(5),
+            max_attempts: 10,
+            max_inflight_per_dyno: 50,
+            backlog_per_dyno: 50,
+            boot_timeout: Duration::from_secs(75),
+            upstream_idle_timeout: Duration::from_millis(1500),
+            body_idle_timeout: Duration::from_secs(55),
+            upstream_pool_size: 64,
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(55),
+            proto: "http".to_string(),
+            log_bytes_per_app: 1 << 20,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -95,6 +115,77 @@ pub struct Counters {
     pub log_lines_dropped: AtomicU64,
     pub panics: AtomicU64,
     pub quarantines: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_active: AtomicU64,
+    /// Requests between their head arriving and their log line.
+    pub requests_active: AtomicU64,
+    /// Requests held until an app's booting web dynos come up.
+    pub held_booting: AtomicU64,
+    pub upstream_connects: AtomicU64,
+    pub upstream_reuses: AtomicU64,
+    /// Further dynos tried after a connect failure.
+    pub upstream_retries: AtomicU64,
+    /// Heads refused before routing (400, 414, 431, 501).
+    pub bad_requests: AtomicU64,
+}
+
+/// A gauge counted up while this value lives.
+struct Held<'a>(&'a AtomicU64);
+
+impl<'a> Held<'a> {
+    fn up(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Held(gauge)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Answers by status (every status has a slot: no lock per request) and, for
+/// the router's own errors, by status and H code.
+pub struct Answers {
+    by_status: Vec<AtomicU64>,
+    errors: Mutex<HashMap<(u16, String), u64>>,
+}
+
+impl Answers {
+    fn new() -> Self {
+        Answers {
+            by_status: (0..1000).map(|_| AtomicU64::new(0)).collect(),
+            errors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn count(&self, status: u16, code: &str) {
+        if code.is_empty() {
+            if let Some(slot) = self.by_status.get(status as usize) {
+                slot.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+            *errors.entry((status, code.to_string())).or_insert(0) += 1;
+        }
+    }
+
+    /// (status, H code or "", count) for everything answered so far.
+    pub fn snapshot(&self) -> Vec<(u16, String, u64)> {
+        let mut out: Vec<(u16, String, u64)> = self
+            .by_status
+            .iter()
+            .enumerate()
+            .filter_map(|(status, n)| {
+                let n = n.load(Ordering::Relaxed);
+                (n > 0).then(|| (status as u16, String::new(), n))
+            })
+            .collect();
+        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        out.extend(errors.iter().map(|((s, c), n)| (*s, c.clone(), *n)));
+        out
+    }
 }
 
 pub struct Shared {
@@ -102,6 +193,9 @@ pub struct Shared {
     pub pages: RwLock<Arc<HashMap<String, Page>>>,
     pub settings: Settings,
     pub counters: Counters,
+    pub answers: Answers,
+    /// Set once to stop accepting and to close connections as they go idle.
+    draining: watch::Sender<bool>,
     pool: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
     logs: Mutex<HashMap<String, Vec<u8>>>,
     seq: AtomicU64,
@@ -152,6 +246,8 @@ impl Shared {
             pages: RwLock::new(Arc::new(HashMap::new())),
             settings,
             counters: Counters::default(),
+            answers: Answers::new(),
+            draining: watch::channel(false).0,
             pool: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
@@ -163,6 +259,29 @@ impl Shared {
     pub fn set_routes(&self, table: HashMap<String, Arc<Route>>) {
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         self.table_version.send_modify(|v| *v += 1);
+    }
+
+    /// Stops accepting on every listener; open connections close once idle.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// The dynos quarantined on this router now.
+    pub fn quarantined(&self) -> Vec<SocketAddr> {
+        let balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        balance
+            .quarantined
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(addr, _)| *addr)
+            .collect()
+    }
+
+    /// Idle pooled connections to dynos.
+    pub fn pooled_idle(&self) -> usize {
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.values().map(Vec::len).sum()
     }
 
     fn route(&self, host: &str) -> Option<Arc<Route>> {
@@ -293,13 +412,28 @@ impl Shared {
         rx
     }
 
-    /// Every app's lines since the last call, newline-separated, one batch per app.
+    /// Every app's lines since the last call, one JSON object per line, one batch per app.
     pub fn take_logs(&self) -> Vec<(String, Vec<u8>)> {
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::take(&mut *logs).into_iter().collect()
     }
 
-    fn log(&self, app: &str, line: String) {
+    /// Queues one router line for `app` as the JSON object readers decode
+    /// (slipway/logline.py), so Python publishes batches without touching lines.
+    fn log(&self, app: &str, message: &str) {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let mut line = Vec::with_capacity(message.len() + app.len() + 96);
+        line.extend_from_slice(
+            format!("{{\"ts\":{ts:.6},\"source\":\"heroku\",\"process\":\"router\",\"message\":")
+                .as_bytes(),
+        );
+        push_json_string(&mut line, message);
+        line.extend_from_slice(b",\"app\":");
+        push_json_string(&mut line, app);
+        line.extend_from_slice(b"}\n");
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         let batch = logs.entry(app.to_string()).or_default();
         if batch.len() + line.len() > self.settings.log_bytes_per_app {
@@ -308,8 +442,7 @@ impl Shared {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        batch.extend_from_slice(line.as_bytes());
-        batch.push(b'\n');
+        batch.extend_from_slice(&line);
     }
 
     fn next_random(&self) -> u64 {
@@ -320,8 +453,18 @@ impl Shared {
         z ^ (z >> 31)
     }
 
+    /// A random (version 4) UUID, as Heroku's router makes request ids.
     fn request_id(&self) -> String {
-        format!("{:016x}{:016x}", self.next_random(), self.next_random())
+        let hi = self.next_random();
+        let lo = self.next_random();
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            hi >> 32,
+            (hi >> 16) & 0xffff,
+            hi & 0x0fff,
+            0x8000 | ((lo >> 48) & 0x3fff),
+            lo & 0xffff_ffff_ffff
+        )
     }
 
     /// The most recently used idle connection to the dyno, if one has been
@@ -361,13 +504,20 @@ pub async fn serve(shared: Arc<Shared>, listener: Arc<TcpListener>) {
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
+    let mut draining = shared.draining.subscribe();
+    // X-Forwarded-Port: the port the client connected to.
+    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = draining.wait_for(|d| *d) => return,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     // A panic ends this connection's task only (tokio catches it).
-                    serve_client(shared, stream, peer).await;
+                    serve_client(shared, stream, peer, local_port).await;
                 });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -392,31 +542,99 @@ async fn write_page(
     Some((page.status, page.code.clone(), page.desc.clone()))
 }
 
-async fn serve_client(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_client(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, local_port: u16) {
     let _ = stream.set_nodelay(true);
+    shared
+        .counters
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    let _open = Held::up(&shared.counters.connections_active);
     let mut client = Buffered::new(stream);
+    if converse(&shared, &mut client, peer, local_port).await == Ending::Answered {
+        linger(client.stream).await;
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Ending {
+    /// The client left, went idle, or the router is draining.
+    Quiet,
+    /// The router closes after an answer: unread bytes from the client must
+    /// not turn the close into a reset that destroys the answer in flight.
+    Answered,
+}
+
+/// Requests on one client connection, until it ends.
+async fn converse(
+    shared: &Shared,
+    client: &mut Buffered<TcpStream>,
+    peer: SocketAddr,
+    local_port: u16,
+) -> Ending {
+    let mut draining = shared.draining.subscribe();
     let idle = shared.settings.idle_timeout;
     loop {
         let head = loop {
             match http1::parse_request(&client.buf) {
                 Ok(Some(head)) => break head,
-                Ok(None) => match tokio::time::timeout(idle, client.fill()).await {
-                    Ok(Ok(true)) => continue,
-                    _ => return,
-                },
-                Err(why) => {
-                    write_page(&shared, &mut client.stream, why.page(), false).await;
-                    return;
+                Ok(None) => {
+                    let between_requests = client.buf.is_empty();
+                    if between_requests && *draining.borrow() {
+                        return Ending::Quiet;
+                    }
+                    tokio::select! {
+                        more = tokio::time::timeout(idle, client.fill()) => match more {
+                            Ok(Ok(true)) => continue,
+                            _ => return Ending::Quiet,
+                        },
+                        // An idle keep-alive connection closes when the router drains;
+                        // one with a request under way finishes it first.
+                        _ = draining.wait_for(|d| *d), if between_requests => return Ending::Quiet,
+                    }
                 }
+                Err(why) => return refuse(shared, client, why.page()).await,
             }
         };
         client.consume(head.head_len);
+        if head.framing == Framing::Chunked && !http1::chunked_prefix_valid(&client.buf) {
+            return refuse(shared, client, "bad_request").await;
+        }
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        if !proxy_one(&shared, &mut client, &head, peer).await {
-            return;
+        if !proxy_one(shared, client, &head, peer, local_port).await {
+            return Ending::Answered;
         }
     }
 }
+
+/// A request refused before routing: its page, then the connection closes.
+async fn refuse(shared: &Shared, client: &mut Buffered<TcpStream>, page: &str) -> Ending {
+    shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some((status, code, _)) = write_page(shared, &mut client.stream, page, false).await {
+        shared.answers.count(status, &code);
+    }
+    Ending::Answered
+}
+
+/// Closes our side, then reads and discards what the client still sends for
+/// a moment (bounded), so the kernel does not answer it with a reset.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + LINGER;
+    let mut sink = [0u8; 16 * 1024];
+    let mut discarded = 0usize;
+    while discarded < LINGER_BYTES {
+        match tokio::time::timeout_at(until, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
+        }
+    }
+}
+
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
 
 struct Outcome {
     status: u16,
@@ -425,13 +643,74 @@ struct Outcome {
     code: String,
     desc: String,
     connect_ms: u128,
+    /// A 101 answer: the dyno connection and the head to pass on, for the
+    /// tunnel that starts once the request is logged and its slot freed.
+    upgraded: Option<(Buffered<TcpStream>, Vec<u8>)>,
 }
+
+impl Outcome {
+    /// The dyno's answer, relayed (wholly or in part).
+    fn relayed(status: u16, bytes: u64, keep_client: bool, connect_ms: u128) -> Self {
+        Outcome {
+            status,
+            bytes,
+            keep_client,
+            code: String::new(),
+            desc: String::new(),
+            connect_ms,
+            upgraded: None,
+        }
+    }
+
+    /// A failure the client gets no page for (it is gone, or the answer had started).
+    fn cut(status: u16, bytes: u64, code: &str, desc: &str, connect_ms: u128) -> Self {
+        Outcome {
+            status,
+            bytes,
+            keep_client: false,
+            code: code.to_string(),
+            desc: desc.to_string(),
+            connect_ms,
+            upgraded: None,
+        }
+    }
+}
+
+const CLIENT_INTERRUPTED: &str = "Client Request Interrupted";
 
 fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
+}
+
+/// `text` as a JSON string (ASCII control characters, quotes and backslashes escaped).
+pub fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f | 0x7f => {
+                out.extend_from_slice(&bytes[plain..i]);
+                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                plain = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        out.extend_from_slice(escape);
+        plain = i + 1;
+    }
+    out.extend_from_slice(&bytes[plain..]);
+    out.push(b'"');
 }
 
 fn quote(text: &str) -> String {
@@ -451,8 +730,10 @@ async fn proxy_one(
     client: &mut Buffered<TcpStream>,
     head: &RequestHead,
     peer: SocketAddr,
+    local_port: u16,
 ) -> bool {
     let started = Instant::now();
+    let _active = Held::up(&shared.counters.requests_active);
     let request_id = head
         .request_id
         .clone()
@@ -475,6 +756,7 @@ async fn proxy_one(
         }
         if route.dynos.is_empty() {
             // Web dynos wanted, none up yet: held until a table brings one.
+            let _held = Held::up(&shared.counters.held_booting);
             match tokio::time::timeout_at(boot_deadline, versions.changed()).await {
                 Ok(Ok(())) => {
                     match shared.route(&head.host) {
@@ -508,7 +790,7 @@ async fn proxy_one(
                     head,
                     &client_ip,
                     &shared.settings.proto,
-                    shared.settings.public_port,
+                    local_port,
                     &request_id,
                     now_ms(),
                 );
@@ -524,6 +806,10 @@ async fn proxy_one(
                         if tried.len() as u32 >= shared.settings.max_attempts {
                             break page_outcome(shared, client, key, keep_after_page).await;
                         }
+                        shared
+                            .counters
+                            .upstream_retries
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -532,6 +818,11 @@ async fn proxy_one(
     if !outcome.code.is_empty() {
         shared.counters.errors.fetch_add(1, Ordering::Relaxed);
     }
+    shared.answers.count(outcome.status, &outcome.code);
+    let fwd = match &head.forwarded_for {
+        Some(prior) => format!("{}, {client_ip}", String::from_utf8_lossy(prior)),
+        None => client_ip.clone(),
+    };
     let service_ms = started
         .elapsed()
         .as_millis()
@@ -547,7 +838,7 @@ async fn proxy_one(
         quote(&head.target),
         head.host,
         request_id,
-        client_ip,
+        fwd,
         if dyno_name.is_empty() { "none" } else { &dyno_name },
         outcome.connect_ms,
         service_ms,
@@ -555,7 +846,11 @@ async fn proxy_one(
         outcome.bytes,
         shared.settings.proto,
     );
-    shared.log(&route.app, line);
+    shared.log(&route.app, &line);
+    if let Some((dyno, head)) = outcome.upgraded {
+        tunnel(client, dyno, head).await;
+        return false;
+    }
     outcome.keep_client
 }
 
@@ -575,6 +870,7 @@ async fn page_outcome(
         code,
         desc,
         connect_ms: 0,
+        upgraded: None,
     }
 }
 
@@ -605,9 +901,21 @@ async fn exchange(
     loop {
         attempts -= 1;
         let (conn, reused) = match shared.pooled(addr) {
-            Some(conn) if head.framing == Framing::Empty => (conn, true),
+            Some(conn) if head.framing == Framing::Empty => {
+                shared
+                    .counters
+                    .upstream_reuses
+                    .fetch_add(1, Ordering::Relaxed);
+                (conn, true)
+            }
             _ => match connect(shared, addr).await {
-                Ok(conn) => (conn, false),
+                Ok(conn) => {
+                    shared
+                        .counters
+                        .upstream_connects
+                        .fetch_add(1, Ordering::Relaxed);
+                    (conn, false)
+                }
                 Err(key) => return Err(key),
             },
         };
@@ -619,11 +927,30 @@ async fn exchange(
             }
             return Ok(page_outcome(shared, client, "H13", keep_after_page).await);
         }
+        // With Expect: 100-continue the body waits for the dyno's go-ahead,
+        // or for the client to send it anyway, or is never sent if the dyno
+        // answers at once (a 413, a 401).
+        let mut body_withheld = false;
+        if head.expect_continue && client.buf.is_empty() {
+            match await_continue(shared, client, &mut dyno, head).await {
+                Continue::Send => {}
+                Continue::Answered => body_withheld = true,
+                Continue::ClientGone => {
+                    return Ok(Outcome::cut(499, 0, "H27", CLIENT_INTERRUPTED, connect_ms))
+                }
+                Continue::Failed(key) => return Ok(page_outcome(shared, client, key, false).await),
+            }
+        }
         let mut sent_up = 0u64;
+        let body = if body_withheld {
+            Framing::Empty
+        } else {
+            head.framing
+        };
         match http1::relay_body(
             client,
             &mut dyno.stream,
-            head.framing,
+            body,
             shared.settings.body_idle_timeout,
             &mut sent_up,
         )
@@ -633,17 +960,15 @@ async fn exchange(
             Err(RelayError::Idle) => return Ok(page_outcome(shared, client, "H28", false).await),
             Err(RelayError::Source) => {
                 // The client stopped sending its body: nothing to answer.
-                return Ok(Outcome {
-                    status: 499,
-                    bytes: 0,
-                    keep_client: false,
-                    code: "H27".into(),
-                    desc: "Client Request Interrupted".into(),
-                    connect_ms,
-                });
+                return Ok(Outcome::cut(499, 0, "H27", CLIENT_INTERRUPTED, connect_ms));
             }
-            Err(RelayError::Sink) => return Ok(page_outcome(shared, client, "H13", false).await),
+            Err(RelayError::Malformed) => {
+                return Ok(page_outcome(shared, client, "bad_request", false).await)
+            }
+            // The dyno closed while the body was still coming.
+            Err(RelayError::Sink) => return Ok(page_outcome(shared, client, "H18", false).await),
         }
+        let response_deadline = tokio::time::Instant::now() + shared.settings.response_timeout;
         let response = loop {
             match http1::parse_response(&dyno.buf, head.method == "HEAD", head.keep_alive) {
                 Ok(Some(resp)) if (100..200).contains(&resp.status) && resp.status != 101 => {
@@ -653,11 +978,21 @@ async fn exchange(
                 }
                 Ok(Some(resp)) => break Ok(resp),
                 Ok(None) => {
-                    match tokio::time::timeout(shared.settings.response_timeout, dyno.fill()).await
-                    {
-                        Ok(Ok(true)) => {}
-                        Ok(_) => break Err("H13"),
-                        Err(_) => break Err("H12"),
+                    // The client is watched too: one that leaves frees the dyno's
+                    // slot now (H27), not when the dyno answers. Its pipelined
+                    // bytes are kept, up to a head's worth.
+                    let watch_client = client.buf.len() < http1::MAX_HEAD_BYTES;
+                    tokio::select! {
+                        more = tokio::time::timeout_at(response_deadline, dyno.fill()) => match more {
+                            Ok(Ok(true)) => {}
+                            Ok(_) => break Err("H13"),
+                            Err(_) => break Err("H12"),
+                        },
+                        more = client.fill(), if watch_client => {
+                            if !matches!(more, Ok(true)) {
+                                return Ok(Outcome::cut(499, 0, "H27", CLIENT_INTERRUPTED, connect_ms));
+                            }
+                        }
                     }
                 }
                 Err(_) => break Err("H17"),
@@ -668,13 +1003,19 @@ async fn exchange(
             Err("H13") if reused && attempts > 0 && dyno.buf.is_empty() => continue,
             Err(key) => return Ok(page_outcome(shared, client, key, false).await),
         };
+        let mut response = response;
+        if head.http10 {
+            response.for_http10_client();
+        }
         dyno.consume(response.head_len);
         if response.status == 101 {
             if head.upgrade.is_none() {
                 // Switching protocols nobody asked for: the dyno is broken.
                 return Ok(page_outcome(shared, client, "H17", false).await);
             }
-            return Ok(tunnel(client, dyno, response.client_head, connect_ms).await);
+            let mut upgraded = Outcome::relayed(101, 0, false, connect_ms);
+            upgraded.upgraded = Some((dyno, response.client_head));
+            return Ok(upgraded);
         }
         // A body already read whole goes out with its head in one write (one
         // syscall, one packet), as most small answers arrive.
@@ -690,14 +1031,7 @@ async fn exchange(
             }
         }
         if client.stream.write_all(&head_bytes).await.is_err() {
-            return Ok(Outcome {
-                status: response.status,
-                bytes: 0,
-                keep_client: false,
-                code: String::new(),
-                desc: String::new(),
-                connect_ms,
-            });
+            return Ok(Outcome::relayed(response.status, 0, false, connect_ms));
         }
         let mut sent = inline;
         let relayed = http1::relay_body(
@@ -712,59 +1046,114 @@ async fn exchange(
             Ok(()) => (sent, response.keep_client),
             Err(RelayError::Idle) => {
                 // The answer had started: the client can only be cut off.
-                return Ok(Outcome {
-                    status: response.status,
-                    bytes: sent,
-                    keep_client: false,
-                    code: "H15".into(),
-                    desc: "Idle connection".into(),
+                return Ok(Outcome::cut(
+                    response.status,
+                    sent,
+                    "H15",
+                    "Idle connection",
                     connect_ms,
-                });
+                ));
             }
-            Err(_) => (sent, false),
+            Err(RelayError::Sink) => {
+                // The client left while the answer was on its way.
+                return Ok(Outcome::cut(
+                    response.status,
+                    sent,
+                    "H27",
+                    CLIENT_INTERRUPTED,
+                    connect_ms,
+                ));
+            }
+            Err(RelayError::Source | RelayError::Malformed) => {
+                // The dyno ended (or broke) its answer half-way.
+                return Ok(Outcome::cut(
+                    response.status,
+                    sent,
+                    "H18",
+                    "Server Request Interrupted",
+                    connect_ms,
+                ));
+            }
         };
-        if relayed.is_ok() && response.reuse_dyno && dyno.buf.is_empty() {
+        if relayed.is_ok() && response.reuse_dyno && dyno.buf.is_empty() && !body_withheld {
             shared.give_back(addr, dyno.stream);
         }
-        return Ok(Outcome {
-            status: response.status,
+        // A body never sent is still on its way from the client: the
+        // connection cannot carry another request.
+        return Ok(Outcome::relayed(
+            response.status,
             bytes,
-            keep_client,
-            code: String::new(),
-            desc: String::new(),
+            keep_client && !body_withheld,
             connect_ms,
-        });
+        ));
+    }
+}
+
+enum Continue {
+    /// The dyno said 100 (passed on) or the client is sending: relay the body.
+    Send,
+    /// The dyno answered for good without the body.
+    Answered,
+    ClientGone,
+    Failed(&'static str),
+}
+
+/// Waits for the dyno's first answer to an `Expect: 100-continue` head, or for
+/// the client to start its body regardless (clients give up waiting after a
+/// second or so when a server ignores Expect).
+async fn await_continue(
+    shared: &Shared,
+    client: &mut Buffered<TcpStream>,
+    dyno: &mut Buffered<TcpStream>,
+    head: &RequestHead,
+) -> Continue {
+    let deadline = tokio::time::Instant::now() + shared.settings.response_timeout;
+    loop {
+        match http1::parse_response(&dyno.buf, head.method == "HEAD", false) {
+            Ok(Some(resp)) if resp.status == 100 || (102..200).contains(&resp.status) => {
+                if client
+                    .stream
+                    .write_all(&dyno.buf[..resp.head_len])
+                    .await
+                    .is_err()
+                {
+                    return Continue::ClientGone;
+                }
+                dyno.consume(resp.head_len);
+                if resp.status == 100 {
+                    return Continue::Send;
+                }
+                continue;
+            }
+            Ok(Some(_)) => return Continue::Answered,
+            Ok(None) => {}
+            Err(_) => return Continue::Failed("H17"),
+        }
+        tokio::select! {
+            more = tokio::time::timeout_at(deadline, dyno.fill()) => match more {
+                Ok(Ok(true)) => {}
+                Ok(_) => return Continue::Failed("H13"),
+                Err(_) => return Continue::Failed("H12"),
+            },
+            more = client.fill() => match more {
+                Ok(true) => return Continue::Send,
+                _ => return Continue::ClientGone,
+            },
+        }
     }
 }
 
 /// An upgraded connection (a WebSocket, say): bytes both ways until either
 /// side closes; the connection is never pooled or reused afterwards.
-async fn tunnel(
-    client: &mut Buffered<TcpStream>,
-    mut dyno: Buffered<TcpStream>,
-    head: Vec<u8>,
-    connect_ms: u128,
-) -> Outcome {
+/// It holds no dyno slot: a WebSocket may stay open for hours.
+async fn tunnel(client: &mut Buffered<TcpStream>, mut dyno: Buffered<TcpStream>, head: Vec<u8>) {
     let mut first = head;
     first.extend_from_slice(&dyno.buf);
     dyno.buf.clear();
-    let mut bytes = 0u64;
     if client.stream.write_all(&first).await.is_ok()
         && (client.buf.is_empty() || dyno.stream.write_all(&client.buf).await.is_ok())
     {
         client.buf.clear();
-        if let Ok((_, to_client)) =
-            tokio::io::copy_bidirectional(&mut client.stream, &mut dyno.stream).await
-        {
-            bytes = to_client;
-        }
-    }
-    Outcome {
-        status: 101,
-        bytes,
-        keep_client: false,
-        code: String::new(),
-        desc: String::new(),
-        connect_ms,
+        let _ = tokio::io::copy_bidirectional(&mut client.stream, &mut dyno.stream).await;
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::plane::{self, Dyno, Page, Route, Settings, Shared};
 
@@ -21,47 +21,44 @@ struct DataPlane {
 
 #[pymethods]
 impl DataPlane {
+    /// `settings`: every knob by name (router/dataplane.py's PlaneSettings);
+    /// an unknown name is refused, a missing one keeps its default.
     #[new]
-    #[pyo3(signature = (*, workers=1, public_port=80, proto="http", connect_timeout=5.0, response_timeout=30.0, idle_timeout=55.0, log_bytes_per_app=1<<20, quarantine=5.0, max_attempts=10, max_inflight_per_dyno=50, backlog_per_dyno=50, boot_timeout=75.0, upstream_idle_timeout=1.5, upstream_pool_size=64, body_idle_timeout=55.0))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        workers: usize,
-        public_port: u16,
-        proto: &str,
-        connect_timeout: f64,
-        response_timeout: f64,
-        idle_timeout: f64,
-        log_bytes_per_app: usize,
-        quarantine: f64,
-        max_attempts: u32,
-        max_inflight_per_dyno: u32,
-        backlog_per_dyno: usize,
-        boot_timeout: f64,
-        upstream_idle_timeout: f64,
-        upstream_pool_size: usize,
-        body_idle_timeout: f64,
-    ) -> PyResult<Self> {
+    fn new(settings: &Bound<'_, PyDict>) -> PyResult<Self> {
+        let mut s = Settings::default();
+        let mut workers = 1usize;
+        let secs = |v: &Bound<'_, PyAny>| -> PyResult<Duration> {
+            let x: f64 = v.extract()?;
+            if !(0.0..=86400.0 * 365.0).contains(&x) {
+                return Err(PyValueError::new_err(format!("not a duration: {x}")));
+            }
+            Ok(Duration::from_secs_f64(x))
+        };
+        for (key, value) in settings.iter() {
+            let name: String = key.extract()?;
+            match name.as_str() {
+                "workers" => workers = value.extract()?,
+                "proto" => s.proto = value.extract()?,
+                "connect_timeout" => s.connect_timeout = secs(&value)?,
+                "response_timeout" => s.response_timeout = secs(&value)?,
+                "idle_timeout" => s.idle_timeout = secs(&value)?,
+                "log_bytes_per_app" => s.log_bytes_per_app = value.extract()?,
+                "quarantine" => s.quarantine = secs(&value)?,
+                "max_attempts" => s.max_attempts = value.extract::<u32>()?.max(1),
+                "max_inflight_per_dyno" => s.max_inflight_per_dyno = value.extract::<u32>()?.max(1),
+                "backlog_per_dyno" => s.backlog_per_dyno = value.extract()?,
+                "boot_timeout" => s.boot_timeout = secs(&value)?,
+                "upstream_idle_timeout" => s.upstream_idle_timeout = secs(&value)?,
+                "upstream_pool_size" => s.upstream_pool_size = value.extract()?,
+                "body_idle_timeout" => s.body_idle_timeout = secs(&value)?,
+                _ => return Err(PyValueError::new_err(format!("unknown setting {name:?}"))),
+            }
+        }
         if workers == 0 {
             return Err(PyValueError::new_err("workers must be at least 1"));
         }
-        let settings = Settings {
-            connect_timeout: Duration::from_secs_f64(connect_timeout),
-            quarantine: Duration::from_secs_f64(quarantine),
-            max_attempts: max_attempts.max(1),
-            max_inflight_per_dyno: max_inflight_per_dyno.max(1),
-            backlog_per_dyno,
-            boot_timeout: Duration::from_secs_f64(boot_timeout),
-            upstream_idle_timeout: Duration::from_secs_f64(upstream_idle_timeout),
-            upstream_pool_size,
-            body_idle_timeout: Duration::from_secs_f64(body_idle_timeout),
-            response_timeout: Duration::from_secs_f64(response_timeout),
-            idle_timeout: Duration::from_secs_f64(idle_timeout),
-            public_port,
-            proto: proto.to_string(),
-            log_bytes_per_app,
-        };
         Ok(DataPlane {
-            shared: Arc::new(Shared::new(settings)),
+            shared: Arc::new(Shared::new(s)),
             runtime: Mutex::new(None),
             workers,
         })
@@ -162,17 +159,43 @@ impl DataPlane {
 
     fn counters(&self) -> HashMap<&'static str, u64> {
         let c = &self.shared.counters;
+        let read = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
         HashMap::from([
-            ("requests", c.requests.load(Ordering::Relaxed)),
-            ("errors", c.errors.load(Ordering::Relaxed)),
-            (
-                "log_lines_dropped",
-                c.log_lines_dropped.load(Ordering::Relaxed),
-            ),
-            ("panics", c.panics.load(Ordering::Relaxed)),
-            ("quarantines", c.quarantines.load(Ordering::Relaxed)),
+            ("requests", read(&c.requests)),
+            ("errors", read(&c.errors)),
+            ("log_lines_dropped", read(&c.log_lines_dropped)),
+            ("panics", read(&c.panics)),
+            ("quarantines", read(&c.quarantines)),
+            ("connections_total", read(&c.connections_total)),
+            ("connections_active", read(&c.connections_active)),
+            ("requests_active", read(&c.requests_active)),
+            ("held_booting", read(&c.held_booting)),
+            ("upstream_connects", read(&c.upstream_connects)),
+            ("upstream_reuses", read(&c.upstream_reuses)),
+            ("upstream_retries", read(&c.upstream_retries)),
+            ("bad_requests", read(&c.bad_requests)),
             ("waiting", self.shared.waiting()),
+            ("upstream_idle", self.shared.pooled_idle() as u64),
         ])
+    }
+
+    /// [(status, H code or "", count)] of every answer so far.
+    fn answers(&self) -> Vec<(u16, String, u64)> {
+        self.shared.answers.snapshot()
+    }
+
+    /// The dyno addresses quarantined on this router now.
+    fn quarantined(&self) -> Vec<String> {
+        self.shared
+            .quarantined()
+            .into_iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    /// Stops accepting; connections close as they go idle (requests under way finish).
+    fn drain(&self) {
+        self.shared.drain();
     }
 
     /// Stops every listener and connection (the threads end in the background).

@@ -1,17 +1,19 @@
-"""Router throughput and latency against nginx and HAProxy (a script, not a test).
+"""Router throughput, CPU and latency against nginx and HAProxy (a script, not a test).
 
-One backend (nginx, 1 worker, a small fixed body) behind three contenders,
-measured in interleaved rounds with the same wrk settings:
+One backend (nginx, 1 worker, a small fixed body and a 10 MB file) behind
+these contenders, measured in interleaved rounds with the same wrk settings:
 
-- slipway-router, 1 worker, router logs ON (a real nats-server) and its route
-  in a real etcd, both started here;
+- slipway-router (its native data plane), 1 thread, router logs ON (a real
+  nats-server) and its route in a real etcd, both started here;
+- the same with 2 data plane threads (``router2``; on a 2-core machine it
+  shares the cores with wrk and the backend, so read it as a trend);
 - nginx as a reverse proxy, 1 worker, upstream keep-alive, access log off;
 - HAProxy, 1 thread, http-reuse always.
 
-Prints requests/s and p50/p99 latency of each (median over rounds) and the
-router/nginx and router/haproxy ratios. Debian's wrk is wrk 4 (no ``-R``
-constant-rate mode), so "p99 at half nginx's max rate" cannot be measured;
-p99 at 50 connections is printed instead, and said so.
+Prints requests/s, p50/p99 latency and CPU per request of each (median over
+rounds), the router/nginx and router/haproxy ratios, p99 with the offered
+load paced at half nginx's max rate, and a large-body run (10 MB answers
+streamed through each proxy: MB/s and CPU per MB).
 
     .venv/bin/python benchmarks/bench_router.py [--rounds 3] [--duration 4]
 """
@@ -45,18 +47,7 @@ BODY = "hello from the benchmark backend\n"
 APP = "bench"
 BASE = "bench.test"
 PACED_CONNS = 100
-NATIVE_SERVER = """
-import sys, time
-from router.dataplane import NativePlane
-port, host, backend = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-plane = NativePlane()
-dynos = [("127.0.0.1:" + backend, "web.1")]
-plane.set_routes({host: ("bench", 1, True, False, False, False, dynos)})
-plane.listen("127.0.0.1", port)
-while True:
-    time.sleep(0.1)
-    plane.take_logs()
-"""
+BIG_MB = 10
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -168,7 +159,12 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def wrk(
-    port: int, host: str, duration: float, connections: int = 50, script: Path | None = None
+    port: int,
+    host: str,
+    duration: float,
+    connections: int = 50,
+    script: Path | None = None,
+    path: str = "/",
 ) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -180,7 +176,7 @@ def wrk(
             "-H",
             f"Host: {host}",
             *(["-s", str(script)] if script else []),
-            f"http://127.0.0.1:{port}/",
+            f"http://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
         text=True,
@@ -229,11 +225,6 @@ def main() -> None:
         action="store_true",
         help="run the router without NATS logs (for comparison only; the target is logs on)",
     )
-    ap.add_argument(
-        "--profile",
-        metavar="FILE",
-        help="run only the router, under cProfile, and write its stats to FILE",
-    )
     args = ap.parse_args()
     for tool in ("wrk", "nginx", "haproxy"):
         if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
@@ -246,11 +237,18 @@ def main() -> None:
         tmp = Path(tmp_s)
         try:
             backend = engines.free_port()
+            files = tmp / "files"
+            files.mkdir()
+            (files / "big.bin").write_bytes(os.urandom(BIG_MB << 20))
+            # nginx's workers run as nobody: they must be able to read the file.
+            for path in (tmp, files, files / "big.bin"):
+                path.chmod(0o755)
             conf = nginx_conf(
                 tmp,
                 "backend",
                 f"""
     server {{ listen 127.0.0.1:{backend}; keepalive_timeout 75s;
+             location = /big.bin {{ root {files}; }}
              location / {{ default_type text/plain; return 200 "{BODY.strip()}\\n"; }} }}""",
             )
             procs.append(
@@ -266,34 +264,39 @@ def main() -> None:
             prefix = "/bench"
             asyncio.run(write_route(f"127.0.0.1:{etcd.port}", prefix, backend))
 
-            router_port = engines.free_port()
             metrics_port = engines.free_port()
-            runner = [str(ROOT / ".venv/bin/slipway-router")]
-            if args.profile:
-                runner = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "router"]
-            router = start(
-                [
-                    *runner,
-                    "--listen",
-                    f"127.0.0.1:{router_port}",
-                    "--etcd",
-                    f"127.0.0.1:{etcd.port}",
-                    "--etcd-prefix",
-                    prefix,
-                    "--base-domain",
-                    BASE,
-                    "--nats",
-                    "" if args.logs_off else f"nats://127.0.0.1:{nats.port}",
-                    "--metrics-listen",
-                    f"127.0.0.1:{metrics_port}",
-                    *secure.flags(pki.Role.ROUTER),
-                    "--log-level",
-                    "warning",
-                ],
-                tmp / "router.log",
-            )
-            procs.append(router)
-            engines.wait_for_port("127.0.0.1", router_port, 15, router)
+
+            def router(threads: int, metrics: int | None = None) -> tuple[int, int]:
+                port = engines.free_port()
+                proc = start(
+                    [
+                        str(ROOT / ".venv/bin/slipway-router"),
+                        "--workers",
+                        str(threads),
+                        "--listen",
+                        f"127.0.0.1:{port}",
+                        "--etcd",
+                        f"127.0.0.1:{etcd.port}",
+                        "--etcd-prefix",
+                        prefix,
+                        "--base-domain",
+                        BASE,
+                        "--nats",
+                        "" if args.logs_off else f"nats://127.0.0.1:{nats.port}",
+                        "--metrics-listen",
+                        f"127.0.0.1:{metrics}" if metrics else "",
+                        *secure.flags(pki.Role.ROUTER),
+                        "--log-level",
+                        "warning",
+                    ],
+                    tmp / f"router{threads}.log",
+                )
+                procs.append(proc)
+                engines.wait_for_port("127.0.0.1", port, 15, proc)
+                return port, proc.pid
+
+            router_port, router_pid = router(1, metrics_port)
+            router2_port, router2_pid = router(2)
 
             nginx_port = engines.free_port()
             conf = nginx_conf(
@@ -309,6 +312,7 @@ def main() -> None:
                 start([nginx, "-c", str(conf), "-e", str(tmp / "proxy.err")], tmp / "proxy.log")
             )
             engines.wait_for_port("127.0.0.1", nginx_port, 10, procs[-1])
+            nginx_pid = procs[-1].pid
 
             ha_port = engines.free_port()
             procs.append(
@@ -318,42 +322,24 @@ def main() -> None:
                 )
             )
             engines.wait_for_port("127.0.0.1", ha_port, 10, procs[-1])
+            ha_pid = procs[-1].pid
 
             host = f"{APP}.{BASE}"
-            # The compiled data plane on its own (router/native): the same route,
-            # one worker thread, its log lines collected every 100 ms (not yet
-            # published to NATS: that stays the control plane's part).
-            native_port = engines.free_port()
-            native = start(
-                [sys.executable, "-c", NATIVE_SERVER, str(native_port), host, str(backend)],
-                tmp / "native.log",
-                cwd=ROOT,
-            )
-            procs.append(native)
-            engines.wait_for_port("127.0.0.1", native_port, 10, native)
             contenders = {
                 "router": router_port,
-                "native": native_port,
+                "router2": router2_port,
                 "nginx": nginx_port,
                 "haproxy": ha_port,
             }
-            if args.profile:
-                wrk(router_port, host, args.duration)
-                print("router alive:", router.poll())
-                stop(router, grace=30)
-                print("router exit:", router.returncode)
-                print((tmp / "router.log").read_text()[-2000:])
-                print(f"profile written to {args.profile}")
-                return
             # warm up every path (pools, caches) before measuring
             for port in contenders.values():
                 wrk(port, host, 1.0)
             results: dict[str, list[dict[str, float]]] = {k: [] for k in contenders}
             pids_of = {
-                "router": [router.pid],
-                "native": [native.pid],
-                "nginx": [procs[2].pid],
-                "haproxy": [procs[3].pid],
+                "router": [router_pid],
+                "router2": [router2_pid],
+                "nginx": [nginx_pid],
+                "haproxy": [ha_pid],
             }
             for rnd in range(args.rounds):
                 for name, port in contenders.items():
@@ -371,7 +357,7 @@ def main() -> None:
                     )
                     time.sleep(0.5)
             if any(r["rps"] == 0 for r in results["router"]):
-                print((tmp / "router.log").read_text()[-3000:])
+                print((tmp / "router1.log").read_text()[-3000:])
             med = {
                 k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50", "p99", "cpu")}
                 for k, v in results.items()
@@ -394,9 +380,14 @@ def main() -> None:
             r, n, h = med["router"], med["nginx"], med["haproxy"]
             print(f"router/nginx   throughput {r['rps'] / n['rps']:.2f}x  (target >= 0.90x)")
             print(f"router/haproxy throughput {r['rps'] / h['rps']:.2f}x  (target >= 1.00x)")
-            x = med["native"]
-            print(f"native/nginx   throughput {x['rps'] / n['rps']:.2f}x  (the data plane alone)")
-            print(f"native/haproxy throughput {x['rps'] / h['rps']:.2f}x")
+            cpu = {
+                k: m["cpu"] / 100 / m["rps"] if m["rps"] else float("nan") for k, m in med.items()
+            }
+            print(
+                f"router/nginx   CPU per request {cpu['router'] / cpu['nginx']:.2f}x  "
+                "(target <= 1.20x)"
+            )
+            print(f"router 2 threads / 1 thread throughput {med['router2']['rps'] / r['rps']:.2f}x")
             print(
                 f"p99 router - nginx at 50 connections (saturated): {r['p99'] - n['p99']:+.2f} ms"
             )
@@ -427,6 +418,19 @@ def main() -> None:
                     )
                 gap = paced["router"]["p99"] - paced["nginx"]["p99"]
                 print(f"  p99 router - nginx: {gap:+.2f} ms (target <= +1 ms)")
+            # Large bodies: each request streams BIG_MB through the proxy.
+            print(f"large bodies: {BIG_MB} MB answers, 4 connections, {args.duration} s")
+            for name, port in contenders.items():
+                pids = pids_of[name]
+                before = cpu_seconds(pids)
+                big = wrk(port, host, args.duration, 4, path="/big.bin")
+                used = cpu_seconds(pids) - before
+                mbps = big["rps"] * BIG_MB
+                print(
+                    f"  {name:8s} {mbps:8.0f} MB/s  p99 {big['p99']:.1f} ms  "
+                    f"cpu {1000 * used / max(mbps * args.duration, 1e-9):.2f} ms per MB  "
+                    f"non-2xx {big['non2xx']:.0f}"
+                )
             try:
                 import urllib.request
 

@@ -103,8 +103,10 @@ class PlaneSettings:
     upstream_idle_timeout: float = 1.5
     upstream_pool_size: int = 64
     body_idle_timeout: float = 55.0
-    # Log bytes an app may have waiting between two collections; beyond: dropped, counted.
-    log_bytes_per_app: int = 1 << 20
+    # Log bytes an app may have waiting between two collections (every 50 ms; a
+    # line is about 330 bytes, so 8 MiB is some 500,000 lines a second); beyond:
+    # dropped and counted.
+    log_bytes_per_app: int = 8 << 20
 
 
 class NativePlane:

@@ -11,3 +11,4 @@ pub mod http1;
 pub mod plane;
 #[cfg(feature = "python")]
 mod python;
+pub mod workers;

@@ -3,6 +3,8 @@
 //! the Python control plane to collect.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -103,7 +105,7 @@ impl Default for Settings {
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(55),
             proto: "http".to_string(),
-            log_bytes_per_app: 1 << 20,
+            log_bytes_per_app: 8 << 20,
         }
     }
 }
@@ -421,28 +423,33 @@ impl Shared {
     /// Queues one router line for `app` as the JSON object readers decode
     /// (slipway/logline.py), so Python publishes batches without touching lines.
     fn log(&self, app: &str, message: &str) {
-        let ts = SystemTime::now()
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let mut line = Vec::with_capacity(message.len() + app.len() + 96);
-        line.extend_from_slice(
-            format!("{{\"ts\":{ts:.6},\"source\":\"heroku\",\"process\":\"router\",\"message\":")
-                .as_bytes(),
-        );
-        push_json_string(&mut line, message);
-        line.extend_from_slice(b",\"app\":");
-        push_json_string(&mut line, app);
-        line.extend_from_slice(b"}\n");
+            .unwrap_or_default();
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-        let batch = logs.entry(app.to_string()).or_default();
-        if batch.len() + line.len() > self.settings.log_bytes_per_app {
+        if !logs.contains_key(app) {
+            logs.insert(app.to_string(), Vec::new());
+        }
+        let Some(batch) = logs.get_mut(app) else {
+            return;
+        };
+        let start = batch.len();
+        let _ = write!(
+            batch,
+            "{{\"ts\":{}.{:06},\"source\":\"heroku\",\"process\":\"router\",\"message\":",
+            now.as_secs(),
+            now.subsec_micros()
+        );
+        push_json_string(batch, message);
+        batch.extend_from_slice(b",\"app\":");
+        push_json_string(batch, app);
+        batch.extend_from_slice(b"}\n");
+        if batch.len() > self.settings.log_bytes_per_app {
+            batch.truncate(start);
             self.counters
                 .log_lines_dropped
                 .fetch_add(1, Ordering::Relaxed);
-            return;
         }
-        batch.extend_from_slice(&line);
     }
 
     fn next_random(&self) -> u64 {
@@ -550,7 +557,8 @@ async fn serve_client(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, 
         .fetch_add(1, Ordering::Relaxed);
     let _open = Held::up(&shared.counters.connections_active);
     let mut client = Buffered::new(stream);
-    if converse(&shared, &mut client, peer, local_port).await == Ending::Answered {
+    let client_ip = peer.ip().to_string();
+    if converse(&shared, &mut client, &client_ip, local_port).await == Ending::Answered {
         linger(client.stream).await;
     }
 }
@@ -568,7 +576,7 @@ enum Ending {
 async fn converse(
     shared: &Shared,
     client: &mut Buffered<TcpStream>,
-    peer: SocketAddr,
+    client_ip: &str,
     local_port: u16,
 ) -> Ending {
     let mut draining = shared.draining.subscribe();
@@ -600,7 +608,7 @@ async fn converse(
             return refuse(shared, client, "bad_request").await;
         }
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        if !proxy_one(shared, client, &head, peer, local_port).await {
+        if !proxy_one(shared, client, &head, client_ip, local_port).await {
             return Ending::Answered;
         }
     }
@@ -713,14 +721,16 @@ pub fn push_json_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
-fn quote(text: &str) -> String {
+fn push_quoted(out: &mut String, text: &str) {
     if text
         .bytes()
         .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
     {
-        format!("\"{text}\"")
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
     } else {
-        format!("{:?}", text)
+        let _ = write!(out, "{:?}", text);
     }
 }
 
@@ -729,7 +739,7 @@ async fn proxy_one(
     shared: &Shared,
     client: &mut Buffered<TcpStream>,
     head: &RequestHead,
-    peer: SocketAddr,
+    client_ip: &str,
     local_port: u16,
 ) -> bool {
     let started = Instant::now();
@@ -738,7 +748,6 @@ async fn proxy_one(
         .request_id
         .clone()
         .unwrap_or_else(|| shared.request_id());
-    let client_ip = peer.ip().to_string();
     // A request whose body is not read cannot be followed by another on the connection.
     let keep_after_page = head.keep_alive && head.framing == Framing::Empty;
     // Subscribed before the lookup: a table that lands in between still wakes a held request.
@@ -788,7 +797,7 @@ async fn proxy_one(
                 dyno_name = dyno.name.clone();
                 let out_head = http1::dyno_request_head(
                     head,
-                    &client_ip,
+                    client_ip,
                     &shared.settings.proto,
                     local_port,
                     &request_id,
@@ -819,29 +828,38 @@ async fn proxy_one(
         shared.counters.errors.fetch_add(1, Ordering::Relaxed);
     }
     shared.answers.count(outcome.status, &outcome.code);
-    let fwd = match &head.forwarded_for {
-        Some(prior) => format!("{}, {client_ip}", String::from_utf8_lossy(prior)),
-        None => client_ip.clone(),
-    };
     let service_ms = started
         .elapsed()
         .as_millis()
         .saturating_sub(outcome.connect_ms);
-    let prefix = if outcome.code.is_empty() {
-        "at=info ".to_string()
+    // Heroku's router line, written into one buffer (this runs once per request).
+    let mut line = String::with_capacity(320 + head.target.len());
+    if outcome.code.is_empty() {
+        line.push_str("at=info ");
     } else {
-        format!("at=error code={} desc=\"{}\" ", outcome.code, outcome.desc)
-    };
-    let line = format!(
-        "{prefix}method={} path={} host={} request_id={} fwd=\"{}\" dyno={} connect={}ms service={}ms status={} bytes={} protocol={}",
-        head.method,
-        quote(&head.target),
-        head.host,
-        request_id,
-        fwd,
-        if dyno_name.is_empty() { "none" } else { &dyno_name },
+        let _ = write!(
+            line,
+            "at=error code={} desc=\"{}\" ",
+            outcome.code, outcome.desc
+        );
+    }
+    let _ = write!(line, "method={} path=", head.method);
+    push_quoted(&mut line, &head.target);
+    let _ = write!(line, " host={} request_id={request_id} fwd=\"", head.host);
+    if let Some(prior) = &head.forwarded_for {
+        line.push_str(&String::from_utf8_lossy(prior));
+        line.push_str(", ");
+    }
+    line.push_str(client_ip);
+    let _ = write!(
+        line,
+        "\" dyno={} connect={}ms service={service_ms}ms status={} bytes={} protocol={}",
+        if dyno_name.is_empty() {
+            "none"
+        } else {
+            &dyno_name
+        },
         outcome.connect_ms,
-        service_ms,
         outcome.status,
         outcome.bytes,
         shared.settings.proto,

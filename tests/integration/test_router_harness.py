@@ -288,6 +288,18 @@ async def start_router(
             task.cancel()
 
 
+@contextlib.asynccontextmanager
+async def demo_router(
+    endpoint: str, prefix: str, dyno: Dyno, config: RouterConfig | None = None
+) -> AsyncIterator[RunningRouter]:
+    """App ``demo`` with ``dyno`` as its one web dyno, behind a started router."""
+    async with routes(endpoint, prefix) as r:
+        await r.app("demo")
+        await r.dyno("demo", dyno)
+        async with start_router(config or router_config(endpoint, prefix)) as rt:
+            yield rt
+
+
 def _true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     async def predicate() -> bool:
         return check()

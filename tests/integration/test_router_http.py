@@ -12,6 +12,7 @@ from tests.integration.test_router_harness import (
     BASE,
     Dyno,
     Req,
+    demo_router,
     frame,
     raw,
     read_frame,
@@ -240,3 +241,64 @@ async def test_http10_client_gets_a_dechunked_body_ended_by_close(etcd_endpoint,
             assert b"connection: close" in head.lower()
             assert body == b"hello world"
     await dyno.stop()
+
+
+async def test_an_open_websocket_holds_no_dyno_slot(etcd_endpoint, etcd_prefix):
+    async def ws_or_plain(req: Req, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if "sec-websocket-key" in req.headers:
+            return await ws_echo(req, reader, w)
+        return False  # the plain answer
+
+    dyno = await Dyno("web.1", ws_or_plain).start()
+    config = router_config(etcd_endpoint, etcd_prefix, max_inflight_per_dyno=1)
+    async with demo_router(etcd_endpoint, etcd_prefix, dyno, config) as rt:
+        reader, writer = await asyncio.open_connection("127.0.0.1", rt.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: demo.{BASE}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        assert (await read_response(reader)).status == 101
+        # The dyno's only slot is free again: a plain request does not wait
+        # in the backlog for the socket to close.
+        res = await asyncio.wait_for(request(rt.port, "/plain"), 3)
+        assert res.status == 200 and res.body == b"hello from web.1"
+        writer.write(frame(1, b"still open", mask=True))
+        assert await read_frame(reader) == (1, b"still open")
+        writer.close()
+    await dyno.stop()
+
+
+class Refuser(Dyno):
+    """Answers 413 as soon as it has a head, then records whatever else arrives."""
+
+    head = b""
+    extra = b""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+        await writer.drain()
+        # Anything more is the body the client must not have been told to send.
+        self.extra = await reader.read(100)
+        writer.close()
+
+
+async def test_expect_continue_answered_at_once_never_gets_the_body(etcd_endpoint, etcd_prefix):
+    dyno = Refuser("web.1")
+    await dyno.start()
+    async with demo_router(etcd_endpoint, etcd_prefix, dyno) as rt:
+        reader, writer = await asyncio.open_connection("127.0.0.1", rt.port)
+        writer.write(
+            f"PUT /big HTTP/1.1\r\nHost: demo.{BASE}\r\nExpect: 100-continue\r\n"
+            "Content-Length: 1000000\r\n\r\n".encode()
+        )
+        res = await read_response(reader)
+        assert res.status == 413 and res.body == b"too big!" and res.interim == []
+        assert res.headers["connection"] == "close"  # the unsent body ends the connection
+        assert b"expect: 100-continue" in dyno.head.lower()
+        writer.close()
+    await dyno.stop()
+    assert dyno.extra == b""

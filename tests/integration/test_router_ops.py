@@ -17,6 +17,9 @@ from tests.harness.wait import eventually_async
 from tests.integration.test_router_harness import (
     BASE,
     Dyno,
+    Req,
+    demo_router,
+    read_response,
     request,
     router_config,
     routes,
@@ -157,3 +160,45 @@ async def test_the_router_command_with_two_data_plane_threads(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_stop_finishes_the_request_under_way_and_closes_idle_connections(
+    etcd_endpoint, etcd_prefix
+):
+    release = asyncio.Event()
+
+    async def slow(req: Req, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if req.path != "/slow":
+            return False
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+        await writer.drain()
+        return True
+
+    dyno = await Dyno("web.1", slow).start()
+    async with demo_router(etcd_endpoint, etcd_prefix, dyno) as rt:
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", rt.port)
+        idle_writer.write(f"GET / HTTP/1.1\r\nHost: demo.{BASE}\r\n\r\n".encode())
+        assert (await read_response(idle_reader)).status == 200  # now idle, kept alive
+        busy = asyncio.create_task(request(rt.port, "/slow"))
+        await eventually_async(lambda: _true(len(dyno.requests) == 2), timeout=10)
+        rt.router.stop()
+        # The idle connection is closed by the router; new ones are refused.
+        assert await asyncio.wait_for(idle_reader.read(), 5) == b""
+        await eventually_async(lambda: _refused(rt.port), timeout=10)
+        assert not busy.done()
+        release.set()
+        res = await asyncio.wait_for(busy, 10)
+        assert res.status == 200 and res.body == b"done"
+        await asyncio.wait_for(rt.task, 10)  # the router returns once it is done
+        idle_writer.close()
+    await dyno.stop()
+
+
+async def _refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    return False

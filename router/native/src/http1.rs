@@ -2,6 +2,7 @@
 //! the dyno, response heads read for their framing, bodies relayed verbatim
 //! with that framing enforced. Nothing here owns a socket.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -150,13 +151,17 @@ fn parse_length(value: &[u8]) -> Option<u64> {
 
 /// The host a Host header names, lower-cased, without its port.
 pub fn host_name(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value).trim().to_ascii_lowercase();
-    if let Some(rest) = text.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or("").to_string();
-    }
-    // "demo.example.com." is the same name, fully qualified.
-    let name = text.split(':').next().unwrap_or("");
-    name.strip_suffix('.').unwrap_or(name).to_string()
+    let text = String::from_utf8_lossy(value);
+    let text = text.trim();
+    let name = match text.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => {
+            // "demo.example.com." is the same name, fully qualified.
+            let name = text.split(':').next().unwrap_or("");
+            name.strip_suffix('.').unwrap_or(name)
+        }
+    };
+    name.to_ascii_lowercase()
 }
 
 fn bare_line_feed(head: &[u8]) -> bool {
@@ -356,7 +361,10 @@ pub fn dyno_request_head(
     out.extend_from_slice(client_ip.as_bytes());
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
     out.extend_from_slice(proto.as_bytes());
-    out.extend_from_slice(format!("\r\nX-Forwarded-Port: {port}\r\nX-Request-Start: {start_ms}\r\nX-Request-Id: {request_id}\r\nVia: 1.1 slipway\r\n").as_bytes());
+    let _ = write!(
+        out,
+        "\r\nX-Forwarded-Port: {port}\r\nX-Request-Start: {start_ms}\r\nX-Request-Id: {request_id}\r\nVia: 1.1 slipway\r\n"
+    );
     match &head.upgrade {
         Some(protocol) => {
             out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: ");
@@ -412,26 +420,28 @@ pub fn parse_response(
     let mut chunked = false;
     let mut close = resp.version == Some(0);
     let mut out = Vec::with_capacity(head_len + 32);
-    out.extend_from_slice(
-        format!("HTTP/1.1 {} {}\r\n", status, resp.reason.unwrap_or("")).as_bytes(),
-    );
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let _ = write!(out, "{status}");
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
-        let lower = h.name.to_ascii_lowercase();
-        match lower.as_str() {
-            "content-length" => {
+        let is = |name: &str| h.name.eq_ignore_ascii_case(name);
+        match () {
+            _ if is("content-length") => {
                 let n = parse_length(h.value).ok_or(Refused::BadRequest)?;
                 if length.is_some_and(|m| m != n) {
                     return Err(Refused::BadRequest);
                 }
                 length = Some(n);
             }
-            "transfer-encoding" => {
+            _ if is("transfer-encoding") => {
                 if !h.value.eq_ignore_ascii_case(b"chunked") {
                     return Err(Refused::BadRequest);
                 }
                 chunked = true;
             }
-            "connection" => {
+            _ if is("connection") => {
                 for token in h.value.split(|b| *b == b',') {
                     if token.trim_ascii().eq_ignore_ascii_case(b"close") {
                         close = true;
@@ -439,7 +449,7 @@ pub fn parse_response(
                 }
                 continue;
             }
-            "keep-alive" | "proxy-connection" => continue,
+            _ if is("keep-alive") || is("proxy-connection") => continue,
             _ => {}
         }
         out.extend_from_slice(h.name.as_bytes());

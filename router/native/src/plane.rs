@@ -198,7 +198,8 @@ pub struct Shared {
     pub answers: Answers,
     /// Set once to stop accepting and to close connections as they go idle.
     draining: watch::Sender<bool>,
-    pool: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    /// Idle dyno connections with their (empty) read buffers, reused with them.
+    pool: Mutex<HashMap<SocketAddr, Vec<(Buffered<TcpStream>, Instant)>>>,
     logs: Mutex<HashMap<String, Vec<u8>>>,
     seq: AtomicU64,
     balance: Mutex<Balance>,
@@ -477,7 +478,7 @@ impl Shared {
     /// The most recently used idle connection to the dyno, if one has been
     /// idle for less than the app servers' usual keep-alive (older ones the
     /// dyno may be closing right now: dropped).
-    fn pooled(&self, addr: SocketAddr) -> Option<TcpStream> {
+    fn pooled(&self, addr: SocketAddr) -> Option<Buffered<TcpStream>> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let idle = pool.get_mut(&addr)?;
         let fresh_after = Instant::now().checked_sub(self.settings.upstream_idle_timeout)?;
@@ -485,7 +486,7 @@ impl Shared {
         idle.pop().map(|(conn, _)| conn)
     }
 
-    fn give_back(&self, addr: SocketAddr, conn: TcpStream) {
+    fn give_back(&self, addr: SocketAddr, conn: Buffered<TcpStream>) {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let idle = pool.entry(addr).or_default();
         if idle.len() < self.settings.upstream_pool_size {
@@ -932,13 +933,13 @@ async fn exchange(
                         .counters
                         .upstream_connects
                         .fetch_add(1, Ordering::Relaxed);
-                    (conn, false)
+                    (Buffered::new(conn), false)
                 }
                 Err(key) => return Err(key),
             },
         };
         let connect_ms = connect_started.elapsed().as_millis();
-        let mut dyno = Buffered::new(conn);
+        let mut dyno = conn;
         if dyno.stream.write_all(out_head).await.is_err() {
             if reused && attempts > 0 {
                 continue;
@@ -988,7 +989,10 @@ async fn exchange(
         }
         let response_deadline = tokio::time::Instant::now() + shared.settings.response_timeout;
         let response = loop {
-            match http1::parse_response(&dyno.buf, head.method == "HEAD", head.keep_alive) {
+            // A body never sent is still on its way from the client: the
+            // connection cannot carry another request.
+            let keep = head.keep_alive && !body_withheld;
+            match http1::parse_response(&dyno.buf, head.method == "HEAD", keep) {
                 Ok(Some(resp)) if (100..200).contains(&resp.status) && resp.status != 101 => {
                     // An interim response (100 Continue): passed on, then the real one.
                     let _ = client.stream.write_all(&dyno.buf[..resp.head_len]).await;
@@ -1094,14 +1098,12 @@ async fn exchange(
             }
         };
         if relayed.is_ok() && response.reuse_dyno && dyno.buf.is_empty() && !body_withheld {
-            shared.give_back(addr, dyno.stream);
+            shared.give_back(addr, dyno);
         }
-        // A body never sent is still on its way from the client: the
-        // connection cannot carry another request.
         return Ok(Outcome::relayed(
             response.status,
             bytes,
-            keep_client && !body_withheld,
+            keep_client,
             connect_ms,
         ));
     }

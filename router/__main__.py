@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
 from router.config import Limits, Listen, LogConfig, RouterConfig
-from slipway import conffile, log, sdnotify, tls
+from slipway import conffile, errors, log, sdnotify, tls
 from slipway.aio import wait_set
 from slipway.pki import Bundle
 
@@ -39,6 +41,25 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     default=("0.0.0.0:8080",),
     envvar="SLIPWAY_ROUTER_LISTEN",
     help="HOST:PORT to accept HTTP on; repeat (or comma-separate) for several.",
+)
+@click.option(
+    "--listen-tls",
+    multiple=True,
+    default=(),
+    envvar="SLIPWAY_ROUTER_LISTEN_TLS",
+    help="HOST:PORT to accept HTTPS on (TLS 1.2 and 1.3); repeat or comma-separate.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLIPWAY_ROUTER_TLS_CERT",
+    help="Default certificate chain (PEM) for HTTPS: names without their own certificate.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLIPWAY_ROUTER_TLS_KEY",
+    help="The default certificate's private key (PEM).",
 )
 @click.option(
     "--workers",
@@ -110,6 +131,9 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
 )
 def main(
     listen: tuple[str, ...],
+    listen_tls: tuple[str, ...],
+    tls_cert: Path | None,
+    tls_key: Path | None,
     workers: int,
     etcd: str,
     etcd_prefix: str,
@@ -128,11 +152,19 @@ def main(
     app's web dynos, with routes learned from etcd and request logs sent to NATS."""
     try:
         listens = tuple(Listen.parse(v) for v in _split(listen))
+        tls_listens = tuple(Listen.parse(v) for v in _split(listen_tls))
         metrics = Listen.parse(metrics_listen) if metrics_listen else None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    if tls_listens and (tls_cert is None or tls_key is None):
+        raise click.UsageError(
+            "--listen-tls needs the default certificate: --tls-cert and --tls-key"
+        )
     config = RouterConfig(
         listen=listens,
+        listen_tls=tls_listens,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         workers=workers,
         etcd_endpoints=_split((etcd,)),
         etcd_prefix=etcd_prefix,
@@ -188,7 +220,11 @@ def run(config: RouterConfig, on_listening: Callable[[], object] | None = None) 
         finally:
             notifier.cancel()
 
-    uvloop.run(serve())
+    try:
+        uvloop.run(serve())
+    except errors.InvalidArgument as exc:
+        click.echo(f"slipway-router: {exc}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

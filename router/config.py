@@ -7,6 +7,7 @@ build a :class:`RouterConfig` with shrunk timeouts instead of sleeping for real.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from slipway.pki import Bundle
 
@@ -97,6 +98,12 @@ class RouterConfig:
     # Reported as X-Forwarded-Proto; TLS is terminated in front of the router.
     forwarded_proto: str = "http"
     metrics_listen: Listen | None = None
+    # HTTPS listeners (TLS ends here; dynos see X-Forwarded-Proto: https).
+    listen_tls: tuple[Listen, ...] = ()
+    # The default certificate (PEM chain and key files): served for every name
+    # that has no certificate of its own. Required with listen_tls.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     limits: Limits = field(default_factory=Limits)
     logs: LogConfig = field(default_factory=LogConfig)
     # etcd reconnect backoff bounds (seconds).

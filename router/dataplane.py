@@ -118,9 +118,18 @@ class NativePlane:
         self._plane = slipway_dataplane.DataPlane(asdict(settings))
         self._plane.set_pages(rendered_pages())
 
-    def listen(self, host: str, port: int) -> int:
-        """Starts accepting on host:port (0: any free port); the bound port."""
-        return int(self._plane.listen(_address(host, port)))
+    def listen(self, host: str, port: int, *, tls: bool = False) -> int:
+        """Starts accepting on host:port (0: any free port), HTTPS with ``tls``
+        (certificates from :meth:`set_certificates`); the bound port."""
+        return int(self._plane.listen(_address(host, port), tls=tls))
+
+    def set_certificates(
+        self, default: tuple[bytes, bytes] | None, named: Mapping[str, tuple[bytes, bytes]]
+    ) -> None:
+        """Every certificate as (chain PEM, key PEM): ``default`` for names no
+        other matches, ``named`` by host name or ``*.domain``. Applies to new
+        handshakes; ValueError (naming the pair) if any pair is unusable."""
+        self._plane.set_certificates(default, dict(named))
 
     def follow(self, table: RouteTable) -> None:
         """Hands over the table now and after every change to it."""

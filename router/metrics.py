@@ -21,6 +21,7 @@ _PLANE_METRICS = {
     "upstream_retries": ("slipway_router_upstream_retries_total", "counter"),
     "upstream_idle": ("slipway_router_upstream_idle", "gauge"),
     "bad_requests": ("slipway_router_bad_requests_total", "counter"),
+    "tls_handshake_failures": ("slipway_router_tls_handshake_failures_total", "counter"),
     "quarantines": ("slipway_router_quarantines_total", "counter"),
     "waiting": ("slipway_router_backlog", "gauge"),
     "held_booting": ("slipway_router_held_booting", "gauge"),

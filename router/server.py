@@ -16,7 +16,7 @@ from router.dataplane import NativePlane, PlaneSettings
 from router.logs import LogShipper
 from router.metrics import Metrics, MetricsServer
 from router.table import RouteTable, TableWatcher
-from slipway import log
+from slipway import errors, log
 from slipway.keys import Keys
 
 logger = log.get(__name__)
@@ -44,6 +44,18 @@ def plane_settings(config: RouterConfig) -> PlaneSettings:
     )
 
 
+def default_certificate(config: RouterConfig) -> tuple[bytes, bytes]:
+    """The operator's default certificate, read now (a new one takes a restart)."""
+    if config.tls_cert is None or config.tls_key is None:
+        raise errors.InvalidArgument(
+            "HTTPS listeners need the default certificate: give --tls-cert and --tls-key"
+        )
+    try:
+        return config.tls_cert.read_bytes(), config.tls_key.read_bytes()
+    except OSError as exc:
+        raise errors.InvalidArgument(f"cannot read the default certificate: {exc}") from exc
+
+
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
@@ -64,6 +76,7 @@ class Router:
         )
         self.metrics = Metrics(self.plane)
         self.addresses: list[tuple[str, int]] = []
+        self.tls_addresses: list[tuple[str, int]] = []
         self.listening = asyncio.Event()
         self._stop = asyncio.Event()
         self.metrics_server: MetricsServer | None = None
@@ -91,6 +104,12 @@ class Router:
 
     async def run(self) -> None:
         config = self.config
+        if config.listen_tls:
+            # Before anything listens: a bad certificate stops the start, clearly.
+            try:
+                self.plane.set_certificates(default_certificate(config), {})
+            except ValueError as exc:
+                raise errors.InvalidArgument(str(exc)) from exc
         self.plane.follow(self.table)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -103,9 +122,13 @@ class Router:
                 for listen in config.listen:
                     port = self.plane.listen(listen.host, listen.port)
                     self.addresses.append((listen.host, port))
+                for listen in config.listen_tls:
+                    port = self.plane.listen(listen.host, listen.port, tls=True)
+                    self.tls_addresses.append((listen.host, port))
                 logger.info(
                     "router listening",
                     addresses=[f"{h}:{p}" for h, p in self.addresses],
+                    https=[f"{h}:{p}" for h, p in self.tls_addresses],
                     threads=config.workers,
                 )
                 self.listening.set()

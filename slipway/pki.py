@@ -271,6 +271,18 @@ def sign(
             x509.NameAttribute(NameOID.COMMON_NAME, common_name(role, name)),
         ]
     )
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    return _certificate(ca, public_key, subject, _sans(role, hosts), usages, days)
+
+
+def _certificate(
+    ca: CA,
+    public_key: ec.EllipticCurvePublicKey,
+    subject: x509.Name,
+    sans: list[x509.GeneralName],
+    usages: list[x509.ObjectIdentifier],
+    days: int,
+) -> x509.Certificate:
     now = _now()
     return (
         x509.CertificateBuilder()
@@ -281,18 +293,33 @@ def sign(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName(_sans(role, hosts)), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
         )
         .sign(ca.key, hashes.SHA256())
     )
+
+
+def edge_certificate(ca: CA, hosts: Sequence[str], *, days: int = CERT_DAYS) -> tuple[bytes, bytes]:
+    """A certificate for the routers' HTTPS listeners, for ``hosts`` (names or
+    ``*.domain`` wildcards), signed by the cluster CA: (chain PEM, key PEM). Not
+    an identity inside the cluster: it only serves app traffic."""
+    if not hosts:
+        raise errors.InvalidArgument("an edge certificate names at least one host")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Slipway"),
+            x509.NameAttribute(NameOID.COMMON_NAME, hosts[0]),
+        ]
+    )
+    sans: list[x509.GeneralName] = [x509.DNSName(h) for h in dict.fromkeys(hosts)]
+    cert = _certificate(
+        ca, key.public_key(), subject, sans, [ExtendedKeyUsageOID.SERVER_AUTH], days
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")

@@ -11,4 +11,5 @@ pub mod http1;
 pub mod plane;
 #[cfg(feature = "python")]
 mod python;
+pub mod tls;
 pub mod workers;

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::http1::{self, Buffered, Framing, RelayError, RequestHead};
 
@@ -129,6 +130,7 @@ pub struct Counters {
     pub upstream_retries: AtomicU64,
     /// Heads refused before routing (400, 414, 431, 501).
     pub bad_requests: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// A gauge counted up while this value lives.
@@ -495,11 +497,26 @@ impl Shared {
     }
 }
 
+/// What a listener is to the requests it takes: the port clients connected
+/// to, the scheme dynos are told (X-Forwarded-Proto) and, for HTTPS, its TLS.
+#[derive(Clone)]
+pub struct Edge {
+    pub port: u16,
+    pub proto: Arc<str>,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// A client connection, plain or TLS.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for T {}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts on `listener` until the runtime stops; a panic in the loop is
 /// counted and the loop started again, so one bad path never stops the listener.
-pub async fn serve(shared: Arc<Shared>, listener: Arc<TcpListener>) {
+pub async fn serve(shared: Arc<Shared>, listener: Arc<TcpListener>, edge: Edge) {
     loop {
-        let task = tokio::spawn(accept_loop(shared.clone(), listener.clone()));
+        let task = tokio::spawn(accept_loop(shared.clone(), listener.clone(), edge.clone()));
         match task.await {
             Ok(()) => return,
             Err(e) if e.is_panic() => {
@@ -511,10 +528,9 @@ pub async fn serve(shared: Arc<Shared>, listener: Arc<TcpListener>) {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
+async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>, edge: Edge) {
     let mut draining = shared.draining.subscribe();
-    // X-Forwarded-Port: the port the client connected to.
-    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let edge = Arc::new(edge);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -523,9 +539,27 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
         match accepted {
             Ok((stream, peer)) => {
                 let shared = shared.clone();
+                let edge = edge.clone();
+                // A panic ends this connection's task only (tokio catches it).
                 tokio::spawn(async move {
-                    // A panic ends this connection's task only (tokio catches it).
-                    serve_client(shared, stream, peer, local_port).await;
+                    let _ = stream.set_nodelay(true);
+                    match &edge.tls {
+                        None => serve_client(&shared, stream, peer, &edge).await,
+                        Some(tls) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await
+                            {
+                                Ok(Ok(stream)) => serve_client(&shared, stream, peer, &edge).await,
+                                // Counted, not logged: scanners and old clients fail
+                                // handshakes all day.
+                                _ => {
+                                    shared
+                                        .counters
+                                        .tls_handshake_failures
+                                        .fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
                 });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -533,9 +567,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
     }
 }
 
-async fn write_page(
+async fn write_page<W: AsyncWrite + Unpin>(
     shared: &Shared,
-    client: &mut TcpStream,
+    client: &mut W,
     key: &str,
     keep: bool,
 ) -> Option<(u16, String, String)> {
@@ -550,8 +584,7 @@ async fn write_page(
     Some((page.status, page.code.clone(), page.desc.clone()))
 }
 
-async fn serve_client(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, local_port: u16) {
-    let _ = stream.set_nodelay(true);
+async fn serve_client<C: ClientStream>(shared: &Shared, stream: C, peer: SocketAddr, edge: &Edge) {
     shared
         .counters
         .connections_total
@@ -559,7 +592,7 @@ async fn serve_client(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, 
     let _open = Held::up(&shared.counters.connections_active);
     let mut client = Buffered::new(stream);
     let client_ip = peer.ip().to_string();
-    if converse(&shared, &mut client, &client_ip, local_port).await == Ending::Answered {
+    if converse(shared, &mut client, &client_ip, edge).await == Ending::Answered {
         linger(client.stream).await;
     }
 }
@@ -574,11 +607,11 @@ enum Ending {
 }
 
 /// Requests on one client connection, until it ends.
-async fn converse(
+async fn converse<C: ClientStream>(
     shared: &Shared,
-    client: &mut Buffered<TcpStream>,
+    client: &mut Buffered<C>,
     client_ip: &str,
-    local_port: u16,
+    edge: &Edge,
 ) -> Ending {
     let mut draining = shared.draining.subscribe();
     let idle = shared.settings.idle_timeout;
@@ -609,14 +642,14 @@ async fn converse(
             return refuse(shared, client, "bad_request").await;
         }
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        if !proxy_one(shared, client, &head, client_ip, local_port).await {
+        if !proxy_one(shared, client, &head, client_ip, edge).await {
             return Ending::Answered;
         }
     }
 }
 
 /// A request refused before routing: its page, then the connection closes.
-async fn refuse(shared: &Shared, client: &mut Buffered<TcpStream>, page: &str) -> Ending {
+async fn refuse<C: ClientStream>(shared: &Shared, client: &mut Buffered<C>, page: &str) -> Ending {
     shared.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
     if let Some((status, code, _)) = write_page(shared, &mut client.stream, page, false).await {
         shared.answers.count(status, &code);
@@ -626,7 +659,7 @@ async fn refuse(shared: &Shared, client: &mut Buffered<TcpStream>, page: &str) -
 
 /// Closes our side, then reads and discards what the client still sends for
 /// a moment (bounded), so the kernel does not answer it with a reset.
-async fn linger(mut stream: TcpStream) {
+async fn linger<C: ClientStream>(mut stream: C) {
     use tokio::io::AsyncReadExt;
     if stream.shutdown().await.is_err() {
         return;
@@ -736,12 +769,12 @@ fn push_quoted(out: &mut String, text: &str) {
 }
 
 /// One request and its response; whether the client connection goes on.
-async fn proxy_one(
+async fn proxy_one<C: ClientStream>(
     shared: &Shared,
-    client: &mut Buffered<TcpStream>,
+    client: &mut Buffered<C>,
     head: &RequestHead,
     client_ip: &str,
-    local_port: u16,
+    edge: &Edge,
 ) -> bool {
     let started = Instant::now();
     let _active = Held::up(&shared.counters.requests_active);
@@ -799,8 +832,8 @@ async fn proxy_one(
                 let out_head = http1::dyno_request_head(
                     head,
                     client_ip,
-                    &shared.settings.proto,
-                    local_port,
+                    &edge.proto,
+                    edge.port,
                     &request_id,
                     now_ms(),
                 );
@@ -863,7 +896,7 @@ async fn proxy_one(
         outcome.connect_ms,
         outcome.status,
         outcome.bytes,
-        shared.settings.proto,
+        edge.proto,
     );
     shared.log(&route.app, &line);
     if let Some((dyno, head)) = outcome.upgraded {
@@ -873,9 +906,9 @@ async fn proxy_one(
     outcome.keep_client
 }
 
-async fn page_outcome(
+async fn page_outcome<C: ClientStream>(
     shared: &Shared,
-    client: &mut Buffered<TcpStream>,
+    client: &mut Buffered<C>,
     key: &str,
     keep: bool,
 ) -> Outcome {
@@ -905,9 +938,9 @@ async fn connect(shared: &Shared, addr: SocketAddr) -> Result<TcpStream, &'stati
     }
 }
 
-async fn exchange(
+async fn exchange<C: ClientStream>(
     shared: &Shared,
-    client: &mut Buffered<TcpStream>,
+    client: &mut Buffered<C>,
     head: &RequestHead,
     addr: SocketAddr,
     out_head: &[u8],
@@ -1121,9 +1154,9 @@ enum Continue {
 /// Waits for the dyno's first answer to an `Expect: 100-continue` head, or for
 /// the client to start its body regardless (clients give up waiting after a
 /// second or so when a server ignores Expect).
-async fn await_continue(
+async fn await_continue<C: ClientStream>(
     shared: &Shared,
-    client: &mut Buffered<TcpStream>,
+    client: &mut Buffered<C>,
     dyno: &mut Buffered<TcpStream>,
     head: &RequestHead,
 ) -> Continue {
@@ -1166,7 +1199,11 @@ async fn await_continue(
 /// An upgraded connection (a WebSocket, say): bytes both ways until either
 /// side closes; the connection is never pooled or reused afterwards.
 /// It holds no dyno slot: a WebSocket may stay open for hours.
-async fn tunnel(client: &mut Buffered<TcpStream>, mut dyno: Buffered<TcpStream>, head: Vec<u8>) {
+async fn tunnel<C: ClientStream>(
+    client: &mut Buffered<C>,
+    mut dyno: Buffered<TcpStream>,
+    head: Vec<u8>,
+) {
     let mut first = head;
     first.extend_from_slice(&dyno.buf);
     dyno.buf.clear();

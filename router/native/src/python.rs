@@ -11,7 +11,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::plane::{Dyno, Page, Route, Settings, Shared};
+use crate::tls;
 use crate::workers::Workers;
+use tokio_rustls::TlsAcceptor;
 
 // A request allocates a few small buffers; glibc's malloc cost about 5% of
 // the data plane's CPU under load, mimalloc's thread caches much less.
@@ -23,6 +25,8 @@ struct DataPlane {
     shared: Arc<Shared>,
     workers: Mutex<Option<Workers>>,
     threads: usize,
+    certificates: Arc<tls::Certificates>,
+    tls: Arc<rustls::ServerConfig>,
 }
 
 #[pymethods]
@@ -63,15 +67,20 @@ impl DataPlane {
         if workers == 0 {
             return Err(PyValueError::new_err("workers must be at least 1"));
         }
+        let certificates = Arc::new(tls::Certificates::default());
+        let tls = tls::server_config(certificates.clone()).map_err(PyRuntimeError::new_err)?;
         Ok(DataPlane {
             shared: Arc::new(Shared::new(s)),
             workers: Mutex::new(None),
             threads: workers,
+            certificates,
+            tls,
         })
     }
 
-    /// Listens on `address` ("127.0.0.1:0"); returns the bound port.
-    fn listen(&self, py: Python<'_>, address: &str) -> PyResult<u16> {
+    /// Listens on `address` ("127.0.0.1:0"), HTTPS with `tls`; returns the bound port.
+    #[pyo3(signature = (address, *, tls=false))]
+    fn listen(&self, py: Python<'_>, address: &str, tls: bool) -> PyResult<u16> {
         let addr: SocketAddr = address
             .parse()
             .map_err(|_| PyValueError::new_err(format!("not an address: {address}")))?;
@@ -84,9 +93,10 @@ impl DataPlane {
                 Some(Workers::start(self.threads).map_err(|e| PyOSError::new_err(e.to_string()))?);
         }
         let workers = guard.as_ref().expect("the threads were just started");
+        let acceptor = tls.then(|| TlsAcceptor::from(self.tls.clone()));
         py.allow_threads(|| {
             workers
-                .listen(&self.shared, addr)
+                .listen(&self.shared, addr, acceptor)
                 .map_err(|e| PyOSError::new_err(format!("cannot listen on {address}: {e}")))
         })
     }
@@ -119,6 +129,32 @@ impl DataPlane {
             table.insert(host.to_ascii_lowercase(), Arc::new(route));
         }
         self.shared.set_routes(table);
+        Ok(())
+    }
+
+    /// Replaces every certificate: the default one (chain PEM, key PEM), for
+    /// names no other matches, and {host or "*.domain": (chain, key)}. Checked
+    /// whole before any is used: one bad pair refuses the lot, naming it.
+    #[pyo3(signature = (default, named))]
+    fn set_certificates(
+        &self,
+        default: Option<(Vec<u8>, Vec<u8>)>,
+        named: HashMap<String, (Vec<u8>, Vec<u8>)>,
+    ) -> PyResult<()> {
+        let default = match default {
+            Some((chain, key)) => Some(
+                tls::certified_key(&chain, &key)
+                    .map_err(|e| PyValueError::new_err(format!("default certificate: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut by_name = HashMap::with_capacity(named.len());
+        for (name, (chain, key)) in named {
+            let certified = tls::certified_key(&chain, &key)
+                .map_err(|e| PyValueError::new_err(format!("certificate for {name}: {e}")))?;
+            by_name.insert(name.to_ascii_lowercase(), certified);
+        }
+        self.certificates.set(default, by_name);
         Ok(())
     }
 
@@ -168,6 +204,7 @@ impl DataPlane {
             ("upstream_reuses", read(&c.upstream_reuses)),
             ("upstream_retries", read(&c.upstream_retries)),
             ("bad_requests", read(&c.bad_requests)),
+            ("tls_handshake_failures", read(&c.tls_handshake_failures)),
             ("waiting", self.shared.waiting()),
             ("upstream_idle", self.shared.pooled_idle() as u64),
         ])

@@ -13,7 +13,9 @@ use tokio::net::TcpSocket;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
-use crate::plane::{self, Shared};
+use tokio_rustls::TlsAcceptor;
+
+use crate::plane::{self, Edge, Shared};
 
 struct Worker {
     handle: Handle,
@@ -51,9 +53,19 @@ impl Workers {
         Ok(Workers { threads })
     }
 
-    /// Listens on `addr` in every thread; the bound port (the one the system
-    /// chose when `addr` has port 0).
-    pub fn listen(&self, shared: &Arc<Shared>, addr: SocketAddr) -> io::Result<u16> {
+    /// Listens on `addr` in every thread, HTTPS with `tls`; the bound port
+    /// (the one the system chose when `addr` has port 0).
+    pub fn listen(
+        &self,
+        shared: &Arc<Shared>,
+        addr: SocketAddr,
+        tls: Option<TlsAcceptor>,
+    ) -> io::Result<u16> {
+        let proto: Arc<str> = if tls.is_some() {
+            "https".into()
+        } else {
+            shared.settings.proto.as_str().into()
+        };
         let mut port = addr.port();
         for worker in &self.threads {
             let at = SocketAddr::new(addr.ip(), port);
@@ -69,9 +81,14 @@ impl Workers {
             socket.bind(at)?;
             let listener = socket.listen(4096)?;
             port = listener.local_addr()?.port();
+            let edge = Edge {
+                port,
+                proto: proto.clone(),
+                tls: tls.clone(),
+            };
             worker
                 .handle
-                .spawn(plane::serve(shared.clone(), Arc::new(listener)));
+                .spawn(plane::serve(shared.clone(), Arc::new(listener), edge));
         }
         Ok(port)
     }

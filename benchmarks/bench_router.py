@@ -12,8 +12,9 @@ these contenders, measured in interleaved rounds with the same wrk settings:
 
 Prints requests/s, p50/p99 latency and CPU per request of each (median over
 rounds), the router/nginx and router/haproxy ratios, p99 with the offered
-load paced at half nginx's max rate, and a large-body run (10 MB answers
-streamed through each proxy: MB/s and CPU per MB).
+load paced at half nginx's max rate, a large-body run (10 MB answers
+streamed through each proxy: MB/s and CPU per MB), and HTTPS against nginx
+with the same certificate: keep-alive requests/s and new handshakes/s.
 
     .venv/bin/python benchmarks/bench_router.py [--rounds 3] [--duration 4]
 """
@@ -165,6 +166,8 @@ def wrk(
     connections: int = 50,
     script: Path | None = None,
     path: str = "/",
+    scheme: str = "http",
+    headers: tuple[str, ...] = (),
 ) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -176,7 +179,8 @@ def wrk(
             "-H",
             f"Host: {host}",
             *(["-s", str(script)] if script else []),
-            f"http://127.0.0.1:{port}{path}",
+            *[arg for h in headers for arg in ("-H", h)],
+            f"{scheme}://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
         text=True,
@@ -265,9 +269,16 @@ def main() -> None:
             asyncio.run(write_route(f"127.0.0.1:{etcd.port}", prefix, backend))
 
             metrics_port = engines.free_port()
+            # One certificate for every HTTPS listener (ECDSA P-256, from a CA made here).
+            chain, key = pki.edge_certificate(pki.init_ca(tmp / "edge-ca"), [f"*.{BASE}"])
+            (tmp / "edge.crt").write_bytes(chain)
+            (tmp / "edge.key").write_bytes(key)
+            (tmp / "edge.key").chmod(0o644)  # nginx's workers read it as nobody
+            tls_ports: dict[str, int] = {}
 
             def router(threads: int, metrics: int | None = None) -> tuple[int, int]:
                 port = engines.free_port()
+                tls_port = engines.free_port()
                 proc = start(
                     [
                         str(ROOT / ".venv/bin/slipway-router"),
@@ -275,6 +286,12 @@ def main() -> None:
                         str(threads),
                         "--listen",
                         f"127.0.0.1:{port}",
+                        "--listen-tls",
+                        f"127.0.0.1:{tls_port}",
+                        "--tls-cert",
+                        str(tmp / "edge.crt"),
+                        "--tls-key",
+                        str(tmp / "edge.key"),
                         "--etcd",
                         f"127.0.0.1:{etcd.port}",
                         "--etcd-prefix",
@@ -293,20 +310,26 @@ def main() -> None:
                 )
                 procs.append(proc)
                 engines.wait_for_port("127.0.0.1", port, 15, proc)
+                tls_ports[f"router{threads}"] = tls_port
                 return port, proc.pid
 
             router_port, router_pid = router(1, metrics_port)
             router2_port, router2_pid = router(2)
 
             nginx_port = engines.free_port()
+            tls_ports["nginx"] = engines.free_port()
+            proxied = """location / { proxy_pass http://be; proxy_http_version 1.1;
+                          proxy_set_header Connection ""; }"""
             conf = nginx_conf(
                 tmp,
                 "proxy",
                 f"""
     upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
-    server {{ listen 127.0.0.1:{nginx_port};
-             location / {{ proxy_pass http://be; proxy_http_version 1.1;
-                          proxy_set_header Connection ""; }} }}""",
+    server {{ listen 127.0.0.1:{nginx_port}; {proxied} }}
+    server {{ listen 127.0.0.1:{tls_ports["nginx"]} ssl;
+             ssl_certificate {tmp / "edge.crt"}; ssl_certificate_key {tmp / "edge.key"};
+             ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;
+             ssl_session_cache shared:SSL:10m; {proxied} }}""",
             )
             procs.append(
                 start([nginx, "-c", str(conf), "-e", str(tmp / "proxy.err")], tmp / "proxy.log")
@@ -431,6 +454,33 @@ def main() -> None:
                     f"cpu {1000 * used / max(mbps * args.duration, 1e-9):.2f} ms per MB  "
                     f"non-2xx {big['non2xx']:.0f}"
                 )
+            # HTTPS, the same certificate on both: keep-alive requests, then a new
+            # connection (a full handshake: wrk resumes no sessions) per request.
+            print(f"HTTPS (ECDSA P-256 certificate, TLS 1.3), {args.duration} s each")
+            https: dict[str, dict[str, float]] = {}
+            for name, port in (("router", tls_ports["router1"]), ("nginx", tls_ports["nginx"])):
+                pids = pids_of[name]
+                before = cpu_seconds(pids)
+                ka = wrk(port, host, args.duration, scheme="https")
+                ka["cpu"] = (cpu_seconds(pids) - before) / args.duration
+                before = cpu_seconds(pids)
+                fresh = wrk(
+                    port, host, args.duration, scheme="https", headers=("Connection: close",)
+                )
+                fresh["cpu"] = (cpu_seconds(pids) - before) / args.duration
+                https[name] = {"ka": ka["rps"], "fresh": fresh["rps"]}
+                print(
+                    f"  {name:8s} keep-alive {ka['rps']:9.0f} req/s "
+                    f"({1e6 * ka['cpu'] / max(ka['rps'], 1):.1f} us cpu/req)  "
+                    f"new handshakes {fresh['rps']:7.0f}/s "
+                    f"({1e6 * fresh['cpu'] / max(fresh['rps'], 1):.0f} us cpu each)  "
+                    f"non-2xx {ka['non2xx'] + fresh['non2xx']:.0f}"
+                )
+            r_tls, n_tls = https["router"], https["nginx"]
+            print(
+                f"  router/nginx HTTPS keep-alive {r_tls['ka'] / n_tls['ka']:.2f}x, "
+                f"handshakes {r_tls['fresh'] / n_tls['fresh']:.2f}x"
+            )
             try:
                 import urllib.request
 

@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 
 from router import errors_page as pages
 from router.table import BALANCE_LEAST_LOADED, RouteTable
+from slipway import log
+
+logger = log.get(__name__)
 
 # The answers the data plane gives on its own, by the key it uses.
 PAGE_KEYS: Mapping[str, pages.RouterError] = {
@@ -131,10 +134,25 @@ class NativePlane:
         handshakes; ValueError (naming the pair) if any pair is unusable."""
         self._plane.set_certificates(default, dict(named))
 
-    def follow(self, table: RouteTable) -> None:
-        """Hands over the table now and after every change to it."""
-        self._plane.set_routes(snapshot(table))
-        table.listeners.append(lambda: self._plane.set_routes(snapshot(table)))
+    def follow(self, table: RouteTable, default: tuple[bytes, bytes] | None = None) -> None:
+        """Hands over the table now and after every change to it, and its HTTPS
+        certificates (with ``default`` for every other name) whenever they change."""
+        pushed = -1
+
+        def push() -> None:
+            nonlocal pushed
+            self._plane.set_routes(snapshot(table))
+            if table.certificates_version != pushed:
+                named = {name: (p.chain, p.key) for name, p in table.certificates.items()}
+                try:
+                    self.set_certificates(default, named)
+                except ValueError as exc:
+                    # Each record was checked when read; keep serving the last good set.
+                    logger.warning("certificates refused by the data plane", error=str(exc))
+                pushed = table.certificates_version
+
+        push()
+        table.listeners.append(push)
 
     def set_routes(self, routes: Snapshot) -> None:
         self._plane.set_routes(routes)

@@ -104,13 +104,15 @@ class Router:
 
     async def run(self) -> None:
         config = self.config
+        default = None
         if config.listen_tls:
             # Before anything listens: a bad certificate stops the start, clearly.
+            default = default_certificate(config)
             try:
-                self.plane.set_certificates(default_certificate(config), {})
+                self.plane.set_certificates(default, {})
             except ValueError as exc:
                 raise errors.InvalidArgument(str(exc)) from exc
-        self.plane.follow(self.table)
+        self.plane.follow(self.table, default)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.watcher.run(), name="route-watcher")

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from slipway import errors, log
+from slipway import certs, errors, log
 from slipway.backoff import Backoff
 from slipway.etcd import KV, Etcd
 from slipway.keys import Keys
@@ -87,9 +87,13 @@ class RouteTable:
         self.domains: dict[str, str] = {}
         # app -> its dynos as a tuple, rebuilt on change: random.choice wants a sequence.
         self.dyno_list: dict[str, tuple[DynoRoute, ...]] = {}
+        # host name or "*.domain" -> its HTTPS certificate (checked when read)
+        self.certificates: dict[str, certs.Pair] = {}
+        # Bumped when a certificate changes: the data plane then takes the new set.
+        self.certificates_version = 0
         self.revision = 0
         self.loaded = False
-        # raw Host header -> app name (or None); cleared whenever the table changes.
+        # Called after every change.
         self.listeners: list[Callable[[], None]] = []
 
     # -- changes ------------------------------------------------------------
@@ -97,9 +101,13 @@ class RouteTable:
         """Swap in a full listing at once (no request sees a half-built table)."""
         fresh = RouteTable.__new__(RouteTable)
         fresh.apps, fresh.dynos, fresh.domains, fresh._routes = {}, {}, {}, self._routes
+        fresh.certificates, fresh.certificates_version = {}, 0
         for kv in kvs:
             fresh._put(kv.key, kv.value)
         self.apps, self.dynos, self.domains = fresh.apps, fresh.dynos, fresh.domains
+        if fresh.certificates != self.certificates:
+            self.certificates = fresh.certificates
+            self.certificates_version += 1
         self.dyno_list = {app: tuple(d.values()) for app, d in self.dynos.items()}
         self.revision = revision
         self.loaded = True
@@ -139,7 +147,10 @@ class RouteTable:
                 return app
             elif parts[0] == "domains" and len(parts) == 2:
                 self.domains[parts[1].lower()] = str(json.loads(value)["app"])
-        except (ValueError, KeyError, TypeError) as exc:
+            elif parts[0] == "certs" and len(parts) == 2:
+                self.certificates[parts[1].lower()] = certs.decode(value)
+                self.certificates_version += 1
+        except (ValueError, KeyError, TypeError, errors.InvalidArgument) as exc:
             # A bad record must not take the router down; it is simply not routed.
             logger.warning("bad route record", key=key.decode(errors="replace"), error=str(exc))
         return None
@@ -159,6 +170,9 @@ class RouteTable:
             return parts[1]
         elif parts[0] == "domains" and len(parts) == 2:
             self.domains.pop(parts[1].lower(), None)
+        elif parts[0] == "certs" and len(parts) == 2:
+            if self.certificates.pop(parts[1].lower(), None) is not None:
+                self.certificates_version += 1
         return None
 
 

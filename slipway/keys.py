@@ -250,5 +250,9 @@ class Keys:
     def route_domain(self, hostname: str) -> bytes:
         return self._k("routes", "domains", hostname)
 
+    def route_cert(self, hostname: str) -> bytes:
+        """The HTTPS certificate for ``hostname`` (or ``*.domain``): slipway.certs."""
+        return self._k("routes", "certs", hostname)
+
     def routes(self) -> bytes:
         return self._k("routes", "")

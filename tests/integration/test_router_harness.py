@@ -26,7 +26,7 @@ import uvloop
 
 from router.config import Limits, Listen, LogConfig, RouterConfig
 from router.server import Router
-from slipway import pki
+from slipway import certs, pki
 from slipway.etcd import Etcd
 from slipway.keys import Keys
 from slipway.logline import LogLine, app_filter, decode_batch
@@ -214,6 +214,13 @@ class Routes:
 
     async def domain(self, hostname: str, app: str) -> None:
         await self.etcd.put(self.keys.route_domain(hostname), json.dumps({"app": app}).encode())
+
+    async def cert(self, hostname: str, chain: bytes, key: bytes) -> None:
+        record = certs.encode(certs.Pair(chain, key))
+        await self.etcd.put(self.keys.route_cert(hostname), record)
+
+    async def remove_cert(self, hostname: str) -> None:
+        await self.etcd.delete(self.keys.route_cert(hostname))
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from router.config import Listen
 from slipway import pki
@@ -24,6 +25,8 @@ from tests.integration.test_router_harness import (
     read_response,
     request,
     router_config,
+    routes,
+    start_router,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -177,3 +180,76 @@ async def test_sni_picks_the_names_certificate_and_changes_apply_to_new_handshak
         with pytest.raises(ValueError, match=r"www\.demo\.org"):
             rt.router.plane.set_certificates(default, {"www.demo.org": (www[0], shop[1])})
         assert names((await https_get(rt, ctx, "www.demo.org"))[3]) == {"www.demo.org"}
+
+
+async def serial_seen(rt: RunningRouter, ctx: ssl.SSLContext, host: str) -> int:
+    """The serial number of the certificate the router serves for ``host``."""
+    return int((await https_get(rt, ctx, host))[3]["serialNumber"], 16)
+
+
+async def test_certificates_from_etcd_reach_every_router_without_a_restart(
+    etcd_endpoint, etcd_prefix, edge_ca, tmp_path
+):
+    ca, ca_file = edge_ca
+    ctx = client_context(ca_file)
+    dyno = await Dyno("web.1").start()
+    config = tls_config(etcd_endpoint, etcd_prefix, ca, tmp_path)
+    async with (
+        demo_router(etcd_endpoint, etcd_prefix, dyno, config) as first,
+        start_router(config) as second,
+        routes(etcd_endpoint, etcd_prefix) as r,
+    ):
+        await r.domain("www.demo.org", "demo")
+        # A keep-alive connection made before any change.
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", https_port(first), ssl=ctx, server_hostname=f"demo.{BASE}"
+        )
+        routers = (first, second)
+
+        async def every_router_serves(serial: int) -> bool:
+            try:
+                seen = [await serial_seen(rt, ctx, "www.demo.org") for rt in routers]
+            except ssl.SSLError:  # the default certificate does not name www.demo.org
+                return False
+            return seen == [serial] * len(routers)
+
+        one = pki.edge_certificate(ca, ["www.demo.org"])
+        await r.cert("www.demo.org", *one)
+        serial_one = x509.load_pem_x509_certificate(one[0]).serial_number
+        await eventually_async(lambda: every_router_serves(serial_one), timeout=10)
+        # Replaced: every router moves to the new one.
+        two = pki.edge_certificate(ca, ["www.demo.org"])
+        await r.cert("www.demo.org", *two)
+        serial_two = x509.load_pem_x509_certificate(two[0]).serial_number
+        await eventually_async(lambda: every_router_serves(serial_two), timeout=10)
+        # A record whose key is not the certificate's is skipped, not served.
+        await r.cert("www.demo.org", two[0], one[1])
+        await r.domain("shop.demo.org", "demo")
+        shop = pki.edge_certificate(ca, ["shop.demo.org"])
+        await r.cert("shop.demo.org", *shop)
+
+        async def shop_served() -> bool:
+            try:
+                served = [names((await https_get(rt, ctx, "shop.demo.org"))[3]) for rt in routers]
+            except ssl.SSLError:  # still the default certificate somewhere
+                return False
+            return served == [{"shop.demo.org"}] * len(routers)
+
+        await eventually_async(shop_served, timeout=10)
+        assert await every_router_serves(serial_two)
+        # The connection made at the start carries on through every change.
+        writer.write(f"GET / HTTP/1.1\r\nHost: demo.{BASE}\r\n\r\n".encode())
+        assert (await read_response(reader)).status == 200
+        writer.close()
+        # Removed: back to the default certificate, which does not name it.
+        await r.remove_cert("shop.demo.org")
+
+        async def default_again() -> bool:
+            try:
+                await https_get(first, ctx, "shop.demo.org")
+            except ssl.SSLCertVerificationError:
+                return True
+            return False
+
+        await eventually_async(default_again, timeout=10)
+    await dyno.stop()

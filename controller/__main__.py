@@ -114,6 +114,14 @@ def cli() -> None:
     help="Apps answer at APP.BASE_DOMAIN on the routers.  [default: localhost]",
 )
 @click.option(
+    "--web-url",
+    envvar="SLIPWAY_WEB_URL",
+    metavar="URL",
+    help="The URL users are shown for an app, {app} standing for its name, with the scheme "
+    "and port the routers serve (e.g. https://{app}.apps.example.com/).  "
+    "[default: http://{app}.BASE_DOMAIN/]",
+)
+@click.option(
     "--ca-dir",
     envvar="SLIPWAY_CA_DIR",
     type=click.Path(file_okay=False, path_type=Path),
@@ -136,6 +144,7 @@ def serve_cmd(
     nats: str | None,
     nats_replicas: int | None,
     base_domain: str | None,
+    web_url: str | None,
     ca_dir: Path | None,
     addons_listen: str | None,
     credentials: Bundle | None,
@@ -159,6 +168,7 @@ def serve_cmd(
         nats=split_list(nats),
         nats_replicas=nats_replicas,
         base_domain=base_domain,
+        web_url=web_url,
         ca_dir=str(ca_dir) if ca_dir else None,
         addons_listen=addons_listen,
     )

@@ -29,6 +29,9 @@ class ControllerConfig:
     nats_replicas: int = 1
     # Apps answer at APP.BASE_DOMAIN on the routers.
     base_domain: str = "localhost"
+    # The URL users are shown for an app ({app} is its name), with the scheme
+    # and port the routers really serve; empty: http://{app}.BASE_DOMAIN/.
+    web_url: str = ""
     # Operator-defined dyno sizes: {name: {memory_mb, max_processes, cpu_shares}}.
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Largest accepted gRPC message (bytes); uploads stream in smaller chunks.
@@ -122,7 +125,19 @@ class ControllerConfig:
             )
         if config.nats_replicas < 1:
             raise errors.InvalidArgument("nats_replicas must be at least 1")
+        if config.web_url and (
+            "{app}" not in config.web_url or not config.web_url.startswith(("http://", "https://"))
+        ):
+            raise errors.InvalidArgument(
+                f"web_url must be an http:// or https:// URL with {{app}} in it, "
+                f"not {config.web_url!r}"
+            )
         return config
+
+    def app_url(self, app: str) -> str:
+        """Where users reach ``app``, as apps:create and apps:info print it."""
+        template = self.web_url or "http://{app}." + self.base_domain + "/"
+        return template.replace("{app}", app)
 
 
 # Keys a controller config file may hold: every field, plus serve's --log-level.

@@ -245,7 +245,7 @@ class Controller:
             self.state,
             self.access,
             self.audit,
-            base_domain=self.config.base_domain,
+            app_url=self.config.app_url,
             builds=self.build_services,
             log_hub=self.log_hub,
             api_log=self.api_log,

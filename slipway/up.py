@@ -98,6 +98,12 @@ class UpConfig:
         return int(self.router_listen.rpartition(":")[2])
 
     @property
+    def web_url(self) -> str:
+        """An app's URL through this host's router, its port included."""
+        port = "" if self.router_port == 80 else f":{self.router_port}"
+        return "http://{app}." + self.base_domain + port + "/"
+
+    @property
     def pki_dir(self) -> Path:
         return self.data_dir / "pki"
 
@@ -312,6 +318,8 @@ def components(cfg: UpConfig) -> list[Component]:
                 cfg.nats_url,
                 "--base-domain",
                 cfg.base_domain,
+                "--web-url",
+                cfg.web_url,
                 *_creds(cfg, pki.Role.CONTROLLER),
                 "--addons-listen",
                 f"{cfg.host}:{cfg.callback_port}",

@@ -9,7 +9,7 @@ log (controller/api/build_output.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -87,7 +87,8 @@ class BuildRPCs:
     build_services: BuildServices | None
     # The app's log, for the release dyno's output in StreamBuildOutput (None: notes only).
     log_hub: LogHub | None
-    base_domain: str
+    # Where users reach an app (the controller config's app_url).
+    app_url: Callable[[str], str]
 
     @property
     def _builds(self) -> BuildServices:
@@ -174,7 +175,7 @@ class BuildRPCs:
     ) -> pb.SetStackResponse:
         record = await self._builds.builds.set_stack(request.app, request.stack)
         return pb.SetStackResponse(
-            app=convert.app(record, self.base_domain), available=stackimage.stack_names()
+            app=convert.app(record, self.app_url(record.name)), available=stackimage.stack_names()
         )
 
     @unary

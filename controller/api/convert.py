@@ -31,14 +31,14 @@ def timestamp(seconds: float) -> Timestamp:
     return ts
 
 
-def app(record: AppRecord, base_domain: str = "") -> types_pb2.App:
+def app(record: AppRecord, web_url: str = "") -> types_pb2.App:
     return types_pb2.App(
         name=record.name,
         created_at=timestamp(record.created_at),
         current_release=record.current_release,
         buildpacks=record.buildpacks,
         stack=record.build_stack or stackimage.DEFAULT_STACK,
-        web_url=f"http://{record.name}.{base_domain}/" if base_domain else "",
+        web_url=web_url,
         owner=record.owner,
         team=record.team,
     )

@@ -55,7 +55,7 @@ class PlatformAPI(
         access: Access,
         audit: AuditTrail | None = None,
         *,
-        base_domain: str = "",
+        app_url: Callable[[str], str] = lambda app: "",
         builds: BuildServices | None = None,
         log_hub: LogHub | None = None,
         api_log: ApiLog | None = None,
@@ -66,7 +66,7 @@ class PlatformAPI(
         self.access = access
         self.audit = audit
         self.accounts = access.accounts
-        self.base_domain = base_domain
+        self.app_url = app_url
         self.dynos = Dynos(state)
         self.drains = Drains(state)
         self.addons = Addons(state)
@@ -99,7 +99,7 @@ class PlatformAPI(
             await self.accounts.set_collaborator(
                 record, who.user, access.ALL_PERMISSIONS, by="created the app", new=True
             )
-        return pb.CreateAppResponse(app=convert.app(record, self.base_domain))
+        return pb.CreateAppResponse(app=convert.app(record, self.app_url(record.name)))
 
     @unary
     async def ListApps(
@@ -110,7 +110,7 @@ class PlatformAPI(
             apps = [a for a in apps if a.team == request.team]
         if not who.admin:
             apps = await self.accounts.visible_apps(who.user, apps)
-        return pb.ListAppsResponse(apps=[convert.app(a, self.base_domain) for a in apps])
+        return pb.ListAppsResponse(apps=[convert.app(a, self.app_url(a.name)) for a in apps])
 
     @unary
     async def GetApp(
@@ -119,7 +119,7 @@ class PlatformAPI(
         record = await self.state.get_app(request.app)
         formation, process_types = await self.state.get_formation(request.app)
         response = pb.GetAppResponse(
-            app=convert.app(record, self.base_domain),
+            app=convert.app(record, self.app_url(record.name)),
             formation=convert.formation(formation, process_types),
         )
         if record.current_release:

@@ -122,6 +122,14 @@ def cli() -> None:
     "[default: http://{app}.BASE_DOMAIN/]",
 )
 @click.option(
+    "--app-certificates-from-ca",
+    is_flag=True,
+    default=None,
+    envvar="SLIPWAY_APP_CERTIFICATES_FROM_CA",
+    help="Make an HTTPS certificate for every APP.BASE_DOMAIN from the cluster CA "
+    "(needs --ca-dir; for a base domain like localhost that no wildcard can cover).",
+)
+@click.option(
     "--ca-dir",
     envvar="SLIPWAY_CA_DIR",
     type=click.Path(file_okay=False, path_type=Path),
@@ -145,6 +153,7 @@ def serve_cmd(
     nats_replicas: int | None,
     base_domain: str | None,
     web_url: str | None,
+    app_certificates_from_ca: bool | None,
     ca_dir: Path | None,
     addons_listen: str | None,
     credentials: Bundle | None,
@@ -169,6 +178,7 @@ def serve_cmd(
         nats_replicas=nats_replicas,
         base_domain=base_domain,
         web_url=web_url,
+        app_certificates_from_ca=app_certificates_from_ca,
         ca_dir=str(ca_dir) if ca_dir else None,
         addons_listen=addons_listen,
     )

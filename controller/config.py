@@ -32,6 +32,11 @@ class ControllerConfig:
     # The URL users are shown for an app ({app} is its name), with the scheme
     # and port the routers really serve; empty: http://{app}.BASE_DOMAIN/.
     web_url: str = ""
+    # Make an HTTPS certificate for every APP.BASE_DOMAIN from the cluster CA
+    # (needs ca_dir): for a one-label base domain such as localhost, which no
+    # wildcard certificate can cover. Off where an operator's *.BASE_DOMAIN
+    # certificate should serve (a per-app one would win over it by SNI).
+    app_certificates_from_ca: bool = False
     # Operator-defined dyno sizes: {name: {memory_mb, max_processes, cpu_shares}}.
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Largest accepted gRPC message (bytes); uploads stream in smaller chunks.
@@ -125,6 +130,8 @@ class ControllerConfig:
             )
         if config.nats_replicas < 1:
             raise errors.InvalidArgument("nats_replicas must be at least 1")
+        if config.app_certificates_from_ca and not config.ca_dir:
+            raise errors.InvalidArgument("app_certificates_from_ca needs ca_dir (the cluster CA)")
         if config.web_url and (
             "{app}" not in config.web_url or not config.web_url.startswith(("http://", "https://"))
         ):

@@ -30,6 +30,7 @@ from controller.core.sizes import SizeTable
 from controller.loops.addons import AddonLoop
 from controller.loops.build_watcher import BuildWatcher
 from controller.loops.cron import CronLoop
+from controller.loops.edge_certs import EdgeCertificates
 from controller.loops.gc import Collector
 from controller.loops.leader import Leadership
 from controller.loops.oneoff import OneOffs, Reaper
@@ -129,6 +130,19 @@ class Controller:
             self.leadership,
             tick=config.scheduler_tick_seconds,
             app_log=self.api_log,
+        )
+        # With the cluster CA at hand (slipway up): an HTTPS certificate per app.
+        self.edge_certs = (
+            EdgeCertificates(
+                self.state,
+                self.leadership,
+                Path(config.ca_dir),
+                config.base_domain,
+                interval=config.resync_seconds * 12,
+                clock=clock,
+            )
+            if config.app_certificates_from_ca
+            else None
         )
         # Log drains: every controller sends its share (controller/bus/drains.py).
         self.drain_pool = DrainPool(
@@ -255,6 +269,8 @@ class Controller:
         api.addons = self.addons
         api.jobs = self.jobs
         api.addons_wake = self.addon_loop.wake
+        if self.edge_certs is not None:
+            api.apps_changed = self.edge_certs.wake
         api.addon_provider = self.addon_loop.provider
         api.reconcile_passes = lambda: self.reconciler.passes
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(api, server)
@@ -324,6 +340,8 @@ class Controller:
                 tg.create_task(self.cron_loop.run())
                 if self.addon_callbacks is not None:
                     tg.create_task(self.addon_callbacks.run())
+                if self.edge_certs is not None:
+                    tg.create_task(self.edge_certs.run())
         finally:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace=3)

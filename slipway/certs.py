@@ -3,8 +3,9 @@
 
 The record is JSON ``{"chain": PEM, "key": PEM}``: the certificate chain
 (leaf first) and its private key, for one host name or a ``*.domain``
-wildcard. Routers read it (they may read ``routes/`` only); dynos cannot
-reach etcd at all.
+wildcard; ``"made_here": true`` marks one the controller made from the
+cluster CA (controller/loops/edge_certs.py). Routers read it (they may read
+``routes/`` only); dynos cannot reach etcd at all.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKey
 class Pair:
     chain: bytes
     key: bytes
+    # Made by the controller from the cluster CA (it renews and removes those only).
+    made_here: bool = False
 
 
 def check(chain: bytes, key: bytes) -> x509.Certificate:
@@ -46,14 +49,19 @@ def check(chain: bytes, key: bytes) -> x509.Certificate:
 
 
 def encode(pair: Pair) -> bytes:
-    return json.dumps({"chain": pair.chain.decode(), "key": pair.key.decode()}).encode()
+    record: dict[str, object] = {"chain": pair.chain.decode(), "key": pair.key.decode()}
+    if pair.made_here:
+        record["made_here"] = True
+    return json.dumps(record).encode()
 
 
 def decode(value: bytes) -> Pair:
     """A record as stored, checked (InvalidArgument if it is not a usable pair)."""
     try:
         obj = json.loads(value)
-        pair = Pair(str(obj["chain"]).encode(), str(obj["key"]).encode())
+        pair = Pair(
+            str(obj["chain"]).encode(), str(obj["key"]).encode(), bool(obj.get("made_here"))
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise errors.InvalidArgument(f"not a certificate record: {exc}") from exc
     check(pair.chain, pair.key)

@@ -49,6 +49,7 @@ class UpConfig:
     host: str = "127.0.0.1"
     api_port: int = 7070
     router_listen: str = "0.0.0.0:8080"
+    router_tls_listen: str = "0.0.0.0:8443"
     etcd_port: int = 2379
     etcd_peer_port: int = 2380
     nats_port: int = 4222
@@ -98,6 +99,15 @@ class UpConfig:
         return int(self.router_listen.rpartition(":")[2])
 
     @property
+    def router_tls_port(self) -> int:
+        return int(self.router_tls_listen.rpartition(":")[2])
+
+    @property
+    def edge_dir(self) -> Path:
+        """The router's default HTTPS certificate (tls.crt, tls.key)."""
+        return self.pki_dir / "edge"
+
+    @property
     def web_url(self) -> str:
         """An app's URL through this host's router, its port included."""
         port = "" if self.router_port == 80 else f":{self.router_port}"
@@ -141,6 +151,15 @@ def ensure_pki(cfg: UpConfig, say: Callable[[str], None]) -> None:
     # The add-ons' certificate also names the address dynos dial (PostgreSQL's
     # TLS): made again when that address changes.
     hosts = sorted({cfg.host, cfg.addons_address} - {""})
+    # The routers' default HTTPS certificate: BASE_DOMAIN and *.BASE_DOMAIN (a
+    # wildcard clients refuse for a one-label domain such as localhost: there
+    # each app gets its own from the controller, --app-certificates-from-ca).
+    edge = cfg.edge_dir
+    if not (edge / "tls.key").exists():
+        chain, key = pki.edge_certificate(ca, [cfg.base_domain, f"*.{cfg.base_domain}"])
+        edge.mkdir(parents=True, exist_ok=True)
+        (edge / "tls.crt").write_bytes(chain)
+        pki.write_private(edge / "tls.key", key)
     names = cfg.pki_dir / "addons-hosts"
     bundle = cfg.bundle(pki.Role.ADDONS)
     if not bundle.exists() or not names.exists() or names.read_text().split() != hosts:
@@ -320,6 +339,7 @@ def components(cfg: UpConfig) -> list[Component]:
                 cfg.base_domain,
                 "--web-url",
                 cfg.web_url,
+                "--app-certificates-from-ca",
                 *_creds(cfg, pki.Role.CONTROLLER),
                 "--addons-listen",
                 f"{cfg.host}:{cfg.callback_port}",
@@ -350,7 +370,7 @@ def components(cfg: UpConfig) -> list[Component]:
                 "--stop-dynos-on-exit",
                 # Dynos may call the router's public listener (apps call each other by URL).
                 "--router-ports",
-                str(cfg.router_port),
+                f"{cfg.router_port},{cfg.router_tls_port}",
                 "--credentials",
                 str(cfg.pki_dir / "node"),
             ),
@@ -380,6 +400,12 @@ def components(cfg: UpConfig) -> list[Component]:
                 "router",
                 "--listen",
                 cfg.router_listen,
+                "--listen-tls",
+                cfg.router_tls_listen,
+                "--tls-cert",
+                str(cfg.edge_dir / "tls.crt"),
+                "--tls-key",
+                str(cfg.edge_dir / "tls.key"),
                 "--etcd",
                 cfg.etcd_endpoint,
                 "--nats",
@@ -462,11 +488,12 @@ class Platform:
             (cfg.etcd_port, "etcd"),
             (cfg.nats_port, "NATS"),
             (cfg.router_port, "router"),
+            (cfg.router_tls_port, "router HTTPS"),
             (cfg.addons_port, "add-ons API"),
             (cfg.callback_port, "add-on callback API"),
             (cfg.postgres_port, "PostgreSQL"),
         ):
-            anywhere = what in ("router", "PostgreSQL")
+            anywhere = what in ("router", "router HTTPS", "PostgreSQL")
             _check_free("0.0.0.0" if anywhere else cfg.host, port, what)
         await asyncio.to_thread(ensure_pki, cfg, self.say)
         self.components = components(cfg)

@@ -72,6 +72,8 @@ class PlatformAPI(
         self.addons = Addons(state)
         self.jobs = Jobs(state)
         self.addons_wake: Callable[[], None] = lambda: None
+        # Called after an app is created or destroyed (the edge certificates look again).
+        self.apps_changed: Callable[[], None] = lambda: None
         self.addon_provider = ProviderClient()
         # Build RPCs (controller/api/build_api.py); None when builds are not wired.
         self.build_services = builds
@@ -99,6 +101,7 @@ class PlatformAPI(
             await self.accounts.set_collaborator(
                 record, who.user, access.ALL_PERMISSIONS, by="created the app", new=True
             )
+        self.apps_changed()
         return pb.CreateAppResponse(app=convert.app(record, self.app_url(record.name)))
 
     @unary
@@ -134,6 +137,7 @@ class PlatformAPI(
     ) -> pb.DestroyAppResponse:
         await self.state.destroy_app(request.app, request.confirm)
         self.app_destroyed(request.app)
+        self.apps_changed()
         return pb.DestroyAppResponse()
 
     # config vars

@@ -37,6 +37,14 @@ from slipway.cli.base import cli
     metavar="HOST:PORT",
     help="Where the HTTP router listens.",
 )
+@click.option(
+    "--router-https",
+    "router_tls_listen",
+    default="0.0.0.0:8443",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the router serves HTTPS (certificates from the cluster CA).",
+)
 @click.option("--etcd-port", default=2379, show_default=True)
 @click.option("--etcd-peer-port", default=2380, show_default=True)
 @click.option("--nats-port", default=4222, show_default=True)
@@ -87,6 +95,7 @@ def up(
     host: str,
     api_port: int,
     router_listen: str,
+    router_tls_listen: str,
     etcd_port: int,
     etcd_peer_port: int,
     nats_port: int,
@@ -109,6 +118,7 @@ def up(
         host=host,
         api_port=api_port,
         router_listen=router_listen,
+        router_tls_listen=router_tls_listen,
         etcd_port=etcd_port,
         etcd_peer_port=etcd_peer_port,
         nats_port=nats_port,
@@ -146,6 +156,11 @@ def up(
         click.echo("Slipway is up.")
         click.echo(
             f"  Router:  http://APP.{cfg.base_domain}{suffix}/   (listening on {cfg.router_listen})"
+        )
+        tls_port = cfg.router_tls_port
+        click.echo(
+            f"  HTTPS:   https://APP.{cfg.base_domain}{'' if tls_port == 443 else f':{tls_port}'}/"
+            f"   (trust {cfg.ca_file}, e.g. curl --cacert)"
         )
         click.echo(f"  API:     {cfg.api}")
         click.echo(f"  Token:   {token}")

@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -49,13 +51,14 @@ class Platform:
     callback_port: int
     # PostgreSQL runs as its own user: not under pytest's private temp dirs.
     addons_dir: Path
+    router_tls_port: int = 0
     proc: subprocess.Popen[str] | None = None
     output: str = ""
 
     @classmethod
     def on_free_ports(cls, tmp: Path) -> Platform:
         ports = {engines.free_port() for _ in range(12)}
-        api, router, etcd, peer, nats, addons, pg, callback = sorted(ports)[:8]
+        api, router, etcd, peer, nats, addons, pg, callback, https = sorted(ports)[:9]
         addons_dir = Path(tempfile.mkdtemp(prefix="slipway-e2e-addons-", dir="/tmp"))
         addons_dir.chmod(0o711)
         return cls(
@@ -70,6 +73,7 @@ class Platform:
             pg,
             callback,
             addons_dir,
+            https,
         )
 
     def env(self) -> dict[str, str]:
@@ -88,6 +92,8 @@ class Platform:
                 str(self.api_port),
                 "--router",
                 f"127.0.0.1:{self.router_port}",
+                "--router-https",
+                f"127.0.0.1:{self.router_tls_port}",
                 "--etcd-port",
                 str(self.etcd_port),
                 "--etcd-peer-port",
@@ -159,6 +165,22 @@ class Platform:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    def https(self, app: str, path: str = "/") -> tuple[int, str]:
+        """A request as a browser makes it: TLS to APP.localhost, checked
+        against the cluster CA `slipway up` made."""
+        ctx = ssl.create_default_context(cafile=str(self.data_dir / "pki" / "ca" / "ca.crt"))
+        with socket.create_connection(("127.0.0.1", self.router_tls_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=f"{app}.localhost") as tls:
+                tls.sendall(
+                    f"GET {path} HTTP/1.1\r\nHost: {app}.localhost\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), body.decode(errors="replace")
+
     def containers(self) -> list[str]:
         out = subprocess.run(
             ["runc", "--root", str(self.data_dir / "agent" / "runc"), "list", "-q"],
@@ -223,13 +245,17 @@ def test_a_new_user_session(platform: Platform) -> None:
     assert "Slipway is up." in platform.output
     assert json.loads(platform.config_path.read_text())["token"].startswith("slw_")
 
-    platform.cli("apps:create", "demo")
+    created = platform.cli("apps:create", "demo").stdout
+    assert f"http://demo.localhost:{platform.router_port}/" in created  # the real port
     deploy = platform.cli("deploy", "-a", "demo", "examples/python")
     assert "-----> Python app detected" in deploy.stdout + deploy.stderr
     assert "Released v2" in deploy.stdout + deploy.stderr
 
     assert eventually(lambda: greeting(platform, "demo") == "Hello from Slipway", 60)
     status, page = platform.http("demo", "/")
+    assert status == 200 and "<h1>Hello from Slipway</h1>" in page
+    # HTTPS out of the box: the app's certificate from the cluster CA.
+    status, page = platform.https("demo", "/")
     assert status == 200 and "<h1>Hello from Slipway</h1>" in page
 
     def logs_show_router_and_app_lines() -> bool:

@@ -57,6 +57,11 @@ def encode(pair: Pair) -> bytes:
 
 def decode(value: bytes) -> Pair:
     """A record as stored, checked (InvalidArgument if it is not a usable pair)."""
+    return read(value)[0]
+
+
+def read(value: bytes) -> tuple[Pair, x509.Certificate]:
+    """A record as stored and its leaf certificate, checked as :func:`decode` does."""
     try:
         obj = json.loads(value)
         pair = Pair(
@@ -64,5 +69,4 @@ def decode(value: bytes) -> Pair:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise errors.InvalidArgument(f"not a certificate record: {exc}") from exc
-    check(pair.chain, pair.key)
-    return pair
+    return pair, check(pair.chain, pair.key)

@@ -98,8 +98,7 @@ class EdgeCertificates:
         for kv in kvs:
             host = kv.key[len(prefix) :].decode(errors="replace")
             try:
-                pair = certs.decode(kv.value)
-                leaf = certs.check(pair.chain, pair.key)
+                pair, leaf = certs.read(kv.value)
             except errors.InvalidArgument:
                 continue  # not ours to mend: the routers skip it too
             held[host] = Held(leaf.not_valid_after_utc.timestamp(), pair.made_here)

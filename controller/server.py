@@ -260,6 +260,8 @@ class Controller:
             self.access,
             self.audit,
             app_url=self.config.app_url,
+            base_domain=self.config.base_domain,
+            sealer=self.config.credentials.sealer() if self.config.credentials else None,
             builds=self.build_services,
             log_hub=self.log_hub,
             api_log=self.api_log,

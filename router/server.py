@@ -60,7 +60,8 @@ class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.keys = Keys(config.etcd_prefix)
-        self.table = RouteTable(self.keys, config.base_domain)
+        sealer = config.credentials.sealer() if config.credentials is not None else None
+        self.table = RouteTable(self.keys, config.base_domain, sealer)
         self.watcher = TableWatcher(
             config.etcd_endpoints,
             self.keys,

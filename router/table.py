@@ -21,6 +21,7 @@ from slipway.backoff import Backoff
 from slipway.etcd import KV, Etcd
 from slipway.keys import Keys
 from slipway.pki import Bundle
+from slipway.sealing import Sealer
 
 logger = log.get(__name__)
 
@@ -79,8 +80,10 @@ def parse_dyno(app: str, dyno: str, value: bytes) -> DynoRoute:
 class RouteTable:
     """Apps, dynos and custom domains, as last seen in etcd."""
 
-    def __init__(self, keys: Keys, base_domain: str) -> None:
+    def __init__(self, keys: Keys, base_domain: str, sealer: Sealer | None = None) -> None:
         self._routes = keys.routes().decode()
+        # Opens certificates' sealed private keys (the router bundle's cluster key).
+        self.sealer = sealer
         self.base_suffix = "." + base_domain.strip(".").lower()
         self.apps: dict[str, AppRoute] = {}
         self.dynos: dict[str, dict[str, DynoRoute]] = {}
@@ -102,6 +105,7 @@ class RouteTable:
         fresh = RouteTable.__new__(RouteTable)
         fresh.apps, fresh.dynos, fresh.domains, fresh._routes = {}, {}, {}, self._routes
         fresh.certificates, fresh.certificates_version = {}, 0
+        fresh.sealer = self.sealer
         for kv in kvs:
             fresh._put(kv.key, kv.value)
         self.apps, self.dynos, self.domains = fresh.apps, fresh.dynos, fresh.domains
@@ -148,7 +152,7 @@ class RouteTable:
             elif parts[0] == "domains" and len(parts) == 2:
                 self.domains[parts[1].lower()] = str(json.loads(value)["app"])
             elif parts[0] == "certs" and len(parts) == 2:
-                self.certificates[parts[1].lower()] = certs.decode(value)
+                self.certificates[parts[1].lower()] = certs.decode(value, self.sealer)
                 self.certificates_version += 1
         except (ValueError, KeyError, TypeError, errors.InvalidArgument) as exc:
             # A bad record must not take the router down; it is simply not routed.

@@ -189,6 +189,31 @@ class Client:
     def list_sizes(self) -> pb.ListSizesResponse:
         return self.platform("ListSizes", pb.ListSizesRequest())
 
+    def list_domains(self, app: str) -> pb.ListDomainsResponse:
+        return self.platform("ListDomains", pb.ListDomainsRequest(app=app))
+
+    def get_domain(self, app: str, hostname: str) -> pb.DomainResponse:
+        return self.platform("GetDomain", pb.GetDomainRequest(app=app, hostname=hostname))
+
+    def add_domain(self, app: str, hostname: str) -> pb.DomainResponse:
+        return self.platform("AddDomain", pb.AddDomainRequest(app=app, hostname=hostname))
+
+    def remove_domain(self, app: str, hostname: str) -> pb.DomainResponse:
+        return self.platform("RemoveDomain", pb.RemoveDomainRequest(app=app, hostname=hostname))
+
+    def list_certificates(self, app: str) -> pb.ListCertificatesResponse:
+        return self.platform("ListCertificates", pb.ListCertificatesRequest(app=app))
+
+    def get_certificate(self, app: str, name: str) -> pb.CertificateResponse:
+        return self.platform("GetCertificate", pb.GetCertificateRequest(app=app, name=name))
+
+    def add_certificate(self, app: str, chain: bytes, key: bytes) -> pb.CertificateResponse:
+        request = pb.AddCertificateRequest(app=app, certificate_chain=chain, private_key=key)
+        return self.platform("AddCertificate", request)
+
+    def remove_certificate(self, app: str, name: str) -> pb.CertificateResponse:
+        return self.platform("RemoveCertificate", pb.RemoveCertificateRequest(app=app, name=name))
+
     def list_log_drains(self, app: str) -> pb.ListLogDrainsResponse:
         return self.platform("ListLogDrains", pb.ListLogDrainsRequest(app=app))
 

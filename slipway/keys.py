@@ -21,7 +21,14 @@
     {prefix}/status/{app}/{instance}       actual dyno state (JSON), by the agent under its lease
     {prefix}/routes/apps/{app}             what routers need to know of an app (JSON, see below)
     {prefix}/routes/dynos/{app}/{instance} an up web dyno's address (JSON), agent's lease
-    {prefix}/routes/domains/{hostname}     custom domain -> {"app": name}
+    {prefix}/routes/domains/{hostname}     custom domain -> {"app": name}; the key makes a
+                                           host name belong to one app only
+    {prefix}/routes/certs/{hostname}       the HTTPS certificate routers serve for a host name
+                                           or *.domain (JSON; slipway/certs.py)
+    {prefix}/domains/{app}/{hostname}      an app's custom domain (JSON; controller/core/domains.py)
+    {prefix}/appcerts/{app}/{name}         a certificate the app uploaded (certs:add; key sealed)
+    {prefix}/edgeseq/{app}                 bumped by every change to the app's domains and
+                                           certificates: such changes are serialised by it
     {prefix}/leader                        controller leader election
     {prefix}/builds/{app}/{build_id}       Build record (JSON; the controller's builds module)
     {prefix}/runseq/{app}                  last one-off dyno number (run.N) of the app
@@ -249,6 +256,22 @@ class Keys:
 
     def route_domain(self, hostname: str) -> bytes:
         return self._k("routes", "domains", hostname)
+
+    # custom domains and uploaded certificates (controller/store/domains.py)
+    def domain(self, app: str, hostname: str) -> bytes:
+        return self._k("domains", app, hostname)
+
+    def domains(self, app: str) -> bytes:
+        return self._k("domains", app, "")
+
+    def app_cert(self, app: str, name: str) -> bytes:
+        return self._k("appcerts", app, name)
+
+    def app_certs(self, app: str) -> bytes:
+        return self._k("appcerts", app, "")
+
+    def edge_seq(self, app: str) -> bytes:
+        return self._k("edgeseq", app)
 
     def route_cert(self, hostname: str) -> bytes:
         """The HTTPS certificate for ``hostname`` (or ``*.domain``): slipway.certs."""

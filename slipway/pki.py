@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from slipway import errors
+from slipway import errors, sealing
 
 CA_DAYS = 3650
 CERT_DAYS = 365
@@ -79,6 +79,14 @@ class Bundle:
     @property
     def key_file(self) -> Path:
         return self.path / "tls.key"
+
+    @property
+    def cluster_key_file(self) -> Path:
+        return self.path / sealing.KEY_FILE
+
+    def sealer(self) -> sealing.Sealer | None:
+        """The cluster key this bundle holds (controllers' and routers'), else None."""
+        return sealing.load(self.cluster_key_file) if self.cluster_key_file.exists() else None
 
     def exists(self) -> bool:
         return self.ca_file.is_file() and self.cert_file.is_file() and self.key_file.is_file()
@@ -137,10 +145,15 @@ def identity_of(cert: x509.Certificate) -> Identity:
 class CA:
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
+    # The cluster key (slipway.sealing) kept beside the CA, base64 as in its file.
+    cluster_key: bytes = b""
 
     @property
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def sealer(self) -> sealing.Sealer:
+        return sealing.parse(self.cluster_key)
 
 
 def _now() -> datetime.datetime:
@@ -215,7 +228,7 @@ def init_ca(directory: Path, *, common: str = "Slipway cluster CA") -> CA:
     )
     write_private(directory / "ca.key", _key_pem(key))
     _write_public(directory / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
-    return CA(cert, key)
+    return CA(cert, key, _cluster_key(directory))
 
 
 def load_ca(directory: Path) -> CA:
@@ -229,7 +242,27 @@ def load_ca(directory: Path) -> CA:
         ) from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise errors.FailedPrecondition(f"{directory}/ca.key is not an EC key")
-    return CA(cert, key)
+    return CA(cert, key, _cluster_key(directory))
+
+
+def _cluster_key(directory: Path) -> bytes:
+    """The cluster key beside the CA, made now for a CA made before keys were."""
+    path = directory / sealing.KEY_FILE
+    if not path.exists():
+        write_private(path, sealing.encode_key(sealing.new_key()))
+    return path.read_bytes()
+
+
+# The roles that open sealed certificate keys: controllers seal and read them,
+# routers serve them.
+CLUSTER_KEY_ROLES = frozenset({Role.CONTROLLER, Role.ROUTER})
+
+
+def give_cluster_key(ca: CA, bundle: Bundle) -> None:
+    """Copy the cluster key into a controller's or router's bundle (if it lacks it)."""
+    path = bundle.cluster_key_file
+    if not path.exists() or path.read_bytes() != ca.cluster_key:
+        write_private(path, ca.cluster_key)
 
 
 def check_name(name: str) -> str:
@@ -345,6 +378,8 @@ def issue(
     write_private(bundle.key_file, _key_pem(key))
     _write_public(bundle.cert_file, cert.public_bytes(serialization.Encoding.PEM))
     _write_public(bundle.ca_file, ca.cert_pem)
+    if role in CLUSTER_KEY_ROLES:
+        give_cluster_key(ca, bundle)
     return bundle
 
 

@@ -148,6 +148,8 @@ def ensure_pki(cfg: UpConfig, say: Callable[[str], None]) -> None:
     ):
         if not cfg.bundle(role).exists():
             pki.issue(ca, cfg.bundle(role).path, role, hosts=[cfg.host])
+        elif role in pki.CLUSTER_KEY_ROLES:
+            pki.give_cluster_key(ca, cfg.bundle(role))  # a data dir from before the key
     # The add-ons' certificate also names the address dynos dial (PostgreSQL's
     # TLS): made again when that address changes.
     hosts = sorted({cfg.host, cfg.addons_address} - {""})

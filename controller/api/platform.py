@@ -14,6 +14,7 @@ from controller.api.auth import Access
 from controller.api.backups_api import BackupRPCs
 from controller.api.build_api import BuildRPCs, BuildServices
 from controller.api.cron_api import CronRPCs
+from controller.api.domains_api import DomainRPCs
 from controller.api.drains_api import DrainRPCs
 from controller.api.endpoint import unary
 from controller.api.logs_api import LogRPCs
@@ -28,10 +29,12 @@ from controller.core.transitions import ScaleChange
 from controller.store.addons import Addons
 from controller.store.audit import AuditTrail
 from controller.store.cron import Jobs
+from controller.store.domains import Domains
 from controller.store.drains import Drains
 from controller.store.dynos import Dynos
 from controller.store.state import State
 from slipway.clock import Clock, SystemClock
+from slipway.sealing import Sealer
 from slipway.v1 import platform_pb2 as pb
 from slipway.v1 import platform_pb2_grpc
 
@@ -44,6 +47,7 @@ class PlatformAPI(
     BuildRPCs,
     LogRPCs,
     DrainRPCs,
+    DomainRPCs,
     CronRPCs,
     AddonRPCs,
     BackupRPCs,
@@ -56,6 +60,8 @@ class PlatformAPI(
         audit: AuditTrail | None = None,
         *,
         app_url: Callable[[str], str] = lambda app: "",
+        base_domain: str = "localhost",
+        sealer: Sealer | None = None,
         builds: BuildServices | None = None,
         log_hub: LogHub | None = None,
         api_log: ApiLog | None = None,
@@ -69,6 +75,8 @@ class PlatformAPI(
         self.app_url = app_url
         self.dynos = Dynos(state)
         self.drains = Drains(state)
+        # Custom domains and uploaded certificates (keys sealed with ``sealer``).
+        self.domains = Domains(state, base_domain, sealer)
         self.addons = Addons(state)
         self.jobs = Jobs(state)
         self.addons_wake: Callable[[], None] = lambda: None

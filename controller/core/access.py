@@ -128,6 +128,15 @@ RULES: dict[str, Rule] = {
     "ListLogDrains": _read(),
     "AddLogDrain": _change(Permission.MANAGE),
     "RemoveLogDrain": _change(Permission.MANAGE),
+    # custom domains and certificates: what the app answers at, and as whom
+    "ListDomains": _read(),
+    "GetDomain": _read(),
+    "AddDomain": _change(Permission.MANAGE),
+    "RemoveDomain": _change(Permission.MANAGE),
+    "ListCertificates": _read(),
+    "GetCertificate": _read(),
+    "AddCertificate": _change(Permission.MANAGE),
+    "RemoveCertificate": _change(Permission.MANAGE),
     # scheduler jobs: a standing order to run commands with the app's secrets
     "ListSchedulerJobs": _read(),
     "CreateSchedulerJob": _change(Permission.MANAGE),

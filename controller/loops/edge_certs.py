@@ -81,6 +81,8 @@ class EdgeCertificates:
         self.clock = clock
         self._wake = asyncio.Event()
         self.made = 0
+        # The records it reads back hold keys sealed with the CA's cluster key.
+        self.sealer = pki.load_ca(ca_dir).sealer()
 
     def wake(self) -> None:
         """An app was created or destroyed: look again now."""
@@ -98,7 +100,7 @@ class EdgeCertificates:
         for kv in kvs:
             host = kv.key[len(prefix) :].decode(errors="replace")
             try:
-                pair, leaf = certs.read(kv.value)
+                pair, leaf = certs.read(kv.value, self.sealer)
             except errors.InvalidArgument:
                 continue  # not ours to mend: the routers skip it too
             held[host] = Held(leaf.not_valid_after_utc.timestamp(), pair.made_here)
@@ -112,7 +114,7 @@ class EdgeCertificates:
         ca = pki.load_ca(self.ca_dir)
         for host in todo.make:
             chain, key = pki.edge_certificate(ca, [host], days=DAYS)
-            record = certs.encode(certs.Pair(chain, key, made_here=True))
+            record = certs.encode(certs.Pair(chain, key, made_here=True), ca.sealer())
             await self.state.etcd.put(self.state.keys.route_cert(host), record)
             self.made += 1
         for host in todo.remove:

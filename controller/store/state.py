@@ -32,7 +32,7 @@ from controller.core.models import (
 )
 from controller.core.sizes import SizeTable
 from controller.core.transitions import ScaleChange, route_flags, route_record
-from slipway import errors
+from slipway import certs, errors
 from slipway.clock import Clock, SystemClock
 from slipway.etcd import Etcd
 from slipway.keys import Keys
@@ -212,12 +212,31 @@ class State:
             # deprovisioned by the leader once it sees their app gone.
             k.attachments(name),
         ]
+        # Its custom domains are released, with the certificates served for them.
+        seq = await self.etcd.get(k.edge_seq(name))
+        domains, _ = await self.etcd.get_prefix(k.domains(name))
+        for kv in domains:
+            host = kv.key[len(k.domains(name)) :].decode()
+            whole_keys.append(k.route_domain(host))
+            served = await self.etcd.get(k.route_cert(host))
+            if served is not None and certs.served_upload(served.value)[0]:
+                whole_keys.append(k.route_cert(host))
+        whole_keys.append(k.edge_seq(name))
+        prefixes += [k.domains(name), k.app_certs(name)]
         ok = await self.etcd.txn(
-            compare=[tx.version(k.app(name)) > 0],
+            compare=[
+                tx.version(k.app(name)) > 0,
+                tx.mod(k.edge_seq(name)) == (seq.mod_revision if seq else 0),
+            ],
             success=[tx.delete(key) for key in whole_keys]
             + [tx.delete(p, range_end=_prefix_end(p)) for p in prefixes],
         )
         if not ok:
+            if await self.etcd.get(k.app(name)) is not None:
+                raise errors.Conflict(
+                    f"{name}'s domains changed while it was being destroyed; try again",
+                    reason="write_conflict",
+                )
             raise errors.NotFound(f"app {name!r} not found", reason="app_not_found")
 
     # -- config -------------------------------------------------------------

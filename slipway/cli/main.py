@@ -10,6 +10,7 @@ from slipway.cli import (  # noqa: F401
     auth,
     builds,
     config_vars,
+    domains,
     drains,
     logs,
     nodes,

@@ -1100,6 +1100,138 @@ class RemoveLogDrainResponse(_message.Message):
     drain: LogDrain
     def __init__(self, drain: _Optional[_Union[LogDrain, _Mapping]] = ...) -> None: ...
 
+class Domain(_message.Message):
+    __slots__ = ("id", "app", "hostname", "kind", "cname", "status", "certificate", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CNAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    app: str
+    hostname: str
+    kind: str
+    cname: str
+    status: str
+    certificate: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., app: _Optional[str] = ..., hostname: _Optional[str] = ..., kind: _Optional[str] = ..., cname: _Optional[str] = ..., status: _Optional[str] = ..., certificate: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListDomainsRequest(_message.Message):
+    __slots__ = ("app",)
+    APP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    def __init__(self, app: _Optional[str] = ...) -> None: ...
+
+class ListDomainsResponse(_message.Message):
+    __slots__ = ("domains",)
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    domains: _containers.RepeatedCompositeFieldContainer[Domain]
+    def __init__(self, domains: _Optional[_Iterable[_Union[Domain, _Mapping]]] = ...) -> None: ...
+
+class AddDomainRequest(_message.Message):
+    __slots__ = ("app", "hostname")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    hostname: str
+    def __init__(self, app: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class GetDomainRequest(_message.Message):
+    __slots__ = ("app", "hostname")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    hostname: str
+    def __init__(self, app: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class RemoveDomainRequest(_message.Message):
+    __slots__ = ("app", "hostname")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    hostname: str
+    def __init__(self, app: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class DomainResponse(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: Domain
+    def __init__(self, domain: _Optional[_Union[Domain, _Mapping]] = ...) -> None: ...
+
+class Certificate(_message.Message):
+    __slots__ = ("name", "app", "cert_domains", "domains", "subject", "issuer", "self_signed", "starts_at", "expires_at", "created_at", "certificate_chain")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    CERT_DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    SELF_SIGNED_FIELD_NUMBER: _ClassVar[int]
+    STARTS_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    app: str
+    cert_domains: _containers.RepeatedScalarFieldContainer[str]
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    subject: str
+    issuer: str
+    self_signed: bool
+    starts_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    created_at: _timestamp_pb2.Timestamp
+    certificate_chain: str
+    def __init__(self, name: _Optional[str] = ..., app: _Optional[str] = ..., cert_domains: _Optional[_Iterable[str]] = ..., domains: _Optional[_Iterable[str]] = ..., subject: _Optional[str] = ..., issuer: _Optional[str] = ..., self_signed: _Optional[bool] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., certificate_chain: _Optional[str] = ...) -> None: ...
+
+class ListCertificatesRequest(_message.Message):
+    __slots__ = ("app",)
+    APP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    def __init__(self, app: _Optional[str] = ...) -> None: ...
+
+class ListCertificatesResponse(_message.Message):
+    __slots__ = ("certificates",)
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    certificates: _containers.RepeatedCompositeFieldContainer[Certificate]
+    def __init__(self, certificates: _Optional[_Iterable[_Union[Certificate, _Mapping]]] = ...) -> None: ...
+
+class AddCertificateRequest(_message.Message):
+    __slots__ = ("app", "certificate_chain", "private_key")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    certificate_chain: bytes
+    private_key: bytes
+    def __init__(self, app: _Optional[str] = ..., certificate_chain: _Optional[bytes] = ..., private_key: _Optional[bytes] = ...) -> None: ...
+
+class GetCertificateRequest(_message.Message):
+    __slots__ = ("app", "name")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    name: str
+    def __init__(self, app: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class RemoveCertificateRequest(_message.Message):
+    __slots__ = ("app", "name")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    name: str
+    def __init__(self, app: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class CertificateResponse(_message.Message):
+    __slots__ = ("certificate",)
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    certificate: Certificate
+    def __init__(self, certificate: _Optional[_Union[Certificate, _Mapping]] = ...) -> None: ...
+
 class SchedulerRun(_message.Message):
     __slots__ = ("due_at", "started_at", "dyno", "release")
     DUE_AT_FIELD_NUMBER: _ClassVar[int]

@@ -245,6 +245,46 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.FromString,
                 _registered_method=True)
+        self.ListDomains = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListDomains',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListDomainsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListDomainsResponse.FromString,
+                _registered_method=True)
+        self.AddDomain = channel.unary_unary(
+                '/slipway.v1.PlatformService/AddDomain',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.AddDomainRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.DomainResponse.FromString,
+                _registered_method=True)
+        self.GetDomain = channel.unary_unary(
+                '/slipway.v1.PlatformService/GetDomain',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.GetDomainRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.DomainResponse.FromString,
+                _registered_method=True)
+        self.RemoveDomain = channel.unary_unary(
+                '/slipway.v1.PlatformService/RemoveDomain',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveDomainRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.DomainResponse.FromString,
+                _registered_method=True)
+        self.ListCertificates = channel.unary_unary(
+                '/slipway.v1.PlatformService/ListCertificates',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.ListCertificatesRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.ListCertificatesResponse.FromString,
+                _registered_method=True)
+        self.AddCertificate = channel.unary_unary(
+                '/slipway.v1.PlatformService/AddCertificate',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.AddCertificateRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.CertificateResponse.FromString,
+                _registered_method=True)
+        self.GetCertificate = channel.unary_unary(
+                '/slipway.v1.PlatformService/GetCertificate',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.GetCertificateRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.CertificateResponse.FromString,
+                _registered_method=True)
+        self.RemoveCertificate = channel.unary_unary(
+                '/slipway.v1.PlatformService/RemoveCertificate',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveCertificateRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.CertificateResponse.FromString,
+                _registered_method=True)
         self.ListSchedulerJobs = channel.unary_unary(
                 '/slipway.v1.PlatformService/ListSchedulerJobs',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.ListSchedulerJobsRequest.SerializeToString,
@@ -666,6 +706,61 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDomains(self, request, context):
+        """Custom domains: the app answers at each as at APP.BASE_DOMAIN. A host
+        name (exact, or *.domain for every name one label under it) belongs to
+        one app only. The list starts with the default domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddDomain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDomain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCertificates(self, request, context):
+        """HTTPS certificates the app uploads (chain and private key, the key kept
+        sealed with the cluster key): each of the app's custom domains is served
+        the newest valid one that covers it. A certificate must cover at least
+        one of the app's domains.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListSchedulerJobs(self, request, context):
         """Scheduler jobs: commands the leader runs as one-off dynos `scheduler.N` on
         the app's current release, every 10 minutes, every hour at :MM or every day
@@ -1076,6 +1171,46 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.RemoveLogDrain,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.SerializeToString,
+            ),
+            'ListDomains': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDomains,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListDomainsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListDomainsResponse.SerializeToString,
+            ),
+            'AddDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddDomain,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.AddDomainRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.DomainResponse.SerializeToString,
+            ),
+            'GetDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomain,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.GetDomainRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.DomainResponse.SerializeToString,
+            ),
+            'RemoveDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDomain,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveDomainRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.DomainResponse.SerializeToString,
+            ),
+            'ListCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCertificates,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.ListCertificatesRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.ListCertificatesResponse.SerializeToString,
+            ),
+            'AddCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCertificate,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.AddCertificateRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.CertificateResponse.SerializeToString,
+            ),
+            'GetCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCertificate,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.GetCertificateRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.CertificateResponse.SerializeToString,
+            ),
+            'RemoveCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveCertificate,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveCertificateRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.CertificateResponse.SerializeToString,
             ),
             'ListSchedulerJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSchedulerJobs,
@@ -2332,6 +2467,222 @@ class PlatformService:
             '/slipway.v1.PlatformService/RemoveLogDrain',
             slipway_dot_v1_dot_platform__pb2.RemoveLogDrainRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.RemoveLogDrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDomains(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListDomains',
+            slipway_dot_v1_dot_platform__pb2.ListDomainsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListDomainsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/AddDomain',
+            slipway_dot_v1_dot_platform__pb2.AddDomainRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.DomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/GetDomain',
+            slipway_dot_v1_dot_platform__pb2.GetDomainRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.DomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RemoveDomain',
+            slipway_dot_v1_dot_platform__pb2.RemoveDomainRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.DomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/ListCertificates',
+            slipway_dot_v1_dot_platform__pb2.ListCertificatesRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.ListCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/AddCertificate',
+            slipway_dot_v1_dot_platform__pb2.AddCertificateRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.CertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/GetCertificate',
+            slipway_dot_v1_dot_platform__pb2.GetCertificateRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.CertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/RemoveCertificate',
+            slipway_dot_v1_dot_platform__pb2.RemoveCertificateRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.CertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,12 +38,13 @@ def test_each_app_gets_a_certificate_for_its_host_and_loses_it_when_destroyed(
     minting: ControllerProcess, etcd_endpoint: str, etcd_prefix: str
 ) -> None:
     keys = Keys(etcd_prefix)
+    sealer = pki.load_ca(secure.session().ca_dir).sealer()
 
     def record(host: str) -> certs.Pair | None:
         async def read() -> certs.Pair | None:
             async with secure.root_etcd([etcd_endpoint]) as etcd:
                 kv = await etcd.get(keys.route_cert(host))
-            return certs.decode(kv.value) if kv is not None else None
+            return certs.decode(kv.value, sealer) if kv is not None else None
 
         return asyncio.run(read())
 

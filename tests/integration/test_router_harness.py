@@ -216,7 +216,7 @@ class Routes:
         await self.etcd.put(self.keys.route_domain(hostname), json.dumps({"app": app}).encode())
 
     async def cert(self, hostname: str, chain: bytes, key: bytes) -> None:
-        record = certs.encode(certs.Pair(chain, key))
+        record = certs.encode(certs.Pair(chain, key), None)
         await self.etcd.put(self.keys.route_cert(hostname), record)
 
     async def remove_cert(self, hostname: str) -> None:

@@ -289,12 +289,15 @@ impl Shared {
         pool.values().map(Vec::len).sum()
     }
 
+    /// The app for a host name: its own entry, else a custom wildcard domain
+    /// one label up ("*.example.com" for "www.example.com").
     fn route(&self, host: &str) -> Option<Arc<Route>> {
-        self.routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host)
-            .cloned()
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(route) = routes.get(host) {
+            return Some(route.clone());
+        }
+        let (_, parent) = host.split_once('.')?;
+        routes.get(&format!("*.{parent}")).cloned()
     }
 
     fn quarantine(&self, addr: SocketAddr) {

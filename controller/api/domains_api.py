@@ -1,0 +1,156 @@
+"""The custom domain and certificate RPCs of PlatformService (mixed into
+controller.api.platform.PlatformAPI)."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import grpc
+
+from controller.api.convert import timestamp
+from controller.api.endpoint import unary
+from controller.core.access import Identity
+from controller.core.domains import CertRecord, DomainRecord
+from controller.store.domains import Domains
+from slipway.v1 import platform_pb2 as pb
+
+Ctx: TypeAlias = grpc.aio.ServicerContext
+
+
+def domain_message(record: DomainRecord, cname: str, certificate: str = "") -> pb.Domain:
+    return pb.Domain(
+        id=record.id,
+        app=record.app,
+        hostname=record.hostname,
+        kind="custom",
+        cname=cname,
+        status="succeeded",
+        certificate=certificate,
+        created_at=timestamp(record.created_at),
+    )
+
+
+def certificate_message(record: CertRecord, served: list[str]) -> pb.Certificate:
+    return pb.Certificate(
+        name=record.name,
+        app=record.app,
+        cert_domains=list(record.leaf.names),
+        domains=sorted(served),
+        subject=record.leaf.subject,
+        issuer=record.leaf.issuer,
+        self_signed=record.leaf.self_signed,
+        starts_at=timestamp(record.leaf.not_before),
+        expires_at=timestamp(record.leaf.not_after),
+        created_at=timestamp(record.created_at),
+        certificate_chain=record.chain,
+    )
+
+
+class DomainRPCs:
+    domains: Domains
+
+    def _log(self, app: str, *messages: str) -> None: ...
+
+    def _default_host(self, app: str) -> str:
+        return f"{app}.{self.domains.base_domain}"
+
+    @unary
+    async def ListDomains(
+        self, request: pb.ListDomainsRequest, context: Ctx, who: Identity
+    ) -> pb.ListDomainsResponse:
+        records = await self.domains.list_domains(request.app)
+        served = await self.domains.certificate_of(request.app)
+        default = self._default_host(request.app)
+        app = await self.domains.state.get_app(request.app)
+        listed = [
+            pb.Domain(
+                id="",
+                app=request.app,
+                hostname=default,
+                kind="default",
+                status="succeeded",
+                created_at=timestamp(app.created_at),
+            )
+        ]
+        listed += [domain_message(r, default, served.get(r.hostname, "")) for r in records]
+        return pb.ListDomainsResponse(domains=listed)
+
+    async def _domain_response(self, record: DomainRecord) -> pb.DomainResponse:
+        served = await self.domains.certificate_of(record.app)
+        return pb.DomainResponse(
+            domain=domain_message(
+                record, self._default_host(record.app), served.get(record.hostname, "")
+            )
+        )
+
+    @unary
+    async def GetDomain(
+        self, request: pb.GetDomainRequest, context: Ctx, who: Identity
+    ) -> pb.DomainResponse:
+        return await self._domain_response(
+            await self.domains.get_domain(request.app, request.hostname)
+        )
+
+    @unary
+    async def AddDomain(
+        self, request: pb.AddDomainRequest, context: Ctx, who: Identity
+    ) -> pb.DomainResponse:
+        record = await self.domains.add_domain(request.app, request.hostname)
+        self._log(request.app, f"Add domain {record.hostname} by {who.actor}")
+        return await self._domain_response(record)
+
+    @unary
+    async def RemoveDomain(
+        self, request: pb.RemoveDomainRequest, context: Ctx, who: Identity
+    ) -> pb.DomainResponse:
+        record = await self.domains.remove_domain(request.app, request.hostname)
+        self._log(request.app, f"Remove domain {record.hostname} by {who.actor}")
+        return pb.DomainResponse(domain=domain_message(record, self._default_host(request.app)))
+
+    async def _served_by(self, app: str) -> dict[str, list[str]]:
+        """Certificate name -> the app's domains it is served for."""
+        out: dict[str, list[str]] = {}
+        for host, name in (await self.domains.certificate_of(app)).items():
+            out.setdefault(name, []).append(host)
+        return out
+
+    @unary
+    async def ListCertificates(
+        self, request: pb.ListCertificatesRequest, context: Ctx, who: Identity
+    ) -> pb.ListCertificatesResponse:
+        records = await self.domains.list_certs(request.app)
+        served = await self._served_by(request.app)
+        return pb.ListCertificatesResponse(
+            certificates=[certificate_message(r, served.get(r.name, [])) for r in records]
+        )
+
+    @unary
+    async def GetCertificate(
+        self, request: pb.GetCertificateRequest, context: Ctx, who: Identity
+    ) -> pb.CertificateResponse:
+        record = await self.domains.get_cert(request.app, request.name)
+        served = await self._served_by(request.app)
+        return pb.CertificateResponse(
+            certificate=certificate_message(record, served.get(record.name, []))
+        )
+
+    @unary
+    async def AddCertificate(
+        self, request: pb.AddCertificateRequest, context: Ctx, who: Identity
+    ) -> pb.CertificateResponse:
+        record = await self.domains.add_cert(
+            request.app, request.certificate_chain, request.private_key
+        )
+        served = await self._served_by(request.app)
+        self._log(request.app, f"Add certificate {record.name} by {who.actor}")
+        return pb.CertificateResponse(
+            certificate=certificate_message(record, served.get(record.name, []))
+        )
+
+    @unary
+    async def RemoveCertificate(
+        self, request: pb.RemoveCertificateRequest, context: Ctx, who: Identity
+    ) -> pb.CertificateResponse:
+        record = await self.domains.remove_cert(request.app, request.name)
+        self._log(request.app, f"Remove certificate {record.name} by {who.actor}")
+        return pb.CertificateResponse(certificate=certificate_message(record, []))

@@ -20,12 +20,14 @@ check: setup
 lint: check
 
 test: check
+	@bash scripts/build_pebble.sh
 	@$(PY) -m pytest -q tests/unit tests/integration tests/e2e tests/multihost
 
 test-unit: setup
 	@$(PY) -m pytest -q tests/unit
 
 test-integration: setup
+	@bash scripts/build_pebble.sh
 	@$(PY) -m pytest -q tests/integration
 
 test-e2e: setup

@@ -130,6 +130,22 @@ def cli() -> None:
     "(needs --ca-dir; for a base domain like localhost that no wildcard can cover).",
 )
 @click.option(
+    "--acme-directory",
+    envvar="SLIPWAY_ACME_DIRECTORY",
+    help="The ACME server's directory URL for automated certificates (certs:auto:enable); "
+    "[default: off]",
+)
+@click.option(
+    "--acme-ca-file",
+    envvar="SLIPWAY_ACME_CA_FILE",
+    help="CA file to check the ACME server's HTTPS against [default: the system's].",
+)
+@click.option(
+    "--acme-email",
+    envvar="SLIPWAY_ACME_EMAIL",
+    help="Contact e-mail of the cluster's ACME account.",
+)
+@click.option(
     "--ca-dir",
     envvar="SLIPWAY_CA_DIR",
     type=click.Path(file_okay=False, path_type=Path),
@@ -154,6 +170,9 @@ def serve_cmd(
     base_domain: str | None,
     web_url: str | None,
     app_certificates_from_ca: bool | None,
+    acme_directory: str | None,
+    acme_ca_file: str | None,
+    acme_email: str | None,
     ca_dir: Path | None,
     addons_listen: str | None,
     credentials: Bundle | None,
@@ -179,6 +198,9 @@ def serve_cmd(
         base_domain=base_domain,
         web_url=web_url,
         app_certificates_from_ca=app_certificates_from_ca,
+        acme_directory=acme_directory,
+        acme_ca_file=acme_ca_file,
+        acme_email=acme_email,
         ca_dir=str(ca_dir) if ca_dir else None,
         addons_listen=addons_listen,
     )

@@ -8,6 +8,7 @@ here as file-only values and are type-checked against the fields.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from slipway import conffile, errors
@@ -37,6 +38,16 @@ class ControllerConfig:
     # wildcard certificate can cover. Off where an operator's *.BASE_DOMAIN
     # certificate should serve (a per-app one would win over it by SNI).
     app_certificates_from_ca: bool = False
+    # Automated certificates (certs:auto:enable): the ACME server's directory URL
+    # (empty: off), the CA file its HTTPS is checked against (empty: the
+    # system's), the contact e-mail of the cluster's account, how long routers
+    # get to see a challenge before the CA checks it, and how often an order is
+    # polled.
+    acme_directory: str = ""
+    acme_ca_file: str = ""
+    acme_email: str = ""
+    acme_propagation_seconds: float = 1.0
+    acme_poll_seconds: float = 1.0
     # Operator-defined dyno sizes: {name: {memory_mb, max_processes, cpu_shares}}.
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Largest accepted gRPC message (bytes); uploads stream in smaller chunks.
@@ -130,6 +141,12 @@ class ControllerConfig:
             )
         if config.nats_replicas < 1:
             raise errors.InvalidArgument("nats_replicas must be at least 1")
+        if config.acme_directory and not config.acme_directory.startswith("https://"):
+            raise errors.InvalidArgument(
+                f"acme_directory must be an https:// URL, not {config.acme_directory!r}"
+            )
+        if config.acme_ca_file and not Path(config.acme_ca_file).is_file():
+            raise errors.InvalidArgument(f"acme_ca_file {config.acme_ca_file} is not a file")
         if config.app_certificates_from_ca and not config.ca_dir:
             raise errors.InvalidArgument("app_certificates_from_ca needs ca_dir (the cluster CA)")
         if config.web_url and (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import ssl
 import uuid
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from controller.bus.drains import DrainPool
 from controller.bus.logs import LogHub
 from controller.config import ControllerConfig
 from controller.core.sizes import SizeTable
+from controller.loops.acme import AcmeLoop, AcmeSettings
 from controller.loops.addons import AddonLoop
 from controller.loops.build_watcher import BuildWatcher
 from controller.loops.cron import CronLoop
@@ -37,10 +39,12 @@ from controller.loops.oneoff import OneOffs, Reaper
 from controller.loops.reconciler import Reconciler
 from controller.loops.release_phase import ReleasePhase
 from controller.store.accounts import Accounts
+from controller.store.acme import AcmeStore
 from controller.store.addons import Addons
 from controller.store.audit import AuditTrail
 from controller.store.build_records import BuildStore
 from controller.store.cron import Jobs
+from controller.store.domains import Domains
 from controller.store.placements import PlacementIndex
 from controller.store.state import State
 from slipway import etcdauth, pki, sdnotify, tls
@@ -131,6 +135,8 @@ class Controller:
             tick=config.scheduler_tick_seconds,
             app_log=self.api_log,
         )
+        # Automated certificates over ACME, when an ACME server is configured.
+        self.acme_loop = self._acme_loop(config, clock)
         # With the cluster CA at hand (slipway up): an HTTPS certificate per app.
         self.edge_certs = (
             EdgeCertificates(
@@ -273,6 +279,8 @@ class Controller:
         api.addons_wake = self.addon_loop.wake
         if self.edge_certs is not None:
             api.apps_changed = self.edge_certs.wake
+        if self.acme_loop is not None:
+            api.acme_wake = self.acme_loop.wake
         api.addon_provider = self.addon_loop.provider
         api.reconcile_passes = lambda: self.reconciler.passes
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(api, server)
@@ -288,6 +296,27 @@ class Controller:
         for service in SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return server
+
+    def _acme_loop(self, config: ControllerConfig, clock: Clock) -> AcmeLoop | None:
+        if not config.acme_directory:
+            return None
+        context = ssl.create_default_context(cafile=config.acme_ca_file or None)
+        settings = AcmeSettings(
+            directory=config.acme_directory,
+            contact=config.acme_email,
+            context=context,
+            propagation=config.acme_propagation_seconds,
+            poll_interval=config.acme_poll_seconds,
+        )
+        sealer = config.credentials.sealer() if config.credentials else None
+        return AcmeLoop(
+            Domains(self.state, config.base_domain, sealer),
+            AcmeStore(self.state),
+            self.leadership,
+            settings,
+            interval=config.resync_seconds * 60,
+            clock=clock,
+        )
 
     def _join_api(self) -> JoinAPI:
         ca = pki.load_ca(Path(self.config.ca_dir)) if self.config.ca_dir else None
@@ -344,6 +373,8 @@ class Controller:
                     tg.create_task(self.addon_callbacks.run())
                 if self.edge_certs is not None:
                     tg.create_task(self.edge_certs.run())
+                if self.acme_loop is not None:
+                    tg.create_task(self.acme_loop.run())
         finally:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace=3)

@@ -136,12 +136,16 @@ class NativePlane:
 
     def follow(self, table: RouteTable, default: tuple[bytes, bytes] | None = None) -> None:
         """Hands over the table now and after every change to it, and its HTTPS
-        certificates (with ``default`` for every other name) whenever they change."""
-        pushed = -1
+        certificates (with ``default`` for every other name) and ACME challenges
+        whenever they change."""
+        pushed = pushed_challenges = -1
 
         def push() -> None:
-            nonlocal pushed
+            nonlocal pushed, pushed_challenges
             self._plane.set_routes(snapshot(table))
+            if table.challenges_version != pushed_challenges:
+                self._plane.set_challenges(dict(table.challenges))
+                pushed_challenges = table.challenges_version
             if table.certificates_version != pushed:
                 named = {name: (p.chain, p.key) for name, p in table.certificates.items()}
                 try:

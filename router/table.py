@@ -94,6 +94,9 @@ class RouteTable:
         self.certificates: dict[str, certs.Pair] = {}
         # Bumped when a certificate changes: the data plane then takes the new set.
         self.certificates_version = 0
+        # ACME HTTP-01 token -> key authorization (routes/acme/), and its version.
+        self.challenges: dict[str, str] = {}
+        self.challenges_version = 0
         self.revision = 0
         self.loaded = False
         # Called after every change.
@@ -105,10 +108,14 @@ class RouteTable:
         fresh = RouteTable.__new__(RouteTable)
         fresh.apps, fresh.dynos, fresh.domains, fresh._routes = {}, {}, {}, self._routes
         fresh.certificates, fresh.certificates_version = {}, 0
+        fresh.challenges, fresh.challenges_version = {}, 0
         fresh.sealer = self.sealer
         for kv in kvs:
             fresh._put(kv.key, kv.value)
         self.apps, self.dynos, self.domains = fresh.apps, fresh.dynos, fresh.domains
+        if fresh.challenges != self.challenges:
+            self.challenges = fresh.challenges
+            self.challenges_version += 1
         if fresh.certificates != self.certificates:
             self.certificates = fresh.certificates
             self.certificates_version += 1
@@ -154,6 +161,9 @@ class RouteTable:
             elif parts[0] == "certs" and len(parts) == 2:
                 self.certificates[parts[1].lower()] = certs.decode(value, self.sealer)
                 self.certificates_version += 1
+            elif parts[0] == "acme" and len(parts) == 2:
+                self.challenges[parts[1]] = str(json.loads(value)["key_authorization"])
+                self.challenges_version += 1
         except (ValueError, KeyError, TypeError, errors.InvalidArgument) as exc:
             # A bad record must not take the router down; it is simply not routed.
             logger.warning("bad route record", key=key.decode(errors="replace"), error=str(exc))
@@ -177,6 +187,9 @@ class RouteTable:
         elif parts[0] == "certs" and len(parts) == 2:
             if self.certificates.pop(parts[1].lower(), None) is not None:
                 self.certificates_version += 1
+        elif parts[0] == "acme" and len(parts) == 2:
+            if self.challenges.pop(parts[1], None) is not None:
+                self.challenges_version += 1
         return None
 
 

@@ -214,6 +214,15 @@ class Client:
     def remove_certificate(self, app: str, name: str) -> pb.CertificateResponse:
         return self.platform("RemoveCertificate", pb.RemoveCertificateRequest(app=app, name=name))
 
+    def get_auto_certs(self, app: str) -> pb.AutoCertsResponse:
+        return self.platform("GetAutoCerts", pb.GetAutoCertsRequest(app=app))
+
+    def enable_auto_certs(self, app: str) -> pb.AutoCertsResponse:
+        return self.platform("EnableAutoCerts", pb.EnableAutoCertsRequest(app=app))
+
+    def disable_auto_certs(self, app: str) -> pb.AutoCertsResponse:
+        return self.platform("DisableAutoCerts", pb.DisableAutoCertsRequest(app=app))
+
     def list_log_drains(self, app: str) -> pb.ListLogDrainsResponse:
         return self.platform("ListLogDrains", pb.ListLogDrainsRequest(app=app))
 

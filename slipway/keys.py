@@ -27,6 +27,12 @@
                                            or *.domain (JSON; slipway/certs.py)
     {prefix}/domains/{app}/{hostname}      an app's custom domain (JSON; controller/core/domains.py)
     {prefix}/appcerts/{app}/{name}         a certificate the app uploaded (certs:add; key sealed)
+    {prefix}/routes/acme/{token}           an ACME HTTP-01 challenge every router answers (JSON
+                                           {"key_authorization", "host"}), under a lease
+    {prefix}/acme/account                  the cluster's ACME account (JSON; key sealed)
+    {prefix}/acmeapps/{app}                automated certificates are on for the app (JSON)
+    {prefix}/acmestatus/{app}/{hostname}   each domain's automated certificate: status, last
+                                           error, next attempt (JSON; controller/core/acme.py)
     {prefix}/edgeseq/{app}                 bumped by every change to the app's domains and
                                            certificates: such changes are serialised by it
     {prefix}/leader                        controller leader election
@@ -269,6 +275,25 @@ class Keys:
 
     def app_certs(self, app: str) -> bytes:
         return self._k("appcerts", app, "")
+
+    # automated certificates (controller/loops/acme.py)
+    def route_challenge(self, token: str) -> bytes:
+        return self._k("routes", "acme", token)
+
+    def acme_account(self) -> bytes:
+        return self._k("acme", "account")
+
+    def acme_app(self, app: str) -> bytes:
+        return self._k("acmeapps", app)
+
+    def acme_apps(self) -> bytes:
+        return self._k("acmeapps", "")
+
+    def acme_status(self, app: str, hostname: str) -> bytes:
+        return self._k("acmestatus", app, hostname)
+
+    def acme_statuses(self, app: str | None = None) -> bytes:
+        return self._k("acmestatus", app, "") if app else self._k("acmestatus", "")
 
     def edge_seq(self, app: str) -> bytes:
         return self._k("edgeseq", app)

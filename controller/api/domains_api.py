@@ -3,21 +3,28 @@ controller.api.platform.PlatformAPI)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeAlias
 
 import grpc
 
 from controller.api.convert import timestamp
 from controller.api.endpoint import unary
+from controller.core import acme
 from controller.core.access import Identity
+from controller.core.acme import AcmeStatus
 from controller.core.domains import CertRecord, DomainRecord
+from controller.store.acme import AcmeStore
 from controller.store.domains import Domains
+from slipway import errors
 from slipway.v1 import platform_pb2 as pb
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
-def domain_message(record: DomainRecord, cname: str, certificate: str = "") -> pb.Domain:
+def domain_message(
+    record: DomainRecord, cname: str, certificate: str = "", acm: AcmeStatus | None = None
+) -> pb.Domain:
     return pb.Domain(
         id=record.id,
         app=record.app,
@@ -27,6 +34,21 @@ def domain_message(record: DomainRecord, cname: str, certificate: str = "") -> p
         status="succeeded",
         certificate=certificate,
         created_at=timestamp(record.created_at),
+        acm_status=acm.status if acm else "",
+        acm_status_reason=acm.last_error if acm and acm.status == acme.FAILING else "",
+    )
+
+
+def auto_domain(host: str, status: AcmeStatus | None) -> pb.AutoCertDomain:
+    status = status or AcmeStatus(host)
+    return pb.AutoCertDomain(
+        hostname=host,
+        status=status.status,
+        last_error=status.last_error,
+        attempts=status.attempts,
+        next_attempt_at=timestamp(status.next_attempt) if status.status == acme.FAILING else None,
+        expires_at=timestamp(status.not_after) if status.not_after else None,
+        updated_at=timestamp(status.updated_at) if status.updated_at else None,
     )
 
 
@@ -48,6 +70,9 @@ def certificate_message(record: CertRecord, served: list[str]) -> pb.Certificate
 
 class DomainRPCs:
     domains: Domains
+    acme: AcmeStore
+    # Set by the server when it runs the ACME loop (an ACME directory is configured).
+    acme_wake: Callable[[], None] | None
 
     def _log(self, app: str, *messages: str) -> None: ...
 
@@ -72,14 +97,31 @@ class DomainRPCs:
                 created_at=timestamp(app.created_at),
             )
         ]
-        listed += [domain_message(r, default, served.get(r.hostname, "")) for r in records]
+        acm = await self._acm(request.app)
+        listed += [
+            domain_message(
+                r,
+                default,
+                served.get(r.hostname, ""),
+                None if acm is None else acm.get(r.hostname, AcmeStatus(r.hostname)),
+            )
+            for r in records
+        ]
         return pb.ListDomainsResponse(domains=listed)
+
+    async def _acm(self, app: str) -> dict[str, AcmeStatus] | None:
+        """Each domain's automated certificate status; None when they are off."""
+        if not await self.acme.enabled(app):
+            return None
+        return {host: s for (_, host), s in (await self.acme.statuses(app)).items()}
 
     async def _domain_response(self, record: DomainRecord) -> pb.DomainResponse:
         served = await self.domains.certificate_of(record.app)
+        acm = await self._acm(record.app)
+        status = None if acm is None else acm.get(record.hostname, AcmeStatus(record.hostname))
         return pb.DomainResponse(
             domain=domain_message(
-                record, self._default_host(record.app), served.get(record.hostname, "")
+                record, self._default_host(record.app), served.get(record.hostname, ""), status
             )
         )
 
@@ -97,6 +139,8 @@ class DomainRPCs:
     ) -> pb.DomainResponse:
         record = await self.domains.add_domain(request.app, request.hostname)
         self._log(request.app, f"Add domain {record.hostname} by {who.actor}")
+        if self.acme_wake is not None:
+            self.acme_wake()
         return await self._domain_response(record)
 
     @unary
@@ -154,3 +198,43 @@ class DomainRPCs:
         record = await self.domains.remove_cert(request.app, request.name)
         self._log(request.app, f"Remove certificate {record.name} by {who.actor}")
         return pb.CertificateResponse(certificate=certificate_message(record, []))
+
+    async def _auto_response(self, app: str) -> pb.AutoCertsResponse:
+        acm = await self._acm(app)
+        if acm is None:
+            return pb.AutoCertsResponse(enabled=False)
+        hosts = [d.hostname for d in await self.domains.list_domains(app)]
+        return pb.AutoCertsResponse(
+            enabled=True, domains=[auto_domain(h, acm.get(h)) for h in hosts]
+        )
+
+    @unary
+    async def GetAutoCerts(
+        self, request: pb.GetAutoCertsRequest, context: Ctx, who: Identity
+    ) -> pb.AutoCertsResponse:
+        return await self._auto_response(request.app)
+
+    @unary
+    async def EnableAutoCerts(
+        self, request: pb.EnableAutoCertsRequest, context: Ctx, who: Identity
+    ) -> pb.AutoCertsResponse:
+        if self.acme_wake is None:
+            raise errors.FailedPrecondition(
+                "this platform has no ACME server configured; the operator sets "
+                "acme_directory in the controller's config (certs:add still works)",
+                reason="no_acme",
+            )
+        self.domains.require_sealer()
+        if await self.acme.enable(request.app):
+            self._log(request.app, f"Enable automated certificates by {who.actor}")
+        self.acme_wake()
+        return await self._auto_response(request.app)
+
+    @unary
+    async def DisableAutoCerts(
+        self, request: pb.DisableAutoCertsRequest, context: Ctx, who: Identity
+    ) -> pb.AutoCertsResponse:
+        if await self.acme.disable(request.app):
+            self._log(request.app, f"Disable automated certificates by {who.actor}")
+        await self.domains.remove_auto_certs(request.app)
+        return await self._auto_response(request.app)

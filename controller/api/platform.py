@@ -26,6 +26,7 @@ from controller.bus.logs import LogHub
 from controller.core import access, validation
 from controller.core.access import Identity
 from controller.core.transitions import ScaleChange
+from controller.store.acme import AcmeStore
 from controller.store.addons import Addons
 from controller.store.audit import AuditTrail
 from controller.store.cron import Jobs
@@ -77,6 +78,8 @@ class PlatformAPI(
         self.drains = Drains(state)
         # Custom domains and uploaded certificates (keys sealed with ``sealer``).
         self.domains = Domains(state, base_domain, sealer)
+        self.acme = AcmeStore(state)
+        self.acme_wake: Callable[[], None] | None = None
         self.addons = Addons(state)
         self.jobs = Jobs(state)
         self.addons_wake: Callable[[], None] = lambda: None

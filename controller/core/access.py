@@ -137,6 +137,9 @@ RULES: dict[str, Rule] = {
     "GetCertificate": _read(),
     "AddCertificate": _change(Permission.MANAGE),
     "RemoveCertificate": _change(Permission.MANAGE),
+    "GetAutoCerts": _read(),
+    "EnableAutoCerts": _change(Permission.MANAGE),
+    "DisableAutoCerts": _change(Permission.MANAGE),
     # scheduler jobs: a standing order to run commands with the app's secrets
     "ListSchedulerJobs": _read(),
     "CreateSchedulerJob": _change(Permission.MANAGE),

@@ -142,6 +142,8 @@ class CertRecord:
     key_sealed: str
     created_at: float
     leaf: Leaf = field(compare=False)
+    # Obtained over ACME by the leader (certs:auto), not uploaded.
+    auto: bool = False
 
     def encode(self) -> bytes:
         record = {
@@ -150,6 +152,7 @@ class CertRecord:
             "chain": self.chain,
             "key_sealed": self.key_sealed,
             "created_at": self.created_at,
+            "auto": self.auto,
         }
         return json.dumps(record).encode()
 
@@ -164,6 +167,7 @@ class CertRecord:
             key_sealed=str(obj["key_sealed"]),
             created_at=float(obj["created_at"]),
             leaf=Leaf.of(x509.load_pem_x509_certificates(chain.encode())[0]),
+            auto=bool(obj.get("auto", False)),
         )
 
 
@@ -197,10 +201,21 @@ def check_upload(chain: bytes, key: bytes, now: float) -> Leaf:
     return shown
 
 
+def auto_cert_name(host: str) -> str:
+    """The name of a domain's ACME certificate: acme-www-example-com."""
+    return "acme-" + _slug(host)
+
+
+def _slug(host: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", host.lower().replace("*", "star")).strip("-")[:40]
+
+
 def cert_name(leaf: Leaf, taken: Iterable[str]) -> str:
     """A name for an uploaded certificate, from its first host: www-example-com."""
-    base = re.sub(r"[^a-z0-9]+", "-", leaf.names[0].lower().replace("*", "star")).strip("-")
-    base = base[:40] or "cert"
+    base = _slug(leaf.names[0]) or "cert"
+    if base.startswith("acme-"):
+        base = "cert-" + base  # acme-* names are the automated certificates'
+
     used = set(taken)
     name, n = base, 1
     while name in used:

@@ -158,7 +158,7 @@ class Domains:
         return removed
 
     async def add_cert(self, app: str, chain: bytes, key: bytes) -> CertRecord:
-        sealer = self._sealer()
+        sealer = self.require_sealer()
         now = self.state.clock.now()
         leaf = core.check_upload(chain, key, now)
         made: list[CertRecord] = []
@@ -209,7 +209,51 @@ class Domains:
         await self._commit(app, change)
         return removed[0]
 
-    def _sealer(self) -> Sealer:
+    async def put_auto_cert(self, app: str, host: str, chain: bytes, key: bytes) -> CertRecord:
+        """Keep the certificate ACME issued for ``host`` (replacing the one before)."""
+        sealer = self.require_sealer()
+        now = self.state.clock.now()
+        leaf = core.check_upload(chain, key, now)
+        record = CertRecord(
+            name=core.auto_cert_name(host),
+            app=app,
+            chain=chain.decode(),
+            key_sealed=sealer.seal(key),
+            created_at=now,
+            leaf=leaf,
+            auto=True,
+        )
+
+        def change(view: _View) -> _Change:
+            if host not in view.domains:
+                raise errors.NotFound(f"{app} no longer has the domain {host}")
+            return _Change(
+                domains=view.domains,
+                uploaded={**view.uploaded, record.name: record},
+                ops=[self.etcd.tx.put(self.keys.app_cert(app, record.name), record.encode())],
+            )
+
+        await self._commit(app, change)
+        return record
+
+    async def remove_auto_certs(self, app: str, keep: set[str] | None = None) -> list[str]:
+        """Drop the app's ACME certificates (but those for the hosts in ``keep``)."""
+        gone: list[str] = []
+
+        def change(view: _View) -> _Change:
+            kept = {core.auto_cert_name(h) for h in keep or set()}
+            drop = [c for c in view.uploaded.values() if c.auto and c.name not in kept]
+            gone[:] = [c.name for c in drop]
+            return _Change(
+                domains=view.domains,
+                uploaded={n: c for n, c in view.uploaded.items() if c not in drop},
+                ops=[self.etcd.tx.delete(self.keys.app_cert(app, c.name)) for c in drop],
+            )
+
+        await self._commit(app, change)
+        return gone
+
+    def require_sealer(self) -> Sealer:
         if self.sealer is None:
             raise errors.FailedPrecondition(
                 "this controller has no cluster key (edge.key in its credentials), so it "
@@ -254,7 +298,7 @@ class Domains:
         )
 
     def _route_record(self, cert: CertRecord) -> bytes:
-        sealer = self._sealer()
+        sealer = self.require_sealer()
         key = sealer.open(cert.key_sealed)
         return certs.encode(certs.Pair(cert.chain.encode(), key, cert=cert.name), sealer)
 

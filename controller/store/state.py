@@ -221,8 +221,8 @@ class State:
             served = await self.etcd.get(k.route_cert(host))
             if served is not None and certs.served_upload(served.value)[0]:
                 whole_keys.append(k.route_cert(host))
-        whole_keys.append(k.edge_seq(name))
-        prefixes += [k.domains(name), k.app_certs(name)]
+        whole_keys += [k.edge_seq(name), k.acme_app(name)]
+        prefixes += [k.domains(name), k.app_certs(name), k.acme_statuses(name)]
         ok = await self.etcd.txn(
             compare=[
                 tx.version(k.app(name)) > 0,

@@ -1,5 +1,6 @@
 """domains, domains:add, domains:info, domains:remove, domains:wait; certs,
-certs:add, certs:info, certs:remove, certs:ca."""
+certs:add, certs:info, certs:remove, certs:ca; certs:auto, certs:auto:enable,
+certs:auto:disable."""
 
 from __future__ import annotations
 
@@ -39,10 +40,13 @@ def domains_list(client: Client, app: str, as_json: bool) -> None:
     if not custom:
         click.echo(f"none yet; add one with: slipway domains:add HOST -a {app}")
         return
-    table(
-        ["Domain Name", "DNS Record Type", "DNS Target", "Certificate"],
-        [[d.hostname, "CNAME", d.cname, d.certificate or "-"] for d in custom],
-    )
+    headers = ["Domain Name", "DNS Record Type", "DNS Target", "Certificate"]
+    rows = [[d.hostname, "CNAME", d.cname, d.certificate or "-"] for d in custom]
+    if any(d.acm_status for d in custom):
+        headers.append("ACM Status")
+        for row, d in zip(rows, custom, strict=True):
+            row.append(d.acm_status or "-")
+    table(headers, rows)
 
 
 def _show_domain(domain: pb.Domain) -> None:
@@ -51,6 +55,9 @@ def _show_domain(domain: pb.Domain) -> None:
     click.echo(f"DNS target:   {domain.cname}")
     click.echo(f"Status:       {domain.status}")
     click.echo(f"Certificate:  {domain.certificate or '-'}")
+    if domain.acm_status:
+        reason = f" ({domain.acm_status_reason})" if domain.acm_status_reason else ""
+        click.echo(f"ACM status:   {domain.acm_status}{reason}")
     click.echo(f"Created at:   {when(domain.created_at)}")
 
 
@@ -107,21 +114,31 @@ def domains_remove(client: Client, hostname: str, app: str) -> None:
 )
 @with_client
 def domains_wait(client: Client, hostname: str, app: str, timeout: float) -> None:
-    """Wait until the routers serve HOST (its status is succeeded)."""
+    """Wait until HOST is served: routed, and with automated certificates on,
+    its certificate issued. Fails at once when its order is failing."""
     deadline = time.monotonic() + timeout
+    shown = ""
     while True:
         domain = client.get_domain(app, hostname).domain
-        if domain.status == "succeeded":
+        if domain.status == "succeeded" and domain.acm_status in ("", "issued"):
             click.echo(f"{domain.hostname} is ready")
             return
-        if domain.status == "failed":
-            raise errors.FailedPrecondition(f"{domain.hostname} failed: see domains:info")
+        if domain.acm_status == "failing":
+            raise errors.FailedPrecondition(
+                f"{domain.hostname}'s certificate order is failing: {domain.acm_status_reason} "
+                "(it is retried; see certs:auto)",
+                reason="acm_failing",
+            )
         if time.monotonic() >= deadline:
             raise errors.Unavailable(
-                f"{domain.hostname} is still {domain.status} after {timeout:.0f} s"
+                f"{domain.hostname} is still {domain.acm_status or domain.status} "
+                f"after {timeout:.0f} s"
             )
-        click.echo(f"Waiting for {domain.hostname} ({domain.status})...", err=True)
-        time.sleep(2.0)
+        state = domain.acm_status or domain.status
+        if state != shown:
+            click.echo(f"Waiting for {domain.hostname} ({state})...", err=True)
+            shown = state
+        time.sleep(1.0)
 
 
 # -- certificates -----------------------------------------------------------------
@@ -240,3 +257,67 @@ def certs_ca(path_only: bool) -> None:
         click.echo(str(ca_file))
         return
     click.echo(_read(ca_file, "cluster CA").decode(), nl=False)
+
+
+# -- automated certificates ------------------------------------------------------
+
+
+def _show_auto(app: str, auto: pb.AutoCertsResponse) -> None:
+    if not auto.enabled:
+        click.echo(f"Automated certificates are off for {app}; turn them on: certs:auto:enable")
+        return
+    heading(f"{app} Automated Certificates")
+    if not auto.domains:
+        click.echo(f"no custom domains yet; add one with: slipway domains:add HOST -a {app}")
+        return
+    table(
+        ["Domain", "Status", "Expires", "Last Error", "Next Try"],
+        [
+            [
+                d.hostname,
+                d.status,
+                when(d.expires_at),
+                d.last_error or "-",
+                when(d.next_attempt_at) if d.status == "failing" else "-",
+            ]
+            for d in auto.domains
+        ],
+    )
+
+
+@cli.command("certs:auto")
+@app_option
+@json_option
+@with_client
+def certs_auto(client: Client, app: str, as_json: bool) -> None:
+    """Show each custom domain's automated certificate: status, end, last error."""
+    auto = client.get_auto_certs(app)
+    if as_json:
+        emit_json(auto)
+        return
+    _show_auto(app, auto)
+
+
+@cli.command("certs:auto:enable")
+@app_option
+@json_option
+@with_client
+def certs_auto_enable(client: Client, app: str, as_json: bool) -> None:
+    """Obtain a certificate for each custom domain over ACME HTTP-01, renewed 30
+    days before it ends. Point each domain's DNS at the routers first: the CA
+    checks it on port 80. Wildcard domains need a certificate from certs:add."""
+    auto = client.enable_auto_certs(app)
+    if as_json:
+        emit_json(auto)
+        return
+    click.echo(f"Enabling automated certificates for {app}... done")
+    click.echo(f"Follow their progress with: slipway certs:auto -a {app}")
+
+
+@cli.command("certs:auto:disable")
+@app_option
+@with_client
+def certs_auto_disable(client: Client, app: str) -> None:
+    """Stop renewing and remove the app's automated certificates."""
+    client.disable_auto_certs(app)
+    click.echo(f"Disabling automated certificates for {app}... done")

@@ -1101,7 +1101,7 @@ class RemoveLogDrainResponse(_message.Message):
     def __init__(self, drain: _Optional[_Union[LogDrain, _Mapping]] = ...) -> None: ...
 
 class Domain(_message.Message):
-    __slots__ = ("id", "app", "hostname", "kind", "cname", "status", "certificate", "created_at")
+    __slots__ = ("id", "app", "hostname", "kind", "cname", "status", "certificate", "created_at", "acm_status", "acm_status_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     APP_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
@@ -1110,6 +1110,8 @@ class Domain(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ACM_STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     app: str
     hostname: str
@@ -1118,7 +1120,9 @@ class Domain(_message.Message):
     status: str
     certificate: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., app: _Optional[str] = ..., hostname: _Optional[str] = ..., kind: _Optional[str] = ..., cname: _Optional[str] = ..., status: _Optional[str] = ..., certificate: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    acm_status: str
+    acm_status_reason: str
+    def __init__(self, id: _Optional[str] = ..., app: _Optional[str] = ..., hostname: _Optional[str] = ..., kind: _Optional[str] = ..., cname: _Optional[str] = ..., status: _Optional[str] = ..., certificate: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acm_status: _Optional[str] = ..., acm_status_reason: _Optional[str] = ...) -> None: ...
 
 class ListDomainsRequest(_message.Message):
     __slots__ = ("app",)
@@ -1231,6 +1235,50 @@ class CertificateResponse(_message.Message):
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     certificate: Certificate
     def __init__(self, certificate: _Optional[_Union[Certificate, _Mapping]] = ...) -> None: ...
+
+class EnableAutoCertsRequest(_message.Message):
+    __slots__ = ("app",)
+    APP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    def __init__(self, app: _Optional[str] = ...) -> None: ...
+
+class DisableAutoCertsRequest(_message.Message):
+    __slots__ = ("app",)
+    APP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    def __init__(self, app: _Optional[str] = ...) -> None: ...
+
+class GetAutoCertsRequest(_message.Message):
+    __slots__ = ("app",)
+    APP_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    def __init__(self, app: _Optional[str] = ...) -> None: ...
+
+class AutoCertDomain(_message.Message):
+    __slots__ = ("hostname", "status", "last_error", "attempts", "next_attempt_at", "expires_at", "updated_at")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    status: str
+    last_error: str
+    attempts: int
+    next_attempt_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, hostname: _Optional[str] = ..., status: _Optional[str] = ..., last_error: _Optional[str] = ..., attempts: _Optional[int] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AutoCertsResponse(_message.Message):
+    __slots__ = ("enabled", "domains")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    domains: _containers.RepeatedCompositeFieldContainer[AutoCertDomain]
+    def __init__(self, enabled: _Optional[bool] = ..., domains: _Optional[_Iterable[_Union[AutoCertDomain, _Mapping]]] = ...) -> None: ...
 
 class SchedulerRun(_message.Message):
     __slots__ = ("due_at", "started_at", "dyno", "release")

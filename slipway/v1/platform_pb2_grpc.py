@@ -285,6 +285,21 @@ class PlatformServiceStub:
                 request_serializer=slipway_dot_v1_dot_platform__pb2.RemoveCertificateRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_platform__pb2.CertificateResponse.FromString,
                 _registered_method=True)
+        self.EnableAutoCerts = channel.unary_unary(
+                '/slipway.v1.PlatformService/EnableAutoCerts',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.EnableAutoCertsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AutoCertsResponse.FromString,
+                _registered_method=True)
+        self.DisableAutoCerts = channel.unary_unary(
+                '/slipway.v1.PlatformService/DisableAutoCerts',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.DisableAutoCertsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AutoCertsResponse.FromString,
+                _registered_method=True)
+        self.GetAutoCerts = channel.unary_unary(
+                '/slipway.v1.PlatformService/GetAutoCerts',
+                request_serializer=slipway_dot_v1_dot_platform__pb2.GetAutoCertsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_platform__pb2.AutoCertsResponse.FromString,
+                _registered_method=True)
         self.ListSchedulerJobs = channel.unary_unary(
                 '/slipway.v1.PlatformService/ListSchedulerJobs',
                 request_serializer=slipway_dot_v1_dot_platform__pb2.ListSchedulerJobsRequest.SerializeToString,
@@ -761,6 +776,28 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnableAutoCerts(self, request, context):
+        """Automated certificates: the leader obtains one over ACME HTTP-01 for
+        each custom domain of the app (wildcards excepted: they need DNS-01) and
+        renews it 30 days before it ends; failures are retried with backoff.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableAutoCerts(self, request, context):
+        """Stops renewing and removes the app's ACME certificates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAutoCerts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListSchedulerJobs(self, request, context):
         """Scheduler jobs: commands the leader runs as one-off dynos `scheduler.N` on
         the app's current release, every 10 minutes, every hour at :MM or every day
@@ -1211,6 +1248,21 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.RemoveCertificate,
                     request_deserializer=slipway_dot_v1_dot_platform__pb2.RemoveCertificateRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_platform__pb2.CertificateResponse.SerializeToString,
+            ),
+            'EnableAutoCerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableAutoCerts,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.EnableAutoCertsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AutoCertsResponse.SerializeToString,
+            ),
+            'DisableAutoCerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableAutoCerts,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.DisableAutoCertsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AutoCertsResponse.SerializeToString,
+            ),
+            'GetAutoCerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAutoCerts,
+                    request_deserializer=slipway_dot_v1_dot_platform__pb2.GetAutoCertsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_platform__pb2.AutoCertsResponse.SerializeToString,
             ),
             'ListSchedulerJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSchedulerJobs,
@@ -2683,6 +2735,87 @@ class PlatformService:
             '/slipway.v1.PlatformService/RemoveCertificate',
             slipway_dot_v1_dot_platform__pb2.RemoveCertificateRequest.SerializeToString,
             slipway_dot_v1_dot_platform__pb2.CertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableAutoCerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/EnableAutoCerts',
+            slipway_dot_v1_dot_platform__pb2.EnableAutoCertsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AutoCertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableAutoCerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/DisableAutoCerts',
+            slipway_dot_v1_dot_platform__pb2.DisableAutoCertsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AutoCertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAutoCerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.PlatformService/GetAutoCerts',
+            slipway_dot_v1_dot_platform__pb2.GetAutoCertsRequest.SerializeToString,
+            slipway_dot_v1_dot_platform__pb2.AutoCertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -131,6 +131,8 @@ pub struct Counters {
     /// Heads refused before routing (400, 414, 431, 501).
     pub bad_requests: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
+    /// ACME HTTP-01 challenges answered from the table (not sent to a dyno).
+    pub acme_answers: AtomicU64,
 }
 
 /// A gauge counted up while this value lives.
@@ -195,6 +197,8 @@ impl Answers {
 pub struct Shared {
     pub routes: RwLock<Arc<HashMap<String, Arc<Route>>>>,
     pub pages: RwLock<Arc<HashMap<String, Page>>>,
+    /// ACME HTTP-01 token -> key authorization, answered on plain HTTP listeners.
+    pub challenges: RwLock<Arc<HashMap<String, String>>>,
     pub settings: Settings,
     pub counters: Counters,
     pub answers: Answers,
@@ -249,6 +253,7 @@ impl Shared {
         Shared {
             routes: RwLock::new(Arc::new(HashMap::new())),
             pages: RwLock::new(Arc::new(HashMap::new())),
+            challenges: RwLock::new(Arc::new(HashMap::new())),
             settings,
             counters: Counters::default(),
             answers: Answers::new(),
@@ -264,6 +269,25 @@ impl Shared {
     pub fn set_routes(&self, table: HashMap<String, Arc<Route>>) {
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         self.table_version.send_modify(|v| *v += 1);
+    }
+
+    pub fn set_challenges(&self, table: HashMap<String, String>) {
+        *self.challenges.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+
+    /// The key authorization for an ACME HTTP-01 challenge request, if it is
+    /// one the control plane published; other paths under the prefix go to
+    /// the app (it may run its own ACME client).
+    fn challenge_answer(&self, head: &RequestHead) -> Option<String> {
+        let token = head.target.strip_prefix(ACME_CHALLENGE_PATH)?;
+        if head.method != "GET" && head.method != "HEAD" {
+            return None;
+        }
+        self.challenges
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned()
     }
 
     /// Stops accepting on every listener; open connections close once idle.
@@ -502,6 +526,9 @@ impl Shared {
 
 /// What a listener is to the requests it takes: the port clients connected
 /// to, the scheme dynos are told (X-Forwarded-Proto) and, for HTTPS, its TLS.
+/// Where ACME HTTP-01 validation asks for a token (RFC 8555 8.3).
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
 #[derive(Clone)]
 pub struct Edge {
     pub port: u16,
@@ -789,6 +816,26 @@ async fn proxy_one<C: ClientStream>(
     let keep_after_page = head.keep_alive && head.framing == Framing::Empty;
     // Subscribed before the lookup: a table that lands in between still wakes a held request.
     let mut versions = shared.table_version.subscribe();
+    if edge.tls.is_none() {
+        if let Some(answer) = shared.challenge_answer(head) {
+            shared.counters.acme_answers.fetch_add(1, Ordering::Relaxed);
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
+                answer.len(),
+                if keep_after_page {
+                    ""
+                } else {
+                    "Connection: close\r\n"
+                }
+            )
+            .into_bytes();
+            if head.method != "HEAD" {
+                out.extend_from_slice(answer.as_bytes());
+            }
+            let _ = client.stream.write_all(&out).await;
+            return keep_after_page;
+        }
+    }
     let Some(mut route) = shared.route(&head.host) else {
         write_page(shared, &mut client.stream, "no_such_app", keep_after_page).await;
         return keep_after_page;

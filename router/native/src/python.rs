@@ -178,6 +178,11 @@ impl DataPlane {
         *self.shared.pages.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
 
+    /// ACME HTTP-01 challenges to answer: {token: key authorization}, replacing the last set.
+    fn set_challenges(&self, challenges: HashMap<String, String>) {
+        self.shared.set_challenges(challenges);
+    }
+
     /// The log lines since the last call: [(app, newline-separated lines)].
     fn take_logs<'py>(&self, py: Python<'py>) -> Vec<(String, Bound<'py, PyBytes>)> {
         self.shared
@@ -205,6 +210,7 @@ impl DataPlane {
             ("upstream_retries", read(&c.upstream_retries)),
             ("bad_requests", read(&c.bad_requests)),
             ("tls_handshake_failures", read(&c.tls_handshake_failures)),
+            ("acme_answers", read(&c.acme_answers)),
             ("waiting", self.shared.waiting()),
             ("upstream_idle", self.shared.pooled_idle() as u64),
         ])

@@ -14,7 +14,9 @@ Prints requests/s, p50/p99 latency and CPU per request of each (median over
 rounds), the router/nginx and router/haproxy ratios, p99 with the offered
 load paced at half nginx's max rate, a large-body run (10 MB answers
 streamed through each proxy: MB/s and CPU per MB), and HTTPS against nginx
-with the same certificate: keep-alive requests/s and new handshakes/s.
+with the same certificate: keep-alive requests/s and new handshakes/s, and
+HTTP/2 against HTTP/1.1 on the same HTTPS listeners (h2load for both, so the
+difference is the protocol): requests/s and router CPU per request.
 
     .venv/bin/python benchmarks/bench_router.py [--rounds 3] [--duration 4]
 """
@@ -189,6 +191,31 @@ def wrk(
     return parse_wrk(out)
 
 
+def h2load(port: int, host: str, duration: float, *, h1: bool, streams: int = 1) -> float:
+    """Requests/s over HTTPS with h2load: HTTP/1.1 (``h1``) or HTTP/2 with
+    ``streams`` concurrent streams per connection; 50 connections."""
+    out = subprocess.run(
+        [
+            "h2load",
+            "-c50",
+            "-t2",
+            f"-m{streams}",
+            f"-D{max(1, round(duration))}",
+            "--warm-up-time=1",
+            f"--connect-to=127.0.0.1:{port}",
+            *(["--h1"] if h1 else []),
+            f"https://{host}:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    done = re.search(r"(\d+) succeeded, (\d+) failed", out)
+    if done is None or int(done.group(2)):
+        raise SystemExit(f"h2load reported failures:\n{out}")
+    return float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+
+
 async def write_route(endpoint: str, prefix: str, backend: int) -> None:
     keys = Keys(prefix)
     await secure.seal_async([endpoint], prefix)
@@ -230,7 +257,7 @@ def main() -> None:
         help="run the router without NATS logs (for comparison only; the target is logs on)",
     )
     args = ap.parse_args()
-    for tool in ("wrk", "nginx", "haproxy"):
+    for tool in ("wrk", "nginx", "haproxy", "h2load"):
         if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
             sys.exit(f"{tool} is not installed (make bench installs it)")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -326,7 +353,7 @@ def main() -> None:
                 f"""
     upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
     server {{ listen 127.0.0.1:{nginx_port}; {proxied} }}
-    server {{ listen 127.0.0.1:{tls_ports["nginx"]} ssl;
+    server {{ listen 127.0.0.1:{tls_ports["nginx"]} ssl http2;
              ssl_certificate {tmp / "edge.crt"}; ssl_certificate_key {tmp / "edge.key"};
              ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;
              ssl_session_cache shared:SSL:10m; {proxied} }}""",
@@ -481,6 +508,19 @@ def main() -> None:
                 f"  router/nginx HTTPS keep-alive {r_tls['ka'] / n_tls['ka']:.2f}x, "
                 f"handshakes {r_tls['fresh'] / n_tls['fresh']:.2f}x"
             )
+            # HTTP/2 (ALPN h2) against HTTP/1.1 on the same listeners, one tool for both.
+            print(f"HTTP/2 vs HTTP/1.1 over TLS (h2load -c50, {args.duration} s each)")
+            for name, port in (("router", tls_ports["router1"]), ("nginx", tls_ports["nginx"])):
+                pids = pids_of[name]
+                shown = []
+                for label, h1, streams in (("h1", True, 1), ("h2", False, 1), ("h2x10", False, 10)):
+                    before = cpu_seconds(pids)
+                    rps = h2load(port, host, args.duration, h1=h1, streams=streams)
+                    cpu = (cpu_seconds(pids) - before) / (args.duration + 1)
+                    shown.append(
+                        f"{label} {rps:8.0f} req/s ({1e6 * cpu / max(rps, 1):5.1f} us cpu)"
+                    )
+                print(f"  {name:8s} " + "  ".join(shown))
             try:
                 import urllib.request
 

@@ -30,7 +30,9 @@ for extra in "$@"; do
     case "$extra" in
         --bench) for p in wrk nginx haproxy; do
                      command -v "$p" >/dev/null 2>&1 || [ -x "/usr/sbin/$p" ] || need_pkgs+=("$p")
-                 done ;;
+                 done
+                 # h2load: HTTP/2 against HTTP/1.1 over TLS.
+                 command -v h2load >/dev/null 2>&1 || need_pkgs+=(nghttp2-client) ;;
     esac
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +48,14 @@ def tls_config(etcd_endpoint: str, etcd_prefix: str, ca: pki.CA, tmp: Path, **kw
         listen_tls=(Listen("127.0.0.1", 0),),
         tls_cert=tmp / "edge.crt",
         tls_key=tmp / "edge.key",
+    )
+
+
+def logged_tls_config(etcd_endpoint, etcd_prefix, nats_url, ca, tmp):  # type: ignore[no-untyped-def]
+    """:func:`tls_config` with router log lines sent to ``nats_url``."""
+    return replace(
+        tls_config(etcd_endpoint, etcd_prefix, ca, tmp),
+        logs=replace(router_config(etcd_endpoint, etcd_prefix, nats_url).logs),
     )
 
 
@@ -106,10 +115,7 @@ async def test_https_requests_reach_the_dyno_marked_https(
 ):
     ca, ca_file = edge_ca
     dyno = await Dyno("web.1").start()
-    config = replace(
-        tls_config(etcd_endpoint, etcd_prefix, ca, tmp_path),
-        logs=replace(router_config(etcd_endpoint, etcd_prefix, nats_url).logs),
-    )
+    config = logged_tls_config(etcd_endpoint, etcd_prefix, nats_url, ca, tmp_path)
     tap = await LogTap().start(nats_url, "demo")
     try:
         async with demo_router(etcd_endpoint, etcd_prefix, dyno, config) as rt:
@@ -256,3 +262,92 @@ async def test_certificates_from_etcd_reach_every_router_without_a_restart(
 
         await eventually_async(lambda: name_not_served(first, ctx, "shop.demo.org"), timeout=10)
     await dyno.stop()
+
+
+async def curl(*args: str) -> tuple[str, bytes]:
+    """``curl ARGS`` (with nghttp2, as Debian builds it): the response head and body."""
+    with tempfile.TemporaryDirectory() as tmp:
+        head, body = Path(tmp) / "head", Path(tmp) / "body"
+        proc = await asyncio.create_subprocess_exec(
+            "curl", "-sS", "-D", str(head), "-o", str(body), *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode(errors="replace")
+        return head.read_text(errors="replace"), body.read_bytes()
+
+
+async def chunked_dyno(req, reader, writer) -> bool:  # type: ignore[no-untyped-def]
+    """Answers /chunked in chunks, echoing the request body's size."""
+    if req.path != "/chunked":
+        return False
+    writer.write(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX-Got: %d\r\n\r\n"
+                 % len(req.body))  # fmt: skip
+    for piece in (b"one ", b"two ", b"three"):
+        writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    return True
+
+
+async def test_http2_clients_get_the_same_headers_codes_and_log_lines_as_http1(
+    etcd_endpoint, etcd_prefix, nats_url, edge_ca, tmp_path
+):
+    ca, ca_file = edge_ca
+    dyno = await Dyno("web.1", chunked_dyno).start()
+    config = logged_tls_config(etcd_endpoint, etcd_prefix, nats_url, ca, tmp_path)
+    tap = await LogTap().start(nats_url, "demo")
+    try:
+        async with demo_router(etcd_endpoint, etcd_prefix, dyno, config) as rt:
+            port = https_port(rt)
+            base = [
+                "--cacert", str(ca_file),
+                "--resolve", f"demo.{BASE}:{port}:127.0.0.1",
+                "--resolve", f"nope.{BASE}:{port}:127.0.0.1",
+            ]  # fmt: skip
+            url = f"https://demo.{BASE}:{port}"
+            head, body = await curl("--http2", *base, "-H", "X-Custom: a", f"{url}/two?x=1")
+            assert head.startswith("HTTP/2 200") and body == b"hello from web.1"
+            h2_seen = dyno.requests[-1]
+            assert h2_seen.path == "/two?x=1" and h2_seen.headers["x-custom"] == "a"
+            head, _ = await curl("--http1.1", *base, "-H", "X-Custom: a", f"{url}/one?x=1")
+            assert head.startswith("HTTP/1.1 200")
+            h1_seen = dyno.requests[-1]
+            # The dyno cannot tell: the same headers (HTTP/1.1's connection ones aside).
+            assert set(h2_seen.headers) == set(h1_seen.headers)
+            for name in ("host", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-for", "via"):
+                assert h2_seen.headers[name] == h1_seen.headers[name]
+            line = await tap.wait_for('path="/two?x=1"')
+            assert "status=200" in line.message and "protocol=https" in line.message
+
+            # A body up, a chunked answer down (re-framed as HTTP/2 DATA).
+            upload = tmp_path / "upload.bin"
+            upload.write_bytes(b"x" * 300_000)
+            head, body = await curl(
+                "--http2", *base, "--data-binary", f"@{upload}", f"{url}/chunked"
+            )
+            assert head.startswith("HTTP/2 201") and "x-got: 300000" in head.lower()
+            assert body == b"one two three"
+            assert len(dyno.requests[-1].body) == 300_000
+
+            # Router errors: the same code, page and log line.
+            head, body = await curl("--http2", *base, f"https://nope.{BASE}:{port}/missing")
+            assert head.startswith("HTTP/2 404") and b"no such app" in body.lower()
+            async with routes(etcd_endpoint, etcd_prefix) as r:
+                await r.app("demo", web=0)  # scaled to zero: H14 at once
+                await r.remove_dyno("demo", "web.1")
+            await eventually_async(
+                lambda: _status_is(curl("--http2", *base, f"{url}/gone"), "HTTP/2 503"),
+                timeout=10,
+            )
+            line = await tap.wait_for('path="/gone"', "code=H14")
+            assert "status=503" in line.message
+    finally:
+        await tap.stop()
+        await dyno.stop()
+
+
+async def _status_is(call, status: str) -> bool:  # type: ignore[no-untyped-def]
+    head, _ = await call
+    return head.startswith(status)

@@ -8,6 +8,7 @@
 //! feature it is a plain Rust library (the fuzz targets in fuzz/ use it so).
 
 pub mod http1;
+pub mod http2;
 pub mod plane;
 #[cfg(feature = "python")]
 mod python;

@@ -203,7 +203,7 @@ pub struct Shared {
     pub counters: Counters,
     pub answers: Answers,
     /// Set once to stop accepting and to close connections as they go idle.
-    draining: watch::Sender<bool>,
+    pub draining: watch::Sender<bool>,
     /// Idle dyno connections with their (empty) read buffers, reused with them.
     pool: Mutex<HashMap<SocketAddr, Vec<(Buffered<TcpStream>, Instant)>>>,
     logs: Mutex<HashMap<String, Vec<u8>>>,
@@ -578,7 +578,24 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>, edge: Edge
                         Some(tls) => {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await
                             {
-                                Ok(Ok(stream)) => serve_client(&shared, stream, peer, &edge).await,
+                                Ok(Ok(stream)) => {
+                                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                        shared
+                                            .counters
+                                            .connections_total
+                                            .fetch_add(1, Ordering::Relaxed);
+                                        let _open = Held::up(&shared.counters.connections_active);
+                                        crate::http2::serve(
+                                            shared.clone(),
+                                            stream,
+                                            peer,
+                                            edge.clone(),
+                                        )
+                                        .await;
+                                    } else {
+                                        serve_client(&shared, stream, peer, &edge).await
+                                    }
+                                }
                                 // Counted, not logged: scanners and old clients fail
                                 // handshakes all day.
                                 _ => {
@@ -625,6 +642,17 @@ async fn serve_client<C: ClientStream>(shared: &Shared, stream: C, peer: SocketA
     if converse(shared, &mut client, &client_ip, edge).await == Ending::Answered {
         linger(client.stream).await;
     }
+}
+
+/// One HTTP/1 conversation on `stream` (an HTTP/2 stream's pipe: crate::http2).
+pub async fn converse_stream<C: ClientStream>(
+    shared: &Shared,
+    stream: C,
+    client_ip: &str,
+    edge: &Edge,
+) {
+    let mut client = Buffered::new(stream);
+    converse(shared, &mut client, client_ip, edge).await;
 }
 
 #[derive(PartialEq, Eq)]

@@ -108,6 +108,7 @@ pub fn server_config(certificates: Arc<Certificates>) -> Result<Arc<ServerConfig
         .with_no_client_auth()
         .with_cert_resolver(certificates);
     config.ticketer = Ticketer::new().map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first for the clients that offer it (crate::http2), HTTP/1.1 otherwise.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -130,6 +130,11 @@ def cli() -> None:
     "(needs --ca-dir; for a base domain like localhost that no wildcard can cover).",
 )
 @click.option(
+    "--platform-api-listen",
+    envvar="SLIPWAY_PLATFORM_API_LISTEN",
+    help="Serve the Heroku Platform API (v3) over HTTPS on HOST:PORT [default: off].",
+)
+@click.option(
     "--acme-directory",
     envvar="SLIPWAY_ACME_DIRECTORY",
     help="The ACME server's directory URL for automated certificates (certs:auto:enable); "
@@ -170,6 +175,7 @@ def serve_cmd(
     base_domain: str | None,
     web_url: str | None,
     app_certificates_from_ca: bool | None,
+    platform_api_listen: str | None,
     acme_directory: str | None,
     acme_ca_file: str | None,
     acme_email: str | None,
@@ -198,6 +204,7 @@ def serve_cmd(
         base_domain=base_domain,
         web_url=web_url,
         app_certificates_from_ca=app_certificates_from_ca,
+        platform_api_listen=platform_api_listen,
         acme_directory=acme_directory,
         acme_ca_file=acme_ca_file,
         acme_email=acme_email,

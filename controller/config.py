@@ -43,6 +43,8 @@ class ControllerConfig:
     # system's), the contact e-mail of the cluster's account, how long routers
     # get to see a challenge before the CA checks it, and how often an order is
     # polled.
+    # The Heroku Platform API (v3) over HTTPS on this address (empty: off).
+    platform_api_listen: str = ""
     acme_directory: str = ""
     acme_ca_file: str = ""
     acme_email: str = ""

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from controller.api import v3_resources
 from controller.api.addon_callback import CallbackServer
 from controller.api.auth import Access, Policy, Tokens
 from controller.api.build_api import BuildServices
@@ -21,6 +22,7 @@ from controller.api.join import AdmitHook, JoinAPI, JoinTokens, admit_nothing
 from controller.api.nodes import NodeAPI
 from controller.api.platform import PlatformAPI
 from controller.api.run_api import RunService
+from controller.api.v3_http import PlatformV3
 from controller.bus.addon_provider import ProviderClient
 from controller.bus.apilog import ApiLog
 from controller.bus.buildbus import BuildBus
@@ -171,6 +173,7 @@ class Controller:
         )
         self._init_addons(config)
         self.bound_port = 0
+        self.platform_v3: PlatformV3 | None = None
         self._server: grpc.aio.Server | None = None
         self.ready = asyncio.Event()
 
@@ -297,6 +300,22 @@ class Controller:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return server
 
+    def _platform_v3(self) -> PlatformV3 | None:
+        """The Heroku-shaped HTTP API, a client of this controller's own gRPC API."""
+        config = self.config
+        if not config.platform_api_listen:
+            return None
+        bundle = config.credentials
+        api = PlatformV3(
+            config.platform_api_listen,
+            tls.server_context(bundle, require_client_cert=False) if bundle else None,
+            f"127.0.0.1:{self.bound_port}",
+            tls.grpc_channel_credentials(None, ca_file=bundle.ca_file) if bundle else None,
+            clock=self.clock,
+        )
+        v3_resources.register(api)
+        return api
+
     def _acme_loop(self, config: ControllerConfig, clock: Clock) -> AcmeLoop | None:
         if not config.acme_directory:
             return None
@@ -343,6 +362,9 @@ class Controller:
         self._server = await self._start_server()
         if self.addon_callbacks is not None:
             await self.addon_callbacks.start()
+        self.platform_v3 = self._platform_v3()
+        if self.platform_v3 is not None:
+            await self.platform_v3.start()
         log.info(
             "controller listening",
             listen=self.config.listen,
@@ -375,6 +397,8 @@ class Controller:
                     tg.create_task(self.edge_certs.run())
                 if self.acme_loop is not None:
                     tg.create_task(self.acme_loop.run())
+                if self.platform_v3 is not None:
+                    tg.create_task(self.platform_v3.run())
         finally:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace=3)

@@ -198,9 +198,8 @@ async def read_request(reader: asyncio.StreamReader, timeout: float = 30.0) -> R
 
 
 def response_bytes(status: int, body: bytes, content_type: str = "application/json") -> bytes:
-    reason = _REASONS.get(status, "Status")
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
@@ -211,17 +210,24 @@ _REASONS = {
     201: "Created",
     202: "Accepted",
     204: "No Content",
+    206: "Partial Content",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    406: "Not Acceptable",
     409: "Conflict",
     413: "Payload Too Large",
     422: "Unprocessable Entity",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+def reason(status: int) -> str:
+    return _REASONS.get(status, "Status")
 
 
 def error_body(reason: str, message: str) -> bytes:

@@ -56,6 +56,8 @@ class UpConfig:
     base_domain: str = "localhost"
     node: str = field(default_factory=socket.gethostname)
     addons_port: int = 5480
+    # The Heroku Platform API (v3) on the controller, HTTPS.
+    platform_api_port: int = 5443
     # The controller's HTTPS API providers call back to after a 202: a fixed
     # port, so the callback URL a provider was given still answers after a restart.
     callback_port: int = 5481
@@ -345,6 +347,8 @@ def components(cfg: UpConfig) -> list[Component]:
                 *_creds(cfg, pki.Role.CONTROLLER),
                 "--addons-listen",
                 f"{cfg.host}:{cfg.callback_port}",
+                "--platform-api-listen",
+                f"{cfg.host}:{cfg.platform_api_port}",
                 "--ca-dir",
                 str(cfg.pki_dir / "ca"),
             ),

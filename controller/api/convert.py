@@ -41,6 +41,7 @@ def app(record: AppRecord, web_url: str = "") -> types_pb2.App:
         web_url=web_url,
         owner=record.owner,
         team=record.team,
+        id=record.id,
     )
 
 

@@ -45,6 +45,12 @@ from slipway.cli.base import cli
     metavar="HOST:PORT",
     help="Where the router serves HTTPS (certificates from the cluster CA).",
 )
+@click.option(
+    "--platform-api-port",
+    default=5443,
+    show_default=True,
+    help="The Heroku Platform API (v3) on the controller (HTTPS).",
+)
 @click.option("--etcd-port", default=2379, show_default=True)
 @click.option("--etcd-peer-port", default=2380, show_default=True)
 @click.option("--nats-port", default=4222, show_default=True)
@@ -96,6 +102,7 @@ def up(
     api_port: int,
     router_listen: str,
     router_tls_listen: str,
+    platform_api_port: int,
     etcd_port: int,
     etcd_peer_port: int,
     nats_port: int,
@@ -119,6 +126,7 @@ def up(
         api_port=api_port,
         router_listen=router_listen,
         router_tls_listen=router_tls_listen,
+        platform_api_port=platform_api_port,
         etcd_port=etcd_port,
         etcd_peer_port=etcd_peer_port,
         nats_port=nats_port,
@@ -163,6 +171,7 @@ def up(
             f"   (trust {cfg.ca_file}, e.g. curl --cacert)"
         )
         click.echo(f"  API:     {cfg.api}")
+        click.echo(f"  Platform API: https://localhost:{cfg.platform_api_port}   (Heroku's v3)")
         click.echo(f"  Token:   {token}")
         click.echo(f"  CLI:     logged in (saved in {settings.config_path()})")
         click.echo(f"  Data:    {cfg.data_dir}   (component logs in {cfg.data_dir / 'logs'})")

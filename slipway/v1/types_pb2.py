@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16slipway/v1/types.proto\x12\nslipway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x01\n\x03\x41pp\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63urrent_release\x18\x03 \x01(\x03\x12\x12\n\nbuildpacks\x18\x04 \x03(\t\x12\r\n\x05stack\x18\x05 \x01(\t\x12\x0f\n\x07web_url\x18\x06 \x01(\t\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x0c\n\x04team\x18\x08 \x01(\t\"T\n\x07SlugRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\r\n\x05stack\x18\x03 \x01(\t\x12\x16\n\x0esource_version\x18\x04 \x01(\t\"\xa1\x03\n\x07Release\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06\x63onfig\x18\x05 \x03(\x0b\x32\x1f.slipway.v1.Release.ConfigEntry\x12!\n\x04slug\x18\x06 \x01(\x0b\x32\x13.slipway.v1.SlugRef\x12<\n\rprocess_types\x18\x07 \x03(\x0b\x32%.slipway.v1.Release.ProcessTypesEntry\x12)\n\x06status\x18\x08 \x01(\x0e\x32\x19.slipway.v1.ReleaseStatus\x12\x12\n\ncreated_by\x18\t \x01(\t\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11ProcessTypesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x0e\x46ormationEntry\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x0c\n\x04size\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x01(\t\"V\n\x08\x44ynoSize\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmemory_mb\x18\x02 \x01(\x03\x12\x15\n\rmax_processes\x18\x03 \x01(\x05\x12\x12\n\ncpu_shares\x18\x04 \x01(\x05*\x84\x01\n\rReleaseStatus\x12\x1e\n\x1aRELEASE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16RELEASE_STATUS_PENDING\x10\x01\x12\x1c\n\x18RELEASE_STATUS_SUCCEEDED\x10\x02\x12\x19\n\x15RELEASE_STATUS_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16slipway/v1/types.proto\x12\nslipway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\x03\x41pp\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63urrent_release\x18\x03 \x01(\x03\x12\x12\n\nbuildpacks\x18\x04 \x03(\t\x12\r\n\x05stack\x18\x05 \x01(\t\x12\x0f\n\x07web_url\x18\x06 \x01(\t\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x0c\n\x04team\x18\x08 \x01(\t\x12\n\n\x02id\x18\t \x01(\t\"T\n\x07SlugRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\r\n\x05stack\x18\x03 \x01(\t\x12\x16\n\x0esource_version\x18\x04 \x01(\t\"\xa1\x03\n\x07Release\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06\x63onfig\x18\x05 \x03(\x0b\x32\x1f.slipway.v1.Release.ConfigEntry\x12!\n\x04slug\x18\x06 \x01(\x0b\x32\x13.slipway.v1.SlugRef\x12<\n\rprocess_types\x18\x07 \x03(\x0b\x32%.slipway.v1.Release.ProcessTypesEntry\x12)\n\x06status\x18\x08 \x01(\x0e\x32\x19.slipway.v1.ReleaseStatus\x12\x12\n\ncreated_by\x18\t \x01(\t\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11ProcessTypesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x0e\x46ormationEntry\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x0c\n\x04size\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x01(\t\"V\n\x08\x44ynoSize\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmemory_mb\x18\x02 \x01(\x03\x12\x15\n\rmax_processes\x18\x03 \x01(\x05\x12\x12\n\ncpu_shares\x18\x04 \x01(\x05*\x84\x01\n\rReleaseStatus\x12\x1e\n\x1aRELEASE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16RELEASE_STATUS_PENDING\x10\x01\x12\x1c\n\x18RELEASE_STATUS_SUCCEEDED\x10\x02\x12\x19\n\x15RELEASE_STATUS_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,20 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASE_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_RELEASE_PROCESSTYPESENTRY']._loaded_options = None
   _globals['_RELEASE_PROCESSTYPESENTRY']._serialized_options = b'8\001'
-  _globals['_RELEASESTATUS']._serialized_start=923
-  _globals['_RELEASESTATUS']._serialized_end=1055
+  _globals['_RELEASESTATUS']._serialized_start=935
+  _globals['_RELEASESTATUS']._serialized_end=1067
   _globals['_APP']._serialized_start=72
-  _globals['_APP']._serialized_end=245
-  _globals['_SLUGREF']._serialized_start=247
-  _globals['_SLUGREF']._serialized_end=331
-  _globals['_RELEASE']._serialized_start=334
-  _globals['_RELEASE']._serialized_end=751
-  _globals['_RELEASE_CONFIGENTRY']._serialized_start=653
-  _globals['_RELEASE_CONFIGENTRY']._serialized_end=698
-  _globals['_RELEASE_PROCESSTYPESENTRY']._serialized_start=700
-  _globals['_RELEASE_PROCESSTYPESENTRY']._serialized_end=751
-  _globals['_FORMATIONENTRY']._serialized_start=753
-  _globals['_FORMATIONENTRY']._serialized_end=832
-  _globals['_DYNOSIZE']._serialized_start=834
-  _globals['_DYNOSIZE']._serialized_end=920
+  _globals['_APP']._serialized_end=257
+  _globals['_SLUGREF']._serialized_start=259
+  _globals['_SLUGREF']._serialized_end=343
+  _globals['_RELEASE']._serialized_start=346
+  _globals['_RELEASE']._serialized_end=763
+  _globals['_RELEASE_CONFIGENTRY']._serialized_start=665
+  _globals['_RELEASE_CONFIGENTRY']._serialized_end=710
+  _globals['_RELEASE_PROCESSTYPESENTRY']._serialized_start=712
+  _globals['_RELEASE_PROCESSTYPESENTRY']._serialized_end=763
+  _globals['_FORMATIONENTRY']._serialized_start=765
+  _globals['_FORMATIONENTRY']._serialized_end=844
+  _globals['_DYNOSIZE']._serialized_start=846
+  _globals['_DYNOSIZE']._serialized_end=932
 # @@protoc_insertion_point(module_scope)

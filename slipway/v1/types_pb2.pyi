@@ -23,7 +23,7 @@ RELEASE_STATUS_SUCCEEDED: ReleaseStatus
 RELEASE_STATUS_FAILED: ReleaseStatus
 
 class App(_message.Message):
-    __slots__ = ("name", "created_at", "current_release", "buildpacks", "stack", "web_url", "owner", "team")
+    __slots__ = ("name", "created_at", "current_release", "buildpacks", "stack", "web_url", "owner", "team", "id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CURRENT_RELEASE_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class App(_message.Message):
     WEB_URL_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     TEAM_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     created_at: _timestamp_pb2.Timestamp
     current_release: int
@@ -40,7 +41,8 @@ class App(_message.Message):
     web_url: str
     owner: str
     team: str
-    def __init__(self, name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_release: _Optional[int] = ..., buildpacks: _Optional[_Iterable[str]] = ..., stack: _Optional[str] = ..., web_url: _Optional[str] = ..., owner: _Optional[str] = ..., team: _Optional[str] = ...) -> None: ...
+    id: str
+    def __init__(self, name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_release: _Optional[int] = ..., buildpacks: _Optional[_Iterable[str]] = ..., stack: _Optional[str] = ..., web_url: _Optional[str] = ..., owner: _Optional[str] = ..., team: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class SlugRef(_message.Message):
     __slots__ = ("digest", "size_bytes", "stack", "source_version")

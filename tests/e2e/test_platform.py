@@ -52,13 +52,14 @@ class Platform:
     # PostgreSQL runs as its own user: not under pytest's private temp dirs.
     addons_dir: Path
     router_tls_port: int = 0
+    platform_api_port: int = 0
     proc: subprocess.Popen[str] | None = None
     output: str = ""
 
     @classmethod
     def on_free_ports(cls, tmp: Path) -> Platform:
         ports = {engines.free_port() for _ in range(12)}
-        api, router, etcd, peer, nats, addons, pg, callback, https = sorted(ports)[:9]
+        api, router, etcd, peer, nats, addons, pg, callback, https, v3 = sorted(ports)[:10]
         addons_dir = Path(tempfile.mkdtemp(prefix="slipway-e2e-addons-", dir="/tmp"))
         addons_dir.chmod(0o711)
         return cls(
@@ -74,6 +75,7 @@ class Platform:
             callback,
             addons_dir,
             https,
+            v3,
         )
 
     def env(self) -> dict[str, str]:
@@ -94,6 +96,8 @@ class Platform:
                 f"127.0.0.1:{self.router_port}",
                 "--router-https",
                 f"127.0.0.1:{self.router_tls_port}",
+                "--platform-api-port",
+                str(self.platform_api_port),
                 "--etcd-port",
                 str(self.etcd_port),
                 "--etcd-peer-port",
@@ -257,6 +261,18 @@ def test_a_new_user_session(platform: Platform) -> None:
     # HTTPS out of the box: the app's certificate from the cluster CA.
     status, page = platform.https("demo", "/")
     assert status == 200 and "<h1>Hello from Slipway</h1>" in page
+    # Heroku's Platform API beside the CLI's, with the same login.
+    v3 = f"https://localhost:{platform.platform_api_port}"
+    assert f"Platform API: {v3}" in platform.output
+    token = json.loads(platform.config_path.read_text())["token"]
+    request = urllib.request.Request(
+        f"{v3}/apps",
+        headers={"Authorization": f"Bearer {token}",
+                 "Accept": "application/vnd.heroku+json; version=3"},
+    )  # fmt: skip
+    ctx = ssl.create_default_context(cafile=str(platform.data_dir / "pki" / "ca" / "ca.crt"))
+    with urllib.request.urlopen(request, timeout=10, context=ctx) as resp:
+        assert [a["name"] for a in json.loads(resp.read())] == ["demo"]
 
     def logs_show_router_and_app_lines() -> bool:
         out = platform.cli("logs", "-a", "demo", "-n", "200").stdout

@@ -11,7 +11,8 @@ requests an hour (Heroku's), refilled continuously.
 
 Resources so far: account; apps (list, create, info, delete); config-vars
 (info, update: ``null`` unsets); domains (list, create, info, delete);
-releases (list, paged by version).
+releases (list, paged by version); formation (list, info, batch and single
+update); dynos (list, info, restart, stop).
 """
 
 from __future__ import annotations

@@ -105,6 +105,79 @@ async def list_releases(call: Call) -> Reply:
     return page_reply(items, call, ("version", "id"))
 
 
+async def list_formation(call: Call) -> Reply:
+    name = await _app_name(call)
+    got = await call.rpc("GetFormation", pb.GetFormationRequest(app=name))
+    return page_reply([shapes.formation(name, f) for f in got.formation], call, ("type", "id"))
+
+
+async def get_formation(call: Call) -> Reply:
+    name = await _app_name(call)
+    got = await call.rpc("GetFormation", pb.GetFormationRequest(app=name))
+    for entry in got.formation:
+        if entry.type == call.params["type"]:
+            return Reply(200, shapes.formation(name, entry))
+    raise ApiError(404, "not_found", f"Couldn't find that process type ({call.params['type']}).")
+
+
+async def _scale(call: Call, changes: list[pb.FormationChange]) -> list[dict[str, Any]]:
+    name = await _app_name(call)
+    request = pb.ScaleFormationRequest(app=name, changes=changes)
+    got = await call.rpc("ScaleFormation", request)
+    wanted = {c.type for c in changes}
+    return [shapes.formation(name, f) for f in got.formation if f.type in wanted]
+
+
+async def update_formations(call: Call) -> Reply:
+    updates = call.body.get("updates")
+    if not isinstance(updates, list) or not updates:
+        raise ApiError(422, "invalid_params", "updates must be a list of {type, quantity, size}")
+    changes = []
+    for update in updates:
+        if not isinstance(update, dict) or not isinstance(update.get("type"), str):
+            raise ApiError(422, "invalid_params", "each update needs a type")
+        changes.append(
+            shapes.quantity_change(update["type"], update.get("quantity"), update.get("size"))
+        )
+    return Reply(200, await _scale(call, changes))
+
+
+async def update_formation(call: Call) -> Reply:
+    change = shapes.quantity_change(
+        call.params["type"], call.body.get("quantity"), call.body.get("size")
+    )
+    updated = await _scale(call, [change])
+    if not updated:
+        raise ApiError(404, "not_found", f"Couldn't find that process type ({change.type}).")
+    return Reply(200, updated[0])
+
+
+async def list_dynos(call: Call) -> Reply:
+    got = await call.rpc("ListDynos", pb.ListDynosRequest(app=await _app_name(call)))
+    return page_reply([shapes.dyno(d) for d in got.dynos], call, ("name", "id"))
+
+
+async def get_dyno(call: Call) -> Reply:
+    got = await call.rpc("ListDynos", pb.ListDynosRequest(app=await _app_name(call)))
+    for d in got.dynos:
+        if call.params["dyno"] in (d.name, d.instance_id):
+            return Reply(200, shapes.dyno(d))
+    raise ApiError(404, "not_found", f"Couldn't find that dyno ({call.params['dyno']}).")
+
+
+async def restart_dynos(call: Call) -> Reply:
+    target = call.params.get("dyno", "")
+    request = pb.RestartDynosRequest(app=await _app_name(call), target=target)
+    await call.rpc("RestartDynos", request)
+    return Reply(202, {})
+
+
+async def stop_dyno(call: Call) -> Reply:
+    request = pb.StopDynoRequest(app=await _app_name(call), dyno=call.params["dyno"])
+    await call.rpc("StopDyno", request)
+    return Reply(202, {})
+
+
 def register(api: PlatformV3) -> None:
     api.route("GET", "/account", get_account)
     api.route("GET", "/apps", list_apps)
@@ -118,3 +191,12 @@ def register(api: PlatformV3) -> None:
     api.route("GET", "/apps/{app}/domains/{domain}", get_domain)
     api.route("DELETE", "/apps/{app}/domains/{domain}", delete_domain)
     api.route("GET", "/apps/{app}/releases", list_releases)
+    api.route("GET", "/apps/{app}/formation", list_formation)
+    api.route("PATCH", "/apps/{app}/formation", update_formations)
+    api.route("GET", "/apps/{app}/formation/{type}", get_formation)
+    api.route("PATCH", "/apps/{app}/formation/{type}", update_formation)
+    api.route("GET", "/apps/{app}/dynos", list_dynos)
+    api.route("DELETE", "/apps/{app}/dynos", restart_dynos)
+    api.route("GET", "/apps/{app}/dynos/{dyno}", get_dyno)
+    api.route("DELETE", "/apps/{app}/dynos/{dyno}", restart_dynos)
+    api.route("POST", "/apps/{app}/dynos/{dyno}/actions/stop", stop_dyno)

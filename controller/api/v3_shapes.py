@@ -134,6 +134,62 @@ def release(r: types_pb2.Release, current: int) -> dict[str, Any]:
     }
 
 
+def formation(app_name: str, entry: types_pb2.FormationEntry) -> dict[str, Any]:
+    return {
+        "id": stable_id("formation", app_name, entry.type),
+        "app": {"id": stable_id("app", app_name), "name": app_name},
+        "type": entry.type,
+        "quantity": entry.quantity,
+        "size": entry.size,
+        "command": entry.command,
+        "created_at": None,
+        "updated_at": None,
+    }
+
+
+# Ours -> Heroku's dyno states (crashed, down, idle, starting, up).
+_DYNO_STATES = {"pending": "starting", "lost": "down"}
+
+
+def dyno(d: pb.Dyno) -> dict[str, Any]:
+    return {
+        "id": d.instance_id or stable_id("dyno", d.app, d.name),
+        "app": {"id": stable_id("app", d.app), "name": d.app},
+        "name": d.name,
+        "type": d.type,
+        "state": _DYNO_STATES.get(d.state, d.state),
+        "size": d.size,
+        "command": d.command,
+        "release": {"id": stable_id("release", d.app, str(d.release)), "version": d.release},
+        "attach_url": None,
+        "created_at": iso(d.created_at),
+        "updated_at": iso(d.state_changed_at) or iso(d.created_at),
+    }
+
+
+def quantity_change(type_name: str, value: object, size: object) -> pb.FormationChange:
+    """One formation update as Heroku takes it: a number, a string of one, or a
+    relative "+1" / "-1"."""
+    if size is not None and not isinstance(size, str):
+        raise errors.InvalidArgument("size must be a string")
+    change = pb.FormationChange(type=type_name, size=size or "")
+    if value is None:
+        if not size:
+            raise errors.InvalidArgument(f"give a quantity or a size for {type_name}")
+        change.delta = 0
+        return change
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise errors.InvalidArgument('quantity must be a number or a string such as "+1"')
+    text = str(value).strip()
+    if not re.fullmatch(r"[+-]?\d{1,6}", text):
+        raise errors.InvalidArgument(f"quantity {value!r} is not a number or a +N / -N change")
+    if text[0] in "+-":
+        change.delta = int(text)
+    else:
+        change.quantity = int(text)
+    return change
+
+
 # -- errors -------------------------------------------------------------------------
 
 # gRPC status -> (HTTP status, Heroku's error id).

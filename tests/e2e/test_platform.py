@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -265,14 +266,22 @@ def test_a_new_user_session(platform: Platform) -> None:
     v3 = f"https://localhost:{platform.platform_api_port}"
     assert f"Platform API: {v3}" in platform.output
     token = json.loads(platform.config_path.read_text())["token"]
-    request = urllib.request.Request(
-        f"{v3}/apps",
-        headers={"Authorization": f"Bearer {token}",
-                 "Accept": "application/vnd.heroku+json; version=3"},
-    )  # fmt: skip
     ctx = ssl.create_default_context(cafile=str(platform.data_dir / "pki" / "ca" / "ca.crt"))
-    with urllib.request.urlopen(request, timeout=10, context=ctx) as resp:
-        assert [a["name"] for a in json.loads(resp.read())] == ["demo"]
+
+    def v3_get(path: str) -> Any:
+        request = urllib.request.Request(
+            f"{v3}{path}",
+            headers={"Authorization": f"Bearer {token}",
+                     "Accept": "application/vnd.heroku+json; version=3"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10, context=ctx) as resp:
+            return json.loads(resp.read())
+
+    assert [a["name"] for a in v3_get("/apps")] == ["demo"]
+    [web] = v3_get("/apps/demo/dynos")
+    assert (web["name"], web["state"], web["release"]["version"]) == ("web.1", "up", 2)
+    formation = [(f["type"], f["quantity"]) for f in v3_get("/apps/demo/formation")]
+    assert formation == [("web", 1), ("worker", 0)]  # the Procfile's types
 
     def logs_show_router_and_app_lines() -> bool:
         out = platform.cli("logs", "-a", "demo", "-n", "200").stdout

@@ -122,6 +122,18 @@ def test_apps_config_vars_and_domains_in_herokus_shape(v3: tuple[Api, Controller
     missing = api.call("GET", "/apps/demo/domains/www.demo.org")
     assert missing.status == 404 and missing.body["id"] == "not_found"
 
+    # The formation, in batch and one type at a time, absolute and relative.
+    assert api.call("GET", "/apps/demo/formation").body == []
+    assert api.call("GET", "/apps/demo/dynos").body == []
+    scale = api.call("PATCH", "/apps/demo/formation", {"updates": [{"type": "web", "quantity": 1}]})
+    assert scale.status == 200 and [(f["type"], f["quantity"]) for f in scale.body] == [("web", 1)]
+    more = api.call("PATCH", "/apps/demo/formation/web", {"quantity": "+2"})
+    assert more.status == 200 and more.body["quantity"] == 3
+    assert api.call("GET", "/apps/demo/formation/web").body["quantity"] == 3
+    odd = api.call("PATCH", "/apps/demo/formation/web", {"quantity": "lots"})
+    assert odd.status == 422 and "not a number" in odd.body["message"]
+    assert api.call("GET", "/apps/demo/formation/worker").status == 404
+
     assert api.call("DELETE", "/apps/demo").body["name"] == "demo"
     gone = api.call("GET", "/apps/demo")
     assert gone.status == 404 and gone.body == {"id": "not_found", "message": gone.body["message"]}

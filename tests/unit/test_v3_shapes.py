@@ -76,3 +76,29 @@ def test_grpc_statuses_map_to_herokus_errors() -> None:
     assert shapes.status_of(grpc.StatusCode.PERMISSION_DENIED) == (403, "forbidden")
     assert shapes.status_of(grpc.StatusCode.ALREADY_EXISTS) == (422, "invalid_params")
     assert shapes.status_of(grpc.StatusCode.INTERNAL) == (500, "internal_server_error")
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "amount"),
+    [(2, "quantity", 2), ("3", "quantity", 3), ("+1", "delta", 1), ("-2", "delta", -2)],
+)
+def test_formation_quantities_arrive_as_numbers_strings_or_changes(
+    value: object, field: str, amount: int
+) -> None:
+    change = shapes.quantity_change("web", value, None)
+    assert change.WhichOneof("amount") == field and getattr(change, field) == amount
+
+
+@pytest.mark.parametrize(
+    ("value", "size", "says"),
+    [
+        ("two", None, "not a number"),
+        (True, None, "must be a number"),
+        ([1], None, "must be a number"),
+        (None, None, "give a quantity or a size"),
+        (1, 2, "size must be a string"),
+    ],
+)
+def test_bad_formation_updates_say_why(value: object, size: object, says: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match=says):
+        shapes.quantity_change("web", value, size)

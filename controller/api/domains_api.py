@@ -83,31 +83,18 @@ class DomainRPCs:
     async def ListDomains(
         self, request: pb.ListDomainsRequest, context: Ctx, who: Identity
     ) -> pb.ListDomainsResponse:
-        records = await self.domains.list_domains(request.app)
-        served = await self.domains.certificate_of(request.app)
-        default = self._default_host(request.app)
-        app = await self.domains.state.get_app(request.app)
-        listed = [
-            pb.Domain(
-                id="",
-                app=request.app,
-                hostname=default,
-                kind="default",
-                status="succeeded",
-                created_at=timestamp(app.created_at),
-            )
-        ]
-        acm = await self._acm(request.app)
-        listed += [
-            domain_message(
-                r,
-                default,
-                served.get(r.hostname, ""),
-                None if acm is None else acm.get(r.hostname, AcmeStatus(r.hostname)),
-            )
-            for r in records
-        ]
-        return pb.ListDomainsResponse(domains=listed)
+        view = await self.domains.view(request.app)
+        default = pb.Domain(
+            id="",
+            app=request.app,
+            hostname=self._default_host(request.app),
+            kind="default",
+            status="succeeded",
+            created_at=timestamp(view.app.created_at),
+        )
+        acm, served = await self._acm(request.app), view.certificate_of()
+        custom = [self._domain(served, r, acm) for r in view.sorted_domains()]
+        return pb.ListDomainsResponse(domains=[default, *custom])
 
     async def _acm(self, app: str) -> dict[str, AcmeStatus] | None:
         """Each domain's automated certificate status; None when they are off."""
@@ -115,23 +102,25 @@ class DomainRPCs:
             return None
         return {host: s for (_, host), s in (await self.acme.statuses(app)).items()}
 
-    async def _domain_response(self, record: DomainRecord) -> pb.DomainResponse:
-        served = await self.domains.certificate_of(record.app)
-        acm = await self._acm(record.app)
+    def _domain(
+        self, served: dict[str, str], record: DomainRecord, acm: dict[str, AcmeStatus] | None
+    ) -> pb.Domain:
+        """``served``: EdgeView.certificate_of; ``acm``: _acm."""
         status = None if acm is None else acm.get(record.hostname, AcmeStatus(record.hostname))
-        return pb.DomainResponse(
-            domain=domain_message(
-                record, self._default_host(record.app), served.get(record.hostname, ""), status
-            )
-        )
+        certificate = served.get(record.hostname, "")
+        return domain_message(record, self._default_host(record.app), certificate, status)
+
+    async def _domain_response(self, app: str, host: str) -> pb.DomainResponse:
+        view = await self.domains.view(app)
+        record = view.domain(host)
+        acm = await self._acm(app)
+        return pb.DomainResponse(domain=self._domain(view.certificate_of(), record, acm))
 
     @unary
     async def GetDomain(
         self, request: pb.GetDomainRequest, context: Ctx, who: Identity
     ) -> pb.DomainResponse:
-        return await self._domain_response(
-            await self.domains.get_domain(request.app, request.hostname)
-        )
+        return await self._domain_response(request.app, self.domains.host(request.hostname))
 
     @unary
     async def AddDomain(
@@ -141,7 +130,7 @@ class DomainRPCs:
         self._log(request.app, f"Add domain {record.hostname} by {who.actor}")
         if self.acme_wake is not None:
             self.acme_wake()
-        return await self._domain_response(record)
+        return await self._domain_response(request.app, record.hostname)
 
     @unary
     async def RemoveDomain(
@@ -151,31 +140,29 @@ class DomainRPCs:
         self._log(request.app, f"Remove domain {record.hostname} by {who.actor}")
         return pb.DomainResponse(domain=domain_message(record, self._default_host(request.app)))
 
-    async def _served_by(self, app: str) -> dict[str, list[str]]:
-        """Certificate name -> the app's domains it is served for."""
-        out: dict[str, list[str]] = {}
-        for host, name in (await self.domains.certificate_of(app)).items():
-            out.setdefault(name, []).append(host)
-        return out
-
     @unary
     async def ListCertificates(
         self, request: pb.ListCertificatesRequest, context: Ctx, who: Identity
     ) -> pb.ListCertificatesResponse:
-        records = await self.domains.list_certs(request.app)
-        served = await self._served_by(request.app)
+        view = await self.domains.view(request.app)
+        served = view.served_by()
         return pb.ListCertificatesResponse(
-            certificates=[certificate_message(r, served.get(r.name, [])) for r in records]
+            certificates=[
+                certificate_message(r, served.get(r.name, [])) for r in view.sorted_certs()
+            ]
         )
 
     @unary
     async def GetCertificate(
         self, request: pb.GetCertificateRequest, context: Ctx, who: Identity
     ) -> pb.CertificateResponse:
-        record = await self.domains.get_cert(request.app, request.name)
-        served = await self._served_by(request.app)
+        return await self._certificate_response(request.app, request.name)
+
+    async def _certificate_response(self, app: str, name: str) -> pb.CertificateResponse:
+        view = await self.domains.view(app)
+        record = view.cert(name)
         return pb.CertificateResponse(
-            certificate=certificate_message(record, served.get(record.name, []))
+            certificate=certificate_message(record, view.served_by().get(record.name, []))
         )
 
     @unary
@@ -185,11 +172,8 @@ class DomainRPCs:
         record = await self.domains.add_cert(
             request.app, request.certificate_chain, request.private_key
         )
-        served = await self._served_by(request.app)
         self._log(request.app, f"Add certificate {record.name} by {who.actor}")
-        return pb.CertificateResponse(
-            certificate=certificate_message(record, served.get(record.name, []))
-        )
+        return await self._certificate_response(request.app, record.name)
 
     @unary
     async def RemoveCertificate(
@@ -203,7 +187,7 @@ class DomainRPCs:
         acm = await self._acm(app)
         if acm is None:
             return pb.AutoCertsResponse(enabled=False)
-        hosts = [d.hostname for d in await self.domains.list_domains(app)]
+        hosts = [d.hostname for d in (await self.domains.view(app)).sorted_domains()]
         return pb.AutoCertsResponse(
             enabled=True, domains=[auto_domain(h, acm.get(h)) for h in hosts]
         )

@@ -83,11 +83,11 @@ class AcmeLoop:
         held: dict[tuple[str, str], float] = {}
         for app in await self.store.enabled_apps():
             try:
-                domains[app] = [d.hostname for d in await self.domains.list_domains(app)]
-                found = await self.domains.list_certs(app)
+                view = await self.domains.view(app)
             except errors.NotFound:
                 continue  # destroyed meanwhile
-            for cert in found:
+            domains[app] = list(view.domains)
+            for cert in view.uploaded.values():
                 if cert.auto:
                     for host in cert.leaf.names:
                         held[(app, host)] = cert.leaf.not_after

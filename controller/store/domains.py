@@ -18,6 +18,7 @@ from typing import Any
 
 from controller.core import domains as core
 from controller.core.domains import CertRecord, DomainRecord
+from controller.core.models import AppRecord
 from controller.store.state import State
 from slipway import certs, errors
 from slipway.sealing import Sealer
@@ -26,14 +27,49 @@ _ATTEMPTS = 20
 
 
 @dataclass
-class _View:
+class EdgeView:
     """An app's domains and certificates as read, and what the routers serve for them."""
 
+    app: AppRecord
     seq_revision: int
     domains: dict[str, DomainRecord]
     uploaded: dict[str, CertRecord]
     # host -> (certificate name, chain) of its routes/certs record ("" name: not an upload's)
     served: dict[str, tuple[str, str]]
+
+    def sorted_domains(self) -> list[DomainRecord]:
+        return sorted(self.domains.values(), key=lambda d: d.hostname)
+
+    def sorted_certs(self) -> list[CertRecord]:
+        return sorted(self.uploaded.values(), key=lambda c: c.created_at)
+
+    def domain(self, host: str) -> DomainRecord:
+        """``host`` as stored (see Domains.host)."""
+        if host not in self.domains:
+            name = self.app.name
+            raise errors.NotFound(f"{name} has no domain {host}; see `domains -a {name}`")
+        return self.domains[host]
+
+    def cert(self, name: str) -> CertRecord:
+        if name in self.uploaded:
+            return self.uploaded[name]
+        app = self.app.name
+        if not self.uploaded:
+            raise errors.NotFound(f"{app} has no certificates; add one with `certs:add CERT KEY`")
+        raise errors.NotFound(
+            f"{app} has no certificate {name!r}; it has {', '.join(sorted(self.uploaded))}"
+        )
+
+    def certificate_of(self) -> dict[str, str]:
+        """Each domain -> the name of the uploaded certificate it is served."""
+        return {host: name for host, (name, _) in self.served.items() if name}
+
+    def served_by(self) -> dict[str, list[str]]:
+        """Certificate name -> the domains it is served for."""
+        out: dict[str, list[str]] = {}
+        for host, name in self.certificate_of().items():
+            out.setdefault(name, []).append(host)
+        return out
 
 
 @dataclass
@@ -54,55 +90,36 @@ class Domains:
 
     # -- reading --------------------------------------------------------------
 
-    async def _view(self, app: str) -> _View:
-        await self.state.get_app(app)
+    def host(self, value: str) -> str:
+        """A host name as stored (InvalidArgument for one that is not a custom domain)."""
+        return core.hostname(value, self.base_domain)
+
+    async def view(self, app: str) -> EdgeView:
+        record = await self.state.get_app(app)
         seq = await self.etcd.get(self.keys.edge_seq(app))
         kvs, _ = await self.etcd.get_prefix(self.keys.domains(app))
         found = [DomainRecord.decode(kv.value) for kv in kvs]
         kvs, _ = await self.etcd.get_prefix(self.keys.app_certs(app))
         uploaded = [CertRecord.decode(kv.value) for kv in kvs]
         served: dict[str, tuple[str, str]] = {}
-        for record in found:
-            kv = await self.etcd.get(self.keys.route_cert(record.hostname))
+        for domain in found:
+            kv = await self.etcd.get(self.keys.route_cert(domain.hostname))
             if kv is not None:
-                served[record.hostname] = certs.served_upload(kv.value)
-        return _View(
+                served[domain.hostname] = certs.served_upload(kv.value)
+        return EdgeView(
+            app=record,
             seq_revision=seq.mod_revision if seq else 0,
             domains={d.hostname: d for d in found},
             uploaded={c.name: c for c in uploaded},
             served=served,
         )
 
-    async def list_domains(self, app: str) -> list[DomainRecord]:
-        view = await self._view(app)
-        return sorted(view.domains.values(), key=lambda d: d.hostname)
-
-    async def get_domain(self, app: str, host: str) -> DomainRecord:
-        name = core.hostname(host, self.base_domain)
-        view = await self._view(app)
-        if name not in view.domains:
-            raise errors.NotFound(f"{app} has no domain {name}; see `domains -a {app}`")
-        return view.domains[name]
-
-    async def certificate_of(self, app: str) -> dict[str, str]:
-        """Each of the app's domains -> the name of the uploaded certificate it is served."""
-        view = await self._view(app)
-        return {host: name for host, (name, _) in view.served.items() if name}
-
-    async def list_certs(self, app: str) -> list[CertRecord]:
-        view = await self._view(app)
-        return sorted(view.uploaded.values(), key=lambda c: c.created_at)
-
-    async def get_cert(self, app: str, name: str) -> CertRecord:
-        view = await self._view(app)
-        return _named(app, view, name)
-
     # -- changing -------------------------------------------------------------
 
     async def add_domain(self, app: str, host: str) -> DomainRecord:
         name = core.hostname(host, self.base_domain)
 
-        def change(view: _View) -> _Change:
+        def change(view: EdgeView) -> _Change:
             if name in view.domains:
                 raise errors.AlreadyExists(f"{name} is already a domain of {app}")
             if len(view.domains) >= core.MAX_DOMAINS_PER_APP:
@@ -137,10 +154,10 @@ class Domains:
 
     async def remove_domain(self, app: str, host: str) -> DomainRecord:
         name = core.hostname(host, self.base_domain)
+        removed: list[DomainRecord] = []
 
-        def change(view: _View) -> _Change:
-            if name not in view.domains:
-                raise errors.NotFound(f"{app} has no domain {name}; see `domains -a {app}`")
+        def change(view: EdgeView) -> _Change:
+            removed[:] = [view.domain(name)]
             tx = self.etcd.tx
             # The claim was made with the domain's record, in one transaction: it is this app's.
             return _Change(
@@ -152,10 +169,8 @@ class Domains:
                 ],
             )
 
-        removed = (await self._view(app)).domains.get(name)
         await self._commit(app, change)
-        assert removed is not None  # change() raised NotFound otherwise
-        return removed
+        return removed[0]
 
     async def add_cert(self, app: str, chain: bytes, key: bytes) -> CertRecord:
         sealer = self.require_sealer()
@@ -163,7 +178,7 @@ class Domains:
         leaf = core.check_upload(chain, key, now)
         made: list[CertRecord] = []
 
-        def change(view: _View) -> _Change:
+        def change(view: EdgeView) -> _Change:
             covered = [h for h in view.domains if core.covers(leaf.names, h)]
             if not covered:
                 raise errors.FailedPrecondition(
@@ -197,8 +212,8 @@ class Domains:
     async def remove_cert(self, app: str, name: str) -> CertRecord:
         removed: list[CertRecord] = []
 
-        def change(view: _View) -> _Change:
-            record = _named(app, view, name)
+        def change(view: EdgeView) -> _Change:
+            record = view.cert(name)
             removed[:] = [record]
             return _Change(
                 domains=view.domains,
@@ -224,7 +239,7 @@ class Domains:
             auto=True,
         )
 
-        def change(view: _View) -> _Change:
+        def change(view: EdgeView) -> _Change:
             if host not in view.domains:
                 raise errors.NotFound(f"{app} no longer has the domain {host}")
             return _Change(
@@ -240,7 +255,7 @@ class Domains:
         """Drop the app's ACME certificates (but those for the hosts in ``keep``)."""
         gone: list[str] = []
 
-        def change(view: _View) -> _Change:
+        def change(view: EdgeView) -> _Change:
             kept = {core.auto_cert_name(h) for h in keep or set()}
             drop = [c for c in view.uploaded.values() if c.auto and c.name not in kept]
             gone[:] = [c.name for c in drop]
@@ -266,14 +281,14 @@ class Domains:
     async def _commit(
         self,
         app: str,
-        change: Callable[[_View], _Change],
+        change: Callable[[EdgeView], _Change],
         refused: Callable[[], Any] | None = None,
-    ) -> _View:
+    ) -> EdgeView:
         """Apply ``change`` to the app's view and publish what routers must serve
         for the result, in one transaction; retried when another change won."""
         tx = self.etcd.tx
         for _ in range(_ATTEMPTS):
-            view = await self._view(app)
+            view = await self.view(app)
             wanted = change(view)
             plan = core.edge_plan(
                 wanted.domains, wanted.uploaded.values(), view.served, self.state.clock.now()
@@ -290,7 +305,7 @@ class Domains:
                 *wanted.compare,
             ]
             if await self.etcd.txn(compare=compare, success=[tx.put(seq, b"1"), *ops]):
-                return _View(view.seq_revision, wanted.domains, wanted.uploaded, {})
+                return EdgeView(view.app, view.seq_revision, wanted.domains, wanted.uploaded, {})
             if refused is not None and (why := await refused()) is not None:
                 raise why
         raise errors.Conflict(
@@ -301,13 +316,3 @@ class Domains:
         sealer = self.require_sealer()
         key = sealer.open(cert.key_sealed)
         return certs.encode(certs.Pair(cert.chain.encode(), key, cert=cert.name), sealer)
-
-
-def _named(app: str, view: _View, name: str) -> CertRecord:
-    if name in view.uploaded:
-        return view.uploaded[name]
-    if not view.uploaded:
-        raise errors.NotFound(f"{app} has no certificates; add one with `certs:add CERT KEY`")
-    raise errors.NotFound(
-        f"{app} has no certificate {name!r}; it has {', '.join(sorted(view.uploaded))}"
-    )

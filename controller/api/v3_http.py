@@ -38,6 +38,7 @@ log = slog.get("controller.v3")
 
 RPC_DEADLINE = 15.0
 RATE_PER_HOUR = 4500
+MIB = 1024 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _JSON = "application/json"
 
@@ -188,6 +189,8 @@ class PlatformV3:
                          "message": str(exc)},
                     )  # fmt: skip
                     writer.write(self._bytes(reply, str(uuid.uuid4()), close=True))
+                    await writer.drain()
+                    await _discard(reader)
                     return
                 if request is None:
                     return
@@ -266,6 +269,19 @@ class PlatformV3:
         if allowed:
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}")
         raise ApiError(404, "not_found", f"The requested API endpoint was not found: {path}")
+
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    """Read what the client is still sending after a refusal (a body too large,
+    say), so closing does not reset the connection before it reads the answer;
+    bounded in bytes and time."""
+    left = 16 * MIB
+    try:
+        async with asyncio.timeout(2.0):
+            while left > 0 and (chunk := await reader.read(65536)):
+                left -= len(chunk)
+    except (TimeoutError, OSError, ssl.SSLError):
+        pass
 
 
 def _json_body(request: http1.Request) -> dict[str, Any]:
